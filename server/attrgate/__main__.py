@@ -1,0 +1,3 @@
+from attrgate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The gRPC edge: protobuf <-> domain, caller identity, errors -> google.rpc.Status."""

@@ -1,0 +1,216 @@
+"""Every non-OK answer as a google.rpc.Status: ErrorInfo always, BadRequest where the request was
+at fault. Messages name fields and attributes, never values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from attrgate.domain import Decision, FieldViolation, UpdateRequest, UpstreamError, UpstreamResult
+from attrgate.reasons import DOMAIN, Reason
+
+DECISION_ID_METADATA = "x-attrgate-decision-id"
+
+
+@dataclass(frozen=True)
+class ErrorStatus:
+    code: grpc.StatusCode
+    reason: Reason
+    message: str
+    field_violations: Sequence[error_details_pb2.BadRequest.FieldViolation] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def to_grpc(self, decision_id: str) -> GrpcError:
+        info = error_details_pb2.ErrorInfo(
+            reason=str(self.reason),
+            domain=DOMAIN,
+            metadata={"decision_id": decision_id, **{k: v for k, v in self.metadata.items() if v}},
+        )
+        details = [_pack(info)]
+        if self.field_violations:
+            details.append(
+                _pack(error_details_pb2.BadRequest(field_violations=self.field_violations))
+            )
+        status = status_pb2.Status(
+            code=getattr(code_pb2, self.code.name), message=self.message, details=details
+        )
+        grpc_status = rpc_status.to_status(status)
+        trailing = (*grpc_status.trailing_metadata, (DECISION_ID_METADATA, decision_id))
+        return GrpcError(grpc_status.code, grpc_status.details, trailing)
+
+
+@dataclass(frozen=True)
+class GrpcError:
+    """What `context.abort` takes: the code, the message and the rich-status trailers."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def _summary(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def unauthenticated() -> ErrorStatus:
+    return ErrorStatus(
+        grpc.StatusCode.UNAUTHENTICATED,
+        Reason.CALLER_UNAUTHENTICATED,
+        "no caller identity: present a client certificate (or, on an --insecure listener, the "
+        "x-attrgate-caller header)",
+    )
+
+
+def invalid_request(problems: Sequence[FieldViolation], revision: str) -> ErrorStatus:
+    return ErrorStatus(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_REQUEST,
+        f"invalid request: {_summary([f'{p.field} ({p.reason})' for p in problems])}",
+        [
+            error_details_pb2.BadRequest.FieldViolation(
+                field=p.field, description=p.description, reason=p.reason
+            )
+            for p in problems
+        ],
+        {"policy_revision": revision},
+    )
+
+
+def policy_denied(decision: Decision, request: UpdateRequest) -> ErrorStatus:
+    positions = {a.name: i for i, a in enumerate(request.attributes)}
+    violations = []
+    for v in decision.violations:
+        if v.attribute in positions:
+            field_path = f"user_attributes[{positions[v.attribute]}]"
+        elif v.attribute:
+            field_path = v.attribute
+        else:
+            field_path = "caller"
+        where = f" (policy {v.policy} {v.entry})" if v.policy else ""
+        subject = v.attribute or "request"
+        violations.append(
+            error_details_pb2.BadRequest.FieldViolation(
+                field=field_path,
+                description=f"{subject}: {v.reason}{where}: {v.message}",
+                reason=str(v.reason),
+            )
+        )
+    offenders = list(
+        dict.fromkeys(f"{v.attribute or 'request'} ({v.reason})" for v in decision.violations)
+    )
+    return ErrorStatus(
+        grpc.StatusCode.PERMISSION_DENIED,
+        Reason.POLICY_DENIED,
+        f"denied by policy: {_summary(offenders)}",
+        violations,
+        {"policy_revision": decision.policy_revision},
+    )
+
+
+_UPSTREAM: dict[UpstreamError, tuple[grpc.StatusCode, Reason, str]] = {
+    UpstreamError.USER_NOT_FOUND: (
+        grpc.StatusCode.NOT_FOUND,
+        Reason.COGNITO_USER_NOT_FOUND,
+        "Cognito: the user does not exist",
+    ),
+    UpstreamError.RESOURCE_NOT_FOUND: (
+        grpc.StatusCode.NOT_FOUND,
+        Reason.COGNITO_RESOURCE_NOT_FOUND,
+        "Cognito: the user pool does not exist",
+    ),
+    UpstreamError.ALIAS_EXISTS: (
+        grpc.StatusCode.ALREADY_EXISTS,
+        Reason.COGNITO_ALIAS_EXISTS,
+        "Cognito: another user already has this email or phone number as an alias",
+    ),
+    UpstreamError.INVALID_PARAMETER: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.COGNITO_INVALID_PARAMETER,
+        "Cognito rejected a parameter of the request",
+    ),
+    UpstreamError.THROTTLED: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.COGNITO_THROTTLED,
+        "Cognito throttled the request after retries",
+    ),
+    UpstreamError.UNAVAILABLE: (
+        grpc.StatusCode.UNAVAILABLE,
+        Reason.COGNITO_UNAVAILABLE,
+        "Cognito is unavailable (error, 5xx or unreachable after retries)",
+    ),
+    UpstreamError.LAMBDA_REJECTED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.COGNITO_LAMBDA_REJECTED,
+        "a Cognito Lambda trigger refused or failed",
+    ),
+    UpstreamError.OPERATION_NOT_ENABLED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.COGNITO_OPERATION_NOT_ENABLED,
+        "Cognito: the operation is not enabled for this user pool",
+    ),
+    UpstreamError.CREDENTIALS_REJECTED: (
+        grpc.StatusCode.INTERNAL,
+        Reason.UPSTREAM_CREDENTIALS_REJECTED,
+        "Cognito rejected attrgate's own credentials or IAM rights: an operator must fix "
+        "attrgate's configuration",
+    ),
+    UpstreamError.POOL_MISCONFIGURED: (
+        grpc.StatusCode.INTERNAL,
+        Reason.COGNITO_POOL_MISCONFIGURED,
+        "the user pool's SMS or email role is misconfigured",
+    ),
+    UpstreamError.DEADLINE_EXCEEDED: (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        Reason.DEADLINE_EXCEEDED,
+        "the caller's deadline passed before Cognito answered; the call's outcome is logged",
+    ),
+    UpstreamError.UNEXPECTED: (
+        grpc.StatusCode.INTERNAL,
+        Reason.COGNITO_UNEXPECTED_ERROR,
+        "Cognito answered with an error attrgate does not know",
+    ),
+}
+
+
+def upstream_failed(result: UpstreamResult, revision: str) -> ErrorStatus:
+    code, reason, message = _UPSTREAM[result.error or UpstreamError.UNEXPECTED]
+    if result.error_code:
+        message = f"{message} ({result.error_code})"
+    violations = []
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        violations.append(
+            error_details_pb2.BadRequest.FieldViolation(
+                field="user_attributes",
+                description=f"Cognito rejected the request ({result.error_code})",
+                reason=result.error_code or str(reason),
+            )
+        )
+    return ErrorStatus(
+        code,
+        reason,
+        message,
+        violations,
+        {
+            "cognito_error_code": result.error_code,
+            "cognito_request_id": result.request_id,
+            "policy_revision": revision,
+        },
+    )
+
+
+def internal_error() -> ErrorStatus:
+    return ErrorStatus(
+        grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, "attrgate failed internally; see its logs"
+    )

@@ -1,0 +1,136 @@
+"""The attrgate.v1.UserAttributes servicer: a thin edge around the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import grpc.aio
+
+from attrgate.api.convert import decision_to_proto, request_from_proto
+from attrgate.api.errors import (
+    DECISION_ID_METADATA,
+    ErrorStatus,
+    internal_error,
+    invalid_request,
+    policy_denied,
+    unauthenticated,
+    upstream_failed,
+)
+from attrgate.domain import Caller, Forwarded, Invalid
+from attrgate.identity import identify_header, identify_mtls
+from attrgate.pipeline import Pipeline, new_decision_id
+from attrgate.v1 import attrgate_pb2 as pb
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+
+log = logging.getLogger("attrgate.api")
+T = TypeVar("T")
+
+Context = grpc.aio.ServicerContext[pb.UpdateUserAttributesRequest, object]
+Identify = Callable[[Context], Caller | None]
+
+
+def mtls_identity(context: Context) -> Caller | None:
+    return identify_mtls(context.auth_context())
+
+
+def header_identity(context: Context) -> Caller | None:
+    return identify_header(context.invocation_metadata() or ())
+
+
+class _Abort(Exception):
+    def __init__(self, status: ErrorStatus, decision_id: str) -> None:
+        self.status = status
+        self.decision_id = decision_id
+
+
+class UserAttributesService(pb_grpc.UserAttributesServicer):
+    def __init__(self, pipeline: Pipeline, identify: Identify) -> None:
+        self._pipeline = pipeline
+        self._identify = identify
+
+    async def UpdateUserAttributes(
+        self, request: pb.UpdateUserAttributesRequest, context: Context
+    ) -> pb.UpdateUserAttributesResponse:
+        async def handle() -> pb.UpdateUserAttributesResponse:
+            caller = self._caller(context)
+            domain_request = request_from_proto(request)
+            outcome = await self._pipeline.update(caller, domain_request, _deadline(context))
+            if isinstance(outcome, Invalid):
+                raise _Abort(
+                    invalid_request(outcome.violations, outcome.policy_revision),
+                    outcome.decision_id,
+                )
+            if not isinstance(outcome, Forwarded):
+                raise _Abort(policy_denied(outcome, domain_request), outcome.decision_id)
+            decision = outcome.decision
+            if not outcome.upstream.ok:
+                raise _Abort(
+                    upstream_failed(outcome.upstream, decision.policy_revision),
+                    decision.decision_id,
+                )
+            context.set_trailing_metadata(((DECISION_ID_METADATA, decision.decision_id),))
+            return pb.UpdateUserAttributesResponse(
+                decision=decision_to_proto(decision),
+                cognito_request_id=outcome.upstream.request_id,
+            )
+
+        return await _answer(context, handle)
+
+    async def CheckUpdateUserAttributes(
+        self, request: pb.UpdateUserAttributesRequest, context: Context
+    ) -> pb.Decision:
+        async def handle() -> pb.Decision:
+            caller = self._caller(context)
+            decided = self._pipeline.decide(caller, request_from_proto(request))
+            if isinstance(decided, Invalid):
+                raise _Abort(
+                    invalid_request(decided.violations, decided.policy_revision),
+                    decided.decision_id,
+                )
+            context.set_trailing_metadata(((DECISION_ID_METADATA, decided.decision_id),))
+            return decision_to_proto(decided)
+
+        return await _answer(context, handle)
+
+    def _caller(self, context: Context) -> Caller:
+        caller = self._identify(context)
+        if caller is None:
+            raise _Abort(unauthenticated(), new_decision_id())
+        return caller
+
+
+async def _answer(context: Context, handle: Callable[[], Awaitable[T]]) -> T:
+    """Run `handle`, turning an _Abort or an unexpected failure into a rich status."""
+    try:
+        return await handle()
+    except _Abort as abort:
+        await _abort(context, abort.status, abort.decision_id)
+    except (grpc.aio.AbortError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        decision_id = new_decision_id()
+        _log_internal(exc, decision_id)
+        await _abort(context, internal_error(), decision_id)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+def _deadline(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def _abort(context: Context, status: ErrorStatus, decision_id: str) -> None:
+    error = status.to_grpc(decision_id)
+    await context.abort(error.code, error.details, error.trailing_metadata)
+
+
+def _log_internal(exc: BaseException, decision_id: str) -> None:
+    # The frames, not the message: an exception's text may carry request values.
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("internal error decision_id=%s type=%s\n%s", decision_id, type(exc).__name__, frames)

@@ -1,0 +1,202 @@
+"""Wiring and lifecycle: load policies, build the Cognito client, start, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from attrgate.api.service import UserAttributesService, header_identity, mtls_identity
+from attrgate.config import ConfigError, Settings, check
+from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
+from attrgate.pipeline import Pipeline
+from attrgate.policy.compile import PolicySet, compile_policy_set
+from attrgate.policy.load import load_policy_set
+from attrgate.upstream.cognito import (
+    CognitoSettings,
+    CognitoUpstream,
+    UpstreamConfigError,
+    result_of,
+)
+from attrgate.v1 import attrgate_pb2, attrgate_pb2_grpc
+
+log = logging.getLogger("attrgate")
+SERVICE_NAME = attrgate_pb2.DESCRIPTOR.services_by_name["UserAttributes"].full_name
+LOCAL_DEFAULT_REGION = "us-east-1"
+
+
+def load_policies(path: str) -> PolicySet:
+    """Load and compile, or raise ConfigError with the first error in one line."""
+    result = load_policy_set(path)
+    if not result.ok:
+        more = len(result.errors) - 1
+        suffix = f" (and {more} more; run `attrgate check {path}`)" if more else ""
+        raise ConfigError(f"invalid policy set: {result.errors[0]}{suffix}")
+    return compile_policy_set(result.policies, result.revision)
+
+
+@dataclass
+class App:
+    settings: Settings
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    port: int = 0
+    admin_port: int = 0
+    local: LocalCognito | None = None
+    _server: grpc.aio.Server | None = None
+    _admin: grpc.aio.Server | None = None
+    _upstream: CognitoUpstream | None = None
+    _health: health.aio.HealthServicer | None = None
+
+    async def start(self) -> None:
+        """Bind and serve, or raise ConfigError. Health turns SERVING last."""
+        settings = self.settings
+        check(settings)
+        assert settings.policies is not None
+        policy_set = load_policies(settings.policies)
+        try:
+            self._upstream = CognitoUpstream(self._cognito_settings())
+        except UpstreamConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        pipeline = Pipeline(policy_set, self._upstream, result_of)
+        self._health = health.aio.HealthServicer()
+        options = [("grpc.max_receive_message_length", settings.max_receive_bytes)]
+        self._server = grpc.aio.server(options=options)
+        identify = header_identity if settings.insecure else mtls_identity
+        attrgate_pb2_grpc.add_UserAttributesServicer_to_server(
+            UserAttributesService(pipeline, identify), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = self._bind(self._server, settings.listen, self._credentials())
+        if settings.admin_listen:
+            self._admin = grpc.aio.server(options=options)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._admin)
+            self.admin_port = self._bind(self._admin, settings.admin_listen, None)
+            await self._admin.start()
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        mode = "insecure, caller from x-attrgate-caller" if settings.insecure else "mTLS"
+        log.info(
+            "serving on port %d (%s); policies %s revision %s (%d policies)",
+            self.port,
+            mode,
+            settings.policies,
+            policy_set.revision,
+            len(policy_set.policies),
+        )
+
+    def _cognito_settings(self) -> CognitoSettings:
+        settings = self.settings
+        region = settings.region or LOCAL_DEFAULT_REGION
+        endpoint = settings.cognito_endpoint
+        key_id = secret = None
+        if settings.local_cognito:
+            from attrgate.local.emulator import start_local_cognito
+
+            self.local = start_local_cognito(region, settings.local_seed)
+            endpoint, key_id, secret = self.local.endpoint, LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+        return CognitoSettings(
+            region=region,
+            endpoint_url=endpoint,
+            threads=settings.executor_threads,
+            connect_timeout=settings.cognito_connect_timeout,
+            read_timeout=settings.cognito_read_timeout,
+            max_attempts=settings.cognito_max_attempts,
+            access_key_id=key_id,
+            secret_access_key=secret,
+        )
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        s = self.settings
+        if s.insecure:
+            return None
+        if s.tls_cert is None or s.tls_key is None or s.client_ca is None:
+            raise ConfigError("mTLS needs --tls-cert, --tls-key and --client-ca")
+        return grpc.ssl_server_credentials(
+            [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
+            root_certificates=Path(s.client_ca).read_bytes(),
+            require_client_auth=True,
+        )
+
+    @staticmethod
+    def _bind(
+        server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+    ) -> int:
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise ConfigError(f"cannot listen on {address} (in use or not a local address?)")
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Turn NOT_SERVING, stop accepting, give in-flight calls `grace` seconds, then close."""
+        grace = self.settings.grace if grace is None else grace
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._admin is not None:
+            await self._admin.stop(0)
+        if self._upstream is not None:
+            self._upstream.close()
+        if self.local is not None:
+            self.local.stop()
+
+
+async def serve(settings: Settings, out: TextIO) -> None:
+    """Run until SIGTERM or SIGINT, then drain."""
+    app = App(settings, out)
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop(0)
+        raise
+    if app.local is not None:
+        _print_local_help(app, out)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls for up to %.1fs", settings.grace)
+    await app.stop()
+
+
+def _print_local_help(app: App, out: TextIO) -> None:
+    local = app.local
+    assert local is not None
+    host = app.settings.listen.rpartition(":")[0]
+    target = f"{host}:{app.port}"
+    # The command as the user can run it from here, e.g. .venv/bin/attrgate under `make run`.
+    program = sys.argv[0] if Path(sys.argv[0]).name == "attrgate" else "attrgate"
+    user = local.users[0] if local.users else "USER"
+    print(
+        f"local Cognito (moto) at {local.endpoint}, region {local.region}\n"
+        f"  user pool: {local.pool_id}\n"
+        f"  users:     {', '.join(local.users)}\n"
+        f"attrgate listening on {target} (plaintext; the caller names itself)\n"
+        "try:\n"
+        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
+        f"--user {user} given_name=Ada\n"
+        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
+        f"--user {user} custom:role=admin email_verified=true\n",
+        file=out,
+        flush=True,
+    )

@@ -1,0 +1,221 @@
+"""attrgate serve | check | call | health."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from attrgate import __version__
+from attrgate.config import ConfigError, add_serve_arguments, settings_from
+from attrgate.identity import CALLER_HEADER
+from attrgate.policy.load import load_policy_set
+from attrgate.v1 import attrgate_pb2 as pb
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    result: int = handler(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attrgate", description="Policy-enforcing gRPC proxy for Cognito attribute updates."
+    )
+    parser.add_argument("--version", action="version", version=f"attrgate {__version__}")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser("check", help="validate a policy set (file or folder)")
+    check.add_argument("path")
+    check.set_defaults(handler=_check)
+
+    call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
+    call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")
+    call.add_argument("--caller", help=f"caller name for an --insecure server ({CALLER_HEADER})")
+    call.add_argument("--pool", required=True, help="user pool id")
+    call.add_argument("--user", required=True, help="username")
+    call.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    call.add_argument("--check", action="store_true", help="CheckUpdateUserAttributes: decide only")
+    call.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    _add_tls_client_arguments(call)
+    call.add_argument("attributes", nargs="+", metavar="NAME=VALUE")
+    call.set_defaults(handler=_call)
+
+    health = commands.add_parser("health", help="exit 0 when the server reports SERVING")
+    health.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT")
+    health.add_argument("--service", default="", help="service name (default: the server)")
+    health.add_argument("--timeout", type=float, default=3.0)
+    _add_tls_client_arguments(health)
+    health.set_defaults(handler=_health)
+    return parser
+
+
+def _add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", help="client certificate (PEM) for mTLS")
+    parser.add_argument("--tls-key", help="client private key (PEM) for mTLS")
+    parser.add_argument("--ca", help="CA (PEM) that signed the server certificate")
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if args.ca or args.tls_cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(args.ca).read_bytes() if args.ca else None,
+            private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
+            certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
+        )
+        return grpc.secure_channel(args.target, credentials)
+    return grpc.insecure_channel(args.target)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from attrgate.app import serve
+
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        return _refuse(exc)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # botocore's DEBUG output includes request bodies (attribute values): keep it quieter.
+    logging.getLogger("botocore").setLevel(max(logging.INFO, logging.root.level))
+    try:
+        asyncio.run(serve(settings, sys.stdout))
+    except ConfigError as exc:
+        return _refuse(exc)
+    return EXIT_OK
+
+
+def _refuse(error: ConfigError) -> int:
+    print(f"attrgate: refusing to start: {error}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _check(args: argparse.Namespace) -> int:
+    result = load_policy_set(args.path)
+    for error in result.errors:
+        print(error, file=sys.stderr)
+    if not result.ok:
+        return EXIT_FAILED
+    files = len({p.file for p in result.policies})
+    print(f"ok: {len(result.policies)} policies in {files} files, revision {result.revision}")
+    return EXIT_OK
+
+
+def _pairs(items: Sequence[str], what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"attrgate call: {what} {item!r} is not NAME=VALUE")
+        pairs.append((name, value))
+    return pairs
+
+
+def _call(args: argparse.Namespace) -> int:
+    request = pb.UpdateUserAttributesRequest(
+        user_pool_id=args.pool,
+        username=args.user,
+        user_attributes=[
+            pb.AttributeType(name=n, value=v) for n, v in _pairs(args.attributes, "attribute")
+        ],
+        client_metadata=dict(_pairs(args.metadata, "metadata")),
+    )
+    metadata = ((CALLER_HEADER, args.caller),) if args.caller else ()
+    with _channel(args) as channel:
+        stub = pb_grpc.UserAttributesStub(channel)
+        try:
+            if args.check:
+                decision = stub.CheckUpdateUserAttributes(
+                    request, timeout=args.timeout, metadata=metadata
+                )
+                print_decision(decision, sys.stdout)
+                return EXIT_OK if decision.allowed else EXIT_FAILED
+            response = stub.UpdateUserAttributes(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            print_error(error, sys.stdout)
+            return EXIT_FAILED
+    print(f"OK: updated; cognito_request_id={response.cognito_request_id}")
+    print_decision(response.decision, sys.stdout)
+    return EXIT_OK
+
+
+def print_decision(decision: pb.Decision, out: TextIO) -> None:
+    print(f"decision: {'ALLOWED' if decision.allowed else 'DENIED'}", file=out)
+    print(f"  decision_id: {decision.decision_id}", file=out)
+    print(f"  policy_revision: {decision.policy_revision}", file=out)
+    print(f"  matched_policies: {', '.join(decision.matched_policies) or '-'}", file=out)
+    for title, items in (("violations", decision.violations), ("would_deny", decision.would_deny)):
+        if items:
+            print(f"  {title}:", file=out)
+            for v in items:
+                where = f" [{v.policy} {v.entry}]" if v.policy else ""
+                print(
+                    f"    - {v.attribute or '(request)'}: {v.reason}{where}: {v.message}", file=out
+                )
+
+
+def print_error(error: grpc.RpcError, out: TextIO) -> None:
+    code = error.code()
+    print(f"ERROR {code.name}: {error.details()}", file=out)
+    status = rpc_status.from_call(error)
+    if status is None:
+        return
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            print(f"  reason: {info.reason} (domain {info.domain})", file=out)
+            for key in sorted(info.metadata):
+                print(f"  {key}: {info.metadata[key]}", file=out)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            print("  field violations:", file=out)
+            for violation in bad.field_violations:
+                print(f"    - {violation.field}: {violation.description}", file=out)
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _channel(args) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            print(f"unhealthy: {error.code().name}", file=sys.stderr)
+            return EXIT_FAILED
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

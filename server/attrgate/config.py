@@ -1,0 +1,187 @@
+"""One Settings object for `attrgate serve`: every flag also reads an ATTRGATE_* variable.
+
+A flag beats its variable; --region/ATTRGATE_REGION beat AWS_REGION. `Settings.problems()` says, in
+one line each, why the server must not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(Exception):
+    """Configuration that must stop the server from starting; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    policies: str | None = None
+    listen: str = DEFAULT_LISTEN
+    admin_listen: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    insecure: bool = False
+    insecure_allow_remote: bool = False
+    region: str | None = None
+    cognito_endpoint: str | None = None
+    executor_threads: int = 64
+    cognito_connect_timeout: float = 2.0
+    cognito_read_timeout: float = 5.0
+    cognito_max_attempts: int = 3
+    max_receive_bytes: int = 64 * 1024
+    grace: float = 10.0
+    local_cognito: bool = False
+    local_seed: str | None = None
+    log_level: str = "INFO"
+
+
+_HELP = {
+    "policies": "policy file or folder (all *.yaml/*.yml below it)",
+    "listen": "HOST:PORT of the gRPC listener",
+    "admin_listen": "HOST:PORT of a plaintext listener serving only grpc.health.v1 (probes)",
+    "tls_cert": "server certificate (PEM) for mTLS",
+    "tls_key": "server private key (PEM) for mTLS",
+    "client_ca": "CA bundle (PEM) that signs client certificates; client certificates required",
+    "insecure": "plaintext listener; the caller names itself in the x-attrgate-caller header",
+    "insecure_allow_remote": "allow --insecure on an address other than loopback",
+    "region": "AWS region of the user pools (else AWS_REGION)",
+    "cognito_endpoint": "Cognito endpoint URL (an emulator, a VPC endpoint)",
+    "executor_threads": "threads for blocking Cognito calls (also the HTTP connection pool size)",
+    "cognito_connect_timeout": "seconds to connect to Cognito",
+    "cognito_read_timeout": "seconds to wait for Cognito's answer",
+    "cognito_max_attempts": "attempts per Cognito call, retries included (standard retry mode)",
+    "max_receive_bytes": "largest gRPC request accepted, in bytes",
+    "grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    "local_cognito": "start an embedded Cognito emulator (moto) seeded with a demo pool and users",
+    "local_seed": "seed file for --local-cognito (default: the demo seed shipped with attrgate)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def env_name(field_name: str) -> str:
+    return "ATTRGATE_" + field_name.upper()
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={text!r} is not a boolean (use true or false)")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; its default comes from the environment at parse time."""
+    for item in fields(Settings):
+        flag = "--" + item.name.replace("_", "-")
+        help_text = f"{_HELP[item.name]} [env {env_name(item.name)}]"
+        if item.type in ("bool", bool):
+            parser.add_argument(
+                flag, dest=item.name, action="store_true", default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=item.name, default=None, help=help_text)
+
+
+def settings_from(
+    namespace: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Flags first, then ATTRGATE_* variables, then defaults. Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for item in fields(Settings):
+        raw = getattr(namespace, item.name, None)
+        source = "--" + item.name.replace("_", "-")
+        if raw is None and env_name(item.name) in env:
+            raw = env[env_name(item.name)]
+            source = env_name(item.name)
+        if raw is None:
+            continue
+        values[item.name] = _convert(item.type, source, raw)
+    if values.get("region") is None:
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if region:
+            values["region"] = region
+    return Settings(**values)
+
+
+def _convert(kind: object, source: str, raw: Any) -> Any:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw)
+    try:
+        if kind in ("bool", bool):
+            return _parse_bool(source, text)
+        if kind in ("int", int):
+            return int(text)
+        if kind in ("float", float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{source}={text!r} is not a valid {kind}") from None
+    return text
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check(settings: Settings) -> None:
+    """Raise ConfigError with the first reason the server must not start."""
+    if not settings.policies:
+        raise ConfigError("no policy set: pass --policies PATH (a file or a folder)")
+    tls = (settings.tls_cert, settings.tls_key, settings.client_ca)
+    if settings.insecure and any(tls):
+        raise ConfigError("--insecure and --tls-cert/--tls-key/--client-ca exclude each other")
+    if not settings.insecure and not all(tls):
+        if any(tls):
+            raise ConfigError("mTLS needs all three of --tls-cert, --tls-key and --client-ca")
+        raise ConfigError(
+            "no transport security: pass --tls-cert, --tls-key and --client-ca for mTLS, "
+            "or --insecure for local plaintext"
+        )
+    for path in tls:
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"cannot read {path}: no such file")
+    host, _ = split_host_port(settings.listen)
+    if settings.insecure and not is_loopback(host) and not settings.insecure_allow_remote:
+        raise ConfigError(
+            f"--insecure on {settings.listen} would let any host name itself as caller: "
+            "listen on loopback or add --insecure-allow-remote"
+        )
+    if settings.admin_listen:
+        split_host_port(settings.admin_listen)
+    if not settings.region and not settings.local_cognito:
+        raise ConfigError("no AWS region: pass --region or set AWS_REGION")
+    if settings.executor_threads < 1:
+        raise ConfigError("--executor-threads must be at least 1")
+    if settings.cognito_max_attempts < 1:
+        raise ConfigError("--cognito-max-attempts must be at least 1")
+    if settings.max_receive_bytes < 1024:
+        raise ConfigError("--max-receive-bytes must be at least 1024")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(
+            f"--log-level {settings.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
+        )

@@ -1,0 +1,140 @@
+"""The plain values that travel along the request path.
+
+Only `api` knows protobuf, only `upstream` knows boto3; every stage in between hands the next one
+of these frozen values.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: a SPIFFE id, DNS name or CN from mTLS, or the dev header."""
+
+    name: str
+    source: str  # "mtls" | "header"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRequest:
+    user_pool_id: str
+    username: str
+    attributes: tuple[Attribute, ...]
+    client_metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """A malformed field of the request. `field` is a path such as `user_attributes[2].value`."""
+
+    field: str
+    reason: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One reason a policy denies (or, in audit mode, would deny) a request. Never a value."""
+
+    attribute: str  # attribute name, "client_metadata.<key>", or "" for the whole request
+    policy: str  # "" when no policy applies
+    entry: str  # "allow[2]", "deny[0]", "clientMetadata.allowKeys", ""
+    reason: str  # stable code, see ViolationReason
+    message: str
+
+
+class ViolationReason(enum.StrEnum):
+    NO_APPLICABLE_POLICY = "NO_APPLICABLE_POLICY"
+    ATTRIBUTE_NOT_ALLOWED = "ATTRIBUTE_NOT_ALLOWED"
+    ATTRIBUTE_DENIED = "ATTRIBUTE_DENIED"
+    VERIFIED_FLAG_NOT_GRANTED = "VERIFIED_FLAG_NOT_GRANTED"
+    EMPTY_VALUE_NOT_ALLOWED = "EMPTY_VALUE_NOT_ALLOWED"
+    MAX_LENGTH = "MAX_LENGTH"
+    MIN_LENGTH = "MIN_LENGTH"
+    ENUM = "ENUM"
+    FORMAT = "FORMAT"
+    PATTERN = "PATTERN"
+    PATTERN_TIMEOUT = "PATTERN_TIMEOUT"
+    METADATA_KEY_NOT_ALLOWED = "METADATA_KEY_NOT_ALLOWED"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the policy engine concluded; pure, without identifiers."""
+
+    allowed: bool
+    violations: tuple[Violation, ...]
+    matched_policies: tuple[str, ...]
+    would_deny: tuple[Violation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str
+    policy_revision: str
+    allowed: bool
+    violations: tuple[Violation, ...] = ()
+    matched_policies: tuple[str, ...] = ()
+    would_deny: tuple[Violation, ...] = ()
+
+
+class UpstreamError(enum.Enum):
+    """How a Cognito call failed, classified by Cognito's error code (never its message)."""
+
+    USER_NOT_FOUND = "USER_NOT_FOUND"
+    RESOURCE_NOT_FOUND = "RESOURCE_NOT_FOUND"
+    ALIAS_EXISTS = "ALIAS_EXISTS"
+    INVALID_PARAMETER = "INVALID_PARAMETER"
+    THROTTLED = "THROTTLED"
+    UNAVAILABLE = "UNAVAILABLE"
+    LAMBDA_REJECTED = "LAMBDA_REJECTED"
+    CREDENTIALS_REJECTED = "CREDENTIALS_REJECTED"
+    POOL_MISCONFIGURED = "POOL_MISCONFIGURED"
+    OPERATION_NOT_ENABLED = "OPERATION_NOT_ENABLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNEXPECTED = "UNEXPECTED"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResult:
+    """The outcome of one forwarded call: ok with Cognito's request id, or a classified error.
+
+    `error_code` is Cognito's own error code (e.g. "AliasExistsException"), safe to expose;
+    Cognito's message is dropped because it may echo values.
+    """
+
+    ok: bool
+    request_id: str = ""
+    error: UpstreamError | None = None
+    error_code: str = ""
+    # True only when Cognito's answer proves the call changed nothing and sent nothing: an error
+    # response Cognito returned itself, or a connection never established. When in doubt, False.
+    no_effect: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """The request is malformed; nothing was decided or forwarded."""
+
+    decision_id: str
+    policy_revision: str
+    violations: tuple[FieldViolation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    decision: Decision
+    upstream: UpstreamResult
+
+
+Outcome = Invalid | Decision | Forwarded

@@ -1,0 +1,1 @@
+"""A local Cognito (moto) for `make run` and demos. Needs the `attrgate[local]` extra."""

@@ -1,0 +1,78 @@
+"""Start moto's Cognito in this process on a free loopback port and seed it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attrgate.config import ConfigError
+
+LOCAL_ACCESS_KEY = "local"
+LOCAL_SECRET_KEY = "local-secret"  # noqa: S105 - the emulator accepts any key
+
+
+@dataclass
+class LocalCognito:
+    endpoint: str
+    region: str
+    pool_id: str
+    users: list[str]
+    _server: Any
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def default_seed() -> str:
+    return resources.files("attrgate.local").joinpath("seed.yaml").read_text(encoding="utf-8")
+
+
+def start_local_cognito(region: str, seed_path: str | None = None) -> LocalCognito:
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise ConfigError(
+            "--local-cognito needs the local extra: pip install 'attrgate[local]'"
+        ) from None
+    seed_text = Path(seed_path).read_text(encoding="utf-8") if seed_path else default_seed()
+    seed = yaml.safe_load(seed_text)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client(
+        "cognito-idp",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=LOCAL_ACCESS_KEY,
+        aws_secret_access_key=LOCAL_SECRET_KEY,
+    )
+    pool_seed = seed["userPool"]
+    pool = client.create_user_pool(
+        PoolName=pool_seed["name"],
+        AutoVerifiedAttributes=pool_seed.get("autoVerifiedAttributes", []),
+        Schema=[
+            {"Name": c["name"], "AttributeDataType": c.get("type", "String"), "Mutable": True}
+            for c in pool_seed.get("customAttributes", [])
+        ],
+    )["UserPool"]
+    users = []
+    for user in seed.get("users", []):
+        client.admin_create_user(
+            UserPoolId=pool["Id"],
+            Username=user["username"],
+            UserAttributes=[
+                {"Name": k, "Value": str(v)} for k, v in user.get("attributes", {}).items()
+            ],
+            MessageAction="SUPPRESS",
+        )
+        users.append(user["username"])
+    client.close()
+    return LocalCognito(endpoint, region, pool["Id"], users, server)

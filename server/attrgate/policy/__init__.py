@@ -1,0 +1,1 @@
+"""Policies: the pydantic model, the YAML loader, the compiler and the pure engine."""

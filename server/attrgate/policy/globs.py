@@ -1,0 +1,73 @@
+"""Glob matching compiled once: exact names by dict, globs grouped by their literal prefix.
+
+A lookup costs a dict probe per distinct prefix length plus one regex try per distinct glob whose
+literal prefix the text starts with, so thousands of unrelated globs cost nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def is_glob(pattern: str) -> bool:
+    return "*" in pattern
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` matches any run of characters (also none); everything else is literal, case-sensitive."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+class _Glob(Generic[T]):
+    __slots__ = ("items", "regex")
+
+    def __init__(self, pattern: str) -> None:
+        self.regex = glob_regex(pattern)
+        self.items: list[T] = []
+
+
+class GlobIndex(Generic[T]):
+    def __init__(self, entries: Iterable[tuple[str, T]] = ()) -> None:
+        self._exact: dict[str, list[T]] = {}
+        self._by_prefix: dict[str, dict[str, _Glob[T]]] = {}
+        self._prefix_lengths: list[int] = []
+        for pattern, item in entries:
+            self.add(pattern, item)
+
+    def add(self, pattern: str, item: T) -> None:
+        if not is_glob(pattern):
+            self._exact.setdefault(pattern, []).append(item)
+            return
+        prefix = pattern.split("*", 1)[0]
+        group = self._by_prefix.setdefault(prefix, {})
+        if pattern not in group:
+            group[pattern] = _Glob(pattern)
+        group[pattern].items.append(item)
+        if len(prefix) not in self._prefix_lengths:
+            self._prefix_lengths.append(len(prefix))
+            self._prefix_lengths.sort()
+
+    def exact(self, text: str) -> list[T]:
+        """Items whose pattern is exactly `text` (no glob)."""
+        return self._exact.get(text, [])
+
+    def match(self, text: str) -> tuple[list[T], int]:
+        """Items whose pattern matches `text` (exact patterns first), and how many distinct globs
+        had to be tried: the candidates examined."""
+        found = list(self._exact.get(text, ()))
+        tried = 0
+        for length in self._prefix_lengths:
+            if length > len(text):
+                break
+            group = self._by_prefix.get(text[:length])
+            if group is None:
+                continue
+            for glob in group.values():
+                tried += 1
+                if glob.regex.fullmatch(text):
+                    found.extend(glob.items)
+        return found, tried

@@ -1,0 +1,1 @@
+"""The only place that knows boto3: validated domain requests in, plain outcomes out."""

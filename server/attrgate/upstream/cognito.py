@@ -1,0 +1,210 @@
+"""Forward AdminUpdateUserAttributes to Cognito with one boto3 client built at start.
+
+A strict point of cut-off: `update` takes a validated domain request and returns an
+UpstreamResult; no protobuf, policy or gRPC crosses it. Cognito's error messages never leave this
+module (they may echo values); only its error codes and request ids do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from attrgate.domain import UpdateRequest, UpstreamError, UpstreamResult
+
+# The deadline of the call running in this thread, so the retry hook can stop retrying for a
+# caller that has already gone (botocore has no per-call timeout).
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+_BY_CODE: dict[str, UpstreamError] = {
+    "UserNotFoundException": UpstreamError.USER_NOT_FOUND,
+    "ResourceNotFoundException": UpstreamError.RESOURCE_NOT_FOUND,
+    "AliasExistsException": UpstreamError.ALIAS_EXISTS,
+    "InvalidParameterException": UpstreamError.INVALID_PARAMETER,
+    "TooManyRequestsException": UpstreamError.THROTTLED,
+    "ThrottlingException": UpstreamError.THROTTLED,
+    "LimitExceededException": UpstreamError.THROTTLED,
+    "InternalErrorException": UpstreamError.UNAVAILABLE,
+    "ServiceUnavailableException": UpstreamError.UNAVAILABLE,
+    "UserLambdaValidationException": UpstreamError.LAMBDA_REJECTED,
+    "UnexpectedLambdaException": UpstreamError.LAMBDA_REJECTED,
+    "InvalidLambdaResponseException": UpstreamError.LAMBDA_REJECTED,
+    "InvalidSmsRoleAccessPolicyException": UpstreamError.POOL_MISCONFIGURED,
+    "InvalidSmsRoleTrustRelationshipException": UpstreamError.POOL_MISCONFIGURED,
+    "InvalidEmailRoleAccessPolicyException": UpstreamError.POOL_MISCONFIGURED,
+    "OperationNotEnabledException": UpstreamError.OPERATION_NOT_ENABLED,
+    # attrgate's own credentials or IAM rights are wrong: never a policy denial.
+    "NotAuthorizedException": UpstreamError.CREDENTIALS_REJECTED,
+    "AccessDeniedException": UpstreamError.CREDENTIALS_REJECTED,
+    "AccessDenied": UpstreamError.CREDENTIALS_REJECTED,
+    "UnrecognizedClientException": UpstreamError.CREDENTIALS_REJECTED,
+    "InvalidSignatureException": UpstreamError.CREDENTIALS_REJECTED,
+    "SignatureDoesNotMatch": UpstreamError.CREDENTIALS_REJECTED,
+    "InvalidClientTokenId": UpstreamError.CREDENTIALS_REJECTED,
+    "ExpiredTokenException": UpstreamError.CREDENTIALS_REJECTED,
+    "MissingAuthenticationTokenException": UpstreamError.CREDENTIALS_REJECTED,
+    "IncompleteSignatureException": UpstreamError.CREDENTIALS_REJECTED,
+}
+
+
+@dataclass(frozen=True)
+class CognitoSettings:
+    region: str
+    endpoint_url: str | None = None
+    threads: int = 64
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    max_attempts: int = 3
+    # Static credentials for the local emulator only; production uses the standard chain.
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+class UpstreamConfigError(Exception):
+    """The client cannot be built: attrgate must not start."""
+
+
+def classify_client_error(error: botocore.exceptions.ClientError) -> UpstreamResult:
+    response: dict[str, Any] = error.response
+    code = str(response.get("Error", {}).get("Code", ""))
+    meta = response.get("ResponseMetadata", {})
+    status = int(meta.get("HTTPStatusCode", 0) or 0)
+    request_id = str(meta.get("RequestId", ""))
+    kind = _BY_CODE.get(code)
+    if kind is None:
+        # botocore falls back to the HTTP status as the code when it cannot parse the body (an
+        # XML 403 from an IAM layer, a proxy's HTML 502): only then does the status decide.
+        if status in (401, 403):
+            kind = UpstreamError.CREDENTIALS_REJECTED
+        elif status == 429:
+            kind = UpstreamError.THROTTLED
+        elif status >= 500:
+            kind = UpstreamError.UNAVAILABLE
+        else:
+            kind = UpstreamError.UNEXPECTED
+    # A 4xx is Cognito refusing the call; after a 5xx nobody knows what happened.
+    return UpstreamResult(
+        ok=False, request_id=request_id, error=kind, error_code=code, no_effect=status < 500
+    )
+
+
+def classify_exception(error: BaseException) -> UpstreamResult:
+    if isinstance(error, botocore.exceptions.ClientError):
+        return classify_client_error(error)
+    if isinstance(
+        error,
+        botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError,
+    ):
+        return UpstreamResult(
+            ok=False, error=UpstreamError.UNAVAILABLE, error_code="ConnectionFailed", no_effect=True
+        )
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return UpstreamResult(
+            ok=False,
+            error=UpstreamError.CREDENTIALS_REJECTED,
+            error_code="NoCredentials",
+            no_effect=True,
+        )
+    if isinstance(error, botocore.exceptions.ReadTimeoutError):
+        return UpstreamResult(ok=False, error=UpstreamError.UNAVAILABLE, error_code="ReadTimeout")
+    if isinstance(error, botocore.exceptions.BotoCoreError | OSError):
+        return UpstreamResult(
+            ok=False, error=UpstreamError.UNAVAILABLE, error_code=type(error).__name__
+        )
+    return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code=type(error).__name__)
+
+
+class CognitoUpstream:
+    """One boto3 cognito-idp client and the executor its blocking calls run in."""
+
+    def __init__(self, settings: CognitoSettings) -> None:
+        self.settings = settings
+        session = boto3.session.Session(
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            region_name=settings.region,
+        )
+        if session.get_credentials() is None:
+            raise UpstreamConfigError(
+                "no AWS credentials found (standard chain: environment, profile, web identity, "
+                "container or instance role)"
+            )
+        config = botocore.config.Config(
+            region_name=settings.region,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            max_pool_connections=settings.threads,
+            user_agent_extra="attrgate",
+        )
+        try:
+            self.client = session.client(
+                "cognito-idp", endpoint_url=settings.endpoint_url, config=config
+            )
+        except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+            raise UpstreamConfigError(f"cannot build the Cognito client: {exc}") from None
+        # First, so its False ("do not retry") is seen before the retry handler's delay.
+        self.client.meta.events.register_first("needs-retry.cognito-idp", _stop_after_deadline)
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.threads, thread_name_prefix="attrgate-cognito"
+        )
+
+    def update_user_attributes_blocking(
+        self, request: UpdateRequest, deadline: float | None
+    ) -> UpstreamResult:
+        _deadline.set(deadline)
+        kwargs: dict[str, Any] = {
+            "UserPoolId": request.user_pool_id,
+            "Username": request.username,
+            "UserAttributes": [{"Name": a.name, "Value": a.value} for a in request.attributes],
+        }
+        if request.client_metadata:
+            kwargs["ClientMetadata"] = dict(request.client_metadata)
+        try:
+            response = self.client.admin_update_user_attributes(**kwargs)
+        except Exception as exc:
+            return classify_exception(exc)
+        return UpstreamResult(ok=True, request_id=response["ResponseMetadata"].get("RequestId", ""))
+
+    def submit(
+        self, request: UpdateRequest, deadline: float | None
+    ) -> asyncio.Future[UpstreamResult]:
+        """Start the call in the executor, carrying this context (trace parent) into the thread.
+
+        Await it through `asyncio.shield`: a caller that gives up must not mark the call, which
+        keeps running, as cancelled before its outcome is known.
+        """
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(
+            self._executor, context.run, self.update_user_attributes_blocking, request, deadline
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+def result_of(future: asyncio.Future[UpstreamResult]) -> UpstreamResult:
+    """The outcome of a finished `submit` future, whatever way it finished."""
+    if future.cancelled():
+        return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code="Cancelled")
+    error = future.exception()
+    if error is not None:
+        return classify_exception(error)
+    return future.result()
+
+
+def _stop_after_deadline(**_: Any) -> bool | None:
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() >= deadline:
+        return False
+    return None

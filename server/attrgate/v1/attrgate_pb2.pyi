@@ -1,0 +1,72 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AttributeType(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class UpdateUserAttributesRequest(_message.Message):
+    __slots__ = ("user_pool_id", "username", "user_attributes", "client_metadata")
+    class ClientMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    USER_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_METADATA_FIELD_NUMBER: _ClassVar[int]
+    user_pool_id: str
+    username: str
+    user_attributes: _containers.RepeatedCompositeFieldContainer[AttributeType]
+    client_metadata: _containers.ScalarMap[str, str]
+    def __init__(self, user_pool_id: _Optional[str] = ..., username: _Optional[str] = ..., user_attributes: _Optional[_Iterable[_Union[AttributeType, _Mapping]]] = ..., client_metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Violation(_message.Message):
+    __slots__ = ("attribute", "policy", "entry", "reason", "message")
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    attribute: str
+    policy: str
+    entry: str
+    reason: str
+    message: str
+    def __init__(self, attribute: _Optional[str] = ..., policy: _Optional[str] = ..., entry: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    WOULD_DENY_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    violations: _containers.RepeatedCompositeFieldContainer[Violation]
+    matched_policies: _containers.RepeatedScalarFieldContainer[str]
+    would_deny: _containers.RepeatedCompositeFieldContainer[Violation]
+    decision_id: str
+    policy_revision: str
+    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., matched_policies: _Optional[_Iterable[str]] = ..., would_deny: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., decision_id: _Optional[str] = ..., policy_revision: _Optional[str] = ...) -> None: ...
+
+class UpdateUserAttributesResponse(_message.Message):
+    __slots__ = ("decision", "cognito_request_id")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    COGNITO_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    cognito_request_id: str
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., cognito_request_id: _Optional[str] = ...) -> None: ...
