@@ -1,0 +1,65 @@
+"""attrgate's real App (grpc.aio) on a loopback port, in a thread with its own event loop, so
+tests can use plain synchronous gRPC clients."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from dataclasses import replace
+from typing import Any
+
+import grpc
+
+from attrgate.app import App
+from attrgate.config import Settings
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+
+
+class RunningServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.app = App(settings, io.StringIO())
+        try:
+            self.run(self.app.start())
+        except BaseException:
+            self.run(self.app.stop(0))
+            self._close_loop()
+            raise
+        host = settings.listen.rpartition(":")[0]
+        self.target = f"{host}:{self.app.port}"
+
+    def run(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def stub(self, channel: grpc.Channel) -> pb_grpc.UserAttributesStub:
+        return pb_grpc.UserAttributesStub(channel)
+
+    def stop(self, grace: float = 0.5) -> None:
+        self.run(self.app.stop(grace))
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def settings_for(**overrides: Any) -> Settings:
+    base = Settings(
+        listen="127.0.0.1:0",
+        insecure=True,
+        region="us-east-1",
+        cognito_max_attempts=2,
+        cognito_connect_timeout=1.0,
+        cognito_read_timeout=3.0,
+        executor_threads=8,
+        grace=0.5,
+    )
+    return replace(base, **overrides)

@@ -1,0 +1,86 @@
+"""An HTTP server speaking Cognito's JSON protocol (x-amz-json-1.1), answering what a test
+programs: the errors moto cannot produce, slow answers, 5xx. It records every request it gets."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=dict)
+    delay: float = 0.0
+    raw: bytes | None = None  # sent as is instead of the JSON body
+    content_type: str = "application/x-amz-json-1.1"
+
+
+def error(code: str, message: str = "stub error", status: int = 400) -> Reply:
+    return Reply(status, {"__type": code, "message": message})
+
+
+@dataclass
+class Received:
+    target: str
+    body: dict[str, Any]
+    authorization: str
+
+
+class CognitoStub:
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.default = Reply()
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                raw = self.rfile.read(length)
+                with stub._lock:
+                    stub.received.append(
+                        Received(
+                            self.headers.get("X-Amz-Target", ""),
+                            json.loads(raw or b"{}"),
+                            self.headers.get("Authorization", ""),
+                        )
+                    )
+                    reply = stub.replies.popleft() if stub.replies else stub.default
+                if reply.delay:
+                    time.sleep(reply.delay)
+                payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def program(self, *replies: Reply) -> None:
+        with self._lock:
+            self.replies.extend(replies)
+
+    def calls(self, operation: str = "AdminUpdateUserAttributes") -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.target.endswith("." + operation)]
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
