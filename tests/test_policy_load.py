@@ -1,0 +1,157 @@
+"""Loading policy sets: errors point at file and line; YAML 1.1 typing never bites."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from attrgate.policy.load import load_policy_set
+from attrgate.policy.model import AttributePolicy
+
+GOOD = """\
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata:
+  name: {name}
+spec:
+  callers: [svc]
+  userPools: ["*"]
+  allow:
+    - attribute: given_name
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def errors(root: Path) -> list[str]:
+    return [str(e) for e in load_policy_set(root).errors]
+
+
+def test_example_policies_load() -> None:
+    result = load_policy_set(Path(__file__).resolve().parent.parent / "policies")
+    assert result.ok, result.errors
+    assert {p.document.metadata.name for p in result.policies} >= {"profile-service"}
+
+
+def test_unknown_key_in_second_document_points_at_its_line(tmp_path: Path) -> None:
+    text = GOOD.format(name="a") + "---\n" + GOOD.format(name="b") + "      maxLenght: 5\n"
+    path = write(tmp_path / "set.yaml", text)
+    # The typo is on the last line of the file.
+    line = len(text.splitlines())
+    assert errors(path) == [f"{path}:{line}: spec.allow[0].maxLenght: unknown key"]
+
+
+def test_wrong_type_invalid_regex_and_missing_key(tmp_path: Path) -> None:
+    text = """\
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata:
+  name: broken
+spec:
+  callers: [svc]
+  allow:
+    - attribute: given_name
+      maxLength: "64"
+    - attribute: nickname
+      pattern: "([a-z"
+"""
+    path = write(tmp_path / "p.yaml", text)
+    found = errors(path)
+    assert f"{path}:9: spec.allow[0].maxLength: expected an integer" in found
+    assert any(
+        e.startswith(f"{path}:11: spec.allow[1].pattern: invalid regular expression") for e in found
+    )
+    assert f"{path}:5: spec.userPools: missing required key" in found
+    assert len(found) == 3
+
+
+def test_yaml_11_booleans_stay_strings_or_fail_clearly(tmp_path: Path) -> None:
+    ok = GOOD.format(name="countries").replace(
+        "- attribute: given_name", "- attribute: custom:country\n      enum: [NO, on, yes, off]"
+    )
+    result = load_policy_set(write(tmp_path / "ok" / "p.yaml", ok))
+    assert result.ok, result.errors
+    policy = result.policies[0].document
+    assert isinstance(policy, AttributePolicy)
+    assert policy.spec.allow[0].enum == ["NO", "on", "yes", "off"]
+
+    bad = GOOD.format(name="flag").replace(
+        "- attribute: given_name", "- attribute: nickname\n      allowEmpty: yes"
+    )
+    path = write(tmp_path / "bad" / "p.yaml", bad)
+    assert errors(path) == [f"{path}:10: spec.allow[0].allowEmpty: expected true or false"]
+
+
+def test_numbers_where_strings_are_expected_fail(tmp_path: Path) -> None:
+    bad = GOOD.format(name="n").replace(
+        "- attribute: given_name", "- attribute: custom:level\n      enum: [1, 2]"
+    )
+    path = write(tmp_path / "p.yaml", bad)
+    found = errors(path)
+    assert [e.split(": ", 2)[:2] for e in found] == [
+        [f"{path}:10", "spec.allow[0].enum[0]"],
+        [f"{path}:10", "spec.allow[0].enum[1]"],
+    ]
+    assert "expected a string" in found[0]
+
+
+def test_duplicate_name_across_files_names_both(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", GOOD.format(name="same"))
+    second = write(tmp_path / "sub" / "b.yml", GOOD.format(name="same"))
+    found = errors(tmp_path)
+    assert found == [
+        f"{second}:4: metadata.name: duplicate policy name 'same' "
+        f"(first defined at {tmp_path / 'a.yaml'}:4)"
+    ]
+
+
+def test_duplicate_keys_and_bad_yaml(tmp_path: Path) -> None:
+    dup = write(tmp_path / "d" / "p.yaml", GOOD.format(name="x") + "  callers: [other]\n")
+    assert errors(dup) == [f"{dup}:10: duplicate key 'callers'"]
+    broken = write(tmp_path / "b" / "p.yaml", "apiVersion: attrgate/v1\nkind: [unclosed\n")
+    (error,) = errors(broken)
+    assert error.startswith(f"{broken}:3: invalid YAML")
+
+
+def test_unknown_kind_and_api_version(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.yaml",
+        GOOD.format(name="a").replace("kind: AttributePolicy", "kind: AttrPolicy")
+        + "---\n"
+        + GOOD.format(name="b").replace("attrgate/v1", "attrgate/v2"),
+    )
+    found = errors(path)
+    assert found[0] == f"{path}:2: kind: unknown kind 'AttrPolicy' (known: AttributePolicy)"
+    assert found[1].startswith(f"{path}:11: apiVersion: ")
+    assert len(found) == 2
+
+
+def test_folder_walk_skips_dot_entries_like_configmap_links(tmp_path: Path) -> None:
+    # A Kubernetes ConfigMap mount: ..data -> ..2024_01_01/, and name -> ..data/name.
+    real = tmp_path / "..2024_01_01"
+    write(real / "p.yaml", GOOD.format(name="only-once"))
+    os.symlink(real.name, tmp_path / "..data")
+    os.symlink("..data/p.yaml", tmp_path / "p.yaml")
+    write(tmp_path / ".hidden.yaml", "this: is not a policy")
+    write(tmp_path / "notes.txt", "not yaml")
+    result = load_policy_set(tmp_path)
+    assert result.ok, result.errors
+    assert [p.document.metadata.name for p in result.policies] == ["only-once"]
+
+
+def test_empty_set_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert errors(tmp_path / "empty") == [f"{tmp_path / 'empty'}:0: no policy documents found"]
+
+
+def test_revision_is_a_content_hash(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.yaml", GOOD.format(name="a"))
+    first = load_policy_set(path).revision
+    assert first == load_policy_set(path).revision
+    path.write_text(GOOD.format(name="b"))
+    assert load_policy_set(path).revision != first
+    assert first.startswith("sha256:")

@@ -1,0 +1,212 @@
+"""The whole path through a real grpc.aio server on loopback, against moto with SigV4 enforced."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from attrgate.v1 import attrgate_pb2 as pb
+from support.cognito_stub import CognitoStub, Reply
+from support.moto_cognito import MotoCognito, free_port
+from support.rpc import as_caller, attrs_request, request, rich
+
+POLICIES = """
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: profile}
+spec:
+  callers: [profile-api]
+  userPools: ["us-east-1_*"]
+  allow:
+    - {attribute: given_name, maxLength: 10}
+    - {attribute: "custom:tier", enum: [free, pro]}
+  deny:
+    - {attribute: "custom:role"}
+  clientMetadata: {allowKeys: [source]}
+---
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: given-name-freeze}
+spec:
+  mode: audit
+  callers: ["profile-*"]
+  userPools: ["*"]
+  deny: [{attribute: given_name}]
+"""
+CALLER = as_caller("profile-api")
+
+
+@pytest.fixture
+def server(moto: MotoCognito, serve):
+    return serve(POLICIES, moto.endpoint)
+
+
+def test_allowed_update_reaches_cognito(server, moto: MotoCognito, pool: str) -> None:
+    with server.channel() as channel:
+        response, call = server.stub(channel).UpdateUserAttributes.with_call(
+            request(pool, given_name="Augusta", metadata={"source": "test"}), metadata=CALLER
+        )
+    decision = response.decision
+    assert decision.allowed
+    assert response.cognito_request_id
+    assert list(decision.matched_policies) == ["profile", "given-name-freeze"]
+    assert [(v.attribute, v.policy) for v in decision.would_deny] == [
+        ("given_name", "given-name-freeze")
+    ]
+    assert decision.policy_revision.startswith("sha256:")
+    assert dict(call.trailing_metadata())["x-attrgate-decision-id"] == decision.decision_id
+    assert moto.attributes(pool, "ada")["given_name"] == "Augusta"
+
+
+def test_denied_update_lists_every_violation_and_changes_nothing(
+    server, moto: MotoCognito, pool: str
+) -> None:
+    before = moto.attributes(pool, "ada")
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(
+            attrs_request(
+                pool,
+                [
+                    ("given_name", "Bartholomew"),
+                    ("custom:role", "admin"),
+                    ("email_verified", "true"),
+                    ("custom:tier", "pro"),
+                ],
+            ),
+            metadata=CALLER,
+        )
+    error = rich(caught.value)
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.info.reason == "POLICY_DENIED"
+    assert error.fields == ["user_attributes[0]", "user_attributes[1]", "user_attributes[2]"]
+    assert [v.reason for v in error.field_violations] == [
+        "MAX_LENGTH",
+        "ATTRIBUTE_DENIED",
+        "ATTRIBUTE_NOT_ALLOWED",
+    ]
+    assert "Bartholomew" not in error.message + str(error.field_violations)
+    assert moto.attributes(pool, "ada") == before
+
+
+def test_unknown_metadata_key_is_denied_not_trimmed(server, pool: str) -> None:
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(
+            request(pool, given_name="Ada", metadata={"source": "a", "debug": "b"}),
+            metadata=CALLER,
+        )
+    error = rich(caught.value)
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.fields == ["client_metadata.debug"]
+
+
+def test_checks_run_in_order_identity_validation_policy(server, pool: str) -> None:
+    malformed_and_denied = attrs_request(pool, [("custom:role", "x"), ("sub", "y")], username="")
+    with server.channel() as channel:
+        stub = server.stub(channel)
+        with pytest.raises(grpc.RpcError) as no_caller:
+            stub.UpdateUserAttributes(malformed_and_denied)
+        assert rich(no_caller.value).code == grpc.StatusCode.UNAUTHENTICATED
+        assert rich(no_caller.value).info.reason == "CALLER_UNAUTHENTICATED"
+
+        with pytest.raises(grpc.RpcError) as malformed:
+            stub.UpdateUserAttributes(malformed_and_denied, metadata=CALLER)
+        error = rich(malformed.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.info.reason == "INVALID_REQUEST"
+        assert error.fields == ["username", "user_attributes[1].name"]
+
+        with pytest.raises(grpc.RpcError) as stranger:
+            stub.UpdateUserAttributes(request(pool, given_name="Ada"), metadata=as_caller("x"))
+        error = rich(stranger.value)
+        assert error.code == grpc.StatusCode.PERMISSION_DENIED
+        assert [v.reason for v in error.field_violations] == ["NO_APPLICABLE_POLICY"]
+
+
+def test_check_decides_and_never_forwards(server, moto: MotoCognito, pool: str) -> None:
+    before = moto.attributes(pool, "ada")
+    with server.channel() as channel:
+        stub = server.stub(channel)
+        allowed = stub.CheckUpdateUserAttributes(request(pool, given_name="Zed"), metadata=CALLER)
+        denied = stub.CheckUpdateUserAttributes(
+            attrs_request(pool, [("custom:role", "admin")]), metadata=CALLER
+        )
+        with pytest.raises(grpc.RpcError) as malformed:
+            stub.CheckUpdateUserAttributes(request(pool), metadata=CALLER)
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.CheckUpdateUserAttributes(request(pool, given_name="Zed"))
+    assert allowed.allowed
+    assert not denied.allowed
+    assert [(v.attribute, v.reason) for v in denied.violations] == [
+        ("custom:role", "ATTRIBUTE_DENIED")
+    ]
+    assert allowed.decision_id != denied.decision_id
+    assert rich(malformed.value).code == grpc.StatusCode.INVALID_ARGUMENT
+    assert rich(anonymous.value).code == grpc.StatusCode.UNAUTHENTICATED
+    assert moto.attributes(pool, "ada") == before
+
+
+def test_oversized_request_is_refused(server, pool: str) -> None:
+    big = request(pool, given_name="x" * (70 * 1024))
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(big, metadata=CALLER)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_and_reflection(moto: MotoCognito, serve) -> None:
+    admin_port = free_port()
+    server = serve(POLICIES, moto.endpoint, admin_listen=f"127.0.0.1:{admin_port}")
+    for target in (server.target, f"127.0.0.1:{admin_port}"):
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "attrgate.v1.UserAttributes"):
+                answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    with server.channel() as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names = {s.name for a in answers for s in a.list_services_response.service}
+    assert "attrgate.v1.UserAttributes" in names
+    # The admin listener serves health only.
+    with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as channel:
+        stub = server.stub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CheckUpdateUserAttributes(request("us-east-1_X", given_name="a"), metadata=CALLER)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_graceful_stop_lets_in_flight_calls_finish(
+    serve, stub: CognitoStub, stub_credentials: None
+) -> None:
+    server = serve(POLICIES, stub.endpoint)
+    stub.program(Reply(delay=1.0))
+    results: list[object] = []
+
+    def call() -> None:
+        with server.channel() as channel:
+            try:
+                results.append(
+                    server.stub(channel).UpdateUserAttributes(
+                        request("us-east-1_Pool1", given_name="Ada"), metadata=CALLER, timeout=10
+                    )
+                )
+            except grpc.RpcError as error:
+                results.append(error)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not stub.calls() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stub.calls(), "the call never reached Cognito"
+    server.run(server.app.stop(5.0))
+    worker.join(10)
+    (result,) = results
+    assert isinstance(result, pb.UpdateUserAttributesResponse), result
+    assert result.decision.allowed
