@@ -19,8 +19,8 @@ run: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check server tests
-	$(BIN)/ruff format --check server tests
+	$(BIN)/ruff check server tests bench
+	$(BIN)/ruff format --check server tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,3 +35,7 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks print measured figures beside a baseline; they are not part of `make test`.
+bench: $(STAMP)
+	$(BIN)/python bench/bench_engine.py
