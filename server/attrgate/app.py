@@ -68,7 +68,12 @@ class App:
             raise ConfigError(str(exc)) from None
         pipeline = Pipeline(policy_set, self._upstream, result_of)
         self._health = health.aio.HealthServicer()
-        options = [("grpc.max_receive_message_length", settings.max_receive_bytes)]
+        options = [
+            ("grpc.max_receive_message_length", settings.max_receive_bytes),
+            # gRPC shares ports by default: a second attrgate on a busy port would silently split
+            # traffic with the first (and its older policies). Refuse to start instead.
+            ("grpc.so_reuseport", 0),
+        ]
         self._server = grpc.aio.server(options=options)
         identify = header_identity if settings.insecure else mtls_identity
         attrgate_pb2_grpc.add_UserAttributesServicer_to_server(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -88,7 +89,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{_HELP[item.name]} [env {env_name(item.name)}]"
         if item.type in ("bool", bool):
             parser.add_argument(
-                flag, dest=item.name, action="store_true", default=None, help=help_text
+                flag,
+                dest=item.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         else:
             parser.add_argument(flag, dest=item.name, default=None, help=help_text)
@@ -103,7 +108,8 @@ def settings_from(
     for item in fields(Settings):
         raw = getattr(namespace, item.name, None)
         source = "--" + item.name.replace("_", "-")
-        if raw is None and env_name(item.name) in env:
+        # An empty variable is unset, as in most shells' and tools' conventions.
+        if raw is None and env.get(env_name(item.name)):
             raw = env[env_name(item.name)]
             source = env_name(item.name)
         if raw is None:
@@ -179,6 +185,11 @@ def check(settings: Settings) -> None:
         raise ConfigError("--executor-threads must be at least 1")
     if settings.cognito_max_attempts < 1:
         raise ConfigError("--cognito-max-attempts must be at least 1")
+    for name in ("cognito_connect_timeout", "cognito_read_timeout", "grace"):
+        value = getattr(settings, name)
+        if not math.isfinite(value) or value < 0 or (value == 0 and name != "grace"):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a positive number of seconds, not {value}")
     if settings.max_receive_bytes < 1024:
         raise ConfigError("--max-receive-bytes must be at least 1024")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
