@@ -41,7 +41,7 @@ class RunningServer:
     def stub(self, channel: grpc.Channel) -> pb_grpc.UserAttributesStub:
         return pb_grpc.UserAttributesStub(channel)
 
-    def stop(self, grace: float = 0.5) -> None:
+    def stop(self, grace: float = 0.0) -> None:
         self.run(self.app.stop(grace))
         self._close_loop()
 

@@ -141,7 +141,7 @@ class CognitoUpstream:
             region_name=settings.region,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
-            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
             max_pool_connections=settings.threads,
             user_agent_extra="attrgate",
         )

@@ -1,0 +1,587 @@
+"""The Cognito edge, end to end: a real attrgate grpc.aio server on loopback in front of either the
+Cognito JSON stub (errors moto cannot produce, slow answers, 5xx, XML 403s) or moto's Cognito with
+SigV4 checking on.
+
+What a caller sees for each upstream outcome (gRPC status + ErrorInfo reason), that Cognito's own
+messages never leak, how retries and deadlines behave, and that what is forwarded is exactly what
+was asked (and nothing at all when the request is denied or invalid).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import botocore.session
+import grpc
+import pytest
+
+from attrgate.upstream.cognito import _BY_CODE
+from attrgate.v1 import attrgate_pb2 as pb
+from support.attrgate_server import RunningServer
+from support.cognito_stub import CognitoStub, Reply, error
+from support.moto_cognito import MotoCognito, free_port
+from support.rpc import RichError, as_caller, attrs_request, request, rich
+
+POOL = "us-east-1_StubPool1"
+CALLER = "profile-api"
+# Cognito's message may echo values: it must never reach the caller or the logs.
+MARKER = "Zq7-cognito-message-marker-4f1e"
+# An attribute value the caller sends: it must never be echoed in an error either.
+VALUE_MARKER = "Vx9valuemarker"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+LATE = re.compile(
+    r"late cognito outcome decision_id=(?P<id>[0-9a-f]{32}) ok=(?P<ok>\w+) "
+    r"error=(?P<error>\w*) code=(?P<code>\S*) cognito_request_id=(?P<rid>\S*)"
+)
+
+POLICY = """\
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata:
+  name: upstream-tests
+spec:
+  callers: ["profile-*"]
+  userPools: ["us-east-1_*"]
+  allow:
+    - attribute: given_name
+    - attribute: family_name
+    - attribute: email
+      format: email
+    - attribute: "custom:tier"
+      enum: [free, pro, enterprise]
+  deny:
+    - attribute: "custom:role"
+  clientMetadata:
+    allowKeys: [source, ticket]
+"""
+
+S = grpc.StatusCode
+# The documented answer for every Cognito error code AdminUpdateUserAttributes may return.
+EXPECTED: dict[str, tuple[grpc.StatusCode, str]] = {
+    "UserNotFoundException": (S.NOT_FOUND, "COGNITO_USER_NOT_FOUND"),
+    "ResourceNotFoundException": (S.NOT_FOUND, "COGNITO_RESOURCE_NOT_FOUND"),
+    "AliasExistsException": (S.ALREADY_EXISTS, "COGNITO_ALIAS_EXISTS"),
+    "InvalidParameterException": (S.INVALID_ARGUMENT, "COGNITO_INVALID_PARAMETER"),
+    "TooManyRequestsException": (S.RESOURCE_EXHAUSTED, "COGNITO_THROTTLED"),
+    "InternalErrorException": (S.UNAVAILABLE, "COGNITO_UNAVAILABLE"),
+    "UserLambdaValidationException": (S.FAILED_PRECONDITION, "COGNITO_LAMBDA_REJECTED"),
+    "UnexpectedLambdaException": (S.FAILED_PRECONDITION, "COGNITO_LAMBDA_REJECTED"),
+    "InvalidLambdaResponseException": (S.FAILED_PRECONDITION, "COGNITO_LAMBDA_REJECTED"),
+    "OperationNotEnabledException": (S.FAILED_PRECONDITION, "COGNITO_OPERATION_NOT_ENABLED"),
+    "NotAuthorizedException": (S.INTERNAL, "UPSTREAM_CREDENTIALS_REJECTED"),
+    "InvalidSmsRoleAccessPolicyException": (S.INTERNAL, "COGNITO_POOL_MISCONFIGURED"),
+    "InvalidSmsRoleTrustRelationshipException": (S.INTERNAL, "COGNITO_POOL_MISCONFIGURED"),
+    "InvalidEmailRoleAccessPolicyException": (S.INTERNAL, "COGNITO_POOL_MISCONFIGURED"),
+}
+# The HTTP status real Cognito answers each code with (its errors are 400s except these).
+HTTP_STATUS = {"InternalErrorException": 500}
+# Retried by botocore's standard mode (throttling code, transient 5xx); every other error is
+# Cognito's final word and must be sent exactly once (a retry could re-run Lambda triggers).
+RETRIED = {"TooManyRequestsException", "InternalErrorException"}
+# The gRPC codes attrgate documents for upstream failures (README / api.errors._UPSTREAM).
+DOCUMENTED = {
+    S.NOT_FOUND,
+    S.ALREADY_EXISTS,
+    S.INVALID_ARGUMENT,
+    S.RESOURCE_EXHAUSTED,
+    S.UNAVAILABLE,
+    S.FAILED_PRECONDITION,
+    S.INTERNAL,
+    S.DEADLINE_EXCEEDED,
+}
+
+
+def botocore_error_codes() -> list[str]:
+    model = botocore.session.get_session().get_service_model("cognito-idp")
+    return sorted(s.name for s in model.operation_model("AdminUpdateUserAttributes").error_shapes)
+
+
+ERROR_CODES = botocore_error_codes()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def call(
+    server: RunningServer,
+    message: pb.UpdateUserAttributesRequest,
+    caller: str | None = CALLER,
+    timeout: float = 10,
+) -> tuple[pb.UpdateUserAttributesResponse, grpc.Call]:
+    with server.channel() as channel:
+        return server.stub(channel).UpdateUserAttributes.with_call(
+            message, metadata=as_caller(caller) if caller else None, timeout=timeout
+        )
+
+
+def call_error(
+    server: RunningServer,
+    message: pb.UpdateUserAttributesRequest,
+    caller: str | None = CALLER,
+    timeout: float = 10,
+) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        call(server, message, caller, timeout)
+    return raised.value
+
+
+def exposed_texts(err: grpc.RpcError, detail: RichError) -> list[str]:
+    """Everything a caller can read of an error: message, trailers, every detail field."""
+    texts = [err.details() or "", detail.message, detail.info.reason, detail.info.domain]
+    texts += [*detail.info.metadata.keys(), *detail.info.metadata.values()]
+    for violation in detail.field_violations:
+        texts += [violation.field, violation.description, violation.reason]
+    for key, value in err.trailing_metadata() or ():
+        texts.append(key)
+        # grpc-status-details-bin: the serialized google.rpc.Status, strings in UTF-8.
+        texts.append(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+    return texts
+
+
+def attrgate_log_texts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    formatter = logging.Formatter()
+    texts = []
+    for record in caplog.records:
+        if record.name == "attrgate" or record.name.startswith("attrgate."):
+            texts.append(record.getMessage())
+            if record.exc_info:
+                texts.append(formatter.formatException(record.exc_info))
+    return texts
+
+
+def assert_nothing_leaks(err: grpc.RpcError, detail: RichError, caplog: Any) -> None:
+    for text in exposed_texts(err, detail):
+        assert MARKER not in text, f"Cognito's message leaked to the caller: {text!r}"
+        assert VALUE_MARKER not in text, f"an attribute value leaked to the caller: {text!r}"
+    for text in attrgate_log_texts(caplog):
+        assert MARKER not in text, f"Cognito's message leaked to the logs: {text!r}"
+        assert VALUE_MARKER not in text, f"an attribute value leaked to the logs: {text!r}"
+
+
+def allowed_request() -> pb.UpdateUserAttributesRequest:
+    return request(POOL, given_name=f"Ada{VALUE_MARKER}")
+
+
+def wait_for_late_record(caplog: pytest.LogCaptureFixture, timeout: float = 5.0) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in list(caplog.records):
+            if record.name == "attrgate.pipeline" and "late cognito outcome" in record.getMessage():
+                assert record.levelno == logging.WARNING
+                match = LATE.search(record.getMessage())
+                assert match, f"late outcome record in an unexpected shape: {record.getMessage()}"
+                return match
+        time.sleep(0.02)
+    pytest.fail(f"no 'late cognito outcome' record from attrgate.pipeline within {timeout}s")
+
+
+@pytest.fixture
+def stub_server(
+    stub: CognitoStub, stub_credentials: None, serve: Callable[..., RunningServer]
+) -> Callable[..., RunningServer]:
+    def start(policy: str = POLICY, **overrides: Any) -> RunningServer:
+        return serve(policy, stub.endpoint, **overrides)
+
+    return start
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="attrgate")
+    return caplog
+
+
+# --- 1 + 2: every modelled error, its status and reason, and no leak -------------------------
+
+
+def test_botocore_lists_the_errors_this_file_covers() -> None:
+    # Guards the parametrization below against an empty or renamed model.
+    assert len(ERROR_CODES) >= 10
+    assert {"UserNotFoundException", "TooManyRequestsException"} <= set(ERROR_CODES)
+
+
+@pytest.mark.parametrize("code", ERROR_CODES)
+def test_every_modelled_error_is_mapped_explicitly(code: str) -> None:
+    # Fails as soon as botocore's model gains an error attrgate does not classify by code.
+    assert code in _BY_CODE, f"botocore lists {code} for AdminUpdateUserAttributes: map it"
+    assert code in EXPECTED, f"botocore lists {code}: document its gRPC status and reason here"
+
+
+@pytest.mark.parametrize("code", ERROR_CODES)
+def test_modelled_error_maps_to_documented_status(
+    code: str, stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    stub.default = error(
+        code, f"{MARKER}: value {VALUE_MARKER} rejected", HTTP_STATUS.get(code, 400)
+    )
+    server = stub_server()
+
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+
+    assert err.code() != S.UNKNOWN
+    assert code in EXPECTED, f"no documented status for {code}"
+    assert (err.code(), detail.info.reason) == EXPECTED[code]
+    assert detail.info.metadata["cognito_error_code"] == code
+    assert UUID.match(detail.info.metadata["cognito_request_id"])
+    assert detail.info.metadata["policy_revision"]
+    trailers = dict(err.trailing_metadata() or ())
+    assert trailers["x-attrgate-decision-id"] == detail.info.metadata["decision_id"]
+    if err.code() == S.INVALID_ARGUMENT:
+        assert detail.has_bad_request
+        assert [v.reason for v in detail.field_violations] == [code]
+    else:
+        assert not detail.has_bad_request
+    assert len(stub.calls()) == (server.settings.cognito_max_attempts if code in RETRIED else 1)
+    assert_nothing_leaks(err, detail, logs)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (400, (S.INTERNAL, "COGNITO_UNEXPECTED_ERROR")),
+        (503, (S.UNAVAILABLE, "COGNITO_UNAVAILABLE")),
+    ],
+)
+def test_unknown_error_code_gets_a_documented_status(
+    status: int,
+    expected: tuple[grpc.StatusCode, str],
+    stub: CognitoStub,
+    stub_server: Callable[..., RunningServer],
+    logs: Any,
+) -> None:
+    stub.default = error("BrandNewCognitoException", MARKER, status)
+    server = stub_server()
+
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+
+    assert err.code() != S.UNKNOWN
+    assert err.code() in DOCUMENTED
+    assert (err.code(), detail.info.reason) == expected
+    assert detail.info.metadata["cognito_error_code"] == "BrandNewCognitoException"
+    assert_nothing_leaks(err, detail, logs)
+
+
+# --- 3: retries, 5xx, XML 403, unreachable ---------------------------------------------------
+
+
+def test_throttling_is_retried_max_attempts_then_resource_exhausted(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    stub.default = error("TooManyRequestsException", MARKER)
+    server = stub_server()
+    assert server.settings.cognito_max_attempts == 2
+
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+
+    assert err.code() == S.RESOURCE_EXHAUSTED
+    assert detail.info.reason == "COGNITO_THROTTLED"
+    assert len(stub.calls()) == 2
+    assert_nothing_leaks(err, detail, logs)
+
+
+def test_max_attempts_one_means_no_retry(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    # --cognito-max-attempts counts attempts, the first included: 1 is "never retry".
+    stub.default = error("TooManyRequestsException", MARKER)
+    server = stub_server(cognito_max_attempts=1)
+
+    err = call_error(server, allowed_request())
+
+    assert err.code() == S.RESOURCE_EXHAUSTED
+    assert len(stub.calls()) == 1
+
+
+def test_throttling_once_then_success_is_ok(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    stub.program(error("TooManyRequestsException", MARKER))
+    server = stub_server()
+
+    response, _ = call(server, allowed_request())
+
+    assert response.decision.allowed
+    assert UUID.match(response.cognito_request_id)
+    assert len(stub.calls()) == 2
+
+
+def test_internal_error_500_is_unavailable(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    stub.default = error("InternalErrorException", MARKER, 500)
+    server = stub_server()
+
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+
+    assert err.code() == S.UNAVAILABLE
+    assert detail.info.reason == "COGNITO_UNAVAILABLE"
+    assert len(stub.calls()) == 2
+    assert_nothing_leaks(err, detail, logs)
+
+
+def test_html_502_from_a_proxy_is_unavailable(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    body = f"<html><body>Bad gateway {MARKER}</body></html>".encode()
+    stub.default = Reply(status=502, raw=body, content_type="text/html")
+    server = stub_server()
+
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+
+    assert err.code() == S.UNAVAILABLE
+    assert detail.info.reason == "COGNITO_UNAVAILABLE"
+    assert_nothing_leaks(err, detail, logs)
+
+
+def test_xml_403_is_credentials_rejected_never_permission_denied(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    # What an IAM layer (and moto with auth on) answers: an XML body the JSON parser cannot read.
+    body = (
+        "<?xml version='1.0' encoding='UTF-8'?><ErrorResponse><Error><Type>Sender</Type>"
+        f"<Code>SignatureDoesNotMatch</Code><Message>{MARKER}</Message></Error>"
+        "<RequestId>r-1</RequestId></ErrorResponse>"
+    ).encode()
+    stub.default = Reply(status=403, raw=body, content_type="text/xml")
+    server = stub_server()
+
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+
+    assert err.code() == S.INTERNAL
+    assert err.code() != S.PERMISSION_DENIED
+    assert detail.info.reason == "UPSTREAM_CREDENTIALS_REJECTED"
+    assert len(stub.calls()) == 1
+    assert_nothing_leaks(err, detail, logs)
+
+
+def test_unreachable_endpoint_is_unavailable(
+    stub_credentials: None, serve: Callable[..., RunningServer], logs: Any
+) -> None:
+    server = serve(POLICY, f"http://127.0.0.1:{free_port()}")
+
+    started = time.monotonic()
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+
+    assert err.code() == S.UNAVAILABLE
+    assert detail.info.reason == "COGNITO_UNAVAILABLE"
+    assert time.monotonic() - started < 5
+    assert_nothing_leaks(err, detail, logs)
+
+
+# --- 4: deadlines ----------------------------------------------------------------------------
+
+
+def test_deadline_exceeded_and_late_outcome_logged(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    stub.program(Reply(delay=1.0))
+    server = stub_server()
+
+    started = time.monotonic()
+    err = call_error(server, allowed_request(), timeout=0.3)
+
+    assert err.code() == S.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 0.9, "the caller waited for Cognito past its deadline"
+    late = wait_for_late_record(logs)
+    # The outcome Cognito gave after the caller left: the update happened.
+    assert late["ok"] == "True"
+    assert UUID.match(late["rid"])
+    assert len(stub.calls()) == 1
+    # When the server's own abort wins the race with the client's timer, the caller holds the
+    # decision id too; it must be the one logged.
+    trailers = dict(err.trailing_metadata() or ())
+    if "x-attrgate-decision-id" in trailers:
+        assert trailers["x-attrgate-decision-id"] == late["id"]
+
+
+def test_no_retry_after_the_deadline(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    stub.default = Reply(
+        status=400, body={"__type": "TooManyRequestsException", "message": MARKER}, delay=0.5
+    )
+    server = stub_server(cognito_max_attempts=3)
+
+    err = call_error(server, allowed_request(), timeout=0.2)
+
+    assert err.code() == S.DEADLINE_EXCEEDED
+    late = wait_for_late_record(logs)
+    assert (late["ok"], late["error"], late["code"]) == (
+        "False",
+        "THROTTLED",
+        "TooManyRequestsException",
+    )
+    assert len(stub.calls()) == 1, "retried for a caller whose deadline had passed"
+    assert all(MARKER not in text for text in attrgate_log_texts(logs))
+
+
+# --- 5: forwarding fidelity ------------------------------------------------------------------
+
+
+def test_allowed_request_is_forwarded_exactly(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    server = stub_server()
+    attributes = [
+        ("family_name", "Lovelace"),
+        ("given_name", "Ada"),
+        ("custom:tier", "pro"),
+        ("email", "ada@example.com"),
+    ]
+    metadata = {"source": "web", "ticket": "T-42"}
+    message = request(POOL, "ada.l", metadata, **dict(attributes))
+
+    response, grpc_call = call(server, message)
+
+    assert response.decision.allowed
+    assert UUID.match(response.cognito_request_id)
+    trailers = dict(grpc_call.trailing_metadata() or ())
+    assert trailers["x-attrgate-decision-id"] == response.decision.decision_id
+    [received] = stub.calls()
+    assert received.target == "AWSCognitoIdentityProviderService.AdminUpdateUserAttributes"
+    assert received.body == {
+        "UserPoolId": POOL,
+        "Username": "ada.l",
+        "UserAttributes": [{"Name": n, "Value": v} for n, v in attributes],
+        "ClientMetadata": metadata,
+    }
+    assert received.authorization.startswith("AWS4-HMAC-SHA256 ")
+    assert "Credential=stub-key/" in received.authorization
+    assert "/us-east-1/cognito-idp/aws4_request" in received.authorization
+    assert "Signature=" in received.authorization
+
+
+def test_request_without_metadata_sends_no_client_metadata(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    server = stub_server()
+
+    call(server, attrs_request(POOL, [("given_name", "Ada")]))
+
+    [received] = stub.calls()
+    assert received.body == {
+        "UserPoolId": POOL,
+        "Username": "ada",
+        "UserAttributes": [{"Name": "given_name", "Value": "Ada"}],
+    }
+
+
+def test_denied_invalid_and_unauthenticated_requests_never_reach_cognito(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    server = stub_server()
+
+    denied_attribute = call_error(server, attrs_request(POOL, [("custom:role", "admin")]))
+    denied_metadata = call_error(server, request(POOL, metadata={"evil": "x"}, given_name="Ada"))
+    denied_caller = call_error(server, allowed_request(), caller="billing-api")
+    denied_pool = call_error(server, request("eu-west-1_Other1", given_name="Ada"))
+    invalid = call_error(server, attrs_request(POOL, [("sub", "x")], username=""))
+    unauthenticated = call_error(server, allowed_request(), caller=None)
+
+    for err in (denied_attribute, denied_metadata, denied_caller, denied_pool):
+        assert err.code() == S.PERMISSION_DENIED
+        assert rich(err).info.reason == "POLICY_DENIED"
+    assert invalid.code() == S.INVALID_ARGUMENT
+    assert rich(invalid).info.reason == "INVALID_REQUEST"
+    assert unauthenticated.code() == S.UNAUTHENTICATED
+    assert stub.received == [], "a refused request reached Cognito"
+
+    # The same server does reach the stub for an allowed request: the silence above is a refusal.
+    call(server, allowed_request())
+    assert len(stub.received) == 1
+
+
+# --- 6: moto with SigV4 checking on ----------------------------------------------------------
+
+
+def test_moto_allowed_update_changes_the_user(
+    moto: MotoCognito, pool: str, serve: Callable[..., RunningServer]
+) -> None:
+    server = serve(POLICY, moto.endpoint)
+
+    response, _ = call(
+        server, request(pool, metadata={"source": "web"}, given_name="Grace", family_name="Hopper")
+    )
+
+    assert response.decision.allowed
+    assert response.cognito_request_id
+    attributes = moto.attributes(pool, "ada")
+    assert attributes["given_name"] == "Grace"
+    assert attributes["family_name"] == "Hopper"
+    assert attributes["email"] == "ada@example.com"
+
+
+@pytest.mark.parametrize("variable", ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"])
+def test_moto_wrong_credentials_are_internal_not_permission_denied(
+    variable: str,
+    moto: MotoCognito,
+    pool: str,
+    serve: Callable[..., RunningServer],
+    monkeypatch: pytest.MonkeyPatch,
+    logs: Any,
+) -> None:
+    monkeypatch.setenv(variable, "AKIAWRONGWRONGWRONG0" if "KEY_ID" in variable else "wrong")
+    server = serve(POLICY, moto.endpoint)
+
+    err = call_error(server, request(pool, given_name="Mallory"))
+    detail = rich(err)
+
+    assert err.code() == S.INTERNAL
+    assert err.code() != S.PERMISSION_DENIED
+    assert detail.info.reason == "UPSTREAM_CREDENTIALS_REJECTED"
+    assert moto.attributes(pool, "ada")["given_name"] == "Ada"
+    assert_nothing_leaks(err, detail, logs)
+
+
+def test_moto_user_not_found(
+    moto: MotoCognito, pool: str, serve: Callable[..., RunningServer]
+) -> None:
+    server = serve(POLICY, moto.endpoint)
+
+    err = call_error(server, request(pool, "nobody", given_name="Ada"))
+    detail = rich(err)
+
+    assert err.code() == S.NOT_FOUND
+    assert detail.info.reason == "COGNITO_USER_NOT_FOUND"
+    assert detail.info.metadata["cognito_error_code"] == "UserNotFoundException"
+
+
+def test_moto_pool_not_found(
+    moto: MotoCognito, pool: str, serve: Callable[..., RunningServer]
+) -> None:
+    server = serve(POLICY, moto.endpoint)
+    missing = "us-east-1_" + "0" * 9
+
+    err = call_error(server, request(missing, given_name="Ada"))
+    detail = rich(err)
+
+    assert err.code() == S.NOT_FOUND
+    assert detail.info.reason == "COGNITO_RESOURCE_NOT_FOUND"
+    assert detail.info.metadata["cognito_error_code"] == "ResourceNotFoundException"
+
+
+def test_moto_alias_exists(moto: MotoCognito, serve: Callable[..., RunningServer]) -> None:
+    # moto raises AliasExistsException when an email already used by another user is written in
+    # a pool that signs users in by email.
+    pool_id = moto.create_pool("by-email", UsernameAttributes=["email"])
+    moto.create_user(pool_id, "ada@example.com", given_name="Ada")
+    moto.create_user(pool_id, "grace@example.com", given_name="Grace")
+    server = serve(POLICY, moto.endpoint)
+
+    err = call_error(server, request(pool_id, "grace@example.com", email="ada@example.com"))
+    detail = rich(err)
+
+    assert err.code() == S.ALREADY_EXISTS
+    assert detail.info.reason == "COGNITO_ALIAS_EXISTS"
+    assert moto.attributes(pool_id, "grace@example.com")["email"] == "grace@example.com"
