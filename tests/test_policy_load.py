@@ -145,7 +145,8 @@ def test_folder_walk_skips_dot_entries_like_configmap_links(tmp_path: Path) -> N
 
 def test_empty_set_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    assert errors(tmp_path / "empty") == [f"{tmp_path / 'empty'}:0: no policy documents found"]
+    assert errors(tmp_path / "empty") == [f"{tmp_path / 'empty'}: no policy documents found"]
+    assert errors(tmp_path / "missing") == [f"{tmp_path / 'missing'}: no such file or folder"]
 
 
 def test_revision_is_a_content_hash(tmp_path: Path) -> None:

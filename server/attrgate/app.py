@@ -196,12 +196,18 @@ def _print_local_help(app: App, out: TextIO) -> None:
         f"local Cognito (moto) at {local.endpoint}, region {local.region}\n"
         f"  user pool: {local.pool_id}\n"
         f"  users:     {', '.join(local.users)}\n"
-        f"attrgate listening on {target} (plaintext; the caller names itself)\n"
+        f"attrgate listening on {target} (plaintext; the caller names itself)"
+        + (f", health on {host}:{app.admin_port}" if app.admin_port else "")
+        + "\n"
         "try:\n"
         f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
         f"--user {user} given_name=Ada\n"
         f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
-        f"--user {user} custom:role=admin email_verified=true\n",
+        f"--user {user} custom:role=admin email_verified=true\n"
+        "read a user back (the emulator takes any credentials):\n"
+        f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --endpoint-url "
+        f"{local.endpoint} --region {local.region} cognito-idp admin-get-user "
+        f"--user-pool-id {local.pool_id} --username {user}\n",
         file=out,
         flush=True,
     )

@@ -123,8 +123,12 @@ def _check(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
     if not result.ok:
         return EXIT_FAILED
+    policies = len(result.policies)
     files = len({p.file for p in result.policies})
-    print(f"ok: {len(result.policies)} policies in {files} files, revision {result.revision}")
+    print(
+        f"ok: {policies} {'policy' if policies == 1 else 'policies'} in {files} "
+        f"{'file' if files == 1 else 'files'}, revision {result.revision}"
+    )
     return EXIT_OK
 
 
@@ -133,7 +137,8 @@ def _pairs(items: Sequence[str], what: str) -> list[tuple[str, str]]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise SystemExit(f"attrgate call: {what} {item!r} is not NAME=VALUE")
+            print(f"attrgate call: {what} {item!r} is not NAME=VALUE", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG)
         pairs.append((name, value))
     return pairs
 

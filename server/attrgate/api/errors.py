@@ -99,11 +99,12 @@ def policy_denied(decision: Decision, request: UpdateRequest) -> ErrorStatus:
         else:
             field_path = "caller"
         where = f" (policy {v.policy} {v.entry})" if v.policy else ""
-        subject = v.attribute or "request"
+        # Name the attribute where the field path is only its position.
+        subject = f"{v.attribute}: " if v.attribute and v.attribute != field_path else ""
         violations.append(
             error_details_pb2.BadRequest.FieldViolation(
                 field=field_path,
-                description=f"{subject}: {v.reason}{where}: {v.message}",
+                description=f"{subject}{v.reason}{where}: {v.message}",
                 reason=str(v.reason),
             )
         )

@@ -26,7 +26,8 @@ class PolicyError:
 
     def __str__(self) -> str:
         location = f"{self.where}: " if self.where else ""
-        return f"{self.file}:{self.line}: {location}{self.message}"
+        line = f":{self.line}" if self.line else ""
+        return f"{self.file}{line}: {location}{self.message}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class LoadResult:
 def policy_files(root: str | os.PathLike[str]) -> list[FsPath]:
     """`root` itself, or every *.yaml/*.yml below it, skipping dot entries (`..data` links)."""
     base = FsPath(root)
+    if not base.exists():
+        return []
     if not base.is_dir():
         return [base]
     found: list[FsPath] = []
@@ -112,7 +115,9 @@ def load_policy_set(root: str | os.PathLike[str]) -> LoadResult:
                 continue
             names[name] = f"{label}:{document.line_of(('metadata', 'name'))}"
             result.policies.append(loaded)
-    if not files or (not result.policies and not result.errors):
+    if not FsPath(root).exists():
+        result.errors.append(PolicyError(str(root), 0, "", "no such file or folder"))
+    elif not files or (not result.policies and not result.errors):
         result.errors.append(PolicyError(str(root), 0, "", "no policy documents found"))
     result.revision = "sha256:" + digest.hexdigest()[:16]
     return result
