@@ -156,3 +156,15 @@ def test_revision_is_a_content_hash(tmp_path: Path) -> None:
     path.write_text(GOOD.format(name="b"))
     assert load_policy_set(path).revision != first
     assert first.startswith("sha256:")
+
+
+def test_patterns_must_be_re2_syntax(tmp_path: Path) -> None:
+    # Backreferences and lookaround have no linear-time match: refused at load.
+    text = GOOD.format(name="p").replace(
+        "- attribute: given_name", "- attribute: nickname\n      pattern: '(a)\\1'"
+    )
+    path = write(tmp_path / "p.yaml", text)
+    (error,) = errors(path)
+    assert error.startswith(
+        f"{path}:10: spec.allow[0].pattern: invalid regular expression (RE2 syntax): "
+    )

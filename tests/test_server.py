@@ -210,3 +210,59 @@ def test_graceful_stop_lets_in_flight_calls_finish(
     (result,) = results
     assert isinstance(result, pb.UpdateUserAttributesResponse), result
     assert result.decision.allowed
+
+
+def test_undecodable_request_is_invalid_argument_not_unknown(server) -> None:
+    # Field 2 (username) holding invalid UTF-8: protobuf refuses to decode it.
+    body = bytes([0x0A, 0x07]) + b"us-1_ab" + bytes([0x12, 0x02, 0xFF, 0xFE])
+    with server.channel() as channel:
+        for method in ("UpdateUserAttributes", "CheckUpdateUserAttributes"):
+            raw = channel.unary_unary(
+                f"/attrgate.v1.UserAttributes/{method}",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(body, metadata=CALLER, timeout=5)
+            error = rich(caught.value)
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.info.reason == "INVALID_REQUEST"
+            assert error.fields == ["request"]
+
+
+def test_the_largest_denial_still_names_every_field(server, pool: str) -> None:
+    from attrgate.validate import ATTRIBUTE_NAME_MAX, ATTRIBUTES_MAX, METADATA_ENTRIES_MAX
+
+    names = [f"custom:{i:02d}".ljust(ATTRIBUTE_NAME_MAX, "x") for i in range(ATTRIBUTES_MAX)]
+    metadata = {f"k{i:02d}".ljust(64, "y"): "v" for i in range(METADATA_ENTRIES_MAX)}
+    message = pb.UpdateUserAttributesRequest(
+        user_pool_id=pool,
+        username="ada",
+        user_attributes=[pb.AttributeType(name=n, value="v") for n in names],
+        client_metadata=metadata,
+    )
+    expected = [f"user_attributes[{i}]" for i in range(ATTRIBUTES_MAX)] + [
+        f"client_metadata.{k}" for k in metadata
+    ]
+    with server.channel() as channel:
+        # Past the 8 KiB trailer limit a client drops the status at random: ask several times.
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as caught:
+                server.stub(channel).UpdateUserAttributes(message, metadata=CALLER, timeout=5)
+            error = rich(caught.value)
+            assert error.code == grpc.StatusCode.PERMISSION_DENIED
+            assert sorted(error.fields) == sorted(expected)
+
+
+def test_a_metadata_finding_is_never_mistaken_for_an_attribute(server, pool: str) -> None:
+    # An attribute literally named like the metadata field path must keep its own violation.
+    message = request(pool, metadata={"src": "x"})
+    message.user_attributes.add(name="given_name", value="Ada")
+    message.user_attributes.add(name="client_metadata.src", value="x")
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(message, metadata=CALLER)
+    error = rich(caught.value)
+    assert sorted((v.field, v.reason) for v in error.field_violations) == [
+        ("client_metadata.src", "METADATA_KEY_NOT_ALLOWED"),
+        ("user_attributes[1]", "ATTRIBUTE_NOT_ALLOWED"),
+    ]

@@ -148,3 +148,22 @@ def test_validation_never_raises_and_names_fields(
             "user_attributes",
             "client_metadata",
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        (" sub", "BAD_FORMAT"),
+        ("custom:role\t", "BAD_FORMAT"),
+        ("email_verified\n", "BAD_FORMAT"),
+        ("Sub", "RESERVED_ATTRIBUTE"),
+        ("IDENTITIES", "RESERVED_ATTRIBUTE"),
+        ("Cognito:user_status", "RESERVED_ATTRIBUTE"),
+    ],
+)
+def test_names_that_only_dodge_exact_rules(name: str, reason: str) -> None:
+    assert problems(make(attributes=((name, "v"),))) == [("user_attributes[0].name", reason)]
+
+
+def test_pool_id_word_characters_are_ascii() -> None:
+    assert problems(make(pool="uséeast_abc")) == [("user_pool_id", "BAD_FORMAT")]

@@ -15,7 +15,13 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from attrgate.api.service import UserAttributesService, header_identity, mtls_identity
+from attrgate.api.service import (
+    SERVICE_NAME,
+    UserAttributesService,
+    add_to_server,
+    header_identity,
+    mtls_identity,
+)
 from attrgate.config import ConfigError, Settings, check
 from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
 from attrgate.pipeline import Pipeline
@@ -27,10 +33,8 @@ from attrgate.upstream.cognito import (
     UpstreamConfigError,
     result_of,
 )
-from attrgate.v1 import attrgate_pb2, attrgate_pb2_grpc
 
 log = logging.getLogger("attrgate")
-SERVICE_NAME = attrgate_pb2.DESCRIPTOR.services_by_name["UserAttributes"].full_name
 LOCAL_DEFAULT_REGION = "us-east-1"
 
 
@@ -76,9 +80,7 @@ class App:
         ]
         self._server = grpc.aio.server(options=options)
         identify = header_identity if settings.insecure else mtls_identity
-        attrgate_pb2_grpc.add_UserAttributesServicer_to_server(
-            UserAttributesService(pipeline, identify), self._server
-        )
+        add_to_server(UserAttributesService(pipeline, identify), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

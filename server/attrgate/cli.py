@@ -181,9 +181,12 @@ def print_decision(decision: pb.Decision, out: TextIO) -> None:
             print(f"  {title}:", file=out)
             for v in items:
                 where = f" [{v.policy} {v.entry}]" if v.policy else ""
-                print(
-                    f"    - {v.attribute or '(request)'}: {v.reason}{where}: {v.message}", file=out
+                subject = v.attribute or (
+                    f"client_metadata.{v.client_metadata_key}"
+                    if v.client_metadata_key
+                    else "(request)"
                 )
+                print(f"    - {subject}: {v.reason}{where}: {v.message}", file=out)
 
 
 def print_error(error: grpc.RpcError, out: TextIO) -> None:

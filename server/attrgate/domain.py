@@ -46,11 +46,21 @@ class FieldViolation:
 class Violation:
     """One reason a policy denies (or, in audit mode, would deny) a request. Never a value."""
 
-    attribute: str  # attribute name, "client_metadata.<key>", or "" for the whole request
+    attribute: str  # attribute name; "" for a metadata key or the whole request
     policy: str  # "" when no policy applies
     entry: str  # "allow[2]", "deny[0]", "clientMetadata.allowKeys", ""
     reason: str  # stable code, see ViolationReason
     message: str
+    client_metadata_key: str = ""  # set (and attribute "") for a client-metadata finding
+
+    @property
+    def subject(self) -> str:
+        """What the finding is about, for messages: an attribute, a metadata key or the request."""
+        if self.attribute:
+            return self.attribute
+        if self.client_metadata_key:
+            return f"client_metadata.{self.client_metadata_key}"
+        return "request"
 
 
 class ViolationReason(enum.StrEnum):
@@ -64,7 +74,6 @@ class ViolationReason(enum.StrEnum):
     ENUM = "ENUM"
     FORMAT = "FORMAT"
     PATTERN = "PATTERN"
-    PATTERN_TIMEOUT = "PATTERN_TIMEOUT"
     METADATA_KEY_NOT_ALLOWED = "METADATA_KEY_NOT_ALLOWED"
 
 

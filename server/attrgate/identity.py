@@ -45,8 +45,9 @@ def caller_from_certificate(pem: bytes) -> str | None:
 def identify_mtls(auth_context: Mapping[str, Iterable[bytes]]) -> Caller | None:
     for pem in auth_context.get("x509_pem_cert", ()):
         name = caller_from_certificate(pem)
-        if name:
-            return Caller(name[:CALLER_MAX], "mtls")
+        # Too long is no identity: truncating would merge distinct callers.
+        if name and len(name) <= CALLER_MAX:
+            return Caller(name, "mtls")
     return None
 
 
@@ -54,9 +55,10 @@ def identify_header(metadata: Iterable[tuple[str, str | bytes]]) -> Caller | Non
     """Plaintext listeners only: the caller names itself. Never consulted on an mTLS listener."""
     for key, value in metadata:
         if key == CALLER_HEADER:
-            name = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            name = value.decode("ascii", "replace") if isinstance(value, bytes) else value
             name = name.strip()
-            if 0 < len(name) <= CALLER_MAX and name.isprintable():
+            # SPIFFE ids, DNS names and service names are printable ASCII.
+            if 0 < len(name) <= CALLER_MAX and name.isascii() and name.isprintable():
                 return Caller(name, "header")
             return None
     return None

@@ -22,6 +22,7 @@ def _violation(violation: Violation) -> pb.Violation:
         entry=violation.entry,
         reason=str(violation.reason),
         message=violation.message,
+        client_metadata_key=violation.client_metadata_key,
     )
 
 

@@ -15,6 +15,10 @@ from attrgate.domain import Decision, FieldViolation, UpdateRequest, UpstreamErr
 from attrgate.reasons import DOMAIN, Reason
 
 DECISION_ID_METADATA = "x-attrgate-decision-id"
+# The details travel base64-encoded in one trailer, and gRPC clients refuse trailers past 8 KiB
+# (grpc.max_metadata_size). Above this many bytes the field violations lose their descriptions
+# and keep one (field, reason) per field, so every offending field is still named.
+DETAILS_BUDGET = 5 * 1024
 
 
 @dataclass(frozen=True)
@@ -26,22 +30,41 @@ class ErrorStatus:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def to_grpc(self, decision_id: str) -> GrpcError:
+        status = self._status(decision_id, self.field_violations)
+        if status.ByteSize() > DETAILS_BUDGET:
+            status = self._status(decision_id, _compact(self.field_violations))
+        grpc_status = rpc_status.to_status(status)
+        trailing = (*grpc_status.trailing_metadata, (DECISION_ID_METADATA, decision_id))
+        return GrpcError(grpc_status.code, grpc_status.details, trailing)
+
+    def _status(
+        self,
+        decision_id: str,
+        field_violations: Sequence[error_details_pb2.BadRequest.FieldViolation],
+    ) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(
             reason=str(self.reason),
             domain=DOMAIN,
             metadata={"decision_id": decision_id, **{k: v for k, v in self.metadata.items() if v}},
         )
         details = [_pack(info)]
-        if self.field_violations:
-            details.append(
-                _pack(error_details_pb2.BadRequest(field_violations=self.field_violations))
-            )
-        status = status_pb2.Status(
+        if field_violations:
+            details.append(_pack(error_details_pb2.BadRequest(field_violations=field_violations)))
+        return status_pb2.Status(
             code=getattr(code_pb2, self.code.name), message=self.message, details=details
         )
-        grpc_status = rpc_status.to_status(status)
-        trailing = (*grpc_status.trailing_metadata, (DECISION_ID_METADATA, decision_id))
-        return GrpcError(grpc_status.code, grpc_status.details, trailing)
+
+
+def _compact(
+    violations: Sequence[error_details_pb2.BadRequest.FieldViolation],
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    first: dict[str, str] = {}
+    for violation in violations:
+        first.setdefault(violation.field, violation.reason)
+    return [
+        error_details_pb2.BadRequest.FieldViolation(field=name, reason=reason)
+        for name, reason in first.items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -88,19 +111,35 @@ def invalid_request(problems: Sequence[FieldViolation], revision: str) -> ErrorS
     )
 
 
+def malformed_request() -> ErrorStatus:
+    return ErrorStatus(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_REQUEST,
+        "the request is not a valid attrgate.v1.UpdateUserAttributesRequest",
+        [
+            error_details_pb2.BadRequest.FieldViolation(
+                field="request",
+                description="protobuf decoding failed (invalid UTF-8 in a string field, or "
+                "corrupt data)",
+                reason="MALFORMED",
+            )
+        ],
+    )
+
+
 def policy_denied(decision: Decision, request: UpdateRequest) -> ErrorStatus:
     positions = {a.name: i for i, a in enumerate(request.attributes)}
     violations = []
     for v in decision.violations:
         if v.attribute in positions:
             field_path = f"user_attributes[{positions[v.attribute]}]"
-        elif v.attribute:
-            field_path = v.attribute
+        elif v.client_metadata_key:
+            field_path = f"client_metadata.{v.client_metadata_key}"
         else:
             field_path = "caller"
         where = f" (policy {v.policy} {v.entry})" if v.policy else ""
         # Name the attribute where the field path is only its position.
-        subject = f"{v.attribute}: " if v.attribute and v.attribute != field_path else ""
+        subject = f"{v.attribute}: " if v.attribute else ""
         violations.append(
             error_details_pb2.BadRequest.FieldViolation(
                 field=field_path,
@@ -108,9 +147,7 @@ def policy_denied(decision: Decision, request: UpdateRequest) -> ErrorStatus:
                 reason=str(v.reason),
             )
         )
-    offenders = list(
-        dict.fromkeys(f"{v.attribute or 'request'} ({v.reason})" for v in decision.violations)
-    )
+    offenders = list(dict.fromkeys(f"{v.subject} ({v.reason})" for v in decision.violations))
     return ErrorStatus(
         grpc.StatusCode.PERMISSION_DENIED,
         Reason.POLICY_DENIED,

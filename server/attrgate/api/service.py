@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
@@ -18,6 +19,7 @@ from attrgate.api.errors import (
     ErrorStatus,
     internal_error,
     invalid_request,
+    malformed_request,
     policy_denied,
     unauthenticated,
     upstream_failed,
@@ -26,7 +28,6 @@ from attrgate.domain import Caller, Forwarded, Invalid
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
 from attrgate.v1 import attrgate_pb2 as pb
-from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
 log = logging.getLogger("attrgate.api")
 T = TypeVar("T")
@@ -43,23 +44,61 @@ def header_identity(context: Context) -> Caller | None:
     return identify_header(context.invocation_metadata() or ())
 
 
+SERVICE_NAME = "attrgate.v1.UserAttributes"
+
+
+class Malformed:
+    """A request body protobuf could not decode (invalid UTF-8 in a string, corrupt wire data).
+
+    Decoding in the handler rather than in gRPC keeps these from surfacing as UNKNOWN with a
+    logged traceback: they get INVALID_ARGUMENT with the usual rich details."""
+
+
+MALFORMED = Malformed()
+Request = pb.UpdateUserAttributesRequest | Malformed
+
+
+def _parse_request(data: bytes) -> Request:
+    try:
+        return pb.UpdateUserAttributesRequest.FromString(data)
+    except DecodeError:
+        return MALFORMED
+
+
+def add_to_server(service: UserAttributesService, server: grpc.aio.Server) -> None:
+    handlers = {
+        "UpdateUserAttributes": grpc.unary_unary_rpc_method_handler(
+            service.UpdateUserAttributes,
+            request_deserializer=_parse_request,
+            response_serializer=pb.UpdateUserAttributesResponse.SerializeToString,
+        ),
+        "CheckUpdateUserAttributes": grpc.unary_unary_rpc_method_handler(
+            service.CheckUpdateUserAttributes,
+            request_deserializer=_parse_request,
+            response_serializer=pb.Decision.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class _Abort(Exception):
     def __init__(self, status: ErrorStatus, decision_id: str) -> None:
         self.status = status
         self.decision_id = decision_id
 
 
-class UserAttributesService(pb_grpc.UserAttributesServicer):
+class UserAttributesService:
     def __init__(self, pipeline: Pipeline, identify: Identify) -> None:
         self._pipeline = pipeline
         self._identify = identify
 
     async def UpdateUserAttributes(
-        self, request: pb.UpdateUserAttributesRequest, context: Context
+        self, request: Request, context: Context
     ) -> pb.UpdateUserAttributesResponse:
         async def handle() -> pb.UpdateUserAttributesResponse:
             caller = self._caller(context)
-            domain_request = request_from_proto(request)
+            domain_request = request_from_proto(_decoded(request))
             outcome = await self._pipeline.update(caller, domain_request, _deadline(context))
             if isinstance(outcome, Invalid):
                 raise _Abort(
@@ -82,12 +121,10 @@ class UserAttributesService(pb_grpc.UserAttributesServicer):
 
         return await _answer(context, handle)
 
-    async def CheckUpdateUserAttributes(
-        self, request: pb.UpdateUserAttributesRequest, context: Context
-    ) -> pb.Decision:
+    async def CheckUpdateUserAttributes(self, request: Request, context: Context) -> pb.Decision:
         async def handle() -> pb.Decision:
             caller = self._caller(context)
-            decided = self._pipeline.decide(caller, request_from_proto(request))
+            decided = self._pipeline.decide(caller, request_from_proto(_decoded(request)))
             if isinstance(decided, Invalid):
                 raise _Abort(
                     invalid_request(decided.violations, decided.policy_revision),
@@ -118,6 +155,12 @@ async def _answer(context: Context, handle: Callable[[], Awaitable[T]]) -> T:
         _log_internal(exc, decision_id)
         await _abort(context, internal_error(), decision_id)
     raise AssertionError("unreachable: context.abort raises")
+
+
+def _decoded(request: Request) -> pb.UpdateUserAttributesRequest:
+    if isinstance(request, Malformed):
+        raise _Abort(malformed_request(), new_decision_id())
+    return request
 
 
 def _deadline(context: Context) -> float | None:

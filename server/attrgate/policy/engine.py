@@ -12,10 +12,8 @@ from attrgate.policy.compile import CompiledPolicy, PolicySet
 
 
 def evaluate(policy_set: PolicySet, caller: str, request: UpdateRequest) -> Verdict:
-    applicable = policy_set.applicable(caller, request.user_pool_id).policies
-    matched = tuple(p.name for p in applicable)
-    enforce = [p for p in applicable if p.enforce]
-    audit = [p for p in applicable if not p.enforce]
+    applicable = policy_set.applicable(caller, request.user_pool_id)
+    matched, enforce, audit = applicable.names, applicable.enforce, applicable.audit
     if not enforce:
         reason = (
             "only audit-mode policies apply to this caller and pool; audit never grants"
@@ -41,11 +39,12 @@ def evaluate(policy_set: PolicySet, caller: str, request: UpdateRequest) -> Verd
         if not any(key in p.metadata_keys for p in enforce):
             violations.append(
                 Violation(
-                    f"client_metadata.{key}",
+                    "",
                     "",
                     "clientMetadata.allowKeys",
                     ViolationReason.METADATA_KEY_NOT_ALLOWED,
                     f"client metadata key {key!r} is not in any applicable policy's allowKeys",
+                    client_metadata_key=key,
                 )
             )
     return Verdict(not violations, tuple(violations), matched, tuple(would_deny))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import regex
+import re2
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 API_VERSION = "attrgate/v1"
@@ -23,6 +23,20 @@ AttributeGlob = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 # A caller or user-pool glob.
 Glob = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 AttributeFormat = Literal["email", "e164", "boolean", "integer", "url"]
+
+
+def compile_pattern(pattern: str) -> re2._Regexp:
+    """Compile with RE2: linear time on any input, so no policy pattern can stall the server.
+
+    RE2 has no backreferences or lookaround; such patterns are rejected at load."""
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options=options)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        text = detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
+        raise ValueError(f"invalid regular expression (RE2 syntax): {text}") from None
 
 
 class _Strict(BaseModel):
@@ -42,10 +56,7 @@ class AllowEntry(_Strict):
     @classmethod
     def _pattern_compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                regex.compile(value)
-            except regex.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
+            compile_pattern(value)
         return value
 
 

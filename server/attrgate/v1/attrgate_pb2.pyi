@@ -34,18 +34,20 @@ class UpdateUserAttributesRequest(_message.Message):
     def __init__(self, user_pool_id: _Optional[str] = ..., username: _Optional[str] = ..., user_attributes: _Optional[_Iterable[_Union[AttributeType, _Mapping]]] = ..., client_metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Violation(_message.Message):
-    __slots__ = ("attribute", "policy", "entry", "reason", "message")
+    __slots__ = ("attribute", "policy", "entry", "reason", "message", "client_metadata_key")
     ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_METADATA_KEY_FIELD_NUMBER: _ClassVar[int]
     attribute: str
     policy: str
     entry: str
     reason: str
     message: str
-    def __init__(self, attribute: _Optional[str] = ..., policy: _Optional[str] = ..., entry: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    client_metadata_key: str
+    def __init__(self, attribute: _Optional[str] = ..., policy: _Optional[str] = ..., entry: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., client_metadata_key: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision")

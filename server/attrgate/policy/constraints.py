@@ -1,0 +1,103 @@
+"""The value constraints of an allow entry, ready to run: lengths, enum, format, pattern."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from attrgate.domain import ViolationReason
+from attrgate.policy.model import AllowEntry, compile_pattern
+
+# ASCII addresses only: RFC 5322 atoms in the local part and LDH labels in the domain, so no
+# control, bidi or zero-width character makes a look-alike address.
+_EMAIL = re.compile(
+    r"(?=.{1,254}\Z)(?=[^@]{1,64}@)"
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}",
+    re.ASCII,
+)
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
+_INTEGER = re.compile(r"[-+]?[0-9]+", re.ASCII)
+
+
+def _is_url(value: str) -> bool:
+    # urlsplit silently drops tabs and newlines: refuse anything not plainly printable first.
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+FORMAT_CHECKS: dict[str, Callable[[str], bool]] = {
+    "email": lambda v: _EMAIL.fullmatch(v) is not None,
+    "e164": lambda v: _E164.fullmatch(v) is not None,
+    "boolean": lambda v: v in ("true", "false"),
+    "integer": lambda v: _INTEGER.fullmatch(v) is not None,
+    "url": _is_url,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: ViolationReason
+    message: str
+
+
+class CompiledAllow:
+    """One allow entry with its constraints ready to run."""
+
+    __slots__ = (
+        "allow_empty",
+        "enum",
+        "format",
+        "label",
+        "max_length",
+        "min_length",
+        "pattern",
+        "pattern_text",
+    )
+
+    def __init__(self, entry: AllowEntry, index: int) -> None:
+        self.label = f"allow[{index}]"
+        self.allow_empty = entry.allow_empty
+        self.max_length = entry.max_length
+        self.min_length = entry.min_length
+        self.enum = frozenset(entry.enum) if entry.enum is not None else None
+        self.format = entry.format
+        self.pattern_text = entry.pattern
+        self.pattern = compile_pattern(entry.pattern) if entry.pattern is not None else None
+
+    def check(self, value: str) -> list[Failure]:
+        """Every constraint `value` fails; empty when the entry accepts it."""
+        if not value:
+            if self.allow_empty:
+                return []
+            return [
+                Failure(
+                    ViolationReason.EMPTY_VALUE_NOT_ALLOWED,
+                    "an empty value deletes the attribute; the entry does not set allowEmpty",
+                )
+            ]
+        failures: list[Failure] = []
+        if self.max_length is not None and len(value) > self.max_length:
+            failures.append(
+                Failure(ViolationReason.MAX_LENGTH, f"longer than maxLength {self.max_length}")
+            )
+        if self.min_length is not None and len(value) < self.min_length:
+            failures.append(
+                Failure(ViolationReason.MIN_LENGTH, f"shorter than minLength {self.min_length}")
+            )
+        if self.enum is not None and value not in self.enum:
+            failures.append(Failure(ViolationReason.ENUM, "not one of the allowed values"))
+        if self.format is not None and not FORMAT_CHECKS[self.format](value):
+            failures.append(Failure(ViolationReason.FORMAT, f"not a valid {self.format}"))
+        if self.pattern is not None and self.pattern.fullmatch(value) is None:
+            failures.append(
+                Failure(ViolationReason.PATTERN, f"does not match {self.pattern_text!r}")
+            )
+        return failures
