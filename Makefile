@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[local,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt --upgrade pip
+	# PIP_CONSTRAINT also pins the isolated build environment (setuptools).
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip install -q -e '.[local,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/attrgate serve --local-cognito --insecure --policies policies \
+	$(BIN)/attrgate serve --local-cognito --insecure --policies policies --region us-east-1 \
 		--listen 127.0.0.1:50051 --admin-listen 127.0.0.1:50052
 
 test: lint typecheck unit

@@ -378,7 +378,7 @@ def scratch() -> Iterator[Path]:
 @pytest.fixture
 def pip_cache(request: pytest.FixtureRequest, scratch: Path) -> Path:
     """pip's cache, kept across runs in pytest's cache directory when there is one."""
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)
     return cache.mkdir("dockerfile-pip-cache") if cache is not None else scratch / "pip-cache"
 
 

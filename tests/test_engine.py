@@ -145,6 +145,12 @@ def test_messages_never_echo_values(tmp_path: Path) -> None:
     assert all(marker not in v.message for v in verdict.violations)
 
 
+def test_min_length(tmp_path: Path) -> None:
+    policy_set = compile_set(tmp_path, policy("m", "allow: [{attribute: a, minLength: 3}]"))
+    assert decide(policy_set, ("a", "abc")).allowed
+    assert reasons(decide(policy_set, ("a", "ab"))) == [("a", "m", "allow[0]", "MIN_LENGTH")]
+
+
 def test_empty_values_need_allow_empty(tmp_path: Path) -> None:
     policy_set = compile_set(tmp_path, PROFILE)
     # The entry's pattern applies to non-empty values only.

@@ -453,3 +453,15 @@ def test_plaintext_client_cannot_call_the_mtls_listener(
                 request(POOL, given_name="Ada"), timeout=5, metadata=as_caller(PRIVILEGED)
             )
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_overlong_identity_is_refused_not_truncated(
+    mtls_server: RunningServer, ca: Issued
+) -> None:
+    from attrgate.identity import CALLER_MAX
+
+    long_id = SPIFFE_FIRST + "/" + "x" * CALLER_MAX
+    client = issue(ca, common_name=None, sans=[uri(long_id)])
+    with pytest.raises(grpc.RpcError) as caught:
+        check_as(mtls_server, ca, client)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

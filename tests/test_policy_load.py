@@ -168,3 +168,18 @@ def test_patterns_must_be_re2_syntax(tmp_path: Path) -> None:
     assert error.startswith(
         f"{path}:10: spec.allow[0].pattern: invalid regular expression (RE2 syntax): "
     )
+
+
+def test_anchors_and_aliases_are_refused(tmp_path: Path) -> None:
+    self_reference = write(
+        tmp_path / "a" / "p.yaml", GOOD.format(name="a").replace("[svc]", "&c [svc, *c]")
+    )
+    assert errors(self_reference) == [
+        f"{self_reference}:6: YAML anchors and aliases are not supported"
+    ]
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
+    bomb = write(tmp_path / "b" / "p.yaml", laughs)
+    (error,) = errors(bomb)
+    assert error.endswith("YAML anchors and aliases are not supported")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -181,10 +182,11 @@ def test_health_and_reflection(moto: MotoCognito, serve) -> None:
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_graceful_stop_lets_in_flight_calls_finish(
+def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving(
     serve, stub: CognitoStub, stub_credentials: None
 ) -> None:
-    server = serve(POLICIES, stub.endpoint)
+    admin_port = free_port()
+    server = serve(POLICIES, stub.endpoint, admin_listen=f"127.0.0.1:{admin_port}")
     stub.program(Reply(delay=1.0))
     results: list[object] = []
 
@@ -205,7 +207,12 @@ def test_graceful_stop_lets_in_flight_calls_finish(
     while not stub.calls() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert stub.calls(), "the call never reached Cognito"
-    server.run(server.app.stop(5.0))
+    stopping = asyncio.run_coroutine_threadsafe(server.app.stop(5.0), server.loop)
+    with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    stopping.result(10)
     worker.join(10)
     (result,) = results
     assert isinstance(result, pb.UpdateUserAttributesResponse), result

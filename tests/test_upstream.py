@@ -585,3 +585,105 @@ def test_moto_alias_exists(moto: MotoCognito, serve: Callable[..., RunningServer
     assert err.code() == S.ALREADY_EXISTS
     assert detail.info.reason == "COGNITO_ALIAS_EXISTS"
     assert moto.attributes(pool_id, "grace@example.com")["email"] == "grace@example.com"
+
+
+def _call_in_thread(server: RunningServer, timeout: float, results: list[Any]) -> Any:
+    import threading
+
+    def call() -> None:
+        with server.channel() as channel:
+            try:
+                results.append(
+                    server.stub(channel).UpdateUserAttributes(
+                        request(POOL, given_name="Ada"), metadata=as_caller(CALLER), timeout=timeout
+                    )
+                )
+            except grpc.RpcError as exc:
+                results.append(exc)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    return worker
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_call_waiting_for_a_thread_is_never_sent_after_its_deadline(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="attrgate.pipeline")
+    server = serve(POLICY, stub.endpoint, executor_threads=1)
+    stub.program(Reply(delay=1.0), Reply())
+    results: list[Any] = []
+    slow = _call_in_thread(server, 10, results)
+    assert _wait_for(lambda: len(stub.calls()) == 1)
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(
+            request(POOL, family_name="Stale"), metadata=as_caller(CALLER), timeout=0.3
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    slow.join(10)
+    assert _wait_for(lambda: "code=DeadlineExceeded" in caplog.text)
+    # Only the first call reached Cognito: the stale one was dropped when its thread came free.
+    assert [c.body["UserAttributes"][0]["Name"] for c in stub.calls()] == ["given_name"]
+
+
+def test_a_full_queue_answers_at_once_and_sends_nothing(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None
+) -> None:
+    from attrgate.upstream.cognito import QUEUE_FACTOR
+
+    server = serve(POLICY, stub.endpoint, executor_threads=1)
+    stub.default = Reply(delay=1.0)
+    results: list[Any] = []
+    capacity = 1 * QUEUE_FACTOR
+    workers = [_call_in_thread(server, 15, results) for _ in range(capacity + 2)]
+    for worker in workers:
+        worker.join(20)
+    errors = [rich(r) for r in results if isinstance(r, grpc.RpcError)]
+    assert [(e.code, e.info.reason) for e in errors] == [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "ATTRGATE_OVERLOADED")
+    ] * 2
+    assert len(results) - len(errors) == capacity
+    assert len(stub.calls()) == capacity
+
+
+def test_shutdown_still_records_the_outcome_of_a_running_call(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="attrgate.pipeline")
+    server = serve(POLICY, stub.endpoint, grace=0.2)
+    stub.program(Reply(delay=1.0))
+    results: list[Any] = []
+    worker = _call_in_thread(server, 10, results)
+    assert _wait_for(lambda: len(stub.calls()) == 1)
+    server.stop(grace=0.2)  # closes the event loop while Cognito is still answering
+    worker.join(10)
+    assert isinstance(results[0], grpc.RpcError)
+    assert _wait_for(lambda: LATE.search(caplog.text) is not None)
+    found = LATE.search(caplog.text)
+    assert found is not None
+    assert found["ok"] == "True"
+
+
+def test_botocore_debug_logging_never_carries_values(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = serve(POLICY, stub.endpoint)
+    with server.channel() as channel:
+        server.stub(channel).UpdateUserAttributes(
+            request(POOL, username="user-" + VALUE_MARKER, given_name=VALUE_MARKER),
+            metadata=as_caller(CALLER),
+        )
+    assert stub.calls(), "the request must have been forwarded"
+    assert any(r.name.startswith("botocore") for r in caplog.records), "botocore logged nothing"
+    leaked = [r.name for r in caplog.records if VALUE_MARKER in r.getMessage()]
+    assert leaked == []

@@ -31,7 +31,6 @@ from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
     UpstreamConfigError,
-    result_of,
 )
 
 log = logging.getLogger("attrgate")
@@ -66,11 +65,15 @@ class App:
         check(settings)
         assert settings.policies is not None
         policy_set = load_policies(settings.policies)
+        if settings.local_cognito:
+            from attrgate.local.emulator import start_local_cognito
+
+            self.local = start_local_cognito(self._region(), settings.local_seed)
         try:
             self._upstream = CognitoUpstream(self._cognito_settings())
         except UpstreamConfigError as exc:
             raise ConfigError(str(exc)) from None
-        pipeline = Pipeline(policy_set, self._upstream, result_of)
+        pipeline = Pipeline(policy_set, self._upstream)
         self._health = health.aio.HealthServicer()
         options = [
             ("grpc.max_receive_message_length", settings.max_receive_bytes),
@@ -104,18 +107,17 @@ class App:
             len(policy_set.policies),
         )
 
+    def _region(self) -> str:
+        return self.settings.region or LOCAL_DEFAULT_REGION
+
     def _cognito_settings(self) -> CognitoSettings:
         settings = self.settings
-        region = settings.region or LOCAL_DEFAULT_REGION
         endpoint = settings.cognito_endpoint
         key_id = secret = None
-        if settings.local_cognito:
-            from attrgate.local.emulator import start_local_cognito
-
-            self.local = start_local_cognito(region, settings.local_seed)
+        if self.local is not None:
             endpoint, key_id, secret = self.local.endpoint, LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
         return CognitoSettings(
-            region=region,
+            region=self._region(),
             endpoint_url=endpoint,
             threads=settings.executor_threads,
             connect_timeout=settings.cognito_connect_timeout,
@@ -126,14 +128,13 @@ class App:
         )
 
     def _credentials(self) -> grpc.ServerCredentials | None:
-        s = self.settings
-        if s.insecure:
+        files = self.settings.tls_files()
+        if files is None:
             return None
-        if s.tls_cert is None or s.tls_key is None or s.client_ca is None:
-            raise ConfigError("mTLS needs --tls-cert, --tls-key and --client-ca")
+        cert, key, client_ca = files
         return grpc.ssl_server_credentials(
-            [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
-            root_certificates=Path(s.client_ca).read_bytes(),
+            [(Path(key).read_bytes(), Path(cert).read_bytes())],
+            root_certificates=Path(client_ca).read_bytes(),
             require_client_auth=True,
         )
 

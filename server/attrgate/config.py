@@ -45,6 +45,23 @@ class Settings:
     local_seed: str | None = None
     log_level: str = "INFO"
 
+    def tls_files(self) -> tuple[str, str, str] | None:
+        """(cert, key, client CA) for mTLS, None for --insecure; ConfigError when incomplete."""
+        if self.insecure:
+            if self.tls_cert or self.tls_key or self.client_ca:
+                raise ConfigError(
+                    "--insecure and --tls-cert/--tls-key/--client-ca exclude each other"
+                )
+            return None
+        if self.tls_cert and self.tls_key and self.client_ca:
+            return (self.tls_cert, self.tls_key, self.client_ca)
+        if self.tls_cert or self.tls_key or self.client_ca:
+            raise ConfigError("mTLS needs all three of --tls-cert, --tls-key and --client-ca")
+        raise ConfigError(
+            "no transport security: pass --tls-cert, --tls-key and --client-ca for mTLS, "
+            "or --insecure for local plaintext"
+        )
+
 
 _HELP = {
     "policies": "policy file or folder (all *.yaml/*.yml below it)",
@@ -158,18 +175,8 @@ def check(settings: Settings) -> None:
     """Raise ConfigError with the first reason the server must not start."""
     if not settings.policies:
         raise ConfigError("no policy set: pass --policies PATH (a file or a folder)")
-    tls = (settings.tls_cert, settings.tls_key, settings.client_ca)
-    if settings.insecure and any(tls):
-        raise ConfigError("--insecure and --tls-cert/--tls-key/--client-ca exclude each other")
-    if not settings.insecure and not all(tls):
-        if any(tls):
-            raise ConfigError("mTLS needs all three of --tls-cert, --tls-key and --client-ca")
-        raise ConfigError(
-            "no transport security: pass --tls-cert, --tls-key and --client-ca for mTLS, "
-            "or --insecure for local plaintext"
-        )
-    for path in tls:
-        if path and not os.path.isfile(path):
+    for path in settings.tls_files() or ():
+        if not os.path.isfile(path):
             raise ConfigError(f"cannot read {path}: no such file")
     host, _ = split_host_port(settings.listen)
     if settings.insecure and not is_loopback(host) and not settings.insecure_allow_remote:

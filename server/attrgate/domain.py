@@ -111,6 +111,7 @@ class UpstreamError(enum.Enum):
     POOL_MISCONFIGURED = "POOL_MISCONFIGURED"
     OPERATION_NOT_ENABLED = "OPERATION_NOT_ENABLED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    OVERLOADED = "OVERLOADED"  # attrgate's own queue to Cognito is full; nothing was sent
     UNEXPECTED = "UNEXPECTED"
 
 

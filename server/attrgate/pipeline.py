@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +32,10 @@ log = logging.getLogger("attrgate.pipeline")
 
 class Upstream(Protocol):
     def submit(
-        self, request: UpdateRequest, deadline: float | None
+        self,
+        request: UpdateRequest,
+        deadline: float | None,
+        on_result: Callable[[UpstreamResult], None],
     ) -> asyncio.Future[UpstreamResult]: ...
 
 
@@ -39,18 +43,43 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
+class _Call:
+    """Joins a call's outcome (from the worker thread) with its caller's fate (on the loop), so
+    an outcome the caller never saw is logged exactly once, even after the loop has closed."""
+
+    __slots__ = ("_abandoned", "_lock", "_result", "decision_id")
+
+    def __init__(self, decision_id: str) -> None:
+        self.decision_id = decision_id
+        self._lock = threading.Lock()
+        self._result: UpstreamResult | None = None
+        self._abandoned = False
+
+    def complete(self, result: UpstreamResult) -> None:
+        with self._lock:
+            self._result = result
+            late = self._abandoned
+        if late:
+            _log_late(self.decision_id, result)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            result = self._result
+        if result is not None:
+            _log_late(self.decision_id, result)
+
+
 class Pipeline:
     def __init__(
         self,
         policy_set: PolicySet,
         upstream: Upstream,
-        result_of: Callable[[asyncio.Future[UpstreamResult]], UpstreamResult],
         new_id: Callable[[], str] = new_decision_id,
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
         self._upstream = upstream
-        self._result_of = result_of
         self._new_id = new_id
 
     def decide(self, caller: Caller, request: UpdateRequest) -> Invalid | Decision:
@@ -79,27 +108,28 @@ class Pipeline:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             return Forwarded(decided, _deadline_result())
-        future = self._upstream.submit(request, deadline)
+        call = _Call(decided.decision_id)
+        future = self._upstream.submit(request, deadline, call.complete)
         try:
+            # shield: a caller giving up must not cancel the call, which runs on regardless.
             result = await asyncio.wait_for(asyncio.shield(future), remaining)
         except (TimeoutError, asyncio.CancelledError):
-            # The caller has gone; the call goes on. Record what Cognito did when it answers.
-            future.add_done_callback(lambda f: self._record_late(decided, f))
+            call.abandon()
             if _cancelling():
                 raise
             return Forwarded(decided, _deadline_result())
         return Forwarded(decided, result)
 
-    def _record_late(self, decision: Decision, future: asyncio.Future[UpstreamResult]) -> None:
-        result = self._result_of(future)
-        log.warning(
-            "late cognito outcome decision_id=%s ok=%s error=%s code=%s cognito_request_id=%s",
-            decision.decision_id,
-            result.ok,
-            result.error.value if result.error else "",
-            result.error_code,
-            result.request_id,
-        )
+
+def _log_late(decision_id: str, result: UpstreamResult) -> None:
+    log.warning(
+        "late cognito outcome decision_id=%s ok=%s error=%s code=%s cognito_request_id=%s",
+        decision_id,
+        result.ok,
+        result.error.value if result.error else "",
+        result.error_code,
+        result.request_id,
+    )
 
 
 def _deadline_result() -> UpstreamResult:

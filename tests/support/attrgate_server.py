@@ -42,6 +42,8 @@ class RunningServer:
         return pb_grpc.UserAttributesStub(channel)
 
     def stop(self, grace: float = 0.0) -> None:
+        if self.loop.is_closed():
+            return
         self.run(self.app.stop(grace))
         self._close_loop()
 

@@ -214,6 +214,11 @@ _UPSTREAM: dict[UpstreamError, tuple[grpc.StatusCode, Reason, str]] = {
         Reason.DEADLINE_EXCEEDED,
         "the caller's deadline passed before Cognito answered; the call's outcome is logged",
     ),
+    UpstreamError.OVERLOADED: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.ATTRGATE_OVERLOADED,
+        "too many calls already waiting for Cognito; nothing was sent, retry with backoff",
+    ),
     UpstreamError.UNEXPECTED: (
         grpc.StatusCode.INTERNAL,
         Reason.COGNITO_UNEXPECTED_ERROR,

@@ -35,25 +35,33 @@ def default_seed() -> str:
 def start_local_cognito(region: str, seed_path: str | None = None) -> LocalCognito:
     try:
         import boto3
+        import botocore.exceptions
         from moto.server import ThreadedMotoServer
     except ImportError:
         raise ConfigError(
             "--local-cognito needs the local extra: pip install 'attrgate[local]'"
         ) from None
+    try:
+        return _start(boto3, ThreadedMotoServer, region, seed_path)
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigError(f"cannot start the local Cognito: {exc}") from None
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot seed the local Cognito from {seed_path}: {exc}") from None
+
+
+def _start(boto3: Any, server_class: Any, region: str, seed_path: str | None) -> LocalCognito:
     seed_text = Path(seed_path).read_text(encoding="utf-8") if seed_path else default_seed()
     seed = yaml.safe_load(seed_text)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = server_class(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "cognito-idp",
-        endpoint_url=endpoint,
-        region_name=region,
+    client = boto3.session.Session(
         aws_access_key_id=LOCAL_ACCESS_KEY,
         aws_secret_access_key=LOCAL_SECRET_KEY,
-    )
+        region_name=region,
+    ).client("cognito-idp", endpoint_url=endpoint)
     pool_seed = seed["userPool"]
     pool = client.create_user_pool(
         PoolName=pool_seed["name"],

@@ -79,16 +79,15 @@ class PolicySet:
 
     def __init__(self, loaded: Sequence[LoadedPolicy], revision: str) -> None:
         self.revision = revision
-        self.policies = tuple(
-            CompiledPolicy(item.document, item.file)
+        documents = [
+            (item.document, item.file)
             for item in loaded
             if isinstance(item.document, AttributePolicy)
-        )
+        ]
+        self.policies = tuple(CompiledPolicy(document, file) for document, file in documents)
         self._by_caller: GlobIndex[int] = GlobIndex()
-        for position, policy in enumerate(
-            item.document for item in loaded if isinstance(item.document, AttributePolicy)
-        ):
-            for caller in dict.fromkeys(policy.spec.callers):
+        for position, (document, _) in enumerate(documents):
+            for caller in dict.fromkeys(document.spec.callers):
                 self._by_caller.add(caller, position)
         self.applicable: Callable[[str, str], Applicable] = lru_cache(APPLICABLE_CACHE_SIZE)(
             self.lookup

@@ -92,7 +92,7 @@ def read_documents(text: str) -> Iterator[Document]:
             if node is None:
                 continue
             lines: dict[Path, int] = {}
-            value = _to_python(node, (), lines)
+            value = _to_python(node, (), lines, set())
             if value is not None:
                 yield Document(index, value, lines, node.start_mark.line + 1)
             index += 1
@@ -106,24 +106,29 @@ def read_documents(text: str) -> Iterator[Document]:
         loader.dispose()
 
 
-def _to_python(node: Node, path: Path, lines: dict[Path, int]) -> Any:
+def _to_python(node: Node, path: Path, lines: dict[Path, int], seen: set[int]) -> Any:
+    # An alias makes the composer hand out the same node twice. Policies have no use for them,
+    # and they allow self-reference and exponential expansion ("billion laughs"): refuse.
+    if id(node) in seen:
+        raise YamlError(node.start_mark.line + 1, "YAML anchors and aliases are not supported")
+    seen.add(id(node))
     if isinstance(node, MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _to_python(key_node, path, {})
+            key = _to_python(key_node, path, {}, seen)
             key_line = key_node.start_mark.line + 1
             if not isinstance(key, str):
                 raise YamlError(key_line, f"keys must be strings, got {key!r}")
             if key in result:
                 raise YamlError(key_line, f"duplicate key {key!r}")
             lines[(*path, key)] = key_line
-            result[key] = _to_python(value_node, (*path, key), lines)
+            result[key] = _to_python(value_node, (*path, key), lines, seen)
         return result
     if isinstance(node, SequenceNode):
         items = []
         for position, item in enumerate(node.value):
             lines[(*path, position)] = item.start_mark.line + 1
-            items.append(_to_python(item, (*path, position), lines))
+            items.append(_to_python(item, (*path, position), lines, seen))
         return items
     if isinstance(node, ScalarNode):
         return _scalar(node)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +71,10 @@ class CognitoSettings:
     secret_access_key: str | None = None
 
 
+# Calls allowed to wait for a free executor thread, per thread.
+QUEUE_FACTOR = 4
+
+
 class UpstreamConfigError(Exception):
     """The client cannot be built: attrgate must not start."""
 
@@ -115,9 +122,15 @@ def classify_exception(error: BaseException) -> UpstreamResult:
         )
     if isinstance(error, botocore.exceptions.ReadTimeoutError):
         return UpstreamResult(ok=False, error=UpstreamError.UNAVAILABLE, error_code="ReadTimeout")
-    if isinstance(error, botocore.exceptions.BotoCoreError | OSError):
+    if isinstance(error, botocore.exceptions.HTTPClientError | OSError):
+        # The connection broke somewhere along the way: whether Cognito acted is unknown.
         return UpstreamResult(
             ok=False, error=UpstreamError.UNAVAILABLE, error_code=type(error).__name__
+        )
+    if isinstance(error, botocore.exceptions.ParamValidationError):
+        # botocore refused the request before sending it: nothing to retry, nothing sent.
+        return UpstreamResult(
+            ok=False, error=UpstreamError.UNEXPECTED, error_code="ParamValidation", no_effect=True
         )
     return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code=type(error).__name__)
 
@@ -127,16 +140,6 @@ class CognitoUpstream:
 
     def __init__(self, settings: CognitoSettings) -> None:
         self.settings = settings
-        session = boto3.session.Session(
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=settings.secret_access_key,
-            region_name=settings.region,
-        )
-        if session.get_credentials() is None:
-            raise UpstreamConfigError(
-                "no AWS credentials found (standard chain: environment, profile, web identity, "
-                "container or instance role)"
-            )
         config = botocore.config.Config(
             region_name=settings.region,
             connect_timeout=settings.connect_timeout,
@@ -146,20 +149,44 @@ class CognitoUpstream:
             user_agent_extra="attrgate",
         )
         try:
+            session = boto3.session.Session(
+                aws_access_key_id=settings.access_key_id,
+                aws_secret_access_key=settings.secret_access_key,
+                region_name=settings.region,
+            )
+            if session.get_credentials() is None:
+                raise UpstreamConfigError(
+                    "no AWS credentials found (standard chain: environment, profile, web "
+                    "identity, container or instance role)"
+                )
             self.client = session.client(
                 "cognito-idp", endpoint_url=settings.endpoint_url, config=config
             )
         except (botocore.exceptions.BotoCoreError, ValueError) as exc:
             raise UpstreamConfigError(f"cannot build the Cognito client: {exc}") from None
+        quiet_botocore_bodies()
         # First, so its False ("do not retry") is seen before the retry handler's delay.
         self.client.meta.events.register_first("needs-retry.cognito-idp", _stop_after_deadline)
         self._executor = ThreadPoolExecutor(
             max_workers=settings.threads, thread_name_prefix="attrgate-cognito"
         )
+        # Calls running or waiting for a thread. Past the limit, answer at once rather than
+        # queue without bound behind a slow Cognito.
+        self.max_pending = settings.threads * QUEUE_FACTOR
+        self._pending = 0
+        self._pending_lock = threading.Lock()
 
     def update_user_attributes_blocking(
         self, request: UpdateRequest, deadline: float | None
     ) -> UpstreamResult:
+        if deadline is not None and time.monotonic() >= deadline:
+            # The caller gave up while this call waited for a thread: never send a stale write.
+            return UpstreamResult(
+                ok=False,
+                error=UpstreamError.DEADLINE_EXCEEDED,
+                error_code="DeadlineExceeded",
+                no_effect=True,
+            )
         _deadline.set(deadline)
         kwargs: dict[str, Any] = {
             "UserPoolId": request.user_pool_id,
@@ -175,32 +202,71 @@ class CognitoUpstream:
         return UpstreamResult(ok=True, request_id=response["ResponseMetadata"].get("RequestId", ""))
 
     def submit(
-        self, request: UpdateRequest, deadline: float | None
+        self,
+        request: UpdateRequest,
+        deadline: float | None,
+        on_result: Callable[[UpstreamResult], None],
     ) -> asyncio.Future[UpstreamResult]:
         """Start the call in the executor, carrying this context (trace parent) into the thread.
 
-        Await it through `asyncio.shield`: a caller that gives up must not mark the call, which
-        keeps running, as cancelled before its outcome is known.
+        `on_result` runs in the worker thread once the outcome is known, so an outcome is
+        recorded even when the caller has gone or the event loop has closed.
         """
-        context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
+        with self._pending_lock:
+            overloaded = self._pending >= self.max_pending
+            if not overloaded:
+                self._pending += 1
+        if overloaded:
+            future: asyncio.Future[UpstreamResult] = loop.create_future()
+            future.set_result(
+                UpstreamResult(
+                    ok=False,
+                    error=UpstreamError.OVERLOADED,
+                    error_code="TooManyPendingCalls",
+                    no_effect=True,
+                )
+            )
+            return future
+        context = contextvars.copy_context()
         return loop.run_in_executor(
-            self._executor, context.run, self.update_user_attributes_blocking, request, deadline
+            self._executor, context.run, self._run, request, deadline, on_result
         )
 
+    def _run(
+        self,
+        request: UpdateRequest,
+        deadline: float | None,
+        on_result: Callable[[UpstreamResult], None],
+    ) -> UpstreamResult:
+        try:
+            result = self.update_user_attributes_blocking(request, deadline)
+            on_result(result)
+            return result
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+
     def close(self) -> None:
+        """Drop calls still waiting for a thread (never sent); running ones finish and record."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
 
 
-def result_of(future: asyncio.Future[UpstreamResult]) -> UpstreamResult:
-    """The outcome of a finished `submit` future, whatever way it finished."""
-    if future.cancelled():
-        return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code="Cancelled")
-    error = future.exception()
-    if error is not None:
-        return classify_exception(error)
-    return future.result()
+def quiet_botocore_bodies() -> None:
+    """botocore logs whole requests and responses at DEBUG: attribute values and usernames.
+    Drop those records wherever logging is configured, not only from the CLI."""
+    for name in _BODY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropDebug) for f in logger.filters):
+            logger.addFilter(_DropDebug())
+
+
+_BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers", "botocore.hooks", "botocore.httpchecksum")
+
+
+class _DropDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
 
 
 def _stop_after_deadline(**_: Any) -> bool | None:
