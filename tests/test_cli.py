@@ -318,7 +318,7 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     assert command[0] == ATTRGATE[0] or command[0] == "attrgate"
     assert command[1:] == [
         *["call", "--target", target, "--caller", "profile-api"],
-        *["--pool", pool[1], "--user", "ada", "given_name=Ada"],
+        *["--pool", pool[1], "--user", "ada", "given_name=Augusta"],
     ]
     cognito = boto3.client(
         "cognito-idp",
@@ -335,6 +335,7 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     # The ready line, as printed, runs.
     printed = attrgate(*command[1:])
     assert printed.returncode == 0, printed.stdout + printed.stderr
+    assert attributes("ada")["given_name"] == "Augusta"
 
     # An allowed update changes the user in the local Cognito (grace is Grace until now).
     assert attributes("grace")["given_name"] == "Grace"

@@ -204,7 +204,7 @@ def _print_local_help(app: App, out: TextIO) -> None:
         + "\n"
         "try:\n"
         f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
-        f"--user {user} given_name=Ada\n"
+        f"--user {user} given_name=Augusta\n"
         f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
         f"--user {user} custom:role=admin email_verified=true\n"
         "read a user back (the emulator takes any credentials):\n"
