@@ -412,6 +412,8 @@ def test_serve_configured_only_by_environment(start: Callable[..., Served], tmp_
             ATTRGATE_ADMIN_LISTEN=f"127.0.0.1:{admin}",
             ATTRGATE_REGION="eu-west-1",
             ATTRGATE_GRACE="1",
+            # No Cognito behind this server: decide without the pool's schema.
+            ATTRGATE_POOL_METADATA_FAIL_OPEN="true",
             AWS_ACCESS_KEY_ID="k",
             AWS_SECRET_ACCESS_KEY="s",
         ),

@@ -252,9 +252,8 @@ def mtls_server(pki_dir: Path) -> Iterator[RunningServer]:
         finally:
             server.stop(grace=0)
             stub.stop()
-    # Decisions only: nothing may have reached Cognito.
+    # Decisions only: CheckUpdateUserAttributes may describe the pool, never forward an update.
     assert stub.calls() == []
-    assert stub.received == []
 
 
 def mtls_channel(server: RunningServer, ca: Issued, client: Issued | None) -> grpc.Channel:

@@ -125,7 +125,9 @@ def test_unknown_kind_and_api_version(tmp_path: Path) -> None:
         + GOOD.format(name="b").replace("attrgate/v1", "attrgate/v2"),
     )
     found = errors(path)
-    assert found[0] == f"{path}:2: kind: unknown kind 'AttrPolicy' (known: AttributePolicy)"
+    assert (
+        found[0] == f"{path}:2: kind: unknown kind 'AttrPolicy' (known: AttributePolicy, SmsGuard)"
+    )
     assert found[1].startswith(f"{path}:11: apiVersion: ")
     assert len(found) == 2
 

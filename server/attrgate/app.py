@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -23,10 +26,17 @@ from attrgate.api.service import (
     mtls_identity,
 )
 from attrgate.config import ConfigError, Settings, check
+from attrgate.domain import PoolDescription, UpstreamResult
+from attrgate.guards.counting import SmsCounting
+from attrgate.guards.sms import Hasher
 from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet, compile_policy_set
 from attrgate.policy.load import load_policy_set
+from attrgate.pools import PoolCache
+from attrgate.store.base import Store, StoreUnavailable
+from attrgate.store.redis import RedisStore
+from attrgate.store.sqlite import SqliteStore
 from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
@@ -58,6 +68,8 @@ class App:
     _admin: grpc.aio.Server | None = None
     _upstream: CognitoUpstream | None = None
     _health: health.aio.HealthServicer | None = None
+    _sms: SmsCounting | None = None
+    _store: Store | None = None
 
     async def start(self) -> None:
         """Bind and serve, or raise ConfigError. Health turns SERVING last."""
@@ -73,7 +85,23 @@ class App:
             self._upstream = CognitoUpstream(self._cognito_settings())
         except UpstreamConfigError as exc:
             raise ConfigError(str(exc)) from None
-        pipeline = Pipeline(policy_set, self._upstream)
+        upstream = self._upstream
+        self._sms = await self._open_sms(policy_set)
+
+        async def describe(pool_id: str) -> PoolDescription | UpstreamResult:
+            return await upstream.run(upstream.describe_user_pool_blocking, pool_id)
+
+        async def user_sub(pool_id: str, username: str) -> str | UpstreamResult:
+            return await upstream.run(upstream.user_sub_blocking, pool_id, username)
+
+        pipeline = Pipeline(
+            policy_set,
+            upstream,
+            PoolCache(describe, settings.pool_cache_ttl),
+            user_sub,
+            self._sms,
+            settings.pool_metadata_fail_open,
+        )
         self._health = health.aio.HealthServicer()
         options = [
             ("grpc.max_receive_message_length", settings.max_receive_bytes),
@@ -106,6 +134,47 @@ class App:
             policy_set.revision,
             len(policy_set.policies),
         )
+
+    async def _open_sms(self, policy_set: PolicySet) -> SmsCounting | None:
+        """The store the SMS guard counts in, and the key that hashes what it counts."""
+        settings = self.settings
+        if not policy_set.guards and not (settings.state or settings.redis_url):
+            return None
+        store: Store
+        if settings.redis_url:
+            redis_store = RedisStore(settings.redis_url)
+            try:
+                await redis_store.ping()
+                warning = await redis_store.persistence_warning()
+            except StoreUnavailable:
+                warning = "Redis does not answer now: SMS-triggering requests fail UNAVAILABLE"
+            if warning:
+                log.warning("%s", warning)
+            store = redis_store
+        else:
+            path = settings.state
+            if path is None:
+                if not settings.local_cognito:
+                    raise ConfigError(
+                        "SmsGuards are loaded but nothing counts for them: pass --state PATH "
+                        "(SQLite) or --redis-url URL"
+                    )
+                handle, path = tempfile.mkstemp(prefix="attrgate-state-", suffix=".sqlite")
+                os.close(handle)
+                print(f"SMS guard counts in a temporary file: {path}", file=self.out, flush=True)
+            store = SqliteStore(path)
+        self._store = store
+        if settings.hmac_key_file:
+            key = await asyncio.to_thread(Path(settings.hmac_key_file).read_bytes)
+            key = key.strip()
+            if len(key) < 16:
+                raise ConfigError(f"{settings.hmac_key_file}: the HMAC key needs 16 bytes or more")
+        else:
+            try:
+                key = await store.get_or_create_secret("hmac-key", secrets.token_bytes(32))
+            except StoreUnavailable as exc:
+                raise ConfigError(f"cannot open the SMS state: {exc}") from None
+        return SmsCounting(store, Hasher(key))
 
     def _region(self) -> str:
         return self.settings.region or LOCAL_DEFAULT_REGION
@@ -164,6 +233,8 @@ class App:
             await self._admin.stop(0)
         if self._upstream is not None:
             self._upstream.close()
+        if self._store is not None:
+            await self._store.close()
         if self.local is not None:
             self.local.stop()
 

@@ -41,6 +41,11 @@ class Settings:
     cognito_max_attempts: int = 3
     max_receive_bytes: int = 64 * 1024
     grace: float = 10.0
+    pool_cache_ttl: float = 300.0
+    pool_metadata_fail_open: bool = False
+    state: str | None = None
+    redis_url: str | None = None
+    hmac_key_file: str | None = None
     local_cognito: bool = False
     local_seed: str | None = None
     log_level: str = "INFO"
@@ -80,6 +85,12 @@ _HELP = {
     "cognito_max_attempts": "attempts per Cognito call, retries included (standard retry mode)",
     "max_receive_bytes": "largest gRPC request accepted, in bytes",
     "grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    "pool_cache_ttl": "seconds a DescribeUserPool answer is reused",
+    "pool_metadata_fail_open": "when a pool cannot be described, forward without schema checks "
+    "(and count any phone_number write as SMS-triggering) instead of failing UNAVAILABLE",
+    "state": "SQLite file for SMS guard counts (embedded; survives restarts)",
+    "redis_url": "Redis for SMS guard counts shared by several replicas (needs --hmac-key-file)",
+    "hmac_key_file": "key for hashing phone numbers, users and callers in counter keys",
     "local_cognito": "start an embedded Cognito emulator (moto) seeded with a demo pool and users",
     "local_seed": "seed file for --local-cognito (default: the demo seed shipped with attrgate)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -197,6 +208,16 @@ def check(settings: Settings) -> None:
         if not math.isfinite(value) or value < 0 or (value == 0 and name != "grace"):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} must be a positive number of seconds, not {value}")
+    if settings.redis_url and not settings.hmac_key_file:
+        raise ConfigError(
+            "--redis-url needs --hmac-key-file: replicas must hash phone numbers with one key"
+        )
+    if settings.redis_url and settings.state:
+        raise ConfigError("--state and --redis-url exclude each other: count in one store")
+    if settings.hmac_key_file and not os.path.isfile(settings.hmac_key_file):
+        raise ConfigError(f"cannot read {settings.hmac_key_file}: no such file")
+    if not math.isfinite(settings.pool_cache_ttl) or settings.pool_cache_ttl < 0:
+        raise ConfigError("--pool-cache-ttl must be a non-negative number of seconds")
     if settings.max_receive_bytes < 1024:
         raise ConfigError("--max-receive-bytes must be at least 1024")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -75,6 +75,45 @@ class ViolationReason(enum.StrEnum):
     FORMAT = "FORMAT"
     PATTERN = "PATTERN"
     METADATA_KEY_NOT_ALLOWED = "METADATA_KEY_NOT_ALLOWED"
+    # The user pool's schema (after policy):
+    SCHEMA_UNKNOWN_ATTRIBUTE = "SCHEMA_UNKNOWN_ATTRIBUTE"
+    SCHEMA_IMMUTABLE = "SCHEMA_IMMUTABLE"
+    SCHEMA_TYPE = "SCHEMA_TYPE"
+    SCHEMA_CONSTRAINT = "SCHEMA_CONSTRAINT"
+    POOL_NOT_FOUND = "POOL_NOT_FOUND"
+    USER_NOT_FOUND = "USER_NOT_FOUND"
+    # The SMS guard:
+    SMS_COUNTRY_NOT_ALLOWED = "SMS_COUNTRY_NOT_ALLOWED"
+    SMS_LIMIT_EXCEEDED = "SMS_LIMIT_EXCEEDED"
+
+
+class Stage(enum.StrEnum):
+    """The stage that denied a request (after validation, which has its own outcome)."""
+
+    POLICY = "policy"
+    POOL = "pool"  # the user pool does not exist
+    USER = "user"  # the user does not exist (looked up for per-user SMS limits)
+    POOL_SCHEMA = "pool_schema"
+    SMS_COUNTRY = "sms_country"
+    SMS_LIMIT = "sms_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class SmsRefusal:
+    """A limit or budget that refuses (or, for an audit guard, would refuse) an SMS."""
+
+    guard: str
+    rule: str  # "limits[0]", "budget"
+    description: str
+    retry_at_ms: int  # when the window frees enough; 0 when unknown (CheckUpdateUserAttributes)
+
+
+@dataclass(frozen=True, slots=True)
+class SmsAssessment:
+    triggers_sms: bool
+    country: str  # destination of the phone_number written; "" when none is written
+    refusals: tuple[SmsRefusal, ...] = ()
+    would_refuse: tuple[SmsRefusal, ...] = ()  # audit-mode guards
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +134,9 @@ class Decision:
     violations: tuple[Violation, ...] = ()
     matched_policies: tuple[str, ...] = ()
     would_deny: tuple[Violation, ...] = ()
+    denied_by: str = ""  # a Stage when denied
+    pending_verification: tuple[str, ...] = ()
+    sms: SmsAssessment | None = None
 
 
 class UpstreamError(enum.Enum):
@@ -142,9 +184,42 @@ class Invalid:
 
 
 @dataclass(frozen=True, slots=True)
+class Unavailable:
+    """A dependency the decision needs could not answer: fail closed."""
+
+    decision_id: str
+    policy_revision: str
+    dependency: str  # "pool_metadata", "user_lookup", "sms_store"
+    upstream: UpstreamResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Forwarded:
     decision: Decision
     upstream: UpstreamResult
 
 
-Outcome = Invalid | Decision | Forwarded
+Outcome = Invalid | Unavailable | Decision | Forwarded
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeSchema:
+    """One attribute as the user pool describes it."""
+
+    name: str
+    data_type: str = "String"  # String | Number | Boolean | DateTime
+    mutable: bool = True
+    min_length: int | None = None
+    max_length: int | None = None
+    min_value: int | None = None
+    max_value: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDescription:
+    """What attrgate needs to know of a user pool (from DescribeUserPool)."""
+
+    pool_id: str
+    attributes: Mapping[str, AttributeSchema]
+    auto_verified: frozenset[str]
+    verify_before_update: frozenset[str]

@@ -1,7 +1,8 @@
-"""The request path, stage by stage: validate → policy engine → upstream.
+"""The request path, stage by stage: validate → policy engine → pool schema → SMS guard →
+upstream. The first stage that fails answers.
 
 No gRPC and no boto3 here: the api edge turns protobuf into domain values, and the upstream hides
-Cognito. Later stages (pool schema, SMS guard) slot in between the engine and the upstream.
+Cognito.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from attrgate.domain import (
@@ -19,12 +21,24 @@ from attrgate.domain import (
     Decision,
     Forwarded,
     Invalid,
+    PoolDescription,
+    SmsAssessment,
+    SmsRefusal,
+    Stage,
+    Unavailable,
     UpdateRequest,
     UpstreamError,
     UpstreamResult,
+    Violation,
+    ViolationReason,
 )
+from attrgate.guards.counting import SmsCounting
+from attrgate.guards.sms import Charge, Phone, Subject, parse_phone, triggers_sms
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.engine import evaluate
+from attrgate.pools import PoolCache
+from attrgate.schema import pending_verification, schema_violations
+from attrgate.store.base import StoreUnavailable
 from attrgate.validate import validate_request
 
 log = logging.getLogger("attrgate.pipeline")
@@ -36,7 +50,11 @@ class Upstream(Protocol):
         request: UpdateRequest,
         deadline: float | None,
         on_result: Callable[[UpstreamResult], None],
+        sms_write: bool = False,
     ) -> asyncio.Future[UpstreamResult]: ...
+
+
+UserSub = Callable[[str, str], Awaitable[str | UpstreamResult]]
 
 
 def new_decision_id() -> str:
@@ -70,55 +88,233 @@ class _Call:
             _log_late(self.decision_id, result)
 
 
+@dataclass(frozen=True, slots=True)
+class _Allowed:
+    """Every stage let the request through; what to undo if Cognito provably did nothing."""
+
+    decision: Decision
+    charges: tuple[Charge, ...] = ()
+    audit_charges: tuple[Charge, ...] = ()
+
+
 class Pipeline:
     def __init__(
         self,
         policy_set: PolicySet,
         upstream: Upstream,
+        pools: PoolCache,
+        user_sub: UserSub,
+        sms: SmsCounting | None = None,
+        pool_metadata_fail_open: bool = False,
         new_id: Callable[[], str] = new_decision_id,
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
         self._upstream = upstream
+        self._pools = pools
+        self._user_sub = user_sub
+        self._sms = sms
+        self._fail_open = pool_metadata_fail_open
         self._new_id = new_id
 
-    def decide(self, caller: Caller, request: UpdateRequest) -> Invalid | Decision:
-        """Validate and decide; never forwards. Used by both RPCs."""
-        policy_set = self.policy_set
-        decision_id = self._new_id()
-        problems = validate_request(request)
-        if problems:
-            return Invalid(decision_id, policy_set.revision, problems)
-        verdict = evaluate(policy_set, caller.name, request)
-        return Decision(
-            decision_id=decision_id,
-            policy_revision=policy_set.revision,
-            allowed=verdict.allowed,
-            violations=verdict.violations,
-            matched_policies=verdict.matched_policies,
-            would_deny=verdict.would_deny,
-        )
+    async def check(
+        self, caller: Caller, request: UpdateRequest
+    ) -> Invalid | Unavailable | Decision:
+        """Decide without forwarding or consuming anything (CheckUpdateUserAttributes)."""
+        assessed = await self._assess(caller, request, consume=False)
+        return assessed.decision if isinstance(assessed, _Allowed) else assessed
 
     async def update(
         self, caller: Caller, request: UpdateRequest, deadline: float | None
-    ) -> Invalid | Decision | Forwarded:
-        decided = self.decide(caller, request)
-        if isinstance(decided, Invalid) or not decided.allowed:
-            return decided
+    ) -> Invalid | Unavailable | Decision | Forwarded:
+        assessed = await self._assess(caller, request, consume=True)
+        if not isinstance(assessed, _Allowed):
+            return assessed
+        decided = assessed.decision
+        sms_write = bool(decided.sms and decided.sms.triggers_sms)
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            return Forwarded(decided, _deadline_result())
+            result = _deadline_result(no_effect=True)
+        else:
+            result = await self._forward(decided, request, deadline, remaining, sms_write)
+        if result.no_effect and self._sms is not None:
+            await self._sms.release(decided.decision_id, assessed.charges)
+            await self._sms.release(decided.decision_id + ":audit", assessed.audit_charges)
+        return Forwarded(decided, result)
+
+    async def _forward(
+        self,
+        decided: Decision,
+        request: UpdateRequest,
+        deadline: float | None,
+        remaining: float | None,
+        sms_write: bool,
+    ) -> UpstreamResult:
         call = _Call(decided.decision_id)
-        future = self._upstream.submit(request, deadline, call.complete)
+        future = self._upstream.submit(request, deadline, call.complete, sms_write)
         try:
             # shield: a caller giving up must not cancel the call, which runs on regardless.
-            result = await asyncio.wait_for(asyncio.shield(future), remaining)
+            return await asyncio.wait_for(asyncio.shield(future), remaining)
         except (TimeoutError, asyncio.CancelledError):
             call.abandon()
             if _cancelling():
                 raise
-            return Forwarded(decided, _deadline_result())
-        return Forwarded(decided, result)
+            # Whether Cognito acted is unknown: keep any SMS reservation (when in doubt, count).
+            return _deadline_result(no_effect=False)
+
+    async def _assess(
+        self, caller: Caller, request: UpdateRequest, consume: bool
+    ) -> Invalid | Unavailable | Decision | _Allowed:
+        policy_set = self.policy_set
+        decision_id = self._new_id()
+        revision = policy_set.revision
+        problems = validate_request(request)
+        if problems:
+            return Invalid(decision_id, revision, problems)
+        verdict = evaluate(policy_set, caller.name, request)
+        decision = Decision(
+            decision_id=decision_id,
+            policy_revision=revision,
+            allowed=verdict.allowed,
+            violations=verdict.violations,
+            matched_policies=verdict.matched_policies,
+            would_deny=verdict.would_deny,
+            denied_by="" if verdict.allowed else Stage.POLICY,
+        )
+        if not verdict.allowed:
+            return decision
+
+        # Only allowed requests reach Cognito for metadata: no quota spent on made-up pools.
+        described = await self._pools.get(request.user_pool_id)
+        pool: PoolDescription | None = None
+        if isinstance(described, UpstreamResult):
+            if described.error == UpstreamError.RESOURCE_NOT_FOUND:
+                return _deny(decision, Stage.POOL, (_POOL_NOT_FOUND,))
+            if not self._fail_open:
+                return Unavailable(decision_id, revision, "pool_metadata", described)
+        else:
+            pool = described
+        if pool is not None:
+            schema = schema_violations(pool, request)
+            if schema:
+                return _deny(decision, Stage.POOL_SCHEMA, schema)
+            decision = replace(decision, pending_verification=pending_verification(pool, request))
+
+        phone = _phone_of(request)
+        if phone is None:
+            return _Allowed(decision)
+        return await self._assess_sms(caller, request, decision, pool, phone, consume)
+
+    async def _assess_sms(
+        self,
+        caller: Caller,
+        request: UpdateRequest,
+        decision: Decision,
+        pool: PoolDescription | None,
+        phone: Phone,
+        consume: bool,
+    ) -> Unavailable | Decision | _Allowed:
+        guards = self.policy_set.guards.applicable(request.user_pool_id)
+        triggers = triggers_sms(pool, request)
+        # The country rule holds for every write of phone_number: a number set as verified
+        # still receives MFA and password-reset messages later.
+        country_denials: list[Violation] = []
+        would_deny = list(decision.would_deny)
+        for guard in guards:
+            rule = guard.country_rule(phone.country)
+            if rule is None:
+                continue
+            violation = Violation(
+                "phone_number",
+                guard.name,
+                rule,
+                ViolationReason.SMS_COUNTRY_NOT_ALLOWED,
+                f"destination country {phone.country} is not allowed by SmsGuard {guard.name}",
+            )
+            (country_denials if guard.enforce else would_deny).append(violation)
+        decision = replace(
+            decision,
+            would_deny=tuple(would_deny),
+            sms=SmsAssessment(triggers_sms=triggers, country=phone.country),
+        )
+        if country_denials:
+            return _deny(decision, Stage.SMS_COUNTRY, tuple(country_denials))
+        if not triggers or self._sms is None or not guards:
+            return _Allowed(decision)
+
+        user_sub = None
+        if any(g.needs_user for g in guards):
+            found = await self._user_sub(request.user_pool_id, request.username)
+            if isinstance(found, UpstreamResult):
+                if found.error == UpstreamError.USER_NOT_FOUND:
+                    return _deny(decision, Stage.USER, (_USER_NOT_FOUND,))
+                return Unavailable(
+                    decision.decision_id, decision.policy_revision, "user_lookup", found
+                )
+            user_sub = found
+        subject = Subject(caller.name, request.user_pool_id, phone, user_sub)
+        now_ms = self._sms.clock_ms()
+        hasher = self._sms.hasher
+        charges = tuple(c for g in guards if g.enforce for c in g.charges(subject, hasher, now_ms))
+        audit_charges = tuple(
+            c for g in guards if not g.enforce for c in g.charges(subject, hasher, now_ms)
+        )
+        try:
+            if consume:
+                refusals = await self._sms.reserve(decision.decision_id, charges)
+            else:
+                refusals = await self._sms.dry_run(charges)
+        except StoreUnavailable:
+            return Unavailable(decision.decision_id, decision.policy_revision, "sms_store")
+        would_refuse = await self._audit(decision.decision_id, audit_charges, consume)
+        decision = replace(
+            decision,
+            sms=SmsAssessment(True, phone.country, tuple(refusals), tuple(would_refuse)),
+        )
+        if refusals:
+            violations = tuple(
+                Violation(
+                    "phone_number",
+                    r.guard,
+                    r.rule,
+                    ViolationReason.SMS_LIMIT_EXCEEDED,
+                    f"SmsGuard {r.guard} {r.description}",
+                )
+                for r in refusals
+            )
+            return _deny(decision, Stage.SMS_LIMIT, violations)
+        return _Allowed(decision, charges, audit_charges)
+
+    async def _audit(
+        self, decision_id: str, charges: tuple[Charge, ...], consume: bool
+    ) -> list[SmsRefusal]:
+        """Audit guards count in their own keys and never refuse; a store failure here is
+        logged, not fatal."""
+        assert self._sms is not None
+        try:
+            if consume:
+                return await self._sms.reserve(decision_id + ":audit", charges)
+            return await self._sms.dry_run(charges)
+        except StoreUnavailable:
+            log.warning("audit SMS guard could not count decision_id=%s", decision_id)
+            return []
+
+
+_POOL_NOT_FOUND = Violation(
+    "", "", "", ViolationReason.POOL_NOT_FOUND, "the user pool does not exist"
+)
+_USER_NOT_FOUND = Violation("", "", "", ViolationReason.USER_NOT_FOUND, "the user does not exist")
+
+
+def _deny(decision: Decision, stage: Stage, violations: tuple[Violation, ...]) -> Decision:
+    return replace(decision, allowed=False, denied_by=stage, violations=violations)
+
+
+def _phone_of(request: UpdateRequest) -> Phone | None:
+    for attribute in request.attributes:
+        if attribute.name == "phone_number" and attribute.value:
+            return parse_phone(attribute.value)  # validation guarantees it parses
+    return None
 
 
 def _log_late(decision_id: str, result: UpstreamResult) -> None:
@@ -132,9 +328,12 @@ def _log_late(decision_id: str, result: UpstreamResult) -> None:
     )
 
 
-def _deadline_result() -> UpstreamResult:
+def _deadline_result(no_effect: bool) -> UpstreamResult:
     return UpstreamResult(
-        ok=False, error=UpstreamError.DEADLINE_EXCEEDED, error_code="DeadlineExceeded"
+        ok=False,
+        error=UpstreamError.DEADLINE_EXCEEDED,
+        error_code="DeadlineExceeded",
+        no_effect=no_effect,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import regex
 
 from attrgate.domain import FieldViolation, UpdateRequest
+from attrgate.guards.sms import parse_phone
 
 POOL_ID_MAX = 55
 USERNAME_MAX = 128
@@ -105,6 +106,15 @@ def validate_request(request: UpdateRequest) -> tuple[FieldViolation, ...]:
                     )
                 )
             seen.add(attribute.name)
+            phone = attribute.name == "phone_number" and attribute.value
+            if phone and parse_phone(attribute.value) is None:
+                found.append(
+                    FieldViolation(
+                        f"user_attributes[{index}].value",
+                        "INVALID_PHONE_NUMBER",
+                        "phone_number is not a valid number in E.164 form (+14155550100)",
+                    )
+                )
             if len(attribute.value) > ATTRIBUTE_VALUE_MAX:
                 found.append(
                     FieldViolation(

@@ -48,9 +48,19 @@ class RunningServer:
         self._close_loop()
 
     def _close_loop(self) -> None:
+        # As asyncio.run does: cancel what is left and let it run its cleanup.
+        self.run(_cancel_remaining_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+
+
+async def _cancel_remaining_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def settings_for(**overrides: Any) -> Settings:

@@ -33,10 +33,34 @@ class Received:
     authorization: str
 
 
+# Custom attributes of the pool the stub describes; standard ones always exist.
+DEFAULT_CUSTOM = ("tier", "role", "nickname", "country", "level", "pref_color")
+
+
+def describe_reply(
+    custom: tuple[str, ...] = DEFAULT_CUSTOM, auto_verified: tuple[str, ...] = ()
+) -> Reply:
+    return Reply(
+        body={
+            "UserPool": {
+                "Id": "stub",
+                "SchemaAttributes": [
+                    {"Name": f"custom:{name}", "AttributeDataType": "String", "Mutable": True}
+                    for name in custom
+                ],
+                "AutoVerifiedAttributes": list(auto_verified),
+            }
+        }
+    )
+
+
 class CognitoStub:
+    """Programmed replies answer AdminUpdateUserAttributes; DescribeUserPool gets `describe`."""
+
     def __init__(self) -> None:
         self.replies: deque[Reply] = deque()
         self.default = Reply()
+        self.describe = describe_reply()
         self.received: list[Received] = []
         self._lock = threading.Lock()
         stub = self
@@ -53,7 +77,11 @@ class CognitoStub:
                             self.headers.get("Authorization", ""),
                         )
                     )
-                    reply = stub.replies.popleft() if stub.replies else stub.default
+                    target = self.headers.get("X-Amz-Target", "")
+                    if target.endswith(".DescribeUserPool"):
+                        reply = stub.describe
+                    else:
+                        reply = stub.replies.popleft() if stub.replies else stub.default
                 if reply.delay:
                     time.sleep(reply.delay)
                 payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()

@@ -18,7 +18,11 @@ from typing import Any
 import boto3
 
 REGION = "us-east-1"
-ATTRGATE_ACTIONS = ["cognito-idp:AdminUpdateUserAttributes"]
+ATTRGATE_ACTIONS = [
+    "cognito-idp:AdminUpdateUserAttributes",
+    "cognito-idp:DescribeUserPool",
+    "cognito-idp:AdminGetUser",
+]
 
 
 def free_port() -> int:

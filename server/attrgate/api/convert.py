@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from attrgate.domain import Attribute, Decision, UpdateRequest, Violation
+from attrgate.domain import (
+    Attribute,
+    Decision,
+    SmsAssessment,
+    SmsRefusal,
+    UpdateRequest,
+    Violation,
+)
 from attrgate.v1 import attrgate_pb2 as pb
 
 
@@ -26,8 +33,30 @@ def _violation(violation: Violation) -> pb.Violation:
     )
 
 
+def _refusal(refusal: SmsRefusal) -> pb.SmsRefusal:
+    return pb.SmsRefusal(
+        guard=refusal.guard,
+        rule=refusal.rule,
+        description=refusal.description,
+        retry_at_unix_ms=refusal.retry_at_ms,
+    )
+
+
+def _sms(sms: SmsAssessment | None) -> pb.SmsAssessment | None:
+    if sms is None:
+        return None
+    return pb.SmsAssessment(
+        triggers_sms=sms.triggers_sms,
+        country=sms.country,
+        refusals=[_refusal(r) for r in sms.refusals],
+        would_refuse=[_refusal(r) for r in sms.would_refuse],
+    )
+
+
 def decision_to_proto(decision: Decision) -> pb.Decision:
     return pb.Decision(
+        denied_by=decision.denied_by,
+        sms=_sms(decision.sms),
         allowed=decision.allowed,
         violations=[_violation(v) for v in decision.violations],
         matched_policies=list(decision.matched_policies),

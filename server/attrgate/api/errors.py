@@ -7,11 +7,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from attrgate.domain import Decision, FieldViolation, UpdateRequest, UpstreamError, UpstreamResult
+from attrgate.domain import (
+    Decision,
+    FieldViolation,
+    Stage,
+    Unavailable,
+    UpdateRequest,
+    UpstreamError,
+    UpstreamResult,
+)
 from attrgate.reasons import DOMAIN, Reason
 
 DECISION_ID_METADATA = "x-attrgate-decision-id"
@@ -28,6 +37,7 @@ class ErrorStatus:
     message: str
     field_violations: Sequence[error_details_pb2.BadRequest.FieldViolation] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
+    extra_details: Sequence[Message] = ()
 
     def to_grpc(self, decision_id: str) -> GrpcError:
         status = self._status(decision_id, self.field_violations)
@@ -50,6 +60,7 @@ class ErrorStatus:
         details = [_pack(info)]
         if field_violations:
             details.append(_pack(error_details_pb2.BadRequest(field_violations=field_violations)))
+        details.extend(_pack(extra) for extra in self.extra_details)
         return status_pb2.Status(
             code=getattr(code_pb2, self.code.name), message=self.message, details=details
         )
@@ -127,7 +138,9 @@ def malformed_request() -> ErrorStatus:
     )
 
 
-def policy_denied(decision: Decision, request: UpdateRequest) -> ErrorStatus:
+def _field_violations(
+    decision: Decision, request: UpdateRequest
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
     positions = {a.name: i for i, a in enumerate(request.attributes)}
     violations = []
     for v in decision.violations:
@@ -147,13 +160,120 @@ def policy_denied(decision: Decision, request: UpdateRequest) -> ErrorStatus:
                 reason=str(v.reason),
             )
         )
-    offenders = list(dict.fromkeys(f"{v.subject} ({v.reason})" for v in decision.violations))
+    return violations
+
+
+def _offenders(decision: Decision) -> str:
+    return _summary(list(dict.fromkeys(f"{v.subject} ({v.reason})" for v in decision.violations)))
+
+
+# Found missing while describing the pool or looking the user up, before any update.
+_NOT_FOUND = {
+    Stage.POOL: (
+        Reason.COGNITO_RESOURCE_NOT_FOUND,
+        "Cognito: the user pool does not exist",
+        "ResourceNotFoundException",
+    ),
+    Stage.USER: (
+        Reason.COGNITO_USER_NOT_FOUND,
+        "Cognito: the user does not exist",
+        "UserNotFoundException",
+    ),
+}
+
+
+def denied(decision: Decision, request: UpdateRequest, now_ms: int) -> ErrorStatus:
+    """The status of a request a stage after validation refused."""
+    revision = {"policy_revision": decision.policy_revision}
+    stage = decision.denied_by
+    if stage in _NOT_FOUND:
+        reason, message, code = _NOT_FOUND[Stage(stage)]
+        return ErrorStatus(
+            grpc.StatusCode.NOT_FOUND,
+            reason,
+            message,
+            metadata={**revision, "cognito_error_code": code},
+        )
+    if stage == Stage.POOL_SCHEMA:
+        return ErrorStatus(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.POOL_SCHEMA_VIOLATION,
+            f"the user pool's schema refuses: {_offenders(decision)}",
+            _field_violations(decision, request),
+            revision,
+        )
+    if stage == Stage.SMS_COUNTRY:
+        return ErrorStatus(
+            grpc.StatusCode.PERMISSION_DENIED,
+            Reason.SMS_COUNTRY_DENIED,
+            "the SMS guard does not allow the phone number's destination country",
+            _field_violations(decision, request),
+            revision,
+        )
+    if stage == Stage.SMS_LIMIT:
+        return _sms_limit(decision, now_ms)
     return ErrorStatus(
         grpc.StatusCode.PERMISSION_DENIED,
         Reason.POLICY_DENIED,
-        f"denied by policy: {_summary(offenders)}",
-        violations,
-        {"policy_revision": decision.policy_revision},
+        f"denied by policy: {_offenders(decision)}",
+        _field_violations(decision, request),
+        revision,
+    )
+
+
+def _sms_limit(decision: Decision, now_ms: int) -> ErrorStatus:
+    refusals = decision.sms.refusals if decision.sms else ()
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=f"SmsGuard {r.guard} {r.rule}", description=r.description
+            )
+            for r in refusals
+        ]
+    )
+    # Every refusing window must free before a retry can pass.
+    retry_at = max((r.retry_at_ms for r in refusals), default=now_ms)
+    delay_ms = max(0, retry_at - now_ms)
+    retry = error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(
+            seconds=delay_ms // 1000, nanos=(delay_ms % 1000) * 1_000_000
+        )
+    )
+    rules = ", ".join(f"{r.guard} {r.rule}" for r in refusals)
+    return ErrorStatus(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.SMS_LIMIT_EXCEEDED,
+        f"SMS limit reached: {rules}",
+        metadata={"policy_revision": decision.policy_revision, "retry_at_unix_ms": str(retry_at)},
+        extra_details=(quota, retry),
+    )
+
+
+_DEPENDENCY_REASONS = {
+    "pool_metadata": Reason.POOL_METADATA_UNAVAILABLE,
+    "user_lookup": Reason.USER_LOOKUP_UNAVAILABLE,
+    "sms_store": Reason.SMS_STORE_UNAVAILABLE,
+}
+
+
+def unavailable(outcome: Unavailable, check: bool = False) -> ErrorStatus:
+    """A dependency could not answer: fail closed. attrgate's own credentials being refused
+    keeps its distinct reason, and is INTERNAL (an operator must act) except for
+    CheckUpdateUserAttributes, whose only dependency error is UNAVAILABLE."""
+    upstream = outcome.upstream
+    reason = _DEPENDENCY_REASONS[outcome.dependency]
+    code = grpc.StatusCode.UNAVAILABLE
+    if upstream is not None and upstream.error == UpstreamError.CREDENTIALS_REJECTED:
+        reason = Reason.UPSTREAM_CREDENTIALS_REJECTED
+        code = grpc.StatusCode.UNAVAILABLE if check else grpc.StatusCode.INTERNAL
+    return ErrorStatus(
+        code,
+        reason,
+        f"{outcome.dependency.replace('_', ' ')} unavailable; the request was not forwarded",
+        metadata={
+            "policy_revision": outcome.policy_revision,
+            "cognito_error_code": upstream.error_code if upstream else "",
+        },
     )
 
 

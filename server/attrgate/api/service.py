@@ -17,14 +17,15 @@ from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
     DECISION_ID_METADATA,
     ErrorStatus,
+    denied,
     internal_error,
     invalid_request,
     malformed_request,
-    policy_denied,
     unauthenticated,
+    unavailable,
     upstream_failed,
 )
-from attrgate.domain import Caller, Forwarded, Invalid
+from attrgate.domain import Caller, Forwarded, Invalid, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
 from attrgate.v1 import attrgate_pb2 as pb
@@ -105,8 +106,10 @@ class UserAttributesService:
                     invalid_request(outcome.violations, outcome.policy_revision),
                     outcome.decision_id,
                 )
+            if isinstance(outcome, Unavailable):
+                raise _Abort(unavailable(outcome), outcome.decision_id)
             if not isinstance(outcome, Forwarded):
-                raise _Abort(policy_denied(outcome, domain_request), outcome.decision_id)
+                raise _Abort(denied(outcome, domain_request, _now_ms()), outcome.decision_id)
             decision = outcome.decision
             if not outcome.upstream.ok:
                 raise _Abort(
@@ -117,6 +120,7 @@ class UserAttributesService:
             return pb.UpdateUserAttributesResponse(
                 decision=decision_to_proto(decision),
                 cognito_request_id=outcome.upstream.request_id,
+                pending_verification=list(decision.pending_verification),
             )
 
         return await _answer(context, handle)
@@ -124,12 +128,14 @@ class UserAttributesService:
     async def CheckUpdateUserAttributes(self, request: Request, context: Context) -> pb.Decision:
         async def handle() -> pb.Decision:
             caller = self._caller(context)
-            decided = self._pipeline.decide(caller, request_from_proto(_decoded(request)))
+            decided = await self._pipeline.check(caller, request_from_proto(_decoded(request)))
             if isinstance(decided, Invalid):
                 raise _Abort(
                     invalid_request(decided.violations, decided.policy_revision),
                     decided.decision_id,
                 )
+            if isinstance(decided, Unavailable):
+                raise _Abort(unavailable(decided, check=True), decided.decision_id)
             context.set_trailing_metadata(((DECISION_ID_METADATA, decided.decision_id),))
             return decision_to_proto(decided)
 
@@ -155,6 +161,10 @@ async def _answer(context: Context, handle: Callable[[], Awaitable[T]]) -> T:
         _log_internal(exc, decision_id)
         await _abort(context, internal_error(), decision_id)
     raise AssertionError("unreachable: context.abort raises")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _decoded(request: Request) -> pb.UpdateUserAttributesRequest:

@@ -10,25 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from attrgate.guards.sms import GuardSet
 from attrgate.policy.constraints import CompiledAllow
-from attrgate.policy.globs import GlobIndex, glob_regex, is_glob
+from attrgate.policy.globs import GlobIndex, PoolMatcher
 from attrgate.policy.load import LoadedPolicy
-from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy
+from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy, SmsGuard
 
 APPLICABLE_CACHE_SIZE = 4096
-
-
-class PoolMatcher:
-    """A policy's userPools: exact ids by set, globs by regex."""
-
-    __slots__ = ("_exact", "_globs")
-
-    def __init__(self, patterns: Sequence[str]) -> None:
-        self._exact = frozenset(p for p in patterns if not is_glob(p))
-        self._globs = tuple(glob_regex(p) for p in dict.fromkeys(patterns) if is_glob(p))
-
-    def __call__(self, pool_id: str) -> bool:
-        return pool_id in self._exact or any(g.fullmatch(pool_id) for g in self._globs)
 
 
 class CompiledPolicy:
@@ -85,6 +73,7 @@ class PolicySet:
             if isinstance(item.document, AttributePolicy)
         ]
         self.policies = tuple(CompiledPolicy(document, file) for document, file in documents)
+        self.guards = GuardSet([i.document for i in loaded if isinstance(i.document, SmsGuard)])
         self._by_caller: GlobIndex[int] = GlobIndex()
         for position, (document, _) in enumerate(documents):
             for caller in dict.fromkeys(document.spec.callers):

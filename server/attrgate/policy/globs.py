@@ -7,7 +7,7 @@ literal prefix the text starts with, so thousands of unrelated globs cost nothin
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -71,3 +71,16 @@ class GlobIndex(Generic[T]):
                 if glob.regex.fullmatch(text):
                     found.extend(glob.items)
         return found, tried
+
+
+class PoolMatcher:
+    """A policy's userPools: exact ids by set, globs by regex."""
+
+    __slots__ = ("_exact", "_globs")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._exact = frozenset(p for p in patterns if not is_glob(p))
+        self._globs = tuple(glob_regex(p) for p in dict.fromkeys(patterns) if is_glob(p))
+
+    def __call__(self, pool_id: str) -> bool:
+        return pool_id in self._exact or any(g.fullmatch(pool_id) for g in self._globs)

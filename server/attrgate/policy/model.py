@@ -6,10 +6,22 @@ is strict, so a YAML scalar of the wrong type is an error rather than silently c
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Annotated, Literal
 
+import phonenumbers
 import re2
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 API_VERSION = "attrgate/v1"
 VERIFIED_FLAGS = frozenset({"email_verified", "phone_number_verified"})
@@ -94,5 +106,102 @@ class AttributePolicy(_Strict):
     spec: AttributePolicySpec
 
 
-# Every kind a policy document may have; later kinds (SmsGuard) register here.
-KINDS: dict[str, type[BaseModel]] = {"AttributePolicy": AttributePolicy}
+# --- SmsGuard ---------------------------------------------------------------------------------
+
+# ISO 3166-1 alpha-2, or 001 for non-geographic numbers (phonenumbers' region for +800 etc.).
+COUNTRY_CODES = frozenset(phonenumbers.SUPPORTED_REGIONS) | {"001"}
+MICROS = 1_000_000
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhd])")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """`90s`, `15m`, `24h`, `30d` in milliseconds."""
+    found = _DURATION.fullmatch(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 24h or 30d")
+    return int(found[1]) * _UNIT_MS[found[2]]
+
+
+def to_micros(amount: Decimal, what: str) -> int:
+    """Money as integer micro-units, exactly, or a ValueError."""
+    micros = amount * MICROS
+    if micros != micros.to_integral_value():
+        raise ValueError(f"{what} has more than 6 decimal places")
+    return int(micros)
+
+
+def _country(value: str) -> str:
+    if value not in COUNTRY_CODES:
+        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code (or 001)")
+    return value
+
+
+def _money(value: object) -> object:
+    # YAML gives Decimal for 0.10 and int for 50; both are exact. Floats never reach here.
+    return Decimal(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Country = Annotated[str, AfterValidator(_country)]
+Duration = Annotated[str, AfterValidator(lambda v: duration_ms(v) and v)]
+Money = Annotated[Decimal, BeforeValidator(_money), Field(ge=0, max_digits=18)]
+
+
+class SmsCountries(_Strict):
+    allow: list[Country] | None = None
+    deny: list[Country] | None = None
+
+    @model_validator(mode="after")
+    def _one_list(self) -> SmsCountries:
+        if (self.allow is None) == (self.deny is None):
+            raise ValueError("give exactly one of allow or deny")
+        return self
+
+
+class SmsLimit(_Strict):
+    per: Literal["phone_number", "user", "caller", "user_pool", "country", "global"]
+    max: Annotated[int, Field(ge=1, le=10_000_000)]
+    window: Duration
+
+
+class SmsBudget(_Strict):
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    amount: Money
+    window: Annotated[str, AfterValidator(lambda v: v if v == "month" else duration_ms(v) and v)]
+    price_per_message: dict[str, Money] = Field(alias="pricePerMessage")
+
+    @field_validator("amount")
+    @classmethod
+    def _exact_amount(cls, value: Decimal) -> Decimal:
+        to_micros(value, "amount")
+        return value
+
+    @field_validator("price_per_message")
+    @classmethod
+    def _exact_prices(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        if "default" not in value:
+            raise ValueError("pricePerMessage needs a `default` price for other countries")
+        for key, price in value.items():
+            if key != "default":
+                _country(key)
+            to_micros(price, key)
+        return value
+
+
+class SmsGuardSpec(_Strict):
+    mode: Literal["enforce", "audit"] = "enforce"
+    user_pools: Annotated[list[Glob], Field(min_length=1)] = Field(alias="userPools")
+    countries: SmsCountries | None = None
+    limits: list[SmsLimit] = Field(default_factory=list)
+    budget: SmsBudget | None = None
+
+
+class SmsGuard(_Strict):
+    api_version: Literal["attrgate/v1"] = Field(alias="apiVersion")
+    kind: Literal["SmsGuard"]
+    metadata: Metadata
+    spec: SmsGuardSpec
+
+
+# Every kind a policy document may have.
+KINDS: dict[str, type[BaseModel]] = {"AttributePolicy": AttributePolicy, "SmsGuard": SmsGuard}

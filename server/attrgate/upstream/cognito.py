@@ -15,17 +15,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
-from attrgate.domain import UpdateRequest, UpstreamError, UpstreamResult
+from attrgate.domain import (
+    AttributeSchema,
+    PoolDescription,
+    UpdateRequest,
+    UpstreamError,
+    UpstreamResult,
+)
 
 # The deadline of the call running in this thread, so the retry hook can stop retrying for a
 # caller that has already gone (botocore has no per-call timeout).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+# Whether the call in this thread makes Cognito send an SMS: then a retry after a read timeout or
+# a 5xx could send a second message under one reservation, so only throttling and connection
+# failures are retried.
+_sms_write: contextvars.ContextVar[bool] = contextvars.ContextVar("sms_write", default=False)
 
 _BY_CODE: dict[str, UpstreamError] = {
     "UserNotFoundException": UpstreamError.USER_NOT_FOUND,
@@ -70,6 +80,8 @@ class CognitoSettings:
     access_key_id: str | None = None
     secret_access_key: str | None = None
 
+
+T = TypeVar("T")
 
 # Calls allowed to wait for a free executor thread, per thread.
 QUEUE_FACTOR = 4
@@ -177,7 +189,7 @@ class CognitoUpstream:
         self._pending_lock = threading.Lock()
 
     def update_user_attributes_blocking(
-        self, request: UpdateRequest, deadline: float | None
+        self, request: UpdateRequest, deadline: float | None, sms_write: bool = False
     ) -> UpstreamResult:
         if deadline is not None and time.monotonic() >= deadline:
             # The caller gave up while this call waited for a thread: never send a stale write.
@@ -188,6 +200,7 @@ class CognitoUpstream:
                 no_effect=True,
             )
         _deadline.set(deadline)
+        _sms_write.set(sms_write)
         kwargs: dict[str, Any] = {
             "UserPoolId": request.user_pool_id,
             "Username": request.username,
@@ -201,11 +214,37 @@ class CognitoUpstream:
             return classify_exception(exc)
         return UpstreamResult(ok=True, request_id=response["ResponseMetadata"].get("RequestId", ""))
 
+    def describe_user_pool_blocking(self, pool_id: str) -> PoolDescription | UpstreamResult:
+        """The pool's schema and verification settings, or the classified error."""
+        try:
+            pool = self.client.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+        except Exception as exc:
+            return classify_exception(exc)
+        return pool_description(pool_id, pool)
+
+    def user_sub_blocking(self, pool_id: str, username: str) -> str | UpstreamResult:
+        """The user's immutable `sub` (aliases and spellings of a username share it)."""
+        try:
+            user = self.client.admin_get_user(UserPoolId=pool_id, Username=username)
+        except Exception as exc:
+            return classify_exception(exc)
+        for attribute in user.get("UserAttributes", []):
+            if attribute.get("Name") == "sub":
+                return str(attribute.get("Value", ""))
+        return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code="NoSub")
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call of this client in its executor, with this context."""
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, context.run, function, *args)
+
     def submit(
         self,
         request: UpdateRequest,
         deadline: float | None,
         on_result: Callable[[UpstreamResult], None],
+        sms_write: bool = False,
     ) -> asyncio.Future[UpstreamResult]:
         """Start the call in the executor, carrying this context (trace parent) into the thread.
 
@@ -230,7 +269,7 @@ class CognitoUpstream:
             return future
         context = contextvars.copy_context()
         return loop.run_in_executor(
-            self._executor, context.run, self._run, request, deadline, on_result
+            self._executor, context.run, self._run, request, deadline, on_result, sms_write
         )
 
     def _run(
@@ -238,9 +277,10 @@ class CognitoUpstream:
         request: UpdateRequest,
         deadline: float | None,
         on_result: Callable[[UpstreamResult], None],
+        sms_write: bool,
     ) -> UpstreamResult:
         try:
-            result = self.update_user_attributes_blocking(request, deadline)
+            result = self.update_user_attributes_blocking(request, deadline, sms_write)
             on_result(result)
             return result
         finally:
@@ -250,6 +290,77 @@ class CognitoUpstream:
     def close(self) -> None:
         """Drop calls still waiting for a thread (never sent); running ones finish and record."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+STANDARD_ATTRIBUTES = (
+    "address",
+    "birthdate",
+    "email",
+    "email_verified",
+    "family_name",
+    "gender",
+    "given_name",
+    "locale",
+    "middle_name",
+    "name",
+    "nickname",
+    "phone_number",
+    "phone_number_verified",
+    "picture",
+    "preferred_username",
+    "profile",
+    "updated_at",
+    "website",
+    "zoneinfo",
+)
+# Cognito's own types for the standard attributes it may leave out of SchemaAttributes.
+_STANDARD_TYPES = {"email_verified": "Boolean", "phone_number_verified": "Boolean"}
+_STANDARD_NUMBERS = {"updated_at"}
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def pool_description(pool_id: str, pool: dict[str, Any]) -> PoolDescription:
+    """DescribeUserPool's answer as a plain value. Standard attributes always exist: real
+    Cognito lists them with their settings, emulators may not, so the list fills the gaps."""
+    attributes: dict[str, AttributeSchema] = {
+        name: AttributeSchema(
+            name,
+            data_type="Number"
+            if name in _STANDARD_NUMBERS
+            else _STANDARD_TYPES.get(name, "String"),
+        )
+        for name in STANDARD_ATTRIBUTES
+    }
+    for raw in pool.get("SchemaAttributes") or []:
+        name = str(raw.get("Name", ""))
+        if not name:
+            continue
+        strings = raw.get("StringAttributeConstraints") or {}
+        numbers = raw.get("NumberAttributeConstraints") or {}
+        attributes[name] = AttributeSchema(
+            name,
+            data_type=str(raw.get("AttributeDataType", "String")),
+            mutable=bool(raw.get("Mutable", True)),
+            min_length=_int(strings.get("MinLength")) if "MinLength" in strings else None,
+            max_length=_int(strings.get("MaxLength")) if "MaxLength" in strings else None,
+            min_value=_int(numbers.get("MinValue")) if "MinValue" in numbers else None,
+            max_value=_int(numbers.get("MaxValue")) if "MaxValue" in numbers else None,
+        )
+    settings = pool.get("UserAttributeUpdateSettings") or {}
+    return PoolDescription(
+        pool_id=pool_id,
+        attributes=attributes,
+        auto_verified=frozenset(pool.get("AutoVerifiedAttributes") or ()),
+        verify_before_update=frozenset(
+            settings.get("AttributesRequireVerificationBeforeUpdate") or ()
+        ),
+    )
 
 
 def quiet_botocore_bodies() -> None:
@@ -269,8 +380,25 @@ class _DropDebug(logging.Filter):
         return record.levelno > logging.DEBUG
 
 
-def _stop_after_deadline(**_: Any) -> bool | None:
+def _stop_after_deadline(
+    response: Any = None, caught_exception: BaseException | None = None, **_: Any
+) -> bool | None:
     deadline = _deadline.get()
     if deadline is not None and time.monotonic() >= deadline:
         return False
+    if _sms_write.get() and _maybe_delivered(response, caught_exception):
+        return False
     return None
+
+
+def _maybe_delivered(response: Any, caught_exception: BaseException | None) -> bool:
+    """The attempt may have reached Cognito: a 5xx, or a connection lost after sending."""
+    if caught_exception is not None:
+        return not isinstance(
+            caught_exception,
+            botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError,
+        )
+    if response is not None:
+        status = int(response[0].status_code) if response[0] is not None else 0
+        return status >= 500
+    return False

@@ -50,25 +50,55 @@ class Violation(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., policy: _Optional[str] = ..., entry: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., client_metadata_key: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision")
+    __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision", "denied_by", "sms")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_POLICIES_FIELD_NUMBER: _ClassVar[int]
     WOULD_DENY_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
+    DENIED_BY_FIELD_NUMBER: _ClassVar[int]
+    SMS_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     violations: _containers.RepeatedCompositeFieldContainer[Violation]
     matched_policies: _containers.RepeatedScalarFieldContainer[str]
     would_deny: _containers.RepeatedCompositeFieldContainer[Violation]
     decision_id: str
     policy_revision: str
-    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., matched_policies: _Optional[_Iterable[str]] = ..., would_deny: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., decision_id: _Optional[str] = ..., policy_revision: _Optional[str] = ...) -> None: ...
+    denied_by: str
+    sms: SmsAssessment
+    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., matched_policies: _Optional[_Iterable[str]] = ..., would_deny: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., decision_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., denied_by: _Optional[str] = ..., sms: _Optional[_Union[SmsAssessment, _Mapping]] = ...) -> None: ...
+
+class SmsRefusal(_message.Message):
+    __slots__ = ("guard", "rule", "description", "retry_at_unix_ms")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    rule: str
+    description: str
+    retry_at_unix_ms: int
+    def __init__(self, guard: _Optional[str] = ..., rule: _Optional[str] = ..., description: _Optional[str] = ..., retry_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SmsAssessment(_message.Message):
+    __slots__ = ("triggers_sms", "country", "refusals", "would_refuse")
+    TRIGGERS_SMS_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    WOULD_REFUSE_FIELD_NUMBER: _ClassVar[int]
+    triggers_sms: bool
+    country: str
+    refusals: _containers.RepeatedCompositeFieldContainer[SmsRefusal]
+    would_refuse: _containers.RepeatedCompositeFieldContainer[SmsRefusal]
+    def __init__(self, triggers_sms: _Optional[bool] = ..., country: _Optional[str] = ..., refusals: _Optional[_Iterable[_Union[SmsRefusal, _Mapping]]] = ..., would_refuse: _Optional[_Iterable[_Union[SmsRefusal, _Mapping]]] = ...) -> None: ...
 
 class UpdateUserAttributesResponse(_message.Message):
-    __slots__ = ("decision", "cognito_request_id")
+    __slots__ = ("decision", "cognito_request_id", "pending_verification")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     COGNITO_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PENDING_VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     cognito_request_id: str
-    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., cognito_request_id: _Optional[str] = ...) -> None: ...
+    pending_verification: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., cognito_request_id: _Optional[str] = ..., pending_verification: _Optional[_Iterable[str]] = ...) -> None: ...

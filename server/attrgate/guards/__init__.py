@@ -1,0 +1,1 @@
+"""Guards that run after the policy allowed a request: the SMS cost guard."""

@@ -1,0 +1,1 @@
+"""Counting for the SMS guard: one interface, two backends (SQLite embedded, Redis for fleets)."""

@@ -1,0 +1,86 @@
+"""The store interface the SMS guard counts through. Only `store` knows SQLite or Redis.
+
+A store keeps, per counter key, a log of events (reservation id, time, amount). A reservation
+charges several counters at once, all or none. Amounts and limits are integers (a count of
+messages, or money in micro-units): no binary floats anywhere.
+
+Windows:
+- sliding (`window_ms` set): an event counts while it is younger than the window; an event
+  exactly `window_ms` old no longer counts (it counts while `now - ts < window_ms`).
+- fixed period (`period_end_ms` set, `window_ms` None): every event in the key counts; the key is
+  per period (the caller puts the period, e.g. the calendar month, in the key), and the counter
+  frees at `period_end_ms`.
+
+Time is always passed in (`now_ms`), never read by the store, so tests can inject a clock and it
+reaches the Redis script too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One limit or budget a reservation charges."""
+
+    key: str  # opaque, already free of personal data (hashed by the caller)
+    limit: int  # the most the window may hold, amounts summed
+    amount: int  # what this reservation adds (1 for a message count, micro-units for money)
+    window_ms: int | None = None  # sliding window length
+    period_end_ms: int | None = None  # fixed period: when it ends (exclusive)
+
+    def __post_init__(self) -> None:
+        if (self.window_ms is None) == (self.period_end_ms is None):
+            raise ValueError("a counter has either window_ms or period_end_ms")
+        if self.limit < 0 or self.amount < 0:
+            raise ValueError("limit and amount are non-negative integers")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A counter that could not take the reservation, and when it can (ms since the epoch)."""
+
+    index: int  # position of the counter in the reservation
+    used: int  # what the window holds now
+    retry_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    ok: bool
+    refused: tuple[Refused, ...] = ()  # every counter that refused, when not ok
+
+
+class StoreUnavailable(Exception):
+    """The store could not answer in time; callers fail closed."""
+
+
+class Store(Protocol):
+    async def reserve(
+        self, reservation_id: str, counters: Sequence[Counter], now_ms: int
+    ) -> ReserveResult:
+        """Atomically: prune expired events, and if every counter has room for its amount, add an
+        event to each (all or none); else change nothing and report every refusing counter."""
+        ...
+
+    async def release(self, reservation_id: str, counters: Sequence[Counter]) -> None:
+        """Remove the reservation's events (it provably sent nothing). Idempotent."""
+        ...
+
+    async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:
+        """What each counter's window holds now (amounts summed); changes nothing."""
+        ...
+
+    async def get_or_create_secret(self, name: str, new: bytes) -> bytes:
+        """A per-store secret (the generated HMAC key of an embedded store): the stored one, or
+        `new` after storing it. Atomic across processes."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...

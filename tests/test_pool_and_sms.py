@@ -1,0 +1,410 @@
+"""After the policy: the user pool's schema, and the SMS cost guard, through the real server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from attrgate.v1 import attrgate_pb2 as pb
+from support.attrgate_server import RunningServer
+from support.cognito_stub import CognitoStub, Reply, describe_reply, error
+from support.moto_cognito import MotoCognito
+from support.rpc import as_caller, attrs_request, rich
+
+CALLER = as_caller("svc")
+OPEN_POLICY = """
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: open}
+spec:
+  callers: [svc]
+  userPools: ["*"]
+  allow:
+    - attribute: "*"
+    - attribute: phone_number_verified
+    - attribute: email_verified
+"""
+
+
+def guard(body: str, name: str = "sms", mode: str = "enforce") -> str:
+    indented = "\n".join("  " + line for line in body.strip("\n").splitlines())
+    return (
+        f"---\napiVersion: attrgate/v1\nkind: SmsGuard\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  mode: {mode}\n  userPools: ['*']\n{indented}\n"
+    )
+
+
+Serve = Callable[..., RunningServer]
+
+
+def update(
+    server: RunningServer, pool: str, pairs: list[tuple[str, str]], user: str = "ada"
+) -> object:
+    with server.channel() as channel:
+        try:
+            return server.stub(channel).UpdateUserAttributes(
+                attrs_request(pool, pairs, username=user), metadata=CALLER, timeout=10
+            )
+        except grpc.RpcError as exc:
+            return exc
+
+
+def check(server: RunningServer, pool: str, pairs: list[tuple[str, str]]) -> pb.Decision:
+    with server.channel() as channel:
+        decision: pb.Decision = server.stub(channel).CheckUpdateUserAttributes(
+            attrs_request(pool, pairs), metadata=CALLER, timeout=10
+        )
+        return decision
+
+
+# --- the pool's schema ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def schema_pool(moto: MotoCognito) -> str:
+    pool = moto.create_pool(
+        Schema=[
+            {
+                "Name": "tier",
+                "AttributeDataType": "String",
+                "Mutable": True,
+                "StringAttributeConstraints": {"MaxLength": "5"},
+            },
+            {
+                "Name": "level",
+                "AttributeDataType": "Number",
+                "Mutable": True,
+                "NumberAttributeConstraints": {"MinValue": "1", "MaxValue": "9"},
+            },
+            {"Name": "born", "AttributeDataType": "String", "Mutable": False},
+            {"Name": "vip", "AttributeDataType": "Boolean", "Mutable": True},
+        ],
+        UserAttributeUpdateSettings={"AttributesRequireVerificationBeforeUpdate": ["email"]},
+        AutoVerifiedAttributes=["email"],
+    )
+    moto.create_user(pool, "ada", email="ada@example.com", given_name="Ada")
+    return pool
+
+
+def test_schema_findings_name_every_attribute_and_nothing_is_forwarded(
+    serve: Serve, moto: MotoCognito, schema_pool: str, tmp_path: Path
+) -> None:
+    server = serve(OPEN_POLICY, moto.endpoint)
+    before = moto.attributes(schema_pool, "ada")
+    outcome = update(
+        server,
+        schema_pool,
+        [
+            ("given_name", "Ok"),
+            ("custom:unknown", "x"),
+            ("custom:tier", "toolong"),
+            ("custom:level", "12"),
+            ("custom:born", "1815"),
+            ("custom:vip", "yes"),
+            ("Given_Name", "x"),
+        ],
+    )
+    assert isinstance(outcome, grpc.RpcError)
+    error_ = rich(outcome)
+    assert error_.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_.info.reason == "POOL_SCHEMA_VIOLATION"
+    assert [(v.field, v.reason) for v in error_.field_violations] == [
+        ("user_attributes[1]", "SCHEMA_UNKNOWN_ATTRIBUTE"),
+        ("user_attributes[2]", "SCHEMA_CONSTRAINT"),
+        ("user_attributes[3]", "SCHEMA_CONSTRAINT"),
+        ("user_attributes[4]", "SCHEMA_IMMUTABLE"),
+        ("user_attributes[5]", "SCHEMA_TYPE"),
+        ("user_attributes[6]", "SCHEMA_UNKNOWN_ATTRIBUTE"),
+    ]
+    assert moto.attributes(schema_pool, "ada") == before
+
+    decision = check(server, schema_pool, [("custom:level", "0")])
+    assert not decision.allowed
+    assert decision.denied_by == "pool_schema"
+    assert [v.reason for v in decision.violations] == ["SCHEMA_CONSTRAINT"]
+
+
+def test_policy_findings_come_before_schema_findings(
+    serve: Serve, moto: MotoCognito, schema_pool: str
+) -> None:
+    narrow = OPEN_POLICY.replace('- attribute: "*"', "- attribute: given_name")
+    server = serve(narrow, moto.endpoint)
+    outcome = update(server, schema_pool, [("custom:unknown", "x")])
+    assert isinstance(outcome, grpc.RpcError)
+    assert rich(outcome).info.reason == "POLICY_DENIED"
+
+
+def test_pending_verification_is_reported(
+    serve: Serve, moto: MotoCognito, schema_pool: str
+) -> None:
+    server = serve(OPEN_POLICY, moto.endpoint)
+    held = update(server, schema_pool, [("email", "new@example.com")])
+    assert isinstance(held, pb.UpdateUserAttributesResponse), held
+    assert list(held.pending_verification) == ["email"]
+    verified = update(
+        server, schema_pool, [("email", "other@example.com"), ("email_verified", "true")]
+    )
+    assert isinstance(verified, pb.UpdateUserAttributesResponse), verified
+    assert list(verified.pending_verification) == []
+
+
+def test_a_pool_that_does_not_exist(serve: Serve, moto: MotoCognito) -> None:
+    server = serve(OPEN_POLICY, moto.endpoint)
+    outcome = update(server, "us-east-1_Missing1", [("given_name", "x")])
+    assert isinstance(outcome, grpc.RpcError)
+    assert (rich(outcome).code, rich(outcome).info.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "COGNITO_RESOURCE_NOT_FOUND",
+    )
+    decision = check(server, "us-east-1_Missing1", [("given_name", "x")])
+    assert (decision.allowed, decision.denied_by) == (False, "pool")
+
+
+def test_pool_metadata_is_described_once_only_for_allowed_requests(
+    serve: Serve, stub: CognitoStub, stub_credentials: None
+) -> None:
+    server = serve(OPEN_POLICY.replace("callers: [svc]", "callers: [svc]\n  # x"), stub.endpoint)
+    with server.channel() as channel:
+        stub_ = server.stub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub_.UpdateUserAttributes(
+                attrs_request("us-east-1_Pool1", [("given_name", "x")]),
+                metadata=as_caller("stranger"),
+            )
+        assert stub.received == [], "a denied request described the pool"
+        futures = [
+            stub_.UpdateUserAttributes.future(
+                attrs_request("us-east-1_Pool1", [("given_name", f"n{i}")]), metadata=CALLER
+            )
+            for i in range(8)
+        ]
+        for future in futures:
+            future.result(timeout=10)
+    describes = [r for r in stub.received if r.target.endswith(".DescribeUserPool")]
+    assert len(describes) == 1
+    assert len(stub.calls()) == 8
+
+
+def test_pool_metadata_unavailable_fails_closed_unless_told_otherwise(
+    serve: Serve, stub: CognitoStub, stub_credentials: None
+) -> None:
+    stub.describe = error("InternalErrorException", status=500)
+    closed = serve(OPEN_POLICY, stub.endpoint)
+    outcome = update(closed, "us-east-1_Pool1", [("given_name", "x")])
+    assert isinstance(outcome, grpc.RpcError)
+    assert (rich(outcome).code, rich(outcome).info.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "POOL_METADATA_UNAVAILABLE",
+    )
+    assert stub.calls() == []
+    open_ = serve(OPEN_POLICY, stub.endpoint, pool_metadata_fail_open=True)
+    assert isinstance(
+        update(open_, "us-east-1_Pool1", [("given_name", "x")]), pb.UpdateUserAttributesResponse
+    )
+    assert len(stub.calls()) == 1
+
+
+# --- the SMS guard ----------------------------------------------------------------------------
+
+US = "+14155550100"
+US2 = "+14155550101"
+GB = "+442071838750"
+FR = "+33142685300"
+
+
+@pytest.fixture
+def sms_stub(stub: CognitoStub, stub_credentials: None) -> CognitoStub:
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    return stub
+
+
+def sms_server(serve: Serve, stub: CognitoStub, tmp_path: Path, guards: str) -> RunningServer:
+    return serve(OPEN_POLICY + guards, stub.endpoint, state=str(tmp_path / "state.sqlite"))
+
+
+LIMIT_2 = guard(
+    """
+countries: {allow: [US, GB]}
+limits:
+  - {per: phone_number, max: 2, window: 24h}
+"""
+)
+
+
+def test_sms_limit_refuses_with_quota_failure_and_retry_info(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    for _ in range(2):
+        ok = update(server, "us-east-1_Pool1", [("phone_number", US)])
+        assert isinstance(ok, pb.UpdateUserAttributesResponse), ok
+        assert ok.decision.sms.triggers_sms
+        assert ok.decision.sms.country == "US"
+    refused = update(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert isinstance(refused, grpc.RpcError)
+    error_ = rich(refused)
+    assert (error_.code, error_.info.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SMS_LIMIT_EXCEEDED",
+    )
+    status = rpc_status.from_call(refused)
+    assert status is not None
+    quota, retry = error_details_pb2.QuotaFailure(), error_details_pb2.RetryInfo()
+    kinds = set()
+    for detail in status.details:
+        if detail.Unpack(quota):
+            kinds.add("quota")
+        elif detail.Unpack(retry):
+            kinds.add("retry")
+    assert kinds == {"quota", "retry"}
+    assert [v.subject for v in quota.violations] == ["SmsGuard sms limits[0]"]
+    assert US not in str(quota)
+    assert US not in error_.message
+    assert 23 * 3600 < retry.retry_delay.seconds <= 24 * 3600
+    assert len(sms_stub.calls()) == 2
+    # Another number still has room: the limit is per phone number.
+    assert isinstance(
+        update(server, "us-east-1_Pool1", [("phone_number", US2)]), pb.UpdateUserAttributesResponse
+    )
+
+
+def test_only_sms_triggering_writes_count(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    for _ in range(3):
+        verified = update(
+            server, "us-east-1_Pool1", [("phone_number", US), ("phone_number_verified", "true")]
+        )
+        assert isinstance(verified, pb.UpdateUserAttributesResponse), verified
+        assert not verified.decision.sms.triggers_sms
+    for _ in range(2):
+        assert isinstance(
+            update(server, "us-east-1_Pool1", [("phone_number", US)]),
+            pb.UpdateUserAttributesResponse,
+        )
+
+
+def test_a_pool_that_does_not_verify_phones_sends_no_sms(
+    serve: Serve, stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    server = sms_server(serve, stub, tmp_path, LIMIT_2)
+    for _ in range(3):
+        outcome = update(server, "us-east-1_Pool1", [("phone_number", US)])
+        assert isinstance(outcome, pb.UpdateUserAttributesResponse), outcome
+        assert not outcome.decision.sms.triggers_sms
+
+
+def test_country_rule_applies_to_every_phone_write(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = sms_server(
+        serve, sms_stub, tmp_path, LIMIT_2 + guard("countries: {deny: [GB]}", "watch", "audit")
+    )
+    for pairs in (
+        [("phone_number", FR)],
+        [("phone_number", FR), ("phone_number_verified", "true")],
+    ):
+        outcome = update(server, "us-east-1_Pool1", pairs)
+        assert isinstance(outcome, grpc.RpcError)
+        error_ = rich(outcome)
+        assert (error_.code, error_.info.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "SMS_COUNTRY_DENIED",
+        )
+        assert [(v.field, v.reason) for v in error_.field_violations] == [
+            ("user_attributes[0]", "SMS_COUNTRY_NOT_ALLOWED")
+        ]
+    allowed = update(server, "us-east-1_Pool1", [("phone_number", GB)])
+    assert isinstance(allowed, pb.UpdateUserAttributesResponse), allowed
+    assert [(v.policy, v.reason) for v in allowed.decision.would_deny] == [
+        ("watch", "SMS_COUNTRY_NOT_ALLOWED")
+    ]
+    assert sms_stub.calls()
+    assert len(sms_stub.calls()) == 1
+
+
+def test_invalid_phone_numbers_are_invalid_argument(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    for bad in ("+1415555", "4155550100", "+1 415 555 0100"):
+        outcome = update(server, "us-east-1_Pool1", [("phone_number", bad)])
+        assert isinstance(outcome, grpc.RpcError)
+        assert [v.reason for v in rich(outcome).field_violations] == ["INVALID_PHONE_NUMBER"]
+
+
+def test_budget_is_exact_in_micro_units(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    budget = guard(
+        """
+budget:
+  currency: USD
+  amount: 0.0883
+  window: month
+  pricePerMessage: {US: 0.00883, default: 0.10}
+"""
+    )
+    server = sms_server(serve, sms_stub, tmp_path, budget)
+    numbers = [f"+1415555{n:04d}" for n in range(100, 111)]
+    outcomes = [update(server, "us-east-1_Pool1", [("phone_number", n)]) for n in numbers]
+    ok = [o for o in outcomes if isinstance(o, pb.UpdateUserAttributesResponse)]
+    assert len(ok) == 10  # 10 x 0.00883 = 0.0883 exactly; the 11th would be one over
+    assert rich(outcomes[-1]).info.reason == "SMS_LIMIT_EXCEEDED"  # type: ignore[arg-type]
+
+
+def test_check_consumes_nothing(serve: Serve, sms_stub: CognitoStub, tmp_path: Path) -> None:
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    for _ in range(5):
+        decision = check(server, "us-east-1_Pool1", [("phone_number", US)])
+        assert decision.allowed
+        assert decision.sms.triggers_sms
+    for _ in range(2):
+        assert isinstance(
+            update(server, "us-east-1_Pool1", [("phone_number", US)]),
+            pb.UpdateUserAttributesResponse,
+        )
+    decision = check(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert (decision.allowed, decision.denied_by) == (False, "sms_limit")
+
+
+def test_a_refused_write_gives_its_reservation_back_a_doubtful_one_keeps_it(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    # Cognito answered with an error of its own: no message was sent, the count is released.
+    sms_stub.program(error("InvalidParameterException"))
+    assert isinstance(update(server, "us-east-1_Pool1", [("phone_number", US)]), grpc.RpcError)
+    # A 5xx: nobody knows whether a message left, so it counts, and it is never retried.
+    sms_stub.program(error("InternalErrorException", status=500))
+    assert isinstance(update(server, "us-east-1_Pool1", [("phone_number", US)]), grpc.RpcError)
+    assert len(sms_stub.calls()) == 2  # the 5xx was not retried
+    assert isinstance(
+        update(server, "us-east-1_Pool1", [("phone_number", US)]), pb.UpdateUserAttributesResponse
+    )
+    refused = update(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert rich(refused).info.reason == "SMS_LIMIT_EXCEEDED"  # type: ignore[arg-type]
+
+
+def test_throttling_is_still_retried_for_sms_writes(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    sms_stub.program(error("TooManyRequestsException"), Reply())
+    assert isinstance(
+        update(server, "us-east-1_Pool1", [("phone_number", US)]), pb.UpdateUserAttributesResponse
+    )
+    assert len(sms_stub.calls()) == 2
+
+
+def test_guards_without_a_store_refuse_to_start(serve: Serve, sms_stub: CognitoStub) -> None:
+    from attrgate.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--state"):
+        serve(OPEN_POLICY + LIMIT_2, sms_stub.endpoint)
