@@ -408,3 +408,58 @@ def test_guards_without_a_store_refuse_to_start(serve: Serve, sms_stub: CognitoS
 
     with pytest.raises(ConfigError, match="--state"):
         serve(OPEN_POLICY + LIMIT_2, sms_stub.endpoint)
+
+
+def test_sms_usage_reports_every_limit_and_budget_from_the_store(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    guards = guard(
+        """
+limits:
+  - {per: phone_number, max: 2, window: 24h}
+  - {per: global, max: 100, window: 1h}
+budget:
+  currency: USD
+  amount: 1.00
+  window: month
+  pricePerMessage: {US: 0.00883, default: 0.10}
+"""
+    )
+    server = sms_server(serve, sms_stub, tmp_path, guards)
+    for number in (US, US, US2):
+        assert isinstance(
+            update(server, "us-east-1_Pool1", [("phone_number", number)]),
+            pb.UpdateUserAttributesResponse,
+        )
+    policies = Path(server.settings.policies or "")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attrgate",
+            "sms",
+            "usage",
+            "--policies",
+            str(policies),
+            "--state",
+            str(tmp_path / "state.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == [
+        "SmsGuard sms (enforce)",
+        "  limits[0] per phone_number, at most 2 per 24h: 2 phone_number counted, "
+        "highest 2/2, 1 at the limit",
+        "  limits[1] per global, at most 100 per 1h:",
+        "    global: 3/100",
+        "  budget: 1.00 USD per month: 0.02649 spent (2.6%)",
+    ]
+    assert US not in result.stdout

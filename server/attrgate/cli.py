@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_client_arguments(call)
     call.add_argument("attributes", nargs="+", metavar="NAME=VALUE")
     call.set_defaults(handler=_call)
+
+    sms = commands.add_parser("sms", help="the SMS cost guard")
+    sms_commands = sms.add_subparsers(title="sms commands")
+    usage = sms_commands.add_parser(
+        "usage", help="current usage of every SMS limit and budget, from the servers' store"
+    )
+    for flag, env, text in (
+        ("--policies", "ATTRGATE_POLICIES", "policy file or folder"),
+        ("--state", "ATTRGATE_STATE", "the SQLite file the servers count in"),
+        ("--redis-url", "ATTRGATE_REDIS_URL", "the Redis the servers count in"),
+    ):
+        usage.add_argument(flag, default=os.environ.get(env) or None, help=f"{text} [env {env}]")
+    usage.set_defaults(handler=_sms_usage)
 
     health = commands.add_parser("health", help="exit 0 when the server reports SERVING")
     health.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT")
@@ -208,6 +222,46 @@ def print_error(error: grpc.RpcError, out: TextIO) -> None:
             print("  field violations:", file=out)
             for violation in bad.field_violations:
                 print(f"    - {violation.field}: {violation.description}", file=out)
+
+
+def _sms_usage(args: argparse.Namespace) -> int:
+    from attrgate.app import load_policies
+    from attrgate.guards.counting import wall_clock_ms
+    from attrgate.guards.usage import usage_report
+    from attrgate.store.base import Store, StoreUnavailable
+    from attrgate.store.redis import RedisStore
+    from attrgate.store.sqlite import SqliteStore
+
+    if not args.policies or bool(args.state) == bool(args.redis_url):
+        print(
+            "attrgate sms usage: give --policies and one of --state or --redis-url", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    try:
+        policy_set = load_policies(args.policies)
+    except ConfigError as exc:
+        print(f"attrgate sms usage: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.state and not Path(args.state).is_file():
+        print(f"attrgate sms usage: no state file at {args.state}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def report() -> list[str]:
+        store: Store = (
+            SqliteStore(args.state) if args.state else RedisStore(args.redis_url, timeout=5.0)
+        )
+        try:
+            return await usage_report(policy_set.guards, store, wall_clock_ms())
+        finally:
+            await store.close()
+
+    try:
+        lines = asyncio.run(report())
+    except StoreUnavailable as exc:
+        print(f"attrgate sms usage: the store does not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -147,12 +147,36 @@ class CompiledGuard:
             return "countries.deny"
         return None
 
-    def charges(self, subject: Subject, hasher: Hasher, now_ms: int) -> list[Charge]:
+    @property
+    def key_prefix(self) -> str:
         mode = "e" if self.enforce else "a"  # an audit guard counts in its own keys
-        prefix = f"sms:{self.name}:{mode}"
+        return f"sms:{self.name}:{mode}"
+
+    def limit_prefix(self, index: int) -> str:
+        return f"{self.key_prefix}:l{index}:"
+
+    def budget_counter(self, now_ms: int, amount: int) -> Counter | None:
+        if self.budget_limit is None:
+            return None
+        if self.budget_month:
+            month, period_end = _month(now_ms)
+            return Counter(
+                f"{self.key_prefix}:budget:{month}",
+                limit=self.budget_limit,
+                amount=amount,
+                period_end_ms=period_end,
+            )
+        return Counter(
+            f"{self.key_prefix}:budget",
+            limit=self.budget_limit,
+            amount=amount,
+            window_ms=self.budget_window_ms,
+        )
+
+    def charges(self, subject: Subject, hasher: Hasher, now_ms: int) -> list[Charge]:
         found = []
         for index, per, most, window_ms, window_text in self.limits:
-            key = f"{prefix}:l{index}:{self._subject_key(per, subject, hasher)}"
+            key = self.limit_prefix(index) + self._subject_key(per, subject, hasher)
             found.append(
                 Charge(
                     self.name,
@@ -161,24 +185,9 @@ class CompiledGuard:
                     Counter(key, limit=most, amount=1, window_ms=window_ms),
                 )
             )
-        if self.budget_limit is not None:
-            country = subject.phone.country
-            price = self.prices.get(country, self.prices["default"])
-            if self.budget_month:
-                month, period_end = _month(now_ms)
-                counter = Counter(
-                    f"{prefix}:budget:{month}",
-                    limit=self.budget_limit,
-                    amount=price,
-                    period_end_ms=period_end,
-                )
-            else:
-                counter = Counter(
-                    f"{prefix}:budget",
-                    limit=self.budget_limit,
-                    amount=price,
-                    window_ms=self.budget_window_ms,
-                )
+        price = self.prices.get(subject.phone.country, self.prices.get("default", 0))
+        counter = self.budget_counter(now_ms, price)
+        if counter is not None:
             found.append(Charge(self.name, "budget", self.budget_text, counter))
         return found
 

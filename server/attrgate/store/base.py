@@ -54,6 +54,20 @@ class ReserveResult:
     refused: tuple[Refused, ...] = ()  # every counter that refused, when not ok
 
 
+INT64_MAX = 2**63 - 1
+
+
+def check_counters(counters: Sequence[Counter]) -> None:
+    """Reject what neither store can count exactly: a key charged twice in one reservation, or
+    numbers past int64 (SQLite's INTEGER and Redis's INCRBY)."""
+    keys = [c.key for c in counters]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a reservation charges each counter key at most once")
+    for c in counters:
+        if c.limit > INT64_MAX or c.amount > INT64_MAX:
+            raise ValueError("limit and amount must fit in a signed 64-bit integer")
+
+
 class StoreUnavailable(Exception):
     """The store could not answer in time; callers fail closed."""
 
@@ -72,6 +86,11 @@ class Store(Protocol):
 
     async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:
         """What each counter's window holds now (amounts summed); changes nothing."""
+        ...
+
+    async def usage_by_prefix(self, prefix: str, window_ms: int, now_ms: int) -> dict[str, int]:
+        """Every key starting with `prefix` that holds events younger than `window_ms`, and
+        their sums (for reports such as `attrgate sms usage`); changes nothing."""
         ...
 
     async def get_or_create_secret(self, name: str, new: bytes) -> bytes:

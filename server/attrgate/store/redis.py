@@ -26,8 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from attrgate.store.base import Counter, Refused, ReserveResult, StoreUnavailable
-from attrgate.store.sqlite import check_counters
+from attrgate.store.base import Counter, Refused, ReserveResult, StoreUnavailable, check_counters
 
 # KEYS: the scratch key, then per counter its events K and its sum S.
 # ARGV: reservation id, now_ms, then per counter 5 strings: amount, limit, prune ("-": nothing,
@@ -254,6 +253,20 @@ class RedisStore:
             used[i] = sum(int(_decode(m).rpartition("|")[2]) for m in members)
         return used
 
+    async def usage_by_prefix(self, prefix: str, window_ms: int, now_ms: int) -> dict[str, int]:
+        """SCAN for the prefix's event sets, then sum each one's live events in Python."""
+        events_prefix = f"{self._prefix}ev:"
+        found: dict[str, int] = {}
+        async with self._answer():
+            pattern = events_prefix + _glob_escape(prefix) + "*"
+            async for raw in self._redis.scan_iter(match=pattern, count=500):
+                name = _decode(raw)
+                members = await self._redis.zrangebyscore(name, f"({now_ms - window_ms}", "+inf")
+                total = sum(int(_decode(m).rpartition("|")[2]) for m in members)
+                if total:
+                    found[name.removeprefix(events_prefix)] = total
+        return found
+
     async def get_or_create_secret(self, name: str, new: bytes) -> bytes:
         key = f"{self._prefix}secret:{name}"
         async with self._answer():
@@ -290,3 +303,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis MATCH pattern characters."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -17,11 +17,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from attrgate.store.base import Counter, Refused, ReserveResult, StoreUnavailable
+from attrgate.store.base import (
+    Counter,
+    Refused,
+    ReserveResult,
+    StoreUnavailable,
+    check_counters,
+)
 
 T = TypeVar("T")
-
-INT64_MAX = 2**63 - 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -37,17 +41,6 @@ CREATE TABLE IF NOT EXISTS secrets (
     value BLOB NOT NULL
 );
 """
-
-
-def check_counters(counters: Sequence[Counter]) -> None:
-    """Reject what neither store can count exactly: a key charged twice in one reservation, or
-    numbers past int64 (SQLite's INTEGER and Redis's INCRBY)."""
-    keys = [c.key for c in counters]
-    if len(set(keys)) != len(keys):
-        raise ValueError("a reservation charges each counter key at most once")
-    for c in counters:
-        if c.limit > INT64_MAX or c.amount > INT64_MAX:
-            raise ValueError("limit and amount must fit in a signed 64-bit integer")
 
 
 def retry_at(counter: Counter, used: int, events: Sequence[tuple[int, int]], now_ms: int) -> int:
@@ -208,6 +201,18 @@ class SqliteStore:
                 used.append(int(row[0]))
             conn.execute("COMMIT")
             return used
+
+        return await self._run(work)
+
+    async def usage_by_prefix(self, prefix: str, window_ms: int, now_ms: int) -> dict[str, int]:
+        # substr() rather than LIKE: keys may contain % or _.
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT key, SUM(amount) FROM events WHERE substr(key, 1, ?) = ? AND ts > ? "
+                "GROUP BY key",
+                (len(prefix), prefix, now_ms - window_ms),
+            ).fetchall()
+            return {str(key): int(total) for key, total in rows}
 
         return await self._run(work)
 
