@@ -37,7 +37,8 @@ LABEL org.opencontainers.image.title="attrgate" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 attrgate \
  && useradd --system --uid 10001 --gid 10001 --no-log-init --create-home \
-      --home-dir /home/attrgate --shell /usr/sbin/nologin attrgate
+      --home-dir /home/attrgate --shell /usr/sbin/nologin attrgate \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/attrgate
 COPY --from=build /opt/attrgate /opt/attrgate
 # Owned by root and read-only to attrgate: the running proxy cannot change its own policies.
 COPY policies/ /etc/attrgate/policies/
@@ -46,7 +47,10 @@ ENV PATH=/opt/attrgate/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     ATTRGATE_LISTEN=0.0.0.0:50051 \
     ATTRGATE_ADMIN_LISTEN=0.0.0.0:50052 \
-    ATTRGATE_POLICIES=/etc/attrgate/policies
+    ATTRGATE_POLICIES=/etc/attrgate/policies \
+    ATTRGATE_STATE=/var/lib/attrgate/state.sqlite
+# SMS guard counts (SQLite) survive restarts here; several replicas share --redis-url instead.
+VOLUME ["/var/lib/attrgate"]
 USER 10001:10001
 WORKDIR /home/attrgate
 EXPOSE 50051 50052

@@ -82,7 +82,7 @@ def policy(name: str, body: str, callers: str = '["svc-*"]') -> str:
 def test_check_accepts_the_example_policies() -> None:
     result = attrgate("check", "policies")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: 3 policies in 2 files, revision sha256:")
+    assert result.stdout.startswith("ok: 4 policies in 3 files, revision sha256:")
     assert result.stderr == ""
 
 
@@ -435,7 +435,9 @@ def test_serve_configured_only_by_environment(start: Callable[..., Served], tmp_
     assert served.process.wait(timeout=8) == 0, served.errors()
 
 
-def test_serve_refuses_a_port_another_grpc_server_holds(start: Callable[..., Served]) -> None:
+def test_serve_refuses_a_port_another_grpc_server_holds(
+    start: Callable[..., Served], tmp_path: Path
+) -> None:
     """A second server on a taken port must fail, not silently share it (SO_REUSEPORT): a stale
     attrgate with an old policy set would otherwise keep answering part of the calls."""
     occupant = grpc.server(ThreadPoolExecutor(max_workers=1))
@@ -444,7 +446,7 @@ def test_serve_refuses_a_port_another_grpc_server_holds(start: Callable[..., Ser
     try:
         served = start(
             *["--insecure", "--policies", "policies", "--region", "us-east-1"],
-            *["--listen", f"127.0.0.1:{port}"],
+            *["--listen", f"127.0.0.1:{port}", "--state", str(tmp_path / "state.sqlite")],
             env=environment(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"),
         )
         deadline = time.monotonic() + 20

@@ -40,6 +40,7 @@ EXPECTED_ENV = {
     "ATTRGATE_LISTEN": "0.0.0.0:50051",
     "ATTRGATE_ADMIN_LISTEN": "0.0.0.0:50052",
     "ATTRGATE_POLICIES": "/etc/attrgate/policies",
+    "ATTRGATE_STATE": "/var/lib/attrgate/state.sqlite",
 }
 PIP_TIMEOUT = 900  # seconds; a cold cache downloads grpcio, boto3, cryptography, ...
 START_TIMEOUT = 60
@@ -513,6 +514,8 @@ def test_install_and_healthcheck_replayed_as_non_root(
             replay_copy(instruction, workdir, root, rules)
     cwd = in_root(root, workdir)
     cwd.mkdir(parents=True, exist_ok=True)
+    state = in_root(root, runtime.env()["ATTRGATE_STATE"])
+    state.parent.mkdir(parents=True, exist_ok=True)  # the image's RUN install -d
     chown_tree(root, user)
     image_env = runtime.env()
     policies = in_root(root, image_env["ATTRGATE_POLICIES"])
@@ -522,6 +525,7 @@ def test_install_and_healthcheck_replayed_as_non_root(
         "PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(cwd),
         "ATTRGATE_POLICIES": str(policies),
+        "ATTRGATE_STATE": str(state),
         # The server needs a region and credentials to start; idle, it never calls Cognito.
         "AWS_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "AKIDFAKEFAKEFAKE",

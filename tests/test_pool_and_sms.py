@@ -463,3 +463,106 @@ budget:
         "  budget: 1.00 USD per month: 0.02649 spent (2.6%)",
     ]
     assert US not in result.stdout
+
+
+def test_per_user_limits_key_on_the_sub_whatever_the_spelling(
+    serve: Serve, moto: MotoCognito, tmp_path: Path
+) -> None:
+    pool = moto.create_pool(UsernameAttributes=["email"], AutoVerifiedAttributes=["phone_number"])
+    created = moto.admin.admin_create_user(
+        UserPoolId=pool, Username="ada@example.com", MessageAction="SUPPRESS"
+    )
+    sub = created["User"]["Username"]  # with email as username, Cognito's username is the sub
+    per_user = guard("limits:\n  - {per: user, max: 1, window: 24h}")
+    server = serve(OPEN_POLICY + per_user, moto.endpoint, state=str(tmp_path / "s.sqlite"))
+    first = update(server, pool, [("phone_number", US)], user="ada@example.com")
+    assert isinstance(first, pb.UpdateUserAttributesResponse), first
+    # The same user by another name: the same sub, so the same count.
+    again = update(server, pool, [("phone_number", US2)], user=sub)
+    assert isinstance(again, grpc.RpcError)
+    assert rich(again).info.reason == "SMS_LIMIT_EXCEEDED"
+    missing = update(server, pool, [("phone_number", US2)], user="nobody@example.com")
+    assert isinstance(missing, grpc.RpcError)
+    assert (rich(missing).code, rich(missing).info.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "COGNITO_USER_NOT_FOUND",
+    )
+
+
+def test_an_unreachable_store_fails_sms_writes_closed_and_fast_others_go_on(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    import time
+
+    from support.moto_cognito import free_port
+
+    key = tmp_path / "hmac.key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    server = serve(
+        OPEN_POLICY + LIMIT_2,
+        sms_stub.endpoint,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        hmac_key_file=str(key),
+    )
+    started = time.monotonic()
+    outcome = update(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert time.monotonic() - started < 2.5
+    assert isinstance(outcome, grpc.RpcError)
+    assert (rich(outcome).code, rich(outcome).info.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "SMS_STORE_UNAVAILABLE",
+    )
+    assert sms_stub.calls() == []
+    assert isinstance(
+        update(server, "us-east-1_Pool1", [("given_name", "Ada")]), pb.UpdateUserAttributesResponse
+    )
+
+
+def test_the_embedded_store_keeps_its_hmac_key_and_counts_across_restarts(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    first = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    for _ in range(2):
+        assert isinstance(
+            update(first, "us-east-1_Pool1", [("phone_number", US)]),
+            pb.UpdateUserAttributesResponse,
+        )
+    first.stop()
+    again = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    refused = update(again, "us-east-1_Pool1", [("phone_number", US)])
+    assert rich(refused).info.reason == "SMS_LIMIT_EXCEEDED"  # type: ignore[arg-type]
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        dump = "\n".join(db.iterdump())
+    assert US not in dump
+    assert US.removeprefix("+") not in dump
+
+
+def test_the_policy_reference_worked_example_holds(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs/policies.md").read_text()
+    example = text.split("### Worked example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    server = sms_server(serve, sms_stub, tmp_path, "---\n" + example)
+    pool = "us-east-1_Pool1"
+
+    def outcome(pairs: list[tuple[str, str]]) -> str:
+        result = update(server, pool, pairs)
+        if isinstance(result, pb.UpdateUserAttributesResponse):
+            return "OK"
+        return rich(result).info.reason  # type: ignore[arg-type]
+
+    assert outcome([("phone_number", US)]) == "OK"
+    assert outcome([("phone_number", US)]) == "OK"
+    assert outcome([("phone_number", FR)]) == "SMS_COUNTRY_DENIED"
+    assert outcome([("phone_number", GB)]) == "SMS_LIMIT_EXCEEDED"
+    assert outcome([("phone_number", US), ("phone_number_verified", "true")]) == "OK"
+    assert outcome([("phone_number", US)]) == "OK"
+    refused = update(server, pool, [("phone_number", US)])
+    assert isinstance(refused, grpc.RpcError)
+    status = rpc_status.from_call(refused)
+    assert status is not None
+    quota = error_details_pb2.QuotaFailure()
+    assert any(d.Unpack(quota) for d in status.details)
+    assert [v.subject for v in quota.violations] == ["SmsGuard default limits[0]"]

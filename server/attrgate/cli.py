@@ -117,8 +117,10 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    # botocore's DEBUG output includes request bodies (attribute values): keep it quieter.
-    logging.getLogger("botocore").setLevel(max(logging.INFO, logging.root.level))
+    # botocore's INFO lines (where it found credentials) would clutter a one-line refusal; its
+    # DEBUG bodies are filtered where the client is built.
+    if logging.root.level > logging.DEBUG:
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(settings, sys.stdout))
     except ConfigError as exc:
