@@ -545,7 +545,8 @@ def test_sqlite_prunes_expired_events_and_keeps_its_file_private(tmp_path: Path)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         rows = conn.execute("SELECT key, reservation FROM events ORDER BY key, ts").fetchall()
     conn.close()
-    assert rows == [("k", "r2"), ("k", "r3"), ("m", "g")]
+    # "g" was charged at the very end of its period: expired at once, swept with the rest.
+    assert rows == [("k", "r2"), ("k", "r3")]
 
 
 def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path) -> None:
@@ -582,3 +583,23 @@ def test_sqlite_unopenable_file_is_unavailable(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_sqlite_sweeps_expired_entries_of_keys_never_touched_again(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        try:
+            for i in range(5):
+                assert (await store.reserve(f"r{i}", [sliding(f"number-{i}", 3)], T0)).ok
+            # Later, only another key is charged: the stale ones go without being touched.
+            assert (await store.reserve("later", [sliding("other", 10)], T0 + MINUTE)).ok
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    with sqlite3.connect(path) as conn:
+        keys = {row[0] for row in conn.execute("SELECT key FROM events")}
+    conn.close()
+    assert keys == {"other"}

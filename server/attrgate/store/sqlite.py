@@ -33,14 +33,27 @@ CREATE TABLE IF NOT EXISTS events (
     reservation TEXT NOT NULL,
     ts INTEGER NOT NULL,
     amount INTEGER NOT NULL,
+    expires INTEGER NOT NULL,  -- when the event stops counting: ts + window, or the period's end
     UNIQUE (key, reservation, amount)
 );
 CREATE INDEX IF NOT EXISTS events_key_ts ON events (key, ts);
+CREATE INDEX IF NOT EXISTS events_expires ON events (expires);
 CREATE TABLE IF NOT EXISTS secrets (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
 """
+
+
+# Expired events removed per reservation: enough to outpace the rate events are added.
+SWEEP_BATCH = 64
+
+
+def _expires(counter: Counter, now_ms: int) -> int:
+    if counter.window_ms is not None:
+        return now_ms + counter.window_ms
+    assert counter.period_end_ms is not None
+    return counter.period_end_ms
 
 
 def retry_at(counter: Counter, used: int, events: Sequence[tuple[int, int]], now_ms: int) -> int:
@@ -160,8 +173,19 @@ class SqliteStore:
                     to_add.append(c)
             if not refused:
                 conn.executemany(
-                    "INSERT INTO events (key, reservation, ts, amount) VALUES (?, ?, ?, ?)",
-                    [(c.key, reservation_id, now_ms, c.amount) for c in to_add],
+                    "INSERT INTO events (key, reservation, ts, amount, expires) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (c.key, reservation_id, now_ms, c.amount, _expires(c, now_ms))
+                        for c in to_add
+                    ],
+                )
+                # Entries expire with their window even in keys no request touches again
+                # (a number used once): sweep them, a bounded batch at a time.
+                conn.execute(
+                    "DELETE FROM events WHERE rowid IN "
+                    "(SELECT rowid FROM events WHERE expires <= ? LIMIT ?)",
+                    (now_ms, SWEEP_BATCH),
                 )
             conn.execute("COMMIT")  # on refusal this commits only the pruning
             return ReserveResult(ok=not refused, refused=tuple(refused))
