@@ -16,6 +16,7 @@ os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
 from support.attrgate_server import RunningServer, settings_for
 from support.cognito_stub import CognitoStub
 from support.moto_cognito import MotoCognito
+from support.redis_server import MISSING, RedisServer, redis_server_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,16 @@ def moto() -> Iterator[MotoCognito]:
     # attrgate's own credentials: the least-privileged IAM user, from the standard chain.
     os.environ["AWS_ACCESS_KEY_ID"] = server.attrgate_keys.access_key_id
     os.environ["AWS_SECRET_ACCESS_KEY"] = server.attrgate_keys.secret_access_key
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on loopback; skipped loudly where it is not installed (CI has it)."""
+    if redis_server_path() is None:
+        pytest.skip(MISSING)
+    server = RedisServer()
     yield server
     server.stop()
 

@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from attrgate.store.base import Counter, ReserveResult, Store, StoreUnavailable
 from attrgate.store.redis import RedisStore
 from attrgate.store.sqlite import SqliteStore
 from support.moto_cognito import free_port
-from support.redis_server import MISSING, RedisServer, redis_server_path
+from support.redis_server import RedisServer
 
 T0 = 1_000_000_000  # ms since the epoch: January 1970, nowhere near Redis's own clock
 MINUTE = 60_000
@@ -64,15 +64,6 @@ class Backend:
                 await store.close()
 
         asyncio.run(main())
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    if redis_server_path() is None:
-        pytest.skip(MISSING)
-    server = RedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
