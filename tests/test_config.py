@@ -357,3 +357,11 @@ def test_timings_must_be_positive(flag: str, value: str) -> None:
     settings = settings_from(namespace, {"AWS_REGION": "us-east-1"})
     with pytest.raises(ConfigError, match=flag):
         check(settings)
+
+
+def test_redis_needs_a_shared_hmac_key() -> None:
+    namespace = _parser().parse_args(
+        ["serve", "--policies", "p", "--insecure", "--redis-url", "redis://127.0.0.1:1/0"]
+    )
+    with pytest.raises(ConfigError, match="--hmac-key-file"):
+        check(settings_from(namespace, {"AWS_REGION": "us-east-1"}))

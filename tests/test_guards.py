@@ -92,3 +92,18 @@ def test_counter_keys_hold_hashes_never_values(tmp_path: Path) -> None:
     assert [c.counter.amount for c in charges] == [1] * 6 + [100_000]  # 001 pays `default`
     assert guard.country_rule("001") is None
     assert guard.country_rule("GB") == "countries.allow"
+
+
+def test_country_codes_stay_strings_in_yaml(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text(
+        "apiVersion: attrgate/v1\nkind: SmsGuard\nmetadata: {name: nordic}\nspec:\n"
+        "  userPools: ['*']\n  countries: {allow: [NO, SE]}\n"
+        "  budget: {currency: NOK, amount: 10, window: month,"
+        " pricePerMessage: {NO: 0.05, default: 0.10}}\n"
+    )
+    loaded = load_policy_set(tmp_path)
+    assert loaded.ok, loaded.errors
+    (guard,) = compile_policy_set(loaded.policies, loaded.revision).guards.guards
+    assert guard.country_rule("NO") is None
+    assert guard.country_rule("DK") == "countries.allow"
+    assert guard.prices == {"NO": 50_000, "default": 100_000}

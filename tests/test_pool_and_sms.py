@@ -566,3 +566,67 @@ def test_the_policy_reference_worked_example_holds(
     quota = error_details_pb2.QuotaFailure()
     assert any(d.Unpack(quota) for d in status.details)
     assert [v.subject for v in quota.violations] == ["SmsGuard default limits[0]"]
+
+
+def test_an_audit_guard_counts_apart_and_never_refuses(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    audit = guard("limits:\n  - {per: phone_number, max: 1, window: 24h}", "tight", "audit")
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2 + audit)
+    first = update(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert isinstance(first, pb.UpdateUserAttributesResponse), first
+    assert list(first.decision.sms.would_refuse) == []
+    second = update(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert isinstance(second, pb.UpdateUserAttributesResponse), second
+    assert [(r.guard, r.rule) for r in second.decision.sms.would_refuse] == [("tight", "limits[0]")]
+    assert second.decision.sms.would_refuse[0].retry_at_unix_ms > 0
+    # The enforcing guard's own count is untouched by the audit one: its third is refused.
+    third = update(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert rich(third).info.reason == "SMS_LIMIT_EXCEEDED"  # type: ignore[arg-type]
+
+
+def test_a_read_timeout_is_neither_retried_nor_released(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = serve(
+        OPEN_POLICY + LIMIT_2,
+        sms_stub.endpoint,
+        state=str(tmp_path / "state.sqlite"),
+        cognito_read_timeout=0.5,
+    )
+    sms_stub.program(Reply(delay=1.5))
+    timed_out = update(server, "us-east-1_Pool1", [("phone_number", US)])
+    assert rich(timed_out).code == grpc.StatusCode.UNAVAILABLE  # type: ignore[arg-type]
+    assert len(sms_stub.calls()) == 1  # a retry could have sent a second message
+    assert isinstance(
+        update(server, "us-east-1_Pool1", [("phone_number", US)]), pb.UpdateUserAttributesResponse
+    )
+    # The timed-out write still counts: when in doubt, count.
+    assert rich(update(server, "us-east-1_Pool1", [("phone_number", US)])).info.reason == (  # type: ignore[arg-type]
+        "SMS_LIMIT_EXCEEDED"
+    )
+
+
+def test_a_connection_never_made_gives_the_reservation_back(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    from support.moto_cognito import free_port
+
+    state = str(tmp_path / "state.sqlite")
+    # The pool is described through a working endpoint first, then Cognito goes away.
+    server = serve(OPEN_POLICY + LIMIT_2, sms_stub.endpoint, state=state)
+    assert isinstance(
+        update(server, "us-east-1_Pool1", [("given_name", "x")]), pb.UpdateUserAttributesResponse
+    )
+    sms_stub.stop()
+    dead = serve(
+        OPEN_POLICY + LIMIT_2,
+        f"http://127.0.0.1:{free_port()}",
+        state=state,
+        pool_metadata_fail_open=True,
+    )
+    for _ in range(4):
+        outcome = update(dead, "us-east-1_Pool1", [("phone_number", US)])
+        assert rich(outcome).code == grpc.StatusCode.UNAVAILABLE  # type: ignore[arg-type]
+        # Refused for the connection, never for the limit of 2: each reservation came back.
+        assert rich(outcome).info.reason == "COGNITO_UNAVAILABLE"  # type: ignore[arg-type]
