@@ -183,6 +183,11 @@ def _call(args: argparse.Namespace) -> int:
             print_error(error, sys.stdout)
             return EXIT_FAILED
     print(f"OK: updated; cognito_request_id={response.cognito_request_id}")
+    if response.pending_verification:
+        print(
+            "  pending_verification: "
+            f"{', '.join(response.pending_verification)} (held back until the user verifies)"
+        )
     print_decision(response.decision, sys.stdout)
     return EXIT_OK
 
@@ -192,6 +197,15 @@ def print_decision(decision: pb.Decision, out: TextIO) -> None:
     print(f"  decision_id: {decision.decision_id}", file=out)
     print(f"  policy_revision: {decision.policy_revision}", file=out)
     print(f"  matched_policies: {', '.join(decision.matched_policies) or '-'}", file=out)
+    if decision.denied_by:
+        print(f"  denied_by: {decision.denied_by}", file=out)
+    if decision.HasField("sms"):
+        sms = decision.sms
+        triggers = "triggers an SMS" if sms.triggers_sms else "no SMS"
+        print(f"  sms: {triggers}, destination {sms.country or '-'}", file=out)
+        for title, refusals in (("refused by", sms.refusals), ("would refuse", sms.would_refuse)):
+            for r in refusals:
+                print(f"    {title} SmsGuard {r.guard} {r.rule}: {r.description}", file=out)
     for title, items in (("violations", decision.violations), ("would_deny", decision.would_deny)):
         if items:
             print(f"  {title}:", file=out)
@@ -218,6 +232,15 @@ def print_error(error: grpc.RpcError, out: TextIO) -> None:
             print(f"  reason: {info.reason} (domain {info.domain})", file=out)
             for key in sorted(info.metadata):
                 print(f"  {key}: {info.metadata[key]}", file=out)
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            for violation in quota.violations:
+                print(f"  quota: {violation.subject}: {violation.description}", file=out)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            print(f"  retry after: {retry.retry_delay.seconds}s", file=out)
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
