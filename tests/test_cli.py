@@ -306,6 +306,8 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     text = served.output()
 
     pool = re.search(r"user pool: (\S+)", text)
+    # The example SmsGuard needs a store: --local-cognito counts in a temporary file, and says so.
+    assert re.search(r"^SMS guard counts in a temporary file: \S+\.sqlite$", text, re.M), text
     endpoint = re.search(r"local Cognito \(moto\) at (\S+), region (\S+)", text)
     users = re.search(r"users:\s+(.+)", text)
     assert pool, text

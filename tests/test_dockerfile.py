@@ -380,7 +380,12 @@ def scratch() -> Iterator[Path]:
 def pip_cache(request: pytest.FixtureRequest, scratch: Path) -> Path:
     """pip's cache, kept across runs in pytest's cache directory when there is one."""
     cache = getattr(request.config, "cache", None)
-    return cache.mkdir("dockerfile-pip-cache") if cache is not None else scratch / "pip-cache"
+    if cache is not None:
+        path: Path = cache.mkdir("dockerfile-pip-cache")
+        return path
+    path = scratch / "pip-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 # --- the tests -----------------------------------------------------------------------------------

@@ -107,3 +107,56 @@ def test_country_codes_stay_strings_in_yaml(tmp_path: Path) -> None:
     assert guard.country_rule("NO") is None
     assert guard.country_rule("DK") == "countries.allow"
     assert guard.prices == {"NO": 50_000, "default": 100_000}
+
+
+def _guard_from(tmp_path: Path, countries: str) -> object:
+    (tmp_path / "g.yaml").write_text(
+        "apiVersion: attrgate/v1\nkind: SmsGuard\nmetadata: {name: g}\nspec:\n"
+        f"  userPools: ['*']\n{countries}"
+    )
+    loaded = load_policy_set(tmp_path)
+    assert loaded.ok, loaded.errors
+    (guard,) = compile_policy_set(loaded.policies, loaded.revision).guards.guards
+    return guard
+
+
+@pytest.mark.parametrize(
+    ("countries", "refused_001"),
+    [
+        ("  countries: {allow: [US, '001']}\n", False),
+        ("  countries: {allow: [US]}\n", True),
+        ("  countries: {deny: [RU]}\n", True),
+        ("", True),
+    ],
+)
+def test_non_geographic_numbers_pass_only_where_001_is_allowed(
+    tmp_path: Path, countries: str, refused_001: bool
+) -> None:
+    guard = _guard_from(tmp_path, countries)
+    assert (guard.country_rule("001") is not None) == refused_001  # type: ignore[attr-defined]
+    assert guard.country_rule("US") is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        (
+            "{currency: USD, amount: 99999999999999, window: month, pricePerMessage: {default: 1}}",
+            "spec.budget.amount",
+        ),
+        (
+            "{currency: USD, amount: 1, window: month, pricePerMessage: {default: 0.0000001}}",
+            "more than 6 decimal places",
+        ),
+    ],
+)
+def test_budgets_that_cannot_be_counted_are_refused_at_load(
+    tmp_path: Path, budget: str, message: str
+) -> None:
+    (tmp_path / "g.yaml").write_text(
+        "apiVersion: attrgate/v1\nkind: SmsGuard\nmetadata: {name: g}\nspec:\n"
+        f"  userPools: ['*']\n  budget: {budget}\n"
+    )
+    loaded = load_policy_set(tmp_path)
+    assert not loaded.ok
+    assert any(message in str(e) for e in loaded.errors), loaded.errors

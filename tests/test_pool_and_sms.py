@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -630,3 +631,148 @@ def test_a_connection_never_made_gives_the_reservation_back(
         assert rich(outcome).code == grpc.StatusCode.UNAVAILABLE  # type: ignore[arg-type]
         # Refused for the connection, never for the limit of 2: each reservation came back.
         assert rich(outcome).info.reason == "COGNITO_UNAVAILABLE"  # type: ignore[arg-type]
+
+
+def _two_ok(server: RunningServer) -> None:
+    """Both places of LIMIT_2 are free: two writes pass (a leaked reservation would refuse one)."""
+    for _ in range(2):
+        outcome = update(server, "us-east-1_Pool1", [("phone_number", US)])
+        assert isinstance(outcome, pb.UpdateUserAttributesResponse), outcome
+
+
+def test_a_write_that_never_left_gives_its_reservation_back(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    import threading
+
+    server = serve(
+        OPEN_POLICY + LIMIT_2, sms_stub.endpoint, state=str(tmp_path / "s.db"), executor_threads=1
+    )
+    sms_stub.program(Reply(delay=1.0))
+    blocker = threading.Thread(
+        target=update, args=(server, "us-east-1_Pool1", [("given_name", "slow")])
+    )
+    blocker.start()
+    deadline = time.monotonic() + 5
+    while not sms_stub.calls() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Queued behind the slow call until its caller gave up: never sent, so never counted.
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(
+            attrs_request("us-east-1_Pool1", [("phone_number", US)]), metadata=CALLER, timeout=0.3
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    blocker.join(10)
+    time.sleep(0.2)
+    _two_ok(server)
+    assert len(sms_stub.calls()) == 3
+
+
+def test_a_late_answer_proving_no_sms_gives_the_reservation_back(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    server = sms_server(serve, sms_stub, tmp_path, LIMIT_2)
+    sms_stub.program(Reply(status=400, body={"__type": "AliasExistsException"}, delay=0.8))
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(
+            attrs_request("us-east-1_Pool1", [("phone_number", US)]), metadata=CALLER, timeout=0.3
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(1.0)  # Cognito answers 400 after the caller left: no message went out
+    _two_ok(server)
+
+
+def test_a_caller_leaving_while_the_store_is_busy_leaks_nothing(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    import sqlite3
+    import threading
+
+    state = tmp_path / "s.db"
+    server = serve(OPEN_POLICY + LIMIT_2, sms_stub.endpoint, state=str(state))
+    holder = sqlite3.connect(state, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock for a while
+    threading.Timer(0.6, lambda: holder.execute("COMMIT")).start()
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+        server.stub(channel).UpdateUserAttributes(
+            attrs_request("us-east-1_Pool1", [("phone_number", US)]), metadata=CALLER, timeout=0.4
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.8)
+    holder.close()
+    _two_ok(server)
+    assert len(sms_stub.calls()) == 2
+
+
+def test_an_audit_guard_does_not_count_what_the_enforcing_guard_refused(
+    serve: Serve, sms_stub: CognitoStub, tmp_path: Path
+) -> None:
+    import asyncio
+
+    one = guard("limits:\n  - {per: global, max: 1, window: 1h}")
+    shadow = guard("limits:\n  - {per: global, max: 5, window: 1h}", "shadow", "audit")
+    server = sms_server(serve, sms_stub, tmp_path, one + shadow)
+    assert isinstance(
+        update(server, "us-east-1_Pool1", [("phone_number", US)]), pb.UpdateUserAttributesResponse
+    )
+    for _ in range(3):
+        assert rich(update(server, "us-east-1_Pool1", [("phone_number", US)])).info.reason == (  # type: ignore[arg-type]
+            "SMS_LIMIT_EXCEEDED"
+        )
+
+    found = asyncio.run(_usage_now(tmp_path / "state.sqlite", "sms:shadow:"))
+    assert found == {"sms:shadow:a:l0:global": 1}
+
+
+async def _usage_now(path: Path, prefix: str) -> dict[str, int]:
+    from attrgate.guards.counting import wall_clock_ms
+    from attrgate.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(path))
+    try:
+        return await store.usage_by_prefix(prefix, 3_600_000, wall_clock_ms())
+    finally:
+        await store.close()
+
+
+def test_replicas_share_counts_through_redis(
+    serve: Serve,
+    sms_stub: CognitoStub,
+    tmp_path: Path,
+    redis_server: object,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import redis
+
+    url = redis_server.url  # type: ignore[attr-defined]
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+    caplog.set_level(logging.WARNING, logger="attrgate")
+    with_newline, without = tmp_path / "a.key", tmp_path / "b.key"
+    with_newline.write_bytes(b"k" * 32 + b"\n")  # as editors and `echo` write it
+    without.write_bytes(b"k" * 32)
+    # ATTRGATE_STATE as the image sets it: Redis takes over, and says so.
+    first = serve(
+        OPEN_POLICY + LIMIT_2,
+        sms_stub.endpoint,
+        redis_url=url,
+        hmac_key_file=str(with_newline),
+        state=str(tmp_path / "unused.sqlite"),
+    )
+    assert "is not used" in caplog.text
+    # The test redis-server runs without RDB or AOF: a start warns about it.
+    assert "Redis has no persistence" in caplog.text
+    second = serve(
+        OPEN_POLICY + LIMIT_2, sms_stub.endpoint, redis_url=url, hmac_key_file=str(without)
+    )
+    assert isinstance(
+        update(first, "us-east-1_Pool1", [("phone_number", US)]), pb.UpdateUserAttributesResponse
+    )
+    assert isinstance(
+        update(second, "us-east-1_Pool1", [("phone_number", US)]), pb.UpdateUserAttributesResponse
+    )
+    third = update(first, "us-east-1_Pool1", [("phone_number", US)])
+    assert rich(third).info.reason == "SMS_LIMIT_EXCEEDED"  # type: ignore[arg-type]
+    assert not (tmp_path / "unused.sqlite").exists()

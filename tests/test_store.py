@@ -506,6 +506,15 @@ def test_redis_rebuilds_a_lost_sum_from_the_events(redis_backend: Backend) -> No
         assert (await store.reserve("c", [c], T0)).ok
         assert not (await store.reserve("d", [c], T0)).ok
         assert client.get("attrgate:sum:k") == b"3"
+        assert client.pttl("attrgate:sum:k") > 0  # the rebuilt sum expires with its events
+
+        # A release after the sum is lost must not drive it negative and so over-admit.
+        client.delete("attrgate:sum:k")
+        await store.release("a", [c])
+        assert client.get("attrgate:sum:k") == b"2"
+        assert (await store.reserve("e", [c], T0)).ok
+        assert not (await store.reserve("f", [c], T0)).ok
+        assert await store.usage([c], T0) == [3]
 
     try:
         redis_backend.run(body)
@@ -594,3 +603,15 @@ def test_sqlite_sweeps_expired_entries_of_keys_never_touched_again(tmp_path: Pat
         keys = {row[0] for row in conn.execute("SELECT key FROM events")}
     conn.close()
     assert keys == {"other"}
+
+
+def test_usage_by_prefix_lists_live_keys_only(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        assert (await store.reserve("a", [sliding("g:x", 9), sliding("g:y", 9, amount=4)], T0)).ok
+        assert (await store.reserve("b", [sliding("g:x", 9), sliding("h:z", 9)], T0 + 10)).ok
+        assert await store.usage_by_prefix("g:", MINUTE, T0 + 20) == {"g:x": 2, "g:y": 4}
+        # One window after the first reservation only the second one's events are live.
+        assert await store.usage_by_prefix("g:", MINUTE, T0 + MINUTE) == {"g:x": 1}
+        assert await store.usage_by_prefix("none:", MINUTE, T0) == {}
+
+    backend.run(body)

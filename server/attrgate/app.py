@@ -141,6 +141,9 @@ class App:
         if not policy_set.guards and not (settings.state or settings.redis_url):
             return None
         store: Store
+        if settings.redis_url and settings.state:
+            # A fleet adds Redis; the embedded default (the image sets ATTRGATE_STATE) steps aside.
+            log.warning("counting SMS in Redis; --state %s is not used", settings.state)
         if settings.redis_url:
             redis_store = RedisStore(settings.redis_url)
             try:
@@ -164,6 +167,11 @@ class App:
                 print(f"SMS guard counts in a temporary file: {path}", file=self.out, flush=True)
             store = SqliteStore(path)
         self._store = store
+        if not settings.redis_url:
+            try:
+                await store.ping()
+            except StoreUnavailable as exc:
+                raise ConfigError(f"cannot open the SMS state {path}: {exc}") from None
         if settings.hmac_key_file:
             key = await asyncio.to_thread(Path(settings.hmac_key_file).read_bytes)
             key = key.strip()

@@ -212,8 +212,6 @@ def check(settings: Settings) -> None:
         raise ConfigError(
             "--redis-url needs --hmac-key-file: replicas must hash phone numbers with one key"
         )
-    if settings.redis_url and settings.state:
-        raise ConfigError("--state and --redis-url exclude each other: count in one store")
     if settings.hmac_key_file and not os.path.isfile(settings.hmac_key_file):
         raise ConfigError(f"cannot read {settings.hmac_key_file}: no such file")
     if not math.isfinite(settings.pool_cache_ttl) or settings.pool_cache_ttl < 0:

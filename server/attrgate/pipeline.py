@@ -63,38 +63,46 @@ def new_decision_id() -> str:
 
 class _Call:
     """Joins a call's outcome (from the worker thread) with its caller's fate (on the loop), so
-    an outcome the caller never saw is logged exactly once, even after the loop has closed."""
+    an outcome the caller never saw is logged exactly once, even after the loop has closed, and
+    a late outcome that proves Cognito did nothing still gives the SMS reservation back."""
 
-    __slots__ = ("_abandoned", "_lock", "_result", "decision_id")
+    __slots__ = ("_abandoned", "_lock", "_on_no_effect", "_result", "decision_id")
 
-    def __init__(self, decision_id: str) -> None:
+    def __init__(self, decision_id: str, on_no_effect: Callable[[], None]) -> None:
         self.decision_id = decision_id
         self._lock = threading.Lock()
         self._result: UpstreamResult | None = None
         self._abandoned = False
+        self._on_no_effect = on_no_effect
 
     def complete(self, result: UpstreamResult) -> None:
         with self._lock:
             self._result = result
             late = self._abandoned
         if late:
-            _log_late(self.decision_id, result)
+            self._late(result)
 
     def abandon(self) -> None:
         with self._lock:
             self._abandoned = True
             result = self._result
         if result is not None:
-            _log_late(self.decision_id, result)
+            self._late(result)
+
+    def _late(self, result: UpstreamResult) -> None:
+        _log_late(self.decision_id, result)
+        if result.no_effect:
+            self._on_no_effect()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Allowed:
     """Every stage let the request through; what to undo if Cognito provably did nothing."""
 
     decision: Decision
     charges: tuple[Charge, ...] = ()
     audit_charges: tuple[Charge, ...] = ()
+    submitted: bool = False  # handed to the upstream: from then on its outcome decides
 
 
 class Pipeline:
@@ -116,6 +124,7 @@ class Pipeline:
         self._sms = sms
         self._fail_open = pool_metadata_fail_open
         self._new_id = new_id
+        self._background: set[asyncio.Future[None]] = set()
 
     async def check(
         self, caller: Caller, request: UpdateRequest
@@ -133,25 +142,53 @@ class Pipeline:
         decided = assessed.decision
         sms_write = bool(decided.sms and decided.sms.triggers_sms)
         remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            result = _deadline_result(no_effect=True)
-        else:
-            result = await self._forward(decided, request, deadline, remaining, sms_write)
-        if result.no_effect and self._sms is not None:
-            await self._sms.release(decided.decision_id, assessed.charges)
-            await self._sms.release(decided.decision_id + ":audit", assessed.audit_charges)
+        try:
+            if remaining is not None and remaining <= 0:
+                result = _deadline_result(no_effect=True)
+            else:
+                result = await self._forward(assessed, request, deadline, remaining, sms_write)
+        except asyncio.CancelledError:
+            # Cancelled before the call was handed over, or with it still running: a running
+            # call's late outcome decides (see _Call); a call never submitted sent nothing.
+            if not assessed.submitted:
+                self._release_soon(assessed)
+            raise
+        if result.no_effect:
+            self._release_soon(assessed)
         return Forwarded(decided, result)
+
+    def _release_soon(self, assessed: _Allowed) -> None:
+        """Give an SMS reservation back, whatever happens to the task that asks (shielded, in a
+        task of its own, so a cancelled caller cannot leak it)."""
+        if self._sms is None or not (assessed.charges or assessed.audit_charges):
+            return
+        sms, decision_id = self._sms, assessed.decision.decision_id
+
+        async def release() -> None:
+            await sms.release(decision_id, assessed.charges)
+            await sms.release(decision_id + ":audit", assessed.audit_charges)
+
+        task = asyncio.ensure_future(release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _forward(
         self,
-        decided: Decision,
+        assessed: _Allowed,
         request: UpdateRequest,
         deadline: float | None,
         remaining: float | None,
         sms_write: bool,
     ) -> UpstreamResult:
-        call = _Call(decided.decision_id)
+        loop = asyncio.get_running_loop()
+
+        def release_from_thread() -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._release_soon, assessed)
+
+        call = _Call(assessed.decision.decision_id, release_from_thread)
         future = self._upstream.submit(request, deadline, call.complete, sms_write)
+        assessed.submitted = True
         try:
             # shield: a caller giving up must not cancel the call, which runs on regardless.
             return await asyncio.wait_for(asyncio.shield(future), remaining)
@@ -259,14 +296,26 @@ class Pipeline:
         audit_charges = tuple(
             c for g in guards if not g.enforce for c in g.charges(subject, hasher, now_ms)
         )
+        pending = _Allowed(decision, charges, audit_charges)
         try:
             if consume:
                 refusals = await self._sms.reserve(decision.decision_id, charges)
             else:
                 refusals = await self._sms.dry_run(charges)
+            # An audit guard counts what was sent: when the enforcing guards refuse, it only
+            # looks.
+            would_refuse = await self._audit(
+                decision.decision_id, audit_charges, consume and not refusals
+            )
         except StoreUnavailable:
+            # The store may have taken the reservation after all: give it back (idempotent).
+            if consume:
+                self._release_soon(pending)
             return Unavailable(decision.decision_id, decision.policy_revision, "sms_store")
-        would_refuse = await self._audit(decision.decision_id, audit_charges, consume)
+        except asyncio.CancelledError:
+            if consume:
+                self._release_soon(pending)
+            raise
         decision = replace(
             decision,
             sms=SmsAssessment(True, phone.country, tuple(refusals), tuple(would_refuse)),

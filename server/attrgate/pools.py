@@ -25,7 +25,7 @@ class PoolCache:
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[float, PoolDescription]] = {}
-        self._inflight: dict[str, asyncio.Future[PoolDescription | UpstreamResult]] = {}
+        self._inflight: dict[str, asyncio.Task[PoolDescription | UpstreamResult]] = {}
 
     async def get(self, pool_id: str) -> PoolDescription | UpstreamResult:
         """The pool's description, or the classified error of the call that tried to get it.
@@ -33,24 +33,25 @@ class PoolCache:
         entry = self._entries.get(pool_id)
         if entry is not None and self._clock() < entry[0]:
             return entry[1]
-        pending = self._inflight.get(pool_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[PoolDescription | UpstreamResult] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._inflight[pool_id] = future
-        try:
-            result = await self._describe(pool_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it; nobody else must log it
-            raise
-        finally:
-            del self._inflight[pool_id]
+        task = self._inflight.get(pool_id)
+        if task is None:
+            # A task of its own, so one caller giving up never cancels the call the others
+            # are waiting on.
+            task = asyncio.ensure_future(self._fetch(pool_id))
+            self._inflight[pool_id] = task
+            task.add_done_callback(lambda done: self._forget(pool_id, done))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, pool_id: str) -> PoolDescription | UpstreamResult:
+        result = await self._describe(pool_id)
         if isinstance(result, PoolDescription):
             if len(self._entries) >= MAX_POOLS:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[pool_id] = (self._clock() + self._ttl, result)
-        future.set_result(result)
         return result
+
+    def _forget(self, pool_id: str, done: asyncio.Task[PoolDescription | UpstreamResult]) -> None:
+        if self._inflight.get(pool_id) is done:
+            del self._inflight[pool_id]
+        if not done.cancelled():
+            done.exception()  # retrieved: awaiting callers re-raise it, nobody else logs it

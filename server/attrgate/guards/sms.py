@@ -140,7 +140,11 @@ class CompiledGuard:
         )
 
     def country_rule(self, country: str) -> str | None:
-        """The rule that refuses `country`, or None. 001 passes only where listed."""
+        """The rule that refuses `country`, or None. Non-geographic numbers (001: international
+        premium and shared-cost ranges, a favourite of SMS pumping) pass only a guard whose
+        allow list names 001; a deny list or no country rule at all does not let them through."""
+        if country == NON_GEOGRAPHIC and (self.allow is None or country not in self.allow):
+            return "countries.allow"
         if self.allow is not None and country not in self.allow:
             return "countries.allow"
         if self.deny is not None and country in self.deny:

@@ -144,7 +144,8 @@ def _money(value: object) -> object:
 
 Country = Annotated[str, AfterValidator(_country)]
 Duration = Annotated[str, AfterValidator(lambda v: duration_ms(v) and v)]
-Money = Annotated[Decimal, BeforeValidator(_money), Field(ge=0, max_digits=18)]
+# At most 10^12 units: micro-units then stay far below 2^63, exact in every store.
+Money = Annotated[Decimal, BeforeValidator(_money), Field(ge=0, le=Decimal(10**12), max_digits=19)]
 
 
 class SmsCountries(_Strict):

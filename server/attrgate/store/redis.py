@@ -36,23 +36,37 @@ from attrgate.store.base import Counter, Refused, ReserveResult, StoreUnavailabl
 # refusing counter: `used` the window's sum (string), `ts` the score of the event whose ageing-out
 # makes room (the newest event's when even an empty window is too small; "" when there is none or
 # the period is fixed).
-RESERVE = r"""
+# Both scripts start from a sum that agrees with the events: S lost (evicted, deleted) while K
+# holds events is rebuilt from them, with K's expiry, before anything adds to or takes from it.
+COMMON = r"""
+local function amount_of(member)
+  return string.match(member, "|(%d+)$")
+end
+
+local function rebuild(k, s)
+  if redis.call("EXISTS", s) == 0 and redis.call("ZCARD", k) > 0 then
+    for _, m in ipairs(redis.call("ZRANGE", k, 0, -1)) do
+      redis.call("INCRBY", s, amount_of(m))
+    end
+    local left = redis.call("PTTL", k)
+    if left > 0 then
+      redis.call("PEXPIRE", s, left)
+    end
+  end
+end
+"""
+
+RESERVE = (
+    COMMON
+    + r"""
 local scratch = KEYS[1]
 local rid = ARGV[1]
 local now = ARGV[2]
 local n = (#KEYS - 1) / 2
 
-local function amount_of(member)
-  return string.match(member, "|(%d+)$")
-end
-
--- Bring S in line with K (S lost, e.g. evicted: rebuild it), then drop expired events.
+-- Bring S in line with K, then drop expired events.
 local function prune(k, s, how)
-  if redis.call("EXISTS", s) == 0 and redis.call("ZCARD", k) > 0 then
-    for _, m in ipairs(redis.call("ZRANGE", k, 0, -1)) do
-      redis.call("INCRBY", s, amount_of(m))
-    end
-  end
+  rebuild(k, s)
   if how == "*" then
     redis.call("DEL", k, s)
   elseif how ~= "-" then
@@ -130,12 +144,16 @@ for _, i in ipairs(add) do
 end
 return {1}
 """
+)
 
 # KEYS: per counter K and S. ARGV: per counter the member and its amount. Decrements the sum only
 # when ZREM removed the member, so releasing twice frees once.
-RELEASE = r"""
+RELEASE = (
+    COMMON
+    + r"""
 for i = 1, #KEYS / 2 do
   local k, s = KEYS[2 * i - 1], KEYS[2 * i]
+  rebuild(k, s)
   if redis.call("ZREM", k, ARGV[2 * i - 1]) == 1 then
     redis.call("DECRBY", s, ARGV[2 * i])
   end
@@ -145,6 +163,7 @@ for i = 1, #KEYS / 2 do
 end
 return 0
 """
+)
 
 
 def _decode(value: object) -> str:

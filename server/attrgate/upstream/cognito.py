@@ -233,11 +233,34 @@ class CognitoUpstream:
                 return str(attribute.get("Value", ""))
         return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code="NoSub")
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """Run a blocking call of this client in its executor, with this context."""
+    async def run(
+        self, function: Callable[..., T | UpstreamResult], *args: Any
+    ) -> T | UpstreamResult:
+        """Run a blocking call of this client in its executor, with this context, within the
+        same bound on waiting calls as the updates."""
+        if not self._take_slot():
+            return _overloaded()
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, context.run, function, *args)
+
+        def work() -> T | UpstreamResult:
+            try:
+                return function(*args)
+            finally:
+                self._free_slot()
+
+        return await loop.run_in_executor(self._executor, context.run, work)
+
+    def _take_slot(self) -> bool:
+        with self._pending_lock:
+            if self._pending >= self.max_pending:
+                return False
+            self._pending += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._pending_lock:
+            self._pending -= 1
 
     def submit(
         self,
@@ -252,20 +275,9 @@ class CognitoUpstream:
         recorded even when the caller has gone or the event loop has closed.
         """
         loop = asyncio.get_running_loop()
-        with self._pending_lock:
-            overloaded = self._pending >= self.max_pending
-            if not overloaded:
-                self._pending += 1
-        if overloaded:
+        if not self._take_slot():
             future: asyncio.Future[UpstreamResult] = loop.create_future()
-            future.set_result(
-                UpstreamResult(
-                    ok=False,
-                    error=UpstreamError.OVERLOADED,
-                    error_code="TooManyPendingCalls",
-                    no_effect=True,
-                )
-            )
+            future.set_result(_overloaded())
             return future
         context = contextvars.copy_context()
         return loop.run_in_executor(
@@ -284,8 +296,7 @@ class CognitoUpstream:
             on_result(result)
             return result
         finally:
-            with self._pending_lock:
-                self._pending -= 1
+            self._free_slot()
 
     def close(self) -> None:
         """Drop calls still waiting for a thread (never sent); running ones finish and record."""
@@ -360,6 +371,12 @@ def pool_description(pool_id: str, pool: dict[str, Any]) -> PoolDescription:
         verify_before_update=frozenset(
             settings.get("AttributesRequireVerificationBeforeUpdate") or ()
         ),
+    )
+
+
+def _overloaded() -> UpstreamResult:
+    return UpstreamResult(
+        ok=False, error=UpstreamError.OVERLOADED, error_code="TooManyPendingCalls", no_effect=True
     )
 
 
