@@ -228,10 +228,15 @@ def test_two_replicas_on_one_redis_forward_exactly_the_limit(
 # --- 2. two replicas, one SQLite file -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("guard", [LIMIT_GUARD, BUDGET_GUARD], ids=["limit", "budget"])
 def test_two_replicas_on_one_sqlite_file_forward_exactly_the_limit(
-    moto: MotoCognito, clients: ClientFleet, replicas: list[Replica], tmp_path: Path
+    moto: MotoCognito,
+    clients: ClientFleet,
+    replicas: list[Replica],
+    tmp_path: Path,
+    guard: str,
 ) -> None:
-    policies = write_policies(tmp_path, LIMIT_GUARD)
+    policies = write_policies(tmp_path, guard)
     env = moto_env(moto)
     pool = pool_with_users(moto)
     # A race between the processes shows as one message too many in some rounds, not all: run

@@ -691,3 +691,31 @@ def test_botocore_debug_logging_never_carries_values(
     assert any(r.name.startswith("botocore") for r in caplog.records), "botocore logged nothing"
     leaked = [r.name for r in caplog.records if VALUE_MARKER in r.getMessage()]
     assert leaked == []
+
+
+def test_sms_writes_retry_only_what_cannot_have_reached_cognito() -> None:
+    """The retry hook botocore consults: for an SMS-triggering write, a failed connection may be
+    retried (nothing was sent); a 5xx or a connection lost after sending may not."""
+    import botocore.exceptions
+
+    from attrgate.upstream import cognito
+
+    class Answer:
+        def __init__(self, status: int) -> None:
+            self.status_code = status
+
+    token = cognito._sms_write.set(True)
+    try:
+        never_sent = botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")
+        lost = botocore.exceptions.ConnectionClosedError(endpoint_url="http://x")
+        timed_out = botocore.exceptions.ReadTimeoutError(endpoint_url="http://x")
+        assert cognito._stop_after_deadline(caught_exception=never_sent) is None
+        assert cognito._stop_after_deadline(caught_exception=lost) is False
+        assert cognito._stop_after_deadline(caught_exception=timed_out) is False
+        assert cognito._stop_after_deadline(response=(Answer(503), {})) is False
+        assert cognito._stop_after_deadline(response=(Answer(400), {})) is None
+    finally:
+        cognito._sms_write.reset(token)
+    # Other writes leave it all to botocore's standard retry mode.
+    assert cognito._stop_after_deadline(caught_exception=lost) is None
+    assert cognito._stop_after_deadline(response=(Answer(503), {})) is None
