@@ -18,6 +18,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from attrgate.api.record import UsernameHash
 from attrgate.api.service import (
     SERVICE_NAME,
     UserAttributesService,
@@ -26,6 +27,7 @@ from attrgate.api.service import (
     mtls_identity,
 )
 from attrgate.config import ConfigError, Settings, check
+from attrgate.decisionlog import DecisionLog
 from attrgate.domain import PoolDescription, UpstreamResult
 from attrgate.guards.counting import SmsCounting
 from attrgate.guards.sms import Hasher
@@ -70,6 +72,7 @@ class App:
     _health: health.aio.HealthServicer | None = None
     _sms: SmsCounting | None = None
     _store: Store | None = None
+    decision_log: DecisionLog | None = None
 
     async def start(self) -> None:
         """Bind and serve, or raise ConfigError. Health turns SERVING last."""
@@ -111,7 +114,18 @@ class App:
         ]
         self._server = grpc.aio.server(options=options)
         identify = header_identity if settings.insecure else mtls_identity
-        add_to_server(UserAttributesService(pipeline, identify), self._server)
+        self.decision_log = DecisionLog(
+            None if settings.decision_log == "-" else settings.decision_log,
+            settings.decision_log_queue,
+        )
+        try:
+            self.decision_log.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot open the decision log: {exc.strerror}") from None
+        servicer = UserAttributesService(
+            pipeline, identify, self.decision_log.record, self._username_hash()
+        )
+        add_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -184,6 +198,16 @@ class App:
                 raise ConfigError(f"cannot open the SMS state: {exc}") from None
         return SmsCounting(store, Hasher(key))
 
+    def _username_hash(self) -> UsernameHash | None:
+        """Usernames reach the decision log only as keyed hashes; without a key, not at all."""
+        hasher = self._sms.hasher if self._sms is not None else None
+        if hasher is None and self.settings.hmac_key_file:
+            hasher = Hasher(Path(self.settings.hmac_key_file).read_bytes().strip())
+        if hasher is None:
+            return None
+        found = hasher
+        return lambda pool_id, username: found("username", f"{pool_id}\0{username}")
+
     def _region(self) -> str:
         return self.settings.region or LOCAL_DEFAULT_REGION
 
@@ -243,6 +267,8 @@ class App:
             self._upstream.close()
         if self._store is not None:
             await self._store.close()
+        if self.decision_log is not None:
+            await asyncio.to_thread(self.decision_log.close)
         if self.local is not None:
             self.local.stop()
 
@@ -261,6 +287,8 @@ async def serve(settings: Settings, out: TextIO) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if app.decision_log is not None:
+        loop.add_signal_handler(signal.SIGHUP, app.decision_log.reopen)
     await stop.wait()
     log.info("shutting down: draining in-flight calls for up to %.1fs", settings.grace)
     await app.stop()

@@ -46,6 +46,8 @@ class Settings:
     state: str | None = None
     redis_url: str | None = None
     hmac_key_file: str | None = None
+    decision_log: str = "-"
+    decision_log_queue: int = 10_000
     local_cognito: bool = False
     local_seed: str | None = None
     log_level: str = "INFO"
@@ -91,6 +93,10 @@ _HELP = {
     "state": "SQLite file for SMS guard counts (embedded; survives restarts)",
     "redis_url": "Redis for SMS guard counts shared by several replicas (needs --hmac-key-file)",
     "hmac_key_file": "key for hashing phone numbers, users and callers in counter keys",
+    "decision_log": "where the JSON-lines decision log goes: - for stdout, or a file (reopened "
+    "on SIGHUP)",
+    "decision_log_queue": "decision-log entries that may wait to be written; past it they are "
+    "dropped and counted, never blocking a request",
     "local_cognito": "start an embedded Cognito emulator (moto) seeded with a demo pool and users",
     "local_seed": "seed file for --local-cognito (default: the demo seed shipped with attrgate)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -216,6 +222,8 @@ def check(settings: Settings) -> None:
         raise ConfigError(f"cannot read {settings.hmac_key_file}: no such file")
     if not math.isfinite(settings.pool_cache_ttl) or settings.pool_cache_ttl < 0:
         raise ConfigError("--pool-cache-ttl must be a non-negative number of seconds")
+    if settings.decision_log_queue < 1:
+        raise ConfigError("--decision-log-queue must be at least 1")
     if settings.max_receive_bytes < 1024:
         raise ConfigError("--max-receive-bytes must be at least 1024")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -7,7 +7,7 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -25,6 +25,7 @@ from attrgate.api.errors import (
     unavailable,
     upstream_failed,
 )
+from attrgate.api.record import DecisionRecord, UsernameHash
 from attrgate.domain import Caller, Forwarded, Invalid, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
@@ -89,28 +90,47 @@ class _Abort(Exception):
         self.decision_id = decision_id
 
 
+Recorder = Callable[[dict[str, Any]], None]
+
+
 class UserAttributesService:
-    def __init__(self, pipeline: Pipeline, identify: Identify) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        identify: Identify,
+        record: Recorder | None = None,
+        username_hash: UsernameHash | None = None,
+    ) -> None:
         self._pipeline = pipeline
         self._identify = identify
+        self._record = record
+        self._username_hash = username_hash
 
     async def UpdateUserAttributes(
         self, request: Request, context: Context
     ) -> pb.UpdateUserAttributesResponse:
+        record = DecisionRecord("UpdateUserAttributes", self._username_hash)
+
         async def handle() -> pb.UpdateUserAttributesResponse:
-            caller = self._caller(context)
+            caller = self._caller(context, record)
             domain_request = request_from_proto(_decoded(request))
+            record.request(domain_request)
             outcome = await self._pipeline.update(caller, domain_request, _deadline(context))
             if isinstance(outcome, Invalid):
+                record.invalid(outcome)
                 raise _Abort(
                     invalid_request(outcome.violations, outcome.policy_revision),
                     outcome.decision_id,
                 )
             if isinstance(outcome, Unavailable):
+                record.unavailable(outcome)
                 raise _Abort(unavailable(outcome), outcome.decision_id)
             if not isinstance(outcome, Forwarded):
+                record.decision(outcome, domain_request)
                 raise _Abort(denied(outcome, domain_request, _now_ms()), outcome.decision_id)
             decision = outcome.decision
+            record.decision(decision, domain_request)
+            record.upstream(outcome.upstream)
             if not outcome.upstream.ok:
                 raise _Abort(
                     upstream_failed(outcome.upstream, decision.policy_revision),
@@ -123,43 +143,67 @@ class UserAttributesService:
                 pending_verification=list(decision.pending_verification),
             )
 
-        return await _answer(context, handle)
+        return await _answer(context, handle, record, self._record)
 
     async def CheckUpdateUserAttributes(self, request: Request, context: Context) -> pb.Decision:
+        record = DecisionRecord("CheckUpdateUserAttributes", self._username_hash)
+
         async def handle() -> pb.Decision:
-            caller = self._caller(context)
-            decided = await self._pipeline.check(caller, request_from_proto(_decoded(request)))
+            caller = self._caller(context, record)
+            domain_request = request_from_proto(_decoded(request))
+            record.request(domain_request)
+            decided = await self._pipeline.check(caller, domain_request)
             if isinstance(decided, Invalid):
+                record.invalid(decided)
                 raise _Abort(
                     invalid_request(decided.violations, decided.policy_revision),
                     decided.decision_id,
                 )
             if isinstance(decided, Unavailable):
+                record.unavailable(decided)
                 raise _Abort(unavailable(decided, check=True), decided.decision_id)
+            record.decision(decided, domain_request)
             context.set_trailing_metadata(((DECISION_ID_METADATA, decided.decision_id),))
             return decision_to_proto(decided)
 
-        return await _answer(context, handle)
+        return await _answer(context, handle, record, self._record)
 
-    def _caller(self, context: Context) -> Caller:
+    def _caller(self, context: Context, record: DecisionRecord) -> Caller:
         caller = self._identify(context)
         if caller is None:
             raise _Abort(unauthenticated(), new_decision_id())
+        record.caller(caller)
         return caller
 
 
-async def _answer(context: Context, handle: Callable[[], Awaitable[T]]) -> T:
-    """Run `handle`, turning an _Abort or an unexpected failure into a rich status."""
+async def _answer(
+    context: Context,
+    handle: Callable[[], Awaitable[T]],
+    record: DecisionRecord,
+    recorder: Recorder | None,
+) -> T:
+    """Run `handle`, turning an _Abort or an unexpected failure into a rich status, and log the
+    decision whatever the ending."""
+    status, reason, decision_id = "OK", "", ""
     try:
         return await handle()
     except _Abort as abort:
+        status, reason = abort.status.code.name, str(abort.status.reason)
+        decision_id = abort.decision_id
         await _abort(context, abort.status, abort.decision_id)
-    except (grpc.aio.AbortError, asyncio.CancelledError):
+    except asyncio.CancelledError:
+        status = "CANCELLED"
+        raise
+    except grpc.aio.AbortError:
         raise
     except Exception as exc:
         decision_id = new_decision_id()
+        status, reason = "INTERNAL", "INTERNAL_ERROR"
         _log_internal(exc, decision_id)
         await _abort(context, internal_error(), decision_id)
+    finally:
+        if recorder is not None:
+            recorder(record.finish(status, reason, decision_id))
     raise AssertionError("unreachable: context.abort raises")
 
 

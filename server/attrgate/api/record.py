@@ -1,0 +1,113 @@
+"""The decision-log entry of one RPC, filled in as the request goes and finished with its status.
+
+Plain values only, and nothing personal: attribute names but no values, metadata keys but no
+values, the username only as a keyed hash (or not at all when no key is configured).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from typing import Any
+
+from attrgate.domain import (
+    Caller,
+    Decision,
+    Invalid,
+    SmsRefusal,
+    Unavailable,
+    UpdateRequest,
+    UpstreamResult,
+    Violation,
+)
+
+UsernameHash = Callable[[str, str], str]
+
+
+def _violation(v: Violation) -> dict[str, str]:
+    found = {"attribute": v.attribute, "policy": v.policy, "entry": v.entry, "reason": v.reason}
+    if v.client_metadata_key:
+        found["client_metadata_key"] = v.client_metadata_key
+    return {k: value for k, value in found.items() if value}
+
+
+def _refusal(r: SmsRefusal) -> dict[str, Any]:
+    return {"guard": r.guard, "rule": r.rule, "retry_at_unix_ms": r.retry_at_ms}
+
+
+class DecisionRecord:
+    __slots__ = ("_hash", "_started", "entry")
+
+    def __init__(self, method: str, username_hash: UsernameHash | None) -> None:
+        self._started = time.perf_counter()
+        self._hash = username_hash
+        self.entry: dict[str, Any] = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "method": method,
+        }
+
+    def caller(self, caller: Caller) -> None:
+        self.entry["caller"] = caller.name
+        self.entry["caller_source"] = caller.source
+
+    def request(self, request: UpdateRequest) -> None:
+        self.entry["user_pool_id"] = request.user_pool_id
+        if self._hash is not None and request.username:
+            self.entry["username_hash"] = self._hash(request.user_pool_id, request.username)
+
+    def invalid(self, outcome: Invalid) -> None:
+        # A malformed request's names may be anything: log only the fields at fault.
+        self.entry["decision_id"] = outcome.decision_id
+        self.entry["policy_revision"] = outcome.policy_revision
+        self.entry["outcome"] = "invalid"
+        self.entry["invalid_fields"] = [
+            {"field": v.field, "reason": v.reason} for v in outcome.violations
+        ]
+
+    def decision(self, decision: Decision, request: UpdateRequest) -> None:
+        entry = self.entry
+        entry["decision_id"] = decision.decision_id
+        entry["policy_revision"] = decision.policy_revision
+        entry["outcome"] = "allowed" if decision.allowed else "denied"
+        entry["attributes"] = [a.name for a in request.attributes]
+        if request.client_metadata:
+            entry["client_metadata_keys"] = sorted(request.client_metadata)
+        entry["matched_policies"] = list(decision.matched_policies)
+        if decision.denied_by:
+            entry["denied_by"] = decision.denied_by
+        entry["violations"] = [_violation(v) for v in decision.violations]
+        entry["would_deny"] = [_violation(v) for v in decision.would_deny]
+        if decision.pending_verification:
+            entry["pending_verification"] = list(decision.pending_verification)
+        if decision.sms is not None:
+            entry["sms"] = {
+                "triggers_sms": decision.sms.triggers_sms,
+                "country": decision.sms.country,
+                "refusals": [_refusal(r) for r in decision.sms.refusals],
+                "would_refuse": [_refusal(r) for r in decision.sms.would_refuse],
+            }
+
+    def unavailable(self, outcome: Unavailable) -> None:
+        self.entry["decision_id"] = outcome.decision_id
+        self.entry["policy_revision"] = outcome.policy_revision
+        self.entry["outcome"] = "unavailable"
+        self.entry["unavailable"] = outcome.dependency
+
+    def upstream(self, result: UpstreamResult) -> None:
+        self.entry["cognito"] = {
+            "ok": result.ok,
+            "error": result.error.value if result.error else "",
+            "error_code": result.error_code,
+            "request_id": result.request_id,
+        }
+
+    def finish(self, status: str, reason: str = "", decision_id: str = "") -> dict[str, Any]:
+        entry = self.entry
+        entry.setdefault("decision_id", decision_id)
+        entry.setdefault("outcome", "error" if status != "OK" else "allowed")
+        entry["status"] = status
+        if reason:
+            entry["reason"] = reason
+        entry["latency_ms"] = round((time.perf_counter() - self._started) * 1000, 3)
+        return entry
