@@ -11,7 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 import grpc.aio
@@ -32,6 +32,7 @@ from attrgate.domain import PoolDescription, UpstreamResult
 from attrgate.guards.counting import SmsCounting
 from attrgate.guards.sms import Hasher
 from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
+from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet, compile_policy_set
 from attrgate.policy.load import load_policy_set
@@ -73,6 +74,8 @@ class App:
     _sms: SmsCounting | None = None
     _store: Store | None = None
     decision_log: DecisionLog | None = None
+    metrics: Metrics | None = None
+    metrics_port: int = 0
 
     async def start(self) -> None:
         """Bind and serve, or raise ConfigError. Health turns SERVING last."""
@@ -114,17 +117,30 @@ class App:
         ]
         self._server = grpc.aio.server(options=options)
         identify = header_identity if settings.insecure else mtls_identity
+        self.metrics = Metrics()
+        if settings.metrics_listen:
+            try:
+                self.metrics_port = self.metrics.serve(settings.metrics_listen)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}"
+                ) from None
         self.decision_log = DecisionLog(
             None if settings.decision_log == "-" else settings.decision_log,
             settings.decision_log_queue,
+            on_drop=self.metrics.decision_log_dropped,
         )
         try:
             self.decision_log.start()
         except OSError as exc:
             raise ConfigError(f"cannot open the decision log: {exc.strerror}") from None
-        servicer = UserAttributesService(
-            pipeline, identify, self.decision_log.record, self._username_hash()
-        )
+        decision_log, metrics = self.decision_log, self.metrics
+
+        def record(entry: dict[str, Any]) -> None:
+            metrics.observe(entry)
+            decision_log.record(entry)
+
+        servicer = UserAttributesService(pipeline, identify, record, self._username_hash())
         add_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -269,6 +285,8 @@ class App:
             await self._store.close()
         if self.decision_log is not None:
             await asyncio.to_thread(self.decision_log.close)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.local is not None:
             self.local.stop()
 

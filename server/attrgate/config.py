@@ -46,6 +46,7 @@ class Settings:
     state: str | None = None
     redis_url: str | None = None
     hmac_key_file: str | None = None
+    metrics_listen: str | None = None
     decision_log: str = "-"
     decision_log_queue: int = 10_000
     local_cognito: bool = False
@@ -93,6 +94,7 @@ _HELP = {
     "state": "SQLite file for SMS guard counts (embedded; survives restarts)",
     "redis_url": "Redis for SMS guard counts shared by several replicas (needs --hmac-key-file)",
     "hmac_key_file": "key for hashing phone numbers, users and callers in counter keys",
+    "metrics_listen": "HOST:PORT serving Prometheus metrics on /metrics",
     "decision_log": "where the JSON-lines decision log goes: - for stdout, or a file (reopened "
     "on SIGHUP)",
     "decision_log_queue": "decision-log entries that may wait to be written; past it they are "
@@ -203,6 +205,8 @@ def check(settings: Settings) -> None:
         )
     if settings.admin_listen:
         split_host_port(settings.admin_listen)
+    if settings.metrics_listen:
+        split_host_port(settings.metrics_listen)
     if not settings.region and not settings.local_cognito:
         raise ConfigError("no AWS region: pass --region or set AWS_REGION")
     if settings.executor_threads < 1:

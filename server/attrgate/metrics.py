@@ -1,0 +1,86 @@
+"""OpenTelemetry metrics, served for Prometheus on --metrics-listen (/metrics).
+
+Every metric is named attrgate_*; labels are bounded: method, outcome, gRPC code, ErrorInfo
+reason, Cognito error code, and the caller only when some policy names it (anyone can present a
+name; only known callers get a series of their own). No usernames, no values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CollectorRegistry, start_http_server
+
+from attrgate.config import split_host_port
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UNMATCHED_CALLER = "unmatched"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._reader = PrometheusMetricReader(registry=self.registry)
+        self._provider = MeterProvider(metric_readers=[self._reader])
+        meter = self._provider.get_meter("attrgate")
+        self._requests = meter.create_counter(
+            "attrgate_requests", description="RPCs by method, caller, outcome and gRPC code"
+        )
+        self._duration = meter.create_histogram(
+            "attrgate_request_duration",
+            unit="s",
+            description="end-to-end RPC latency",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self._cognito = meter.create_counter(
+            "attrgate_cognito_calls",
+            description="forwarded AdminUpdateUserAttributes calls by Cognito error code",
+        )
+        self._sms = meter.create_counter(
+            "attrgate_sms_decisions",
+            description="SMS-triggering requests by outcome (reserved, refused)",
+        )
+        self._dropped = meter.create_counter(
+            "attrgate_decision_log_dropped",
+            description="decision-log entries dropped because the queue was full",
+        )
+        self._server: Any = None
+
+    def observe(self, entry: Mapping[str, Any]) -> None:
+        """Count one finished RPC from its decision-log entry."""
+        method = str(entry.get("method", ""))
+        caller = entry.get("caller", "") if entry.get("matched_policies") else UNMATCHED_CALLER
+        labels = {
+            "method": method,
+            "caller": str(caller),
+            "outcome": str(entry.get("outcome", "")),
+            "code": str(entry.get("status", "")),
+            "reason": str(entry.get("reason", "")),
+        }
+        self._requests.add(1, labels)
+        self._duration.record(float(entry.get("latency_ms", 0)) / 1000, {"method": method})
+        cognito = entry.get("cognito")
+        if isinstance(cognito, Mapping):
+            self._cognito.add(1, {"error_code": str(cognito.get("error_code", "")) or "none"})
+        sms = entry.get("sms")
+        if isinstance(sms, Mapping) and sms.get("triggers_sms"):
+            refused = bool(sms.get("refusals"))
+            self._sms.add(1, {"method": method, "outcome": "refused" if refused else "counted"})
+
+    def decision_log_dropped(self) -> None:
+        self._dropped.add(1)
+
+    def serve(self, address: str) -> int:
+        host, port = split_host_port(address)
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self._provider.shutdown()

@@ -1,0 +1,83 @@
+"""/metrics: Prometheus text that a Prometheus parser reads, attrgate_* names, bounded labels."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.attrgate_server import RunningServer
+from support.cognito_stub import CognitoStub, error
+from support.moto_cognito import free_port
+from support.rpc import as_caller, attrs_request
+
+POLICY = """
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: p}
+spec:
+  callers: [svc]
+  userPools: ["*"]
+  allow: [{attribute: given_name}]
+"""
+POOL = "us-east-1_Pool1"
+MARK = "Qq7personal"
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    assert MARK not in text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def total(samples: list[tuple[dict[str, str], float]], **labels: str) -> float:
+    return sum(v for found, v in samples if all(found.get(k) == x for k, x in labels.items()))
+
+
+def test_requests_latency_and_cognito_errors_are_counted(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = serve(
+        POLICY, stub.endpoint, metrics_listen=f"127.0.0.1:{port}", decision_log=str(tmp_path / "d")
+    )
+    with server.channel() as channel:
+        stub_ = server.stub(channel)
+        for _ in range(3):
+            stub_.UpdateUserAttributes(
+                attrs_request(POOL, [("given_name", MARK)], username=MARK),
+                metadata=as_caller("svc"),
+            )
+        with pytest.raises(grpc.RpcError):
+            stub_.UpdateUserAttributes(
+                attrs_request(POOL, [("email", MARK)]), metadata=as_caller(f"who-{MARK}")
+            )
+        stub.program(error("AliasExistsException"))
+        with pytest.raises(grpc.RpcError):
+            stub_.UpdateUserAttributes(
+                attrs_request(POOL, [("given_name", "x")]), metadata=as_caller("svc")
+            )
+    samples = scrape(port)
+    assert all(
+        name.startswith("attrgate_")
+        for name in samples
+        if not name.startswith(("target_info", "python_", "process_"))
+    )
+    requests = samples["attrgate_requests_total"]
+    assert total(requests, method="UpdateUserAttributes", caller="svc", code="OK") == 3
+    # A caller no policy names gets no series of its own: labels stay bounded.
+    assert total(requests, caller="unmatched", code="PERMISSION_DENIED") == 1
+    assert total(requests, reason="COGNITO_ALIAS_EXISTS", code="ALREADY_EXISTS") == 1
+    assert total(samples["attrgate_request_duration_seconds_count"]) == 5
+    cognito = samples["attrgate_cognito_calls_total"]
+    assert total(cognito, error_code="none") == 3
+    assert total(cognito, error_code="AliasExistsException") == 1
