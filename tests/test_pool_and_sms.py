@@ -776,3 +776,29 @@ def test_replicas_share_counts_through_redis(
     third = update(first, "us-east-1_Pool1", [("phone_number", US)])
     assert rich(third).info.reason == "SMS_LIMIT_EXCEEDED"  # type: ignore[arg-type]
     assert not (tmp_path / "unused.sqlite").exists()
+
+
+def test_sms_usage_reads_redis_when_the_image_also_sets_a_state_file(
+    tmp_path: Path, redis_server: object
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "g.yaml").write_text(OPEN_POLICY + LIMIT_2)
+    env = {
+        **os.environ,
+        "ATTRGATE_STATE": str(tmp_path / "absent.sqlite"),
+        "ATTRGATE_REDIS_URL": redis_server.url,  # type: ignore[attr-defined]
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "attrgate", "sms", "usage", "--policies", str(tmp_path / "g.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "reading Redis; --state is not used" in result.stderr
+    assert result.stdout.splitlines()[0] == "SmsGuard sms (enforce)"

@@ -410,11 +410,11 @@ def test_no_retry_after_the_deadline(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
     stub.default = Reply(
-        status=400, body={"__type": "TooManyRequestsException", "message": MARKER}, delay=0.5
+        status=400, body={"__type": "TooManyRequestsException", "message": MARKER}, delay=1.5
     )
     server = stub_server(cognito_max_attempts=3)
 
-    err = call_error(server, allowed_request(), timeout=0.2)
+    err = call_error(server, allowed_request(), timeout=0.6)
 
     assert err.code() == S.DEADLINE_EXCEEDED
     late = wait_for_late_record(logs)

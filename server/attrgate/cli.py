@@ -257,11 +257,15 @@ def _sms_usage(args: argparse.Namespace) -> int:
     from attrgate.store.redis import RedisStore
     from attrgate.store.sqlite import SqliteStore
 
-    if not args.policies or bool(args.state) == bool(args.redis_url):
+    if not args.policies or not (args.state or args.redis_url):
         print(
             "attrgate sms usage: give --policies and one of --state or --redis-url", file=sys.stderr
         )
         return EXIT_CONFIG
+    if args.redis_url and args.state:
+        # As `serve` does: a fleet's Redis beats the image's default state file.
+        print("attrgate sms usage: reading Redis; --state is not used", file=sys.stderr)
+        args.state = None
     try:
         policy_set = load_policies(args.policies)
     except ConfigError as exc:
