@@ -13,12 +13,29 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ["AWS_CONFIG_FILE"] = os.devnull
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from support.attrgate_server import RunningServer, settings_for
 from support.cognito_stub import CognitoStub
 from support.moto_cognito import MotoCognito
 from support.redis_server import MISSING, RedisServer, redis_server_path
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Spans of in-process servers land here (a process has one global tracer provider).
+SPANS = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    SPANS.clear()
+    return SPANS
 
 
 @pytest.fixture(scope="session")

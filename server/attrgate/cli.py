@@ -121,10 +121,19 @@ def _serve(args: argparse.Namespace) -> int:
     # DEBUG bodies are filtered where the client is built.
     if logging.root.level > logging.DEBUG:
         logging.getLogger("botocore").setLevel(logging.WARNING)
+    from attrgate.tracing import configure_tracing
+
+    try:
+        provider = configure_tracing()
+    except ValueError as exc:
+        return _refuse(ConfigError(str(exc)))
     try:
         asyncio.run(serve(settings, sys.stdout))
     except ConfigError as exc:
         return _refuse(exc)
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush what is still batched
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ from attrgate.policy.engine import evaluate
 from attrgate.pools import PoolCache
 from attrgate.schema import pending_verification, schema_violations
 from attrgate.store.base import StoreUnavailable
+from attrgate.tracing import tracer
 from attrgate.validate import validate_request
 
 log = logging.getLogger("attrgate.pipeline")
@@ -205,10 +206,15 @@ class Pipeline:
         policy_set = self.policy_set
         decision_id = self._new_id()
         revision = policy_set.revision
-        problems = validate_request(request)
+        with tracer.start_as_current_span("attrgate.validate") as span:
+            problems = validate_request(request)
+            span.set_attribute("attrgate.invalid_fields", len(problems))
         if problems:
             return Invalid(decision_id, revision, problems)
-        verdict = evaluate(policy_set, caller.name, request)
+        with tracer.start_as_current_span("attrgate.policy") as span:
+            verdict = evaluate(policy_set, caller.name, request)
+            span.set_attribute("attrgate.allowed", verdict.allowed)
+            span.set_attribute("attrgate.matched_policies", list(verdict.matched_policies))
         decision = Decision(
             decision_id=decision_id,
             policy_revision=revision,
@@ -240,7 +246,13 @@ class Pipeline:
         phone = _phone_of(request)
         if phone is None:
             return _Allowed(decision)
-        return await self._assess_sms(caller, request, decision, pool, phone, consume)
+        with tracer.start_as_current_span("attrgate.sms_guard") as span:
+            assessed = await self._assess_sms(caller, request, decision, pool, phone, consume)
+            found = assessed.decision if isinstance(assessed, _Allowed) else assessed
+            if isinstance(found, Decision) and found.sms is not None:
+                span.set_attribute("attrgate.sms.triggers", found.sms.triggers_sms)
+                span.set_attribute("attrgate.sms.refused", bool(found.sms.refusals))
+            return assessed
 
     async def _assess_sms(
         self,

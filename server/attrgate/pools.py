@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from attrgate.domain import PoolDescription, UpstreamResult
+from attrgate.tracing import tracer
 
 Describe = Callable[[str], Awaitable[PoolDescription | UpstreamResult]]
 # Bounds memory against callers cycling through pool ids their policy's globs allow.
@@ -43,7 +44,9 @@ class PoolCache:
         return await asyncio.shield(task)
 
     async def _fetch(self, pool_id: str) -> PoolDescription | UpstreamResult:
-        result = await self._describe(pool_id)
+        with tracer.start_as_current_span("attrgate.pool_metadata") as span:
+            span.set_attribute("attrgate.user_pool_id", pool_id)
+            result = await self._describe(pool_id)
         if isinstance(result, PoolDescription):
             if len(self._entries) >= MAX_POOLS:
                 self._entries.pop(next(iter(self._entries)))

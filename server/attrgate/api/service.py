@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
+from opentelemetry import propagate
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
@@ -29,6 +31,7 @@ from attrgate.api.record import DecisionRecord, UsernameHash
 from attrgate.domain import Caller, Forwarded, Invalid, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
+from attrgate.tracing import tracer
 from attrgate.v1 import attrgate_pb2 as pb
 
 log = logging.getLogger("attrgate.api")
@@ -143,7 +146,7 @@ class UserAttributesService:
                 pending_verification=list(decision.pending_verification),
             )
 
-        return await _answer(context, handle, record, self._record)
+        return await _answer(context, handle, record, self._record, "UpdateUserAttributes")
 
     async def CheckUpdateUserAttributes(self, request: Request, context: Context) -> pb.Decision:
         record = DecisionRecord("CheckUpdateUserAttributes", self._username_hash)
@@ -166,7 +169,7 @@ class UserAttributesService:
             context.set_trailing_metadata(((DECISION_ID_METADATA, decided.decision_id),))
             return decision_to_proto(decided)
 
-        return await _answer(context, handle, record, self._record)
+        return await _answer(context, handle, record, self._record, "CheckUpdateUserAttributes")
 
     def _caller(self, context: Context, record: DecisionRecord) -> Caller:
         caller = self._identify(context)
@@ -181,9 +184,62 @@ async def _answer(
     handle: Callable[[], Awaitable[T]],
     record: DecisionRecord,
     recorder: Recorder | None,
+    method: str,
 ) -> T:
-    """Run `handle`, turning an _Abort or an unexpected failure into a rich status, and log the
-    decision whatever the ending."""
+    """Run `handle` in a server span that continues the caller's traceparent, turning an _Abort
+    or an unexpected failure into a rich status, and log the decision whatever the ending."""
+    parent = propagate.extract(
+        {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    )
+    # Exceptions are never recorded on spans: their text may carry request values.
+    with tracer.start_as_current_span(
+        f"{SERVICE_NAME}/{method}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        record.entry["trace_id"] = format(span.get_span_context().trace_id, "032x")
+        try:
+            return await _handle(context, handle, record, recorder)
+        finally:
+            _annotate(span, record.entry)
+
+
+def _annotate(span: Span, entry: dict[str, Any]) -> None:
+    """Names, codes and ids of the decision on its span; never values."""
+    sms = entry.get("sms") or {}
+    cognito = entry.get("cognito") or {}
+    attributes = {
+        "rpc.system": "grpc",
+        "rpc.grpc.status_code": entry.get("status", ""),
+        "attrgate.decision_id": entry.get("decision_id", ""),
+        "attrgate.caller": entry.get("caller", ""),
+        "attrgate.user_pool_id": entry.get("user_pool_id", ""),
+        "attrgate.username_hash": entry.get("username_hash", ""),
+        "attrgate.decision": entry.get("outcome", ""),
+        "attrgate.denied_by": entry.get("denied_by", ""),
+        "attrgate.reason": entry.get("reason", ""),
+        "attrgate.matched_policies": list(entry.get("matched_policies", [])),
+        "attrgate.attributes": list(entry.get("attributes", [])),
+        "attrgate.violation_count": len(entry.get("violations", [])),
+        "attrgate.would_deny_count": len(entry.get("would_deny", [])),
+        "attrgate.sms.triggers": bool(sms.get("triggers_sms", False)),
+        "attrgate.sms.outcome": "refused" if sms.get("refusals") else ("counted" if sms else ""),
+        "attrgate.cognito.request_id": cognito.get("request_id", ""),
+        "attrgate.cognito.error_code": cognito.get("error_code", ""),
+    }
+    span.set_attributes({k: v for k, v in attributes.items() if v not in ("", [])})
+    if entry.get("status") not in ("OK", None):
+        span.set_status(Status(StatusCode.ERROR, str(entry.get("status"))))
+
+
+async def _handle(
+    context: Context,
+    handle: Callable[[], Awaitable[T]],
+    record: DecisionRecord,
+    recorder: Recorder | None,
+) -> T:
     status, reason, decision_id = "OK", "", ""
     try:
         return await handle()

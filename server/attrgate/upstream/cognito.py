@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import boto3
 import botocore.config
 import botocore.exceptions
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from attrgate.domain import (
     AttributeSchema,
@@ -28,6 +29,7 @@ from attrgate.domain import (
     UpstreamError,
     UpstreamResult,
 )
+from attrgate.tracing import tracer
 
 # The deadline of the call running in this thread, so the retry hook can stop retrying for a
 # caller that has already gone (botocore has no per-call timeout).
@@ -208,26 +210,38 @@ class CognitoUpstream:
         }
         if request.client_metadata:
             kwargs["ClientMetadata"] = dict(request.client_metadata)
-        try:
-            response = self.client.admin_update_user_attributes(**kwargs)
-        except Exception as exc:
-            return classify_exception(exc)
-        return UpstreamResult(ok=True, request_id=response["ResponseMetadata"].get("RequestId", ""))
+        with _span("AdminUpdateUserAttributes") as span:
+            try:
+                response = self.client.admin_update_user_attributes(**kwargs)
+            except Exception as exc:
+                result = classify_exception(exc)
+            else:
+                result = UpstreamResult(
+                    ok=True, request_id=response["ResponseMetadata"].get("RequestId", "")
+                )
+            _annotate(span, result)
+        return result
 
     def describe_user_pool_blocking(self, pool_id: str) -> PoolDescription | UpstreamResult:
         """The pool's schema and verification settings, or the classified error."""
-        try:
-            pool = self.client.describe_user_pool(UserPoolId=pool_id)["UserPool"]
-        except Exception as exc:
-            return classify_exception(exc)
+        with _span("DescribeUserPool") as span:
+            try:
+                pool = self.client.describe_user_pool(UserPoolId=pool_id)["UserPool"]
+            except Exception as exc:
+                failed = classify_exception(exc)
+                _annotate(span, failed)
+                return failed
         return pool_description(pool_id, pool)
 
     def user_sub_blocking(self, pool_id: str, username: str) -> str | UpstreamResult:
         """The user's immutable `sub` (aliases and spellings of a username share it)."""
-        try:
-            user = self.client.admin_get_user(UserPoolId=pool_id, Username=username)
-        except Exception as exc:
-            return classify_exception(exc)
+        with _span("AdminGetUser") as span:
+            try:
+                user = self.client.admin_get_user(UserPoolId=pool_id, Username=username)
+            except Exception as exc:
+                failed = classify_exception(exc)
+                _annotate(span, failed)
+                return failed
         for attribute in user.get("UserAttributes", []):
             if attribute.get("Name") == "sub":
                 return str(attribute.get("Value", ""))
@@ -372,6 +386,27 @@ def pool_description(pool_id: str, pool: dict[str, Any]) -> PoolDescription:
             settings.get("AttributesRequireVerificationBeforeUpdate") or ()
         ),
     )
+
+
+def _span(operation: str) -> Any:
+    """A client span for one Cognito call. It runs in an executor thread whose context was
+    copied from the request, so it is parented under the server span. Exceptions are not
+    recorded: botocore's messages may carry request values."""
+    return tracer.start_as_current_span(
+        f"cognito-idp.{operation}",
+        kind=SpanKind.CLIENT,
+        attributes={"rpc.system": "aws-api", "rpc.service": "cognito-idp", "rpc.method": operation},
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+
+
+def _annotate(span: Any, result: UpstreamResult) -> None:
+    if result.request_id:
+        span.set_attribute("aws.request_id", result.request_id)
+    if not result.ok:
+        span.set_attribute("attrgate.cognito.error_code", result.error_code)
+        span.set_status(Status(StatusCode.ERROR, result.error_code))
 
 
 def _overloaded() -> UpstreamResult:

@@ -1,0 +1,60 @@
+"""Traces with the OpenTelemetry SDK, configured from the standard OTEL_* environment.
+
+OTLP export when OTEL_EXPORTER_OTLP(_TRACES)_ENDPOINT is set or OTEL_TRACES_EXPORTER asks for
+`otlp`; `console` on request; otherwise nothing is exported and no connection is attempted.
+Service name, resource attributes and sampler come from the SDK's own OTEL_* handling.
+Span attributes carry names, codes and ids only: never attribute values, never usernames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+tracer = trace.get_tracer("attrgate")
+
+
+def exporters_wanted(environ: Mapping[str, str]) -> list[str]:
+    named = [e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
+    if named:
+        return [e for e in named if e != "none"]
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    return ["otlp"] if endpoint else []
+
+
+def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name != "otlp":
+        raise ValueError(f"OTEL_TRACES_EXPORTER={name!r} is not otlp, console or none")
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    )
+    if protocol != "grpc":
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: this build exports OTLP over grpc"
+        )
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()  # endpoint, headers, TLS: from the OTEL_* variables
+
+
+def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
+    """Install a TracerProvider when the environment asks for export; None when it does not
+    (then spans are no-ops, or go wherever an embedding program already sent them)."""
+    env = os.environ if environ is None else environ
+    wanted = exporters_wanted(env)
+    if not wanted:
+        return None
+    provider = TracerProvider(resource=Resource.create())
+    for name in wanted:
+        provider.add_span_processor(BatchSpanProcessor(_exporter(name, env)))
+    trace.set_tracer_provider(provider)
+    return provider

@@ -1,0 +1,144 @@
+"""Spans: a server span per RPC continuing the caller's traceparent, children for each stage,
+the Cognito call parented correctly from its executor thread, and no values anywhere."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from attrgate.tracing import exporters_wanted
+from support.attrgate_server import RunningServer
+from support.cognito_stub import CognitoStub, error
+from support.rpc import as_caller, attrs_request
+
+POLICY = """
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: p}
+spec:
+  callers: [svc]
+  userPools: ["*"]
+  allow: [{attribute: given_name}]
+"""
+POOL = "us-east-1_Pool1"
+MARK = "Tr4cepersonal"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def everything_said(spans: InMemorySpanExporter) -> str:
+    parts = []
+    for span in spans.get_finished_spans():
+        parts.append(span.name)
+        parts.extend(f"{k}={v}" for k, v in (span.attributes or {}).items())
+        for event in span.events:
+            parts.append(event.name)
+            parts.extend(f"{k}={v}" for k, v in (event.attributes or {}).items())
+        parts.append(str(span.status.description))
+    return "\n".join(parts)
+
+
+def test_spans_continue_the_caller_trace_and_nest(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    stub_credentials: None,
+    spans: InMemorySpanExporter,
+    tmp_path: Path,
+) -> None:
+    server = serve(POLICY, stub.endpoint, decision_log=str(tmp_path / "d"))
+    metadata = (*as_caller("svc"), ("traceparent", PARENT))
+    with server.channel() as channel:
+        response = server.stub(channel).UpdateUserAttributes(
+            attrs_request(POOL, [("given_name", MARK)], username=MARK), metadata=metadata
+        )
+    name = "attrgate.v1.UserAttributes/UpdateUserAttributes"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        finished = {s.name: s for s in spans.get_finished_spans()}
+        if name in finished:
+            break
+        time.sleep(0.02)
+    root = finished[name]
+    assert root.kind == SpanKind.SERVER
+    assert format(root.context.trace_id, "032x") == TRACE_ID
+    assert root.parent is not None
+    assert format(root.parent.span_id, "016x") == "00f067aa0ba902b7"
+    for child in (
+        "attrgate.validate",
+        "attrgate.policy",
+        "attrgate.pool_metadata",
+        "cognito-idp.AdminUpdateUserAttributes",
+    ):
+        assert finished[child].parent is not None, child
+        assert finished[child].parent.span_id == root.context.span_id, child
+        assert finished[child].context.trace_id == root.context.trace_id
+    cognito = finished["cognito-idp.AdminUpdateUserAttributes"]
+    assert cognito.kind == SpanKind.CLIENT
+    assert cognito.attributes["aws.request_id"] == response.cognito_request_id
+    attributes = root.attributes or {}
+    assert attributes["attrgate.caller"] == "svc"
+    assert attributes["attrgate.user_pool_id"] == POOL
+    assert attributes["attrgate.decision"] == "allowed"
+    assert list(attributes["attrgate.attributes"]) == ["given_name"]
+    assert attributes["attrgate.decision_id"] == response.decision.decision_id
+    assert attributes["attrgate.cognito.request_id"] == response.cognito_request_id
+    assert "attrgate.username_hash" not in attributes  # no key configured: not at all
+    assert MARK not in everything_said(spans)
+
+
+def test_denied_and_failed_calls_say_nothing_personal(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    stub_credentials: None,
+    spans: InMemorySpanExporter,
+    tmp_path: Path,
+) -> None:
+    server = serve(POLICY, stub.endpoint, decision_log=str(tmp_path / "d"))
+    with server.channel() as channel:
+        stub_ = server.stub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub_.UpdateUserAttributes(
+                attrs_request(POOL, [("email", MARK)], username=MARK), metadata=as_caller("svc")
+            )
+        stub.program(error("InvalidParameterException", f"bad value {MARK}"))
+        with pytest.raises(grpc.RpcError):
+            stub_.UpdateUserAttributes(
+                attrs_request(POOL, [("given_name", MARK)], username=MARK),
+                metadata=as_caller("svc"),
+            )
+    # The server ends its span just after the caller has its answer: wait for both.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        roots = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+        if len(roots) == 2:
+            break
+        time.sleep(0.02)
+    assert [(r.attributes or {}).get("rpc.grpc.status_code") for r in roots] == [
+        "PERMISSION_DENIED",
+        "INVALID_ARGUMENT",
+    ]
+    assert (roots[0].attributes or {})["attrgate.violation_count"] == 1
+    assert MARK not in everything_said(spans)
+
+
+@pytest.mark.parametrize(
+    ("environ", "wanted"),
+    [
+        ({}, []),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4317"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, []),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, ["otlp", "console"]),
+    ],
+)
+def test_exporters_follow_the_standard_environment(
+    environ: dict[str, str], wanted: list[str]
+) -> None:
+    assert exporters_wanted(environ) == wanted
