@@ -142,3 +142,88 @@ def test_exporters_follow_the_standard_environment(
     environ: dict[str, str], wanted: list[str]
 ) -> None:
     assert exporters_wanted(environ) == wanted
+
+
+def test_a_served_attrgate_exports_to_a_real_otlp_receiver(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+    from support.moto_cognito import free_port
+
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+    arrived = threading.Event()
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # type: ignore[no-untyped-def]
+            received.append(request)
+            arrived.set()
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    collector = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), collector)
+    collector_port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    (tmp_path / "p.yaml").write_text(POLICY)
+    port = free_port()
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "OTEL_SERVICE_NAME": "attrgate-under-test",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "attrgate", "serve", "--insecure", "--region", "us-east-1"),
+            *("--policies", str(tmp_path / "p.yaml"), "--listen", f"127.0.0.1:{port}"),
+            *("--pool-metadata-fail-open", "--decision-log", str(tmp_path / "d")),
+            *("--cognito-endpoint", f"http://127.0.0.1:{free_port()}"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            pb_grpc.UserAttributesStub(channel).CheckUpdateUserAttributes(
+                attrs_request(POOL, [("given_name", MARK)], username=MARK),
+                metadata=(*as_caller("svc"), ("traceparent", PARENT)),
+                timeout=5,
+            )
+        assert arrived.wait(15), "no spans reached the OTLP receiver"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        collector.stop(0)
+    spans = [
+        (resource.resource, span)
+        for request in received
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    names = {span.name for _, span in spans}
+    assert "attrgate.v1.UserAttributes/CheckUpdateUserAttributes" in names
+    assert {"attrgate.validate", "attrgate.policy"} <= names
+    assert all(span.trace_id.hex() == TRACE_ID for _, span in spans)
+    services = {
+        a.value.string_value
+        for resource, _ in spans
+        for a in resource.attributes
+        if a.key == "service.name"
+    }
+    assert services == {"attrgate-under-test"}
+    assert MARK not in str(received)
