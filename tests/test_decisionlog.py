@@ -176,45 +176,15 @@ def test_reopen_follows_logrotate(tmp_path: Path) -> None:
 
 
 def test_sighup_reopens_the_served_decision_log(tmp_path: Path) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
 
     from support.moto_cognito import free_port
+    from support.served import start_serve
 
     (tmp_path / "p.yaml").write_text(POLICY)
     log_file = tmp_path / "d.jsonl"
     port = free_port()
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "attrgate",
-            "serve",
-            "--insecure",
-            "--region",
-            "us-east-1",
-            "--policies",
-            str(tmp_path / "p.yaml"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--decision-log",
-            str(log_file),
-            "--pool-metadata-fail-open",
-            "--cognito-endpoint",
-            f"http://127.0.0.1:{free_port()}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_serve(tmp_path / "p.yaml", port, "--decision-log", str(log_file))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=20)

@@ -145,10 +145,7 @@ def test_exporters_follow_the_standard_environment(
 
 
 def test_a_served_attrgate_exports_to_a_real_otlp_receiver(tmp_path: Path) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -156,6 +153,7 @@ def test_a_served_attrgate_exports_to_a_real_otlp_receiver(tmp_path: Path) -> No
 
     from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
     from support.moto_cognito import free_port
+    from support.served import start_serve
 
     received: list[trace_service_pb2.ExportTraceServiceRequest] = []
     arrived = threading.Event()
@@ -172,26 +170,15 @@ def test_a_served_attrgate_exports_to_a_real_otlp_receiver(tmp_path: Path) -> No
     collector.start()
     (tmp_path / "p.yaml").write_text(POLICY)
     port = free_port()
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "OTEL_SERVICE_NAME": "attrgate-under-test",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "attrgate", "serve", "--insecure", "--region", "us-east-1"),
-            *("--policies", str(tmp_path / "p.yaml"), "--listen", f"127.0.0.1:{port}"),
-            *("--pool-metadata-fail-open", "--decision-log", str(tmp_path / "d")),
-            *("--cognito-endpoint", f"http://127.0.0.1:{free_port()}"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = start_serve(
+        tmp_path / "p.yaml",
+        port,
+        "--decision-log",
+        str(tmp_path / "d"),
+        OTEL_SERVICE_NAME="attrgate-under-test",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector_port}",
+        OTEL_EXPORTER_OTLP_INSECURE="true",
+        OTEL_BSP_SCHEDULE_DELAY="100",
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
