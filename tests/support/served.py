@@ -12,21 +12,27 @@ from pathlib import Path
 from support.moto_cognito import free_port
 
 
-def start_serve(policies: Path, port: int, *extra: str, **env: str) -> subprocess.Popen[bytes]:
+def start_serve(
+    policies: Path, port: int, *extra: str, output: Path | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """`output`: a folder to write the process's stdout and stderr to (`out`, `err`)."""
+    stdout = (output / "out").open("wb") if output else subprocess.DEVNULL
+    stderr = (output / "err").open("wb") if output else subprocess.DEVNULL
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "attrgate", "serve", "--insecure", "--region", "us-east-1"),
             *("--policies", str(policies), "--listen", f"127.0.0.1:{port}"),
             *("--pool-metadata-fail-open", "--cognito-endpoint", f"http://127.0.0.1:{free_port()}"),
-            *extra,
+            *extra,  # a later --cognito-endpoint wins
         ],
         env={
             **os.environ,
             "AWS_ACCESS_KEY_ID": "k",
             "AWS_SECRET_ACCESS_KEY": "s",
             "AWS_EC2_METADATA_DISABLED": "true",
+            "PYTHONUNBUFFERED": "1",
             **env,
         },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
     )

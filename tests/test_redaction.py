@@ -1,0 +1,134 @@
+"""Nothing personal leaves the process: unique markers in the username, every attribute value and
+every client-metadata value go through allowed, denied, invalid and failing requests of a real
+`attrgate serve` at DEBUG (botocore's included), with spans printed to stdout, metrics served and
+the decision log written, while the Cognito stand-in echoes the markers back in its errors."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from attrgate.v1 import attrgate_pb2 as pb
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+from support.cognito_stub import CognitoStub, describe_reply, error
+from support.moto_cognito import free_port
+from support.rpc import as_caller
+from support.served import start_serve
+
+POLICY = """
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: p}
+spec:
+  callers: [svc]
+  userPools: ["*"]
+  allow:
+    - {attribute: given_name}
+    - {attribute: family_name, maxLength: 40}
+    - {attribute: phone_number}
+  clientMetadata: {allowKeys: [source]}
+---
+apiVersion: attrgate/v1
+kind: SmsGuard
+metadata: {name: sms}
+spec:
+  userPools: ["*"]
+  limits: [{per: phone_number, max: 1, window: 1h}]
+"""
+USER = "mkUSERq1"
+GIVEN = "mkGIVENq2"
+FAMILY = "mkFAMILYq3"
+META = "mkMETAq4"
+PHONE = "+14155550142"
+MARKERS = (USER, GIVEN, FAMILY, META, PHONE, PHONE.removeprefix("+"))
+
+
+def request(**attributes: str) -> pb.UpdateUserAttributesRequest:
+    return pb.UpdateUserAttributesRequest(
+        user_pool_id="us-east-1_Pool1",
+        username=USER,
+        user_attributes=[pb.AttributeType(name=k, value=v) for k, v in attributes.items()],
+        client_metadata={"source": META},
+    )
+
+
+def test_no_marker_leaves_the_process(
+    stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    echo = " ".join(MARKERS)
+    (tmp_path / "p.yaml").write_text(POLICY)
+    key = tmp_path / "key"
+    key.write_bytes(b"r" * 32)
+    port, metrics_port = free_port(), free_port()
+    decisions = tmp_path / "decisions.jsonl"
+    process = start_serve(
+        tmp_path / "p.yaml",
+        port,
+        *("--log-level", "DEBUG", "--decision-log", str(decisions)),
+        *("--metrics-listen", f"127.0.0.1:{metrics_port}", "--hmac-key-file", str(key)),
+        *("--state", str(tmp_path / "state.sqlite"), "--cognito-endpoint", stub.endpoint),
+        output=tmp_path,
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            stub_ = pb_grpc.UserAttributesStub(channel)
+            caller = as_caller("svc")
+            stub_.UpdateUserAttributes(
+                request(given_name=GIVEN, phone_number=PHONE), metadata=caller
+            )
+            calls = [
+                request(given_name=GIVEN, phone_number=PHONE),  # SMS limit refuses
+                request(family_name=FAMILY * 10),  # policy: maxLength
+                request(given_name=GIVEN * 300),  # invalid: too long
+                request(email=FAMILY),  # policy: not allowed
+            ]
+            for message in calls:
+                with pytest.raises(grpc.RpcError):
+                    stub_.UpdateUserAttributes(message, metadata=caller)
+            with pytest.raises(grpc.RpcError):
+                stub_.UpdateUserAttributes(request(given_name=GIVEN), metadata=())
+            for code in ("UserLambdaValidationException", "InvalidParameterException"):
+                stub.program(error(code, echo))
+                with pytest.raises(grpc.RpcError) as failed:
+                    stub_.UpdateUserAttributes(request(given_name=GIVEN), metadata=caller)
+                said = str(failed.value.details()) + str(failed.value.trailing_metadata())
+                assert not any(m in said for m in MARKERS), said
+            # Retried (no SMS in this write): every attempt fails.
+            stub.program(*[error("InternalErrorException", echo, status=500)] * 3)
+            with pytest.raises(grpc.RpcError):
+                stub_.UpdateUserAttributes(request(family_name=FAMILY), metadata=caller)
+            stub_.CheckUpdateUserAttributes(request(given_name=GIVEN), metadata=caller)
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+        ) as answer:
+            metrics = answer.read().decode()
+        time.sleep(0.3)  # let the batch span processor print
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    log = decisions.read_text()
+    assert "attrgate.v1.UserAttributes/UpdateUserAttributes" in out, "spans were not printed"
+    assert "DEBUG" in err, "DEBUG logging was not on"
+    assert "botocore" in err, "botocore's DEBUG logging was not on"
+    assert len(log.splitlines()) == 10
+    assert "attrgate_requests_total" in metrics
+    for where, text in (
+        ("stdout", out),
+        ("stderr", err),
+        ("decision log", log),
+        ("metrics", metrics),
+    ):
+        leaked = [m for m in MARKERS if m in text]
+        assert leaked == [], f"{leaked} in {where}"
