@@ -17,18 +17,10 @@ from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
+from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request, rich
 
-POLICY = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: p}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow: [{attribute: given_name}, {attribute: family_name}]
-  clientMetadata: {allowKeys: [source]}
-"""
+POLICY = svc_policy("[{attribute: given_name}, {attribute: family_name}]", "[source]")
 MARK = "Zz9personal"
 POOL = "us-east-1_Pool1"
 

@@ -13,17 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
 from support.moto_cognito import free_port
+from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request
 
-POLICY = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: p}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow: [{attribute: given_name}]
-"""
+POLICY = svc_policy()
 POOL = "us-east-1_Pool1"
 MARK = "Qq7personal"
 

@@ -17,22 +17,17 @@ from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.cognito_stub import CognitoStub, describe_reply, error
 from support.moto_cognito import free_port
+from support.policies import svc_policy
 from support.rpc import as_caller
 from support.served import start_serve
 
-POLICY = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: p}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow:
-    - {attribute: given_name}
-    - {attribute: family_name, maxLength: 40}
-    - {attribute: phone_number}
-  clientMetadata: {allowKeys: [source]}
----
+POLICY = (
+    svc_policy(
+        "[{attribute: given_name}, {attribute: family_name, maxLength: 40},"
+        " {attribute: phone_number}]",
+        "[source]",
+    )
+    + """---
 apiVersion: attrgate/v1
 kind: SmsGuard
 metadata: {name: sms}
@@ -40,6 +35,7 @@ spec:
   userPools: ["*"]
   limits: [{per: phone_number, max: 1, window: 1h}]
 """
+)
 USER = "mkUSERq1"
 GIVEN = "mkGIVENq2"
 FAMILY = "mkFAMILYq3"

@@ -15,17 +15,10 @@ from opentelemetry.trace import SpanKind
 from attrgate.tracing import exporters_wanted
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
+from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request
 
-POLICY = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: p}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow: [{attribute: given_name}]
-"""
+POLICY = svc_policy()
 POOL = "us-east-1_Pool1"
 MARK = "Tr4cepersonal"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
