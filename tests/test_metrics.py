@@ -74,3 +74,43 @@ def test_requests_latency_and_cognito_errors_are_counted(
     cognito = samples["attrgate_cognito_calls_total"]
     assert total(cognito, error_code="none") == 3
     assert total(cognito, error_code="AliasExistsException") == 1
+
+
+def test_sms_reservations_policy_set_and_in_flight(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    from support.cognito_stub import describe_reply
+    from support.policies import svc_policy
+
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    guard = """---
+apiVersion: attrgate/v1
+kind: SmsGuard
+metadata: {name: sms}
+spec:
+  userPools: ["*"]
+  limits: [{per: phone_number, max: 5, window: 1h}]
+  budget: {currency: USD, amount: 1, window: month, pricePerMessage: {US: 0.00883, default: 0.1}}
+"""
+    port = free_port()
+    server = serve(
+        svc_policy("[{attribute: phone_number}]") + guard,
+        stub.endpoint,
+        metrics_listen=f"127.0.0.1:{port}",
+        state=str(tmp_path / "state.sqlite"),
+        decision_log=str(tmp_path / "d"),
+    )
+    with server.channel() as channel:
+        for _ in range(2):
+            server.stub(channel).UpdateUserAttributes(
+                attrs_request(POOL, [("phone_number", "+14155550100")]), metadata=as_caller("svc")
+            )
+    samples = scrape(port)
+    reservations = samples["attrgate_sms_reservations_total"]
+    assert total(reservations, guard="sms", rule="limits[0]") == 2
+    assert total(reservations, guard="sms", rule="budget") == 2
+    assert total(samples["attrgate_sms_budget_reserved_micros_total"], guard="sms") == 2 * 8830
+    (policy_set,) = samples["attrgate_policy_set"]
+    assert policy_set[0]["revision"].startswith("sha256:")
+    assert policy_set[1] == 1
+    assert total(samples["attrgate_in_flight_requests"]) == 0

@@ -140,7 +140,12 @@ class App:
             metrics.observe(entry)
             decision_log.record(entry)
 
-        servicer = UserAttributesService(pipeline, identify, record, self._username_hash())
+        metrics.watch_policy_set(
+            lambda: (pipeline.policy_set.revision, len(pipeline.policy_set.policies))
+        )
+        servicer = UserAttributesService(
+            pipeline, identify, record, self._username_hash(), metrics.in_flight
+        )
         add_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

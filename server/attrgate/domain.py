@@ -114,6 +114,8 @@ class SmsAssessment:
     country: str  # destination of the phone_number written; "" when none is written
     refusals: tuple[SmsRefusal, ...] = ()
     would_refuse: tuple[SmsRefusal, ...] = ()  # audit-mode guards
+    # What enforcing guards reserved: (guard, rule, amount; micro-units for a budget).
+    reserved: tuple[tuple[str, str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

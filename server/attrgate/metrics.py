@@ -7,10 +7,11 @@ name; only known callers get a series of their own). No usernames, no values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -25,7 +26,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._reader = PrometheusMetricReader(registry=self.registry)
         self._provider = MeterProvider(metric_readers=[self._reader])
-        meter = self._provider.get_meter("attrgate")
+        meter = self._meter = self._provider.get_meter("attrgate")
         self._requests = meter.create_counter(
             "attrgate_requests", description="RPCs by method, caller, outcome and gRPC code"
         )
@@ -42,6 +43,18 @@ class Metrics:
         self._sms = meter.create_counter(
             "attrgate_sms_decisions",
             description="SMS-triggering requests by outcome (reserved, refused)",
+        )
+        self._reserved = meter.create_counter(
+            "attrgate_sms_reservations",
+            description="places reserved in SMS limits and budgets, by guard and rule "
+            "(later released ones included)",
+        )
+        self._spent = meter.create_counter(
+            "attrgate_sms_budget_reserved_micros",
+            description="budget reserved by SMS-triggering requests, in micro-units, by guard",
+        )
+        self._in_flight = meter.create_up_down_counter(
+            "attrgate_in_flight_requests", description="RPCs being handled now"
         )
         self._dropped = meter.create_counter(
             "attrgate_decision_log_dropped",
@@ -69,6 +82,25 @@ class Metrics:
         if isinstance(sms, Mapping) and sms.get("triggers_sms"):
             refused = bool(sms.get("refusals"))
             self._sms.add(1, {"method": method, "outcome": "refused" if refused else "counted"})
+            for item in sms.get("reserved", ()):
+                labels = {"guard": str(item["guard"]), "rule": str(item["rule"])}
+                self._reserved.add(1, labels)
+                if item["rule"] == "budget":
+                    self._spent.add(int(item["amount"]), {"guard": labels["guard"]})
+
+    def in_flight(self, delta: int, method: str) -> None:
+        self._in_flight.add(delta, {"method": method})
+
+    def watch_policy_set(self, revision: Callable[[], tuple[str, int]]) -> None:
+        """Expose the serving policy set: attrgate_policy_set{revision} = its policy count."""
+
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            current, count = revision()
+            yield Observation(count, {"revision": current})
+
+        self._meter.create_observable_gauge(
+            "attrgate_policy_set", callbacks=[observe], description="the policy set serving now"
+        )
 
     def decision_log_dropped(self) -> None:
         self._dropped.add(1)

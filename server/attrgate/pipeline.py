@@ -328,9 +328,10 @@ class Pipeline:
             if consume:
                 self._release_soon(pending)
             raise
+        reserved = () if refusals or not consume else _reserved(charges)
         decision = replace(
             decision,
-            sms=SmsAssessment(True, phone.country, tuple(refusals), tuple(would_refuse)),
+            sms=SmsAssessment(True, phone.country, tuple(refusals), tuple(would_refuse), reserved),
         )
         if refusals:
             violations = tuple(
@@ -365,6 +366,10 @@ _POOL_NOT_FOUND = Violation(
     "", "", "", ViolationReason.POOL_NOT_FOUND, "the user pool does not exist"
 )
 _USER_NOT_FOUND = Violation("", "", "", ViolationReason.USER_NOT_FOUND, "the user does not exist")
+
+
+def _reserved(charges: tuple[Charge, ...]) -> tuple[tuple[str, str, int], ...]:
+    return tuple((c.guard, c.rule, c.counter.amount) for c in charges)
 
 
 def _deny(decision: Decision, stage: Stage, violations: tuple[Violation, ...]) -> Decision:

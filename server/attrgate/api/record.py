@@ -86,6 +86,9 @@ class DecisionRecord:
                 "country": decision.sms.country,
                 "refusals": [_refusal(r) for r in decision.sms.refusals],
                 "would_refuse": [_refusal(r) for r in decision.sms.would_refuse],
+                "reserved": [
+                    {"guard": g, "rule": r, "amount": a} for g, r, a in decision.sms.reserved
+                ],
             }
 
     def unavailable(self, outcome: Unavailable) -> None:

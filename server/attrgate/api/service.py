@@ -103,11 +103,13 @@ class UserAttributesService:
         identify: Identify,
         record: Recorder | None = None,
         username_hash: UsernameHash | None = None,
+        in_flight: Callable[[int, str], None] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._identify = identify
         self._record = record
         self._username_hash = username_hash
+        self._in_flight = in_flight or (lambda delta, method: None)
 
     async def UpdateUserAttributes(
         self, request: Request, context: Context
@@ -146,7 +148,11 @@ class UserAttributesService:
                 pending_verification=list(decision.pending_verification),
             )
 
-        return await _answer(context, handle, record, self._record, "UpdateUserAttributes")
+        self._in_flight(1, "UpdateUserAttributes")
+        try:
+            return await _answer(context, handle, record, self._record, "UpdateUserAttributes")
+        finally:
+            self._in_flight(-1, "UpdateUserAttributes")
 
     async def CheckUpdateUserAttributes(self, request: Request, context: Context) -> pb.Decision:
         record = DecisionRecord("CheckUpdateUserAttributes", self._username_hash)
@@ -169,7 +175,11 @@ class UserAttributesService:
             context.set_trailing_metadata(((DECISION_ID_METADATA, decided.decision_id),))
             return decision_to_proto(decided)
 
-        return await _answer(context, handle, record, self._record, "CheckUpdateUserAttributes")
+        self._in_flight(1, "CheckUpdateUserAttributes")
+        try:
+            return await _answer(context, handle, record, self._record, "CheckUpdateUserAttributes")
+        finally:
+            self._in_flight(-1, "CheckUpdateUserAttributes")
 
     def _caller(self, context: Context, record: DecisionRecord) -> Caller:
         caller = self._identify(context)
