@@ -32,6 +32,18 @@ class UpdateRequest:
     attributes: tuple[Attribute, ...]
     client_metadata: Mapping[str, str] = field(default_factory=dict)
 
+    def value_of(self, name: str) -> str:
+        """The value written to `name`; "" when the request does not write it (or empties it)."""
+        for attribute in self.attributes:
+            if attribute.name == name:
+                return attribute.value
+        return ""
+
+    def writes_unverified(self, name: str) -> bool:
+        """Writes a non-empty `name` (email, phone_number) without setting its verified flag to
+        true in the same request: Cognito then verifies it (an email, an SMS)."""
+        return bool(self.value_of(name)) and self.value_of(f"{name}_verified") != "true"
+
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:

@@ -377,10 +377,8 @@ def _deny(decision: Decision, stage: Stage, violations: tuple[Violation, ...]) -
 
 
 def _phone_of(request: UpdateRequest) -> Phone | None:
-    for attribute in request.attributes:
-        if attribute.name == "phone_number" and attribute.value:
-            return parse_phone(attribute.value)  # validation guarantees it parses
-    return None
+    value = request.value_of("phone_number")
+    return parse_phone(value) if value else None  # validation guarantees it parses
 
 
 def _log_late(decision_id: str, result: UpstreamResult) -> None:

@@ -53,13 +53,11 @@ def pending_verification(pool: PoolDescription, request: UpdateRequest) -> tuple
     """Attributes Cognito will hold back until the user verifies them: listed in
     AttributesRequireVerificationBeforeUpdate, written non-empty, and their verified flag not
     set to true in the same request."""
-    values = {a.name: a.value for a in request.attributes}
-    pending = []
-    for name in ("email", "phone_number"):
-        flag = f"{name}_verified"
-        if values.get(name) and name in pool.verify_before_update and values.get(flag) != "true":
-            pending.append(name)
-    return tuple(pending)
+    return tuple(
+        name
+        for name in ("email", "phone_number")
+        if name in pool.verify_before_update and request.writes_unverified(name)
+    )
 
 
 def _violation(name: str, reason: ViolationReason, message: str) -> Violation:

@@ -47,8 +47,7 @@ def triggers_sms(pool: PoolDescription | None, request: UpdateRequest) -> bool:
     """A non-empty phone_number, its verified flag not set to true in the same request, and a
     pool that verifies phone numbers (auto-verify or verify-before-update). Without a pool
     description (fail-open), assume it does: when in doubt, count."""
-    values = {a.name: a.value for a in request.attributes}
-    if not values.get("phone_number") or values.get("phone_number_verified") == "true":
+    if not request.writes_unverified("phone_number"):
         return False
     if pool is None:
         return True
