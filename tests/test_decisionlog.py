@@ -19,6 +19,7 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
 from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request, rich
+from support.waiting import wait_until
 
 POLICY = svc_policy("[{attribute: given_name}, {attribute: family_name}]", "[source]")
 MARK = "Zz9personal"
@@ -26,13 +27,11 @@ POOL = "us-east-1_Pool1"
 
 
 def entries(path: Path, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return [json.loads(line) for line in lines]
-        time.sleep(0.02)
-    raise AssertionError(f"expected {count} entries in {path}")
+    def lines() -> list[str]:
+        return path.read_text().splitlines() if path.exists() else []
+
+    assert wait_until(lambda: len(lines()) >= count), f"expected {count} entries in {path}"
+    return [json.loads(line) for line in lines()]
 
 
 def test_every_decision_is_one_line_and_nothing_personal_is_in_it(

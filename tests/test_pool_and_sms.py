@@ -16,6 +16,7 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, Reply, describe_reply, error
 from support.moto_cognito import MotoCognito
 from support.rpc import as_caller, attrs_request, rich
+from support.waiting import wait_until
 
 CALLER = as_caller("svc")
 OPEN_POLICY = """
@@ -653,9 +654,7 @@ def test_a_write_that_never_left_gives_its_reservation_back(
         target=update, args=(server, "us-east-1_Pool1", [("given_name", "slow")])
     )
     blocker.start()
-    deadline = time.monotonic() + 5
-    while not sms_stub.calls() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_until(lambda: bool(sms_stub.calls()))
     # Queued behind the slow call until its caller gave up: never sent, so never counted.
     with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
         server.stub(channel).UpdateUserAttributes(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import grpc
 import pytest
@@ -15,6 +14,7 @@ from attrgate.v1 import attrgate_pb2 as pb
 from support.cognito_stub import CognitoStub, Reply
 from support.moto_cognito import MotoCognito, free_port
 from support.rpc import as_caller, attrs_request, request, rich
+from support.waiting import wait_until
 
 POLICIES = """
 apiVersion: attrgate/v1
@@ -203,10 +203,7 @@ def test_graceful_stop_drains_in_flight_calls_and_reports_not_serving(
 
     worker = threading.Thread(target=call)
     worker.start()
-    deadline = time.monotonic() + 5
-    while not stub.calls() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert stub.calls(), "the call never reached Cognito"
+    assert wait_until(lambda: bool(stub.calls())), "the call never reached Cognito"
     stopping = asyncio.run_coroutine_threadsafe(server.app.stop(5.0), server.loop)
     with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -3,12 +3,12 @@ the Cognito call parented correctly from its executor thread, and no values anyw
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -17,6 +17,7 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
 from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request
+from support.waiting import wait_until
 
 POLICY = svc_policy()
 POOL = "us-east-1_Pool1"
@@ -51,12 +52,9 @@ def test_spans_continue_the_caller_trace_and_nest(
             attrs_request(POOL, [("given_name", MARK)], username=MARK), metadata=metadata
         )
     name = "attrgate.v1.UserAttributes/UpdateUserAttributes"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        finished = {s.name: s for s in spans.get_finished_spans()}
-        if name in finished:
-            break
-        time.sleep(0.02)
+    # The server ends its span just after the caller has its answer.
+    assert wait_until(lambda: any(s.name == name for s in spans.get_finished_spans()))
+    finished = {s.name: s for s in spans.get_finished_spans()}
     root = finished[name]
     assert root.kind == SpanKind.SERVER
     assert format(root.context.trace_id, "032x") == TRACE_ID
@@ -105,18 +103,17 @@ def test_denied_and_failed_calls_say_nothing_personal(
                 attrs_request(POOL, [("given_name", MARK)], username=MARK),
                 metadata=as_caller("svc"),
             )
+
+    def roots() -> list[ReadableSpan]:
+        return [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+
     # The server ends its span just after the caller has its answer: wait for both.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        roots = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
-        if len(roots) == 2:
-            break
-        time.sleep(0.02)
-    assert [(r.attributes or {}).get("rpc.grpc.status_code") for r in roots] == [
+    assert wait_until(lambda: len(roots()) == 2)
+    assert [(r.attributes or {}).get("rpc.grpc.status_code") for r in roots()] == [
         "PERMISSION_DENIED",
         "INVALID_ARGUMENT",
     ]
-    assert (roots[0].attributes or {})["attrgate.violation_count"] == 1
+    assert (roots()[0].attributes or {})["attrgate.violation_count"] == 1
     assert MARK not in everything_said(spans)
 
 

@@ -25,6 +25,7 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, Reply, error
 from support.moto_cognito import MotoCognito, free_port
 from support.rpc import RichError, as_caller, attrs_request, request, rich
+from support.waiting import wait_until
 
 POOL = "us-east-1_StubPool1"
 CALLER = "profile-api"
@@ -610,15 +611,6 @@ def _call_in_thread(server: RunningServer, timeout: float, results: list[Any]) -
     return worker
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def test_a_call_waiting_for_a_thread_is_never_sent_after_its_deadline(
     serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
 ) -> None:
@@ -627,14 +619,14 @@ def test_a_call_waiting_for_a_thread_is_never_sent_after_its_deadline(
     stub.program(Reply(delay=1.0), Reply())
     results: list[Any] = []
     slow = _call_in_thread(server, 10, results)
-    assert _wait_for(lambda: len(stub.calls()) == 1)
+    assert wait_until(lambda: len(stub.calls()) == 1)
     with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
         server.stub(channel).UpdateUserAttributes(
             request(POOL, family_name="Stale"), metadata=as_caller(CALLER), timeout=0.3
         )
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     slow.join(10)
-    assert _wait_for(lambda: "code=DeadlineExceeded" in caplog.text)
+    assert wait_until(lambda: "code=DeadlineExceeded" in caplog.text)
     # Only the first call reached Cognito: the stale one was dropped when its thread came free.
     assert [c.body["UserAttributes"][0]["Name"] for c in stub.calls()] == ["given_name"]
 
@@ -667,11 +659,11 @@ def test_shutdown_still_records_the_outcome_of_a_running_call(
     stub.program(Reply(delay=1.0))
     results: list[Any] = []
     worker = _call_in_thread(server, 10, results)
-    assert _wait_for(lambda: len(stub.calls()) == 1)
+    assert wait_until(lambda: len(stub.calls()) == 1)
     server.stop(grace=0.2)  # closes the event loop while Cognito is still answering
     worker.join(10)
     assert isinstance(results[0], grpc.RpcError)
-    assert _wait_for(lambda: LATE.search(caplog.text) is not None)
+    assert wait_until(lambda: LATE.search(caplog.text) is not None)
     found = LATE.search(caplog.text)
     assert found is not None
     assert found["ok"] == "True"
