@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.attrgate_server import RunningServer
-from support.cognito_stub import CognitoStub, error
+from support.cognito_stub import CognitoStub, Reply, error
 from support.moto_cognito import free_port
 from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request
+from support.waiting import wait_until
 
 POLICY = svc_policy()
 POOL = "us-east-1_Pool1"
@@ -71,9 +73,43 @@ def test_requests_latency_and_cognito_errors_are_counted(
     assert total(requests, caller="unmatched", code="PERMISSION_DENIED") == 1
     assert total(requests, reason="COGNITO_ALIAS_EXISTS", code="ALREADY_EXISTS") == 1
     assert total(samples["attrgate_request_duration_seconds_count"]) == 5
+    decisions = samples["attrgate_decision_duration_seconds_count"]
+    assert total(decisions, method="UpdateUserAttributes", outcome="allowed") == 4
+    assert total(decisions, method="UpdateUserAttributes", outcome="denied") == 1
     cognito = samples["attrgate_cognito_calls_total"]
-    assert total(cognito, error_code="none") == 3
-    assert total(cognito, error_code="AliasExistsException") == 1
+    update = "AdminUpdateUserAttributes"
+    assert total(cognito, operation=update, error_code="none") == 3
+    assert total(cognito, operation=update, error_code="AliasExistsException") == 1
+    # Pool metadata is fetched once and cached, and counted as a call of its own.
+    assert total(cognito, operation="DescribeUserPool", error_code="none") == 1
+    durations = samples["attrgate_cognito_call_duration_seconds_count"]
+    assert total(durations, operation=update) == 4
+
+
+def test_decision_latency_leaves_out_the_cognito_call(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    """A slow Cognito shows in end-to-end and Cognito latency, not in decision latency."""
+    port = free_port()
+    log = tmp_path / "decisions"
+    server = serve(POLICY, stub.endpoint, metrics_listen=f"127.0.0.1:{port}", decision_log=str(log))
+    stub.program(Reply(delay=0.4))
+    with server.channel() as channel:
+        server.stub(channel).UpdateUserAttributes(
+            attrs_request(POOL, [("given_name", "x")]), metadata=as_caller("svc")
+        )
+    samples = scrape(port)
+
+    def seconds(name: str, **labels: str) -> float:
+        return total(samples[f"{name}_sum"], **labels)
+
+    assert seconds("attrgate_request_duration_seconds") >= 0.4
+    update = "AdminUpdateUserAttributes"
+    assert seconds("attrgate_cognito_call_duration_seconds", operation=update) >= 0.4
+    assert seconds("attrgate_decision_duration_seconds") < 0.4
+    assert wait_until(lambda: log.exists() and bool(log.read_text().strip()))
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["decision_ms"] < 400 <= entry["latency_ms"]
 
 
 def test_sms_reservations_policy_set_and_in_flight(

@@ -48,6 +48,8 @@ from attrgate.upstream.cognito import (
 
 log = logging.getLogger("attrgate")
 LOCAL_DEFAULT_REGION = "us-east-1"
+# Reloads started by signals: held here so they are not collected while running.
+_background: set[asyncio.Task[bool]] = set()
 
 
 def load_policies(path: str) -> PolicySet:
@@ -76,6 +78,8 @@ class App:
     decision_log: DecisionLog | None = None
     metrics: Metrics | None = None
     metrics_port: int = 0
+    _pipeline: Pipeline | None = None
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
         """Bind and serve, or raise ConfigError. Health turns SERVING last."""
@@ -87,8 +91,9 @@ class App:
             from attrgate.local.emulator import start_local_cognito
 
             self.local = start_local_cognito(self._region(), settings.local_seed)
+        self.metrics = Metrics()
         try:
-            self._upstream = CognitoUpstream(self._cognito_settings())
+            self._upstream = CognitoUpstream(self._cognito_settings(), self.metrics.cognito_call)
         except UpstreamConfigError as exc:
             raise ConfigError(str(exc)) from None
         upstream = self._upstream
@@ -100,7 +105,7 @@ class App:
         async def user_sub(pool_id: str, username: str) -> str | UpstreamResult:
             return await upstream.run(upstream.user_sub_blocking, pool_id, username)
 
-        pipeline = Pipeline(
+        pipeline = self._pipeline = Pipeline(
             policy_set,
             upstream,
             PoolCache(describe, settings.pool_cache_ttl),
@@ -117,7 +122,6 @@ class App:
         ]
         self._server = grpc.aio.server(options=options)
         identify = header_identity if settings.insecure else mtls_identity
-        self.metrics = Metrics()
         if settings.metrics_listen:
             try:
                 self.metrics_port = self.metrics.serve(settings.metrics_listen)
@@ -169,6 +173,48 @@ class App:
             policy_set.revision,
             len(policy_set.policies),
         )
+
+    async def reload(self) -> bool:
+        """Load the policy files again and swap the new set in whole; or, when they do not load,
+        keep serving the current set and say why in one line. Requests already deciding finish
+        under the set they started with."""
+        pipeline, metrics, path = self._pipeline, self.metrics, self.settings.policies
+        assert pipeline is not None, "reload before start"
+        assert metrics is not None, "reload before start"
+        assert path is not None, "check() requires --policies"
+        async with self._reloading:
+            serving = pipeline.policy_set
+            try:
+                # Off the event loop: a large set takes a while to parse and compile.
+                fresh = await asyncio.to_thread(load_policies, path)
+                if fresh.guards and self._sms is None:
+                    raise ConfigError(
+                        "SmsGuards need a counting store: restart with --state PATH or "
+                        "--redis-url URL"
+                    )
+            except Exception as exc:  # whatever the files hold, the server keeps serving
+                metrics.policy_reload("rejected")
+                log.error(
+                    "policy reload rejected; still serving revision %s: %s", serving.revision, exc
+                )
+                return False
+            pipeline.policy_set = fresh
+            metrics.policy_reload("loaded")
+            log.info(
+                "policies reloaded: revision %s (%d policies); was %s",
+                fresh.revision,
+                len(fresh.policies),
+                serving.revision,
+            )
+            return True
+
+    def reopen_and_reload(self) -> None:
+        """SIGHUP: reopen the decision log (logrotate) and reload the policies."""
+        if self.decision_log is not None:
+            self.decision_log.reopen()
+        task = asyncio.get_running_loop().create_task(self.reload())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
 
     async def _open_sms(self, policy_set: PolicySet) -> SmsCounting | None:
         """The store the SMS guard counts in, and the key that hashes what it counts."""
@@ -310,8 +356,7 @@ async def serve(settings: Settings, out: TextIO) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if app.decision_log is not None:
-        loop.add_signal_handler(signal.SIGHUP, app.decision_log.reopen)
+    loop.add_signal_handler(signal.SIGHUP, app.reopen_and_reload)
     await stop.wait()
     log.info("shutting down: draining in-flight calls for up to %.1fs", settings.grace)
     await app.stop()

@@ -11,13 +11,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
 from attrgate.config import split_host_port
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Decisions take tens of microseconds when nothing is fetched: the low buckets are theirs.
+LATENCY_BUCKETS = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
+    *(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 UNMATCHED_CALLER = "unmatched"
 
 
@@ -27,22 +31,38 @@ class Metrics:
         self._reader = PrometheusMetricReader(registry=self.registry)
         self._provider = MeterProvider(metric_readers=[self._reader])
         meter = self._meter = self._provider.get_meter("attrgate")
+
+        def seconds(name: str, description: str) -> Histogram:
+            return meter.create_histogram(
+                name,
+                unit="s",
+                description=description,
+                explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+            )
+
         self._requests = meter.create_counter(
             "attrgate_requests", description="RPCs by method, caller, outcome and gRPC code"
         )
-        self._duration = meter.create_histogram(
-            "attrgate_request_duration",
-            unit="s",
-            description="end-to-end RPC latency",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        self._duration = seconds("attrgate_request_duration", "end-to-end RPC latency")
+        self._decision = seconds(
+            "attrgate_decision_duration",
+            "time to decide (validation, policy, pool metadata, SMS guard), "
+            "without the forwarded call",
         )
         self._cognito = meter.create_counter(
             "attrgate_cognito_calls",
-            description="forwarded AdminUpdateUserAttributes calls by Cognito error code",
+            description="Cognito calls sent, by operation and Cognito error code (none: success)",
+        )
+        self._cognito_duration = seconds(
+            "attrgate_cognito_call_duration",
+            "Cognito call latency by operation, retries included",
+        )
+        self._reloads = meter.create_counter(
+            "attrgate_policy_reloads", description="policy reloads by result (loaded, rejected)"
         )
         self._sms = meter.create_counter(
             "attrgate_sms_decisions",
-            description="SMS-triggering requests by outcome (reserved, refused)",
+            description="SMS-triggering requests by outcome (counted, refused)",
         )
         self._reserved = meter.create_counter(
             "attrgate_sms_reservations",
@@ -75,9 +95,10 @@ class Metrics:
         }
         self._requests.add(1, labels)
         self._duration.record(float(entry.get("latency_ms", 0)) / 1000, {"method": method})
-        cognito = entry.get("cognito")
-        if isinstance(cognito, Mapping):
-            self._cognito.add(1, {"error_code": str(cognito.get("error_code", "")) or "none"})
+        self._decision.record(
+            float(entry.get("decision_ms", 0)) / 1000,
+            {"method": method, "outcome": labels["outcome"]},
+        )
         sms = entry.get("sms")
         if isinstance(sms, Mapping) and sms.get("triggers_sms"):
             refused = bool(sms.get("refusals"))
@@ -87,6 +108,14 @@ class Metrics:
                 self._reserved.add(1, labels)
                 if item["rule"] == "budget":
                     self._spent.add(int(item["amount"]), {"guard": labels["guard"]})
+
+    def cognito_call(self, operation: str, seconds: float, error_code: str) -> None:
+        """One Cognito call sent (called from executor threads; instruments are thread-safe)."""
+        self._cognito.add(1, {"operation": operation, "error_code": error_code or "none"})
+        self._cognito_duration.record(seconds, {"operation": operation})
+
+    def policy_reload(self, result: str) -> None:
+        self._reloads.add(1, {"result": result})
 
     def in_flight(self, delta: int, method: str) -> None:
         self._in_flight.add(delta, {"method": method})

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -33,7 +33,14 @@ from attrgate.domain import (
     ViolationReason,
 )
 from attrgate.guards.counting import SmsCounting
-from attrgate.guards.sms import Charge, Phone, Subject, parse_phone, triggers_sms
+from attrgate.guards.sms import (
+    Charge,
+    CompiledGuard,
+    Phone,
+    Subject,
+    parse_phone,
+    triggers_sms,
+)
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.engine import evaluate
 from attrgate.pools import PoolCache
@@ -140,7 +147,7 @@ class Pipeline:
         assessed = await self._assess(caller, request, consume=True)
         if not isinstance(assessed, _Allowed):
             return assessed
-        decided = assessed.decision
+        decided, decided_at = assessed.decision, time.perf_counter()
         sms_write = bool(decided.sms and decided.sms.triggers_sms)
         remaining = None if deadline is None else deadline - time.monotonic()
         try:
@@ -156,7 +163,7 @@ class Pipeline:
             raise
         if result.no_effect:
             self._release_soon(assessed)
-        return Forwarded(decided, result)
+        return Forwarded(decided, result, decided_at)
 
     def _release_soon(self, assessed: _Allowed) -> None:
         """Give an SMS reservation back, whatever happens to the task that asks (shielded, in a
@@ -247,7 +254,11 @@ class Pipeline:
         if phone is None:
             return _Allowed(decision)
         with tracer.start_as_current_span("attrgate.sms_guard") as span:
-            assessed = await self._assess_sms(caller, request, decision, pool, phone, consume)
+            # The set this request started with, even if a reload swapped another in since.
+            guards = policy_set.guards.applicable(request.user_pool_id)
+            assessed = await self._assess_sms(
+                caller, request, decision, pool, phone, guards, consume
+            )
             found = assessed.decision if isinstance(assessed, _Allowed) else assessed
             if isinstance(found, Decision) and found.sms is not None:
                 span.set_attribute("attrgate.sms.triggers", found.sms.triggers_sms)
@@ -261,9 +272,9 @@ class Pipeline:
         decision: Decision,
         pool: PoolDescription | None,
         phone: Phone,
+        guards: Sequence[CompiledGuard],
         consume: bool,
     ) -> Unavailable | Decision | _Allowed:
-        guards = self.policy_set.guards.applicable(request.user_pool_id)
         triggers = triggers_sms(pool, request)
         # The country rule holds for every write of phone_number: a number set as verified
         # still receives MFA and password-reset messages later.

@@ -56,8 +56,14 @@ class DecisionRecord:
         if self._hash is not None and request.username:
             self.entry["username_hash"] = self._hash(request.user_pool_id, request.username)
 
+    def decided(self, at: float | None = None) -> None:
+        """Mark the moment of decision (`at`, a perf_counter reading, or now)."""
+        at = time.perf_counter() if at is None else at
+        self.entry["decision_ms"] = round((at - self._started) * 1000, 3)
+
     def invalid(self, outcome: Invalid) -> None:
         # A malformed request's names may be anything: log only the fields at fault.
+        self.decided()
         self.entry["decision_id"] = outcome.decision_id
         self.entry["policy_revision"] = outcome.policy_revision
         self.entry["outcome"] = "invalid"
@@ -65,7 +71,10 @@ class DecisionRecord:
             {"field": v.field, "reason": v.reason} for v in outcome.violations
         ]
 
-    def decision(self, decision: Decision, request: UpdateRequest) -> None:
+    def decision(
+        self, decision: Decision, request: UpdateRequest, decided_at: float | None = None
+    ) -> None:
+        self.decided(decided_at)
         entry = self.entry
         entry["decision_id"] = decision.decision_id
         entry["policy_revision"] = decision.policy_revision
@@ -92,6 +101,7 @@ class DecisionRecord:
             }
 
     def unavailable(self, outcome: Unavailable) -> None:
+        self.decided()
         self.entry["decision_id"] = outcome.decision_id
         self.entry["policy_revision"] = outcome.policy_revision
         self.entry["outcome"] = "unavailable"
@@ -113,4 +123,6 @@ class DecisionRecord:
         if reason:
             entry["reason"] = reason
         entry["latency_ms"] = round((time.perf_counter() - self._started) * 1000, 3)
+        # Refused before any stage (identity, undecodable body): deciding was the whole RPC.
+        entry.setdefault("decision_ms", entry["latency_ms"])
         return entry

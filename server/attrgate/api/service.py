@@ -134,7 +134,7 @@ class UserAttributesService:
                 record.decision(outcome, domain_request)
                 raise _Abort(denied(outcome, domain_request, _now_ms()), outcome.decision_id)
             decision = outcome.decision
-            record.decision(decision, domain_request)
+            record.decision(decision, domain_request, outcome.decided_at)
             record.upstream(outcome.upstream)
             if not outcome.upstream.ok:
                 raise _Abort(

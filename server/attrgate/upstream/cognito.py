@@ -39,6 +39,14 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadli
 # failures are retried.
 _sms_write: contextvars.ContextVar[bool] = contextvars.ContextVar("sms_write", default=False)
 
+# Told of every call sent: operation, seconds (retries included), Cognito's error code or "".
+CallObserver = Callable[[str, float, str], None]
+
+
+def _ignore(operation: str, seconds: float, error_code: str) -> None:
+    pass
+
+
 _BY_CODE: dict[str, UpstreamError] = {
     "UserNotFoundException": UpstreamError.USER_NOT_FOUND,
     "ResourceNotFoundException": UpstreamError.RESOURCE_NOT_FOUND,
@@ -152,8 +160,9 @@ def classify_exception(error: BaseException) -> UpstreamResult:
 class CognitoUpstream:
     """One boto3 cognito-idp client and the executor its blocking calls run in."""
 
-    def __init__(self, settings: CognitoSettings) -> None:
+    def __init__(self, settings: CognitoSettings, observe: CallObserver | None = None) -> None:
         self.settings = settings
+        self._observe = observe or _ignore
         config = botocore.config.Config(
             region_name=settings.region,
             connect_timeout=settings.connect_timeout,
@@ -210,42 +219,51 @@ class CognitoUpstream:
         }
         if request.client_metadata:
             kwargs["ClientMetadata"] = dict(request.client_metadata)
-        with _span("AdminUpdateUserAttributes") as span:
-            try:
-                response = self.client.admin_update_user_attributes(**kwargs)
-            except Exception as exc:
-                result = classify_exception(exc)
-            else:
-                result = UpstreamResult(
-                    ok=True, request_id=response["ResponseMetadata"].get("RequestId", "")
-                )
-            _annotate(span, result)
-        return result
+        response = self._call(
+            "AdminUpdateUserAttributes", self.client.admin_update_user_attributes, **kwargs
+        )
+        if isinstance(response, UpstreamResult):
+            return response
+        return UpstreamResult(ok=True, request_id=_request_id(response))
 
     def describe_user_pool_blocking(self, pool_id: str) -> PoolDescription | UpstreamResult:
         """The pool's schema and verification settings, or the classified error."""
-        with _span("DescribeUserPool") as span:
-            try:
-                pool = self.client.describe_user_pool(UserPoolId=pool_id)["UserPool"]
-            except Exception as exc:
-                failed = classify_exception(exc)
-                _annotate(span, failed)
-                return failed
-        return pool_description(pool_id, pool)
+        send = self.client.describe_user_pool
+        response = self._call("DescribeUserPool", send, UserPoolId=pool_id)
+        if isinstance(response, UpstreamResult):
+            return response
+        return pool_description(pool_id, response["UserPool"])
 
     def user_sub_blocking(self, pool_id: str, username: str) -> str | UpstreamResult:
         """The user's immutable `sub` (aliases and spellings of a username share it)."""
-        with _span("AdminGetUser") as span:
-            try:
-                user = self.client.admin_get_user(UserPoolId=pool_id, Username=username)
-            except Exception as exc:
-                failed = classify_exception(exc)
-                _annotate(span, failed)
-                return failed
+        user = self._call(
+            "AdminGetUser", self.client.admin_get_user, UserPoolId=pool_id, Username=username
+        )
+        if isinstance(user, UpstreamResult):
+            return user
         for attribute in user.get("UserAttributes", []):
             if attribute.get("Name") == "sub":
                 return str(attribute.get("Value", ""))
         return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code="NoSub")
+
+    def _call(
+        self, operation: str, send: Callable[..., dict[str, Any]], **kwargs: Any
+    ) -> dict[str, Any] | UpstreamResult:
+        """One Cognito call (retries included) in a client span, timed and reported to
+        `observe`: its response, or the classified error."""
+        started = time.perf_counter()
+        with _span(operation) as span:
+            try:
+                response = send(**kwargs)
+            except Exception as exc:
+                failed = classify_exception(exc)
+                _annotate(span, failed)
+                self._observe(operation, time.perf_counter() - started, failed.error_code)
+                return failed
+            if request_id := _request_id(response):
+                span.set_attribute("aws.request_id", request_id)
+        self._observe(operation, time.perf_counter() - started, "")
+        return response
 
     async def run(
         self, function: Callable[..., T | UpstreamResult], *args: Any
@@ -401,12 +419,15 @@ def _span(operation: str) -> Any:
     )
 
 
-def _annotate(span: Any, result: UpstreamResult) -> None:
-    if result.request_id:
-        span.set_attribute("aws.request_id", result.request_id)
-    if not result.ok:
-        span.set_attribute("attrgate.cognito.error_code", result.error_code)
-        span.set_status(Status(StatusCode.ERROR, result.error_code))
+def _annotate(span: Any, failed: UpstreamResult) -> None:
+    if failed.request_id:
+        span.set_attribute("aws.request_id", failed.request_id)
+    span.set_attribute("attrgate.cognito.error_code", failed.error_code)
+    span.set_status(Status(StatusCode.ERROR, failed.error_code))
+
+
+def _request_id(response: dict[str, Any]) -> str:
+    return str(response.get("ResponseMetadata", {}).get("RequestId", ""))
 
 
 def _overloaded() -> UpstreamResult:

@@ -1,0 +1,178 @@
+"""Policy reload: a new set is swapped in whole, a bad one is refused while the old one keeps
+serving, requests already deciding keep the set they started with, and SIGHUP triggers it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import signal
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.attrgate_server import RunningServer
+from support.cognito_stub import CognitoStub, describe_reply
+from support.moto_cognito import free_port
+from support.policies import svc_policy
+from support.rpc import as_caller, attrs_request
+from support.served import start_serve
+from support.waiting import wait_until
+
+POOL = "us-east-1_Pool1"
+GIVEN_ONLY = svc_policy("[{attribute: given_name}]")
+GIVEN_AND_FAMILY = svc_policy("[{attribute: given_name}, {attribute: family_name}]")
+US_REFUSED = """---
+apiVersion: attrgate/v1
+kind: SmsGuard
+metadata: {name: no-us}
+spec:
+  userPools: ["*"]
+  countries: {deny: [US]}
+"""
+
+
+def write(server: RunningServer, text: str) -> None:
+    assert server.settings.policies is not None
+    (Path(server.settings.policies) / "policies.yaml").write_text(text)
+
+
+def family_name_code(server: RunningServer) -> grpc.StatusCode:
+    with server.channel() as channel:
+        try:
+            server.stub(channel).UpdateUserAttributes(
+                attrs_request(POOL, [("family_name", "Lovelace")]), metadata=as_caller("svc")
+            )
+        except grpc.RpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+def reloads(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "attrgate_policy_reloads_total":
+                found[sample.labels["result"]] = sample.value
+            if sample.name == "attrgate_policy_set":
+                found["revision:" + sample.labels["revision"]] = sample.value
+    return found
+
+
+def test_reload_swaps_in_a_new_set_and_refuses_a_broken_one(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    stub_credentials: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    server = serve(GIVEN_ONLY, stub.endpoint, metrics_listen=f"127.0.0.1:{port}")
+    first = server.app._pipeline.policy_set.revision if server.app._pipeline else ""
+    assert family_name_code(server) == grpc.StatusCode.PERMISSION_DENIED
+
+    write(server, GIVEN_AND_FAMILY)
+    assert server.run(server.app.reload()) is True
+    assert family_name_code(server) == grpc.StatusCode.OK
+    second = reloads(port)
+    assert second["loaded"] == 1
+    assert f"revision:{first}" not in second, "the gauge still shows the old revision"
+
+    write(server, GIVEN_ONLY + "---\nkind: AttributePolicy\nspec: [\n")
+    with caplog.at_level(logging.ERROR, logger="attrgate"):
+        assert server.run(server.app.reload()) is False
+    # The old set keeps serving; the one line says why, pointing at file and line.
+    assert family_name_code(server) == grpc.StatusCode.OK
+    (line,) = [r.getMessage() for r in caplog.records if "reload" in r.getMessage()]
+    assert "still serving revision" in line
+    assert "policies.yaml:" in line
+    assert "\n" not in line
+    third = reloads(port)
+    assert third["rejected"] == 1
+    assert third["loaded"] == 1
+    assert [k for k in third if k.startswith("revision:")] == [
+        k for k in second if k.startswith("revision:")
+    ]
+
+
+def test_reload_refuses_guards_when_nothing_counts_for_them(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None
+) -> None:
+    server = serve(GIVEN_ONLY, stub.endpoint)
+    write(server, GIVEN_AND_FAMILY + US_REFUSED)
+    assert server.run(server.app.reload()) is False
+    assert family_name_code(server) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_request_already_deciding_keeps_the_set_it_started_with(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    """Policy said yes under the old set; while it waits for pool metadata a reload adds a guard
+    refusing its country. It must finish under the old set, not mix the two."""
+    describe = describe_reply(auto_verified=("phone_number",))
+    describe.delay = 0.6
+    stub.describe = describe
+    server = serve(
+        svc_policy("[{attribute: phone_number}]"),
+        stub.endpoint,
+        state=str(tmp_path / "state.sqlite"),
+        decision_log=str(tmp_path / "d.jsonl"),
+    )
+    with server.channel() as channel, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            server.stub(channel).UpdateUserAttributes,
+            attrs_request(POOL, [("phone_number", "+14155550100")]),
+            metadata=as_caller("svc"),
+        )
+        assert wait_until(lambda: len(stub.calls("DescribeUserPool")) == 1)
+        write(server, svc_policy("[{attribute: phone_number}]") + US_REFUSED)
+        assert server.run(server.app.reload()) is True
+        answer = pending.result(timeout=10)
+        assert answer.decision.allowed
+        with pytest.raises(grpc.RpcError) as refused:
+            server.stub(channel).UpdateUserAttributes(
+                attrs_request(POOL, [("phone_number", "+14155550100")]), metadata=as_caller("svc")
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert answer.decision.policy_revision != server.app._pipeline.policy_set.revision  # type: ignore[union-attr]
+
+
+def test_sighup_reloads_the_policies_of_a_running_server(tmp_path: Path) -> None:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(GIVEN_ONLY)
+    port = free_port()
+    process = start_serve(folder, port, output=tmp_path)
+    err = tmp_path / "err"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+
+            stub = pb_grpc.UserAttributesStub(channel)
+
+            def check() -> bool:
+                decision = stub.CheckUpdateUserAttributes(
+                    attrs_request(POOL, [("family_name", "Lovelace")]), metadata=as_caller("svc")
+                )
+                return bool(decision.allowed)
+
+            assert check() is False
+            (folder / "p.yaml").write_text(GIVEN_AND_FAMILY)
+            process.send_signal(signal.SIGHUP)
+            assert wait_until(lambda: "policies reloaded" in err.read_text(), seconds=10)
+            assert check() is True
+            (folder / "p.yaml").write_text("kind: [")
+            process.send_signal(signal.SIGHUP)
+            assert wait_until(lambda: "policy reload rejected" in err.read_text(), seconds=10)
+            assert check() is True
+        assert process.poll() is None, "SIGHUP must not stop the server"
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert json.dumps("Lovelace") not in err.read_text()
