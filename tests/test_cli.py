@@ -214,6 +214,23 @@ def test_serve_refuses_insecure_on_all_interfaces() -> None:
     assert "--insecure-allow-remote" in line
 
 
+def test_serve_refuses_an_otlp_protocol_it_cannot_speak() -> None:
+    result = attrgate(
+        *["serve", "--insecure", "--policies", "policies", "--region", "us-east-1"],
+        *["--listen", f"127.0.0.1:{free_port()}"],
+        env=environment(
+            AWS_ACCESS_KEY_ID="k",
+            AWS_SECRET_ACCESS_KEY="s",
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318",
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/json",
+        ),
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL='http/json'" in line
+    assert "http/protobuf" in line
+
+
 def test_serve_refuses_without_transport_security() -> None:
     result = attrgate("serve", "--policies", "policies", "--region", "us-east-1")
     assert result.returncode == 2

@@ -1,20 +1,25 @@
-"""Nothing personal leaves the process: unique markers in the username, every attribute value and
+"""Nothing personal leaves the process (a served process, and one in this process where log records
+and spans can be read directly): unique markers in the username, every attribute value and
 every client-metadata value go through allowed, denied, invalid and failing requests of a real
 `attrgate serve` at DEBUG (botocore's included), with spans printed to stdout, metrics served and
 the decision log written, while the Cognito stand-in echoes the markers back in its errors."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, describe_reply, error
 from support.moto_cognito import free_port
 from support.policies import svc_policy
@@ -53,11 +58,46 @@ def request(**attributes: str) -> pb.UpdateUserAttributesRequest:
     )
 
 
+def exercise(attrgate: pb_grpc.UserAttributesStub, cognito: CognitoStub) -> None:
+    """Allowed, SMS-refused, denied, invalid, unauthenticated and Cognito-failed requests, all
+    carrying the markers; Cognito's errors echo them back."""
+    echo = " ".join(MARKERS)
+    caller = as_caller("svc")
+    attrgate.UpdateUserAttributes(request(given_name=GIVEN, phone_number=PHONE), metadata=caller)
+    calls = [
+        request(given_name=GIVEN, phone_number=PHONE),  # SMS limit refuses
+        request(family_name=FAMILY * 10),  # policy: maxLength
+        request(given_name=GIVEN * 300),  # invalid: too long
+        request(email=FAMILY),  # policy: not allowed
+    ]
+    for message in calls:
+        with pytest.raises(grpc.RpcError):
+            attrgate.UpdateUserAttributes(message, metadata=caller)
+    with pytest.raises(grpc.RpcError):
+        attrgate.UpdateUserAttributes(request(given_name=GIVEN), metadata=())
+    for code in ("UserLambdaValidationException", "InvalidParameterException"):
+        cognito.program(error(code, echo))
+        with pytest.raises(grpc.RpcError) as failed:
+            attrgate.UpdateUserAttributes(request(given_name=GIVEN), metadata=caller)
+        said = str(failed.value.details()) + str(failed.value.trailing_metadata())
+        assert not any(m in said for m in MARKERS), said
+    # Retried (no SMS in this write): every attempt fails.
+    cognito.program(*[error("InternalErrorException", echo, status=500)] * 3)
+    with pytest.raises(grpc.RpcError):
+        attrgate.UpdateUserAttributes(request(family_name=FAMILY), metadata=caller)
+    attrgate.CheckUpdateUserAttributes(request(given_name=GIVEN), metadata=caller)
+
+
+def assert_no_marker(**where: str) -> None:
+    for name, text in where.items():
+        leaked = [m for m in MARKERS if m in text]
+        assert leaked == [], f"{leaked} in {name}"
+
+
 def test_no_marker_leaves_the_process(
     stub: CognitoStub, stub_credentials: None, tmp_path: Path
 ) -> None:
     stub.describe = describe_reply(auto_verified=("phone_number",))
-    echo = " ".join(MARKERS)
     (tmp_path / "p.yaml").write_text(POLICY)
     key = tmp_path / "key"
     key.write_bytes(b"r" * 32)
@@ -76,33 +116,7 @@ def test_no_marker_leaves_the_process(
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
-            stub_ = pb_grpc.UserAttributesStub(channel)
-            caller = as_caller("svc")
-            stub_.UpdateUserAttributes(
-                request(given_name=GIVEN, phone_number=PHONE), metadata=caller
-            )
-            calls = [
-                request(given_name=GIVEN, phone_number=PHONE),  # SMS limit refuses
-                request(family_name=FAMILY * 10),  # policy: maxLength
-                request(given_name=GIVEN * 300),  # invalid: too long
-                request(email=FAMILY),  # policy: not allowed
-            ]
-            for message in calls:
-                with pytest.raises(grpc.RpcError):
-                    stub_.UpdateUserAttributes(message, metadata=caller)
-            with pytest.raises(grpc.RpcError):
-                stub_.UpdateUserAttributes(request(given_name=GIVEN), metadata=())
-            for code in ("UserLambdaValidationException", "InvalidParameterException"):
-                stub.program(error(code, echo))
-                with pytest.raises(grpc.RpcError) as failed:
-                    stub_.UpdateUserAttributes(request(given_name=GIVEN), metadata=caller)
-                said = str(failed.value.details()) + str(failed.value.trailing_metadata())
-                assert not any(m in said for m in MARKERS), said
-            # Retried (no SMS in this write): every attempt fails.
-            stub.program(*[error("InternalErrorException", echo, status=500)] * 3)
-            with pytest.raises(grpc.RpcError):
-                stub_.UpdateUserAttributes(request(family_name=FAMILY), metadata=caller)
-            stub_.CheckUpdateUserAttributes(request(given_name=GIVEN), metadata=caller)
+            exercise(pb_grpc.UserAttributesStub(channel), stub)
         with urllib.request.urlopen(
             f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
         ) as answer:
@@ -120,11 +134,55 @@ def test_no_marker_leaves_the_process(
     assert "botocore" in err, "botocore's DEBUG logging was not on"
     assert len(log.splitlines()) == 10
     assert "attrgate_requests_total" in metrics
-    for where, text in (
-        ("stdout", out),
-        ("stderr", err),
-        ("decision log", log),
-        ("metrics", metrics),
-    ):
-        leaked = [m for m in MARKERS if m in text]
-        assert leaked == [], f"{leaked} in {where}"
+    assert_no_marker(stdout=out, stderr=err, decision_log=log, metrics=metrics)
+
+
+def test_no_marker_in_log_records_spans_or_metrics_of_an_in_process_server(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    stub_credentials: None,
+    tmp_path: Path,
+    spans: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The same requests against attrgate in this process, where every log record (botocore's
+    DEBUG included, with its arguments and exceptions), every span with its attributes, events
+    and status, and every metric label can be read directly."""
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    key = tmp_path / "key"
+    key.write_bytes(b"r" * 32)
+    port = free_port()
+    decisions = tmp_path / "decisions.jsonl"
+    caplog.set_level(logging.DEBUG)
+    server = serve(
+        POLICY,
+        stub.endpoint,
+        decision_log=str(decisions),
+        metrics_listen=f"127.0.0.1:{port}",
+        hmac_key_file=str(key),
+        state=str(tmp_path / "state.sqlite"),
+    )
+    with server.channel() as channel:
+        exercise(server.stub(channel), stub)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        metrics = answer.read().decode()
+    server.stop()
+
+    formatter = logging.Formatter()
+    records = [formatter.format(r) + repr(r.__dict__) for r in caplog.records]
+    assert any(r.name.startswith("botocore") for r in caplog.records), "no botocore DEBUG"
+    finished = spans.get_finished_spans()
+    cognito_spans = [s for s in finished if s.name == "cognito-idp.AdminUpdateUserAttributes"]
+    assert any(not s.status.is_ok for s in cognito_spans), "no failed Cognito call was traced"
+    stages = {"attrgate.validate", "attrgate.policy", "attrgate.sms_guard"}
+    assert stages <= {s.name for s in finished}
+    out, err = capfd.readouterr()
+    assert_no_marker(
+        log_records="\n".join(records),
+        spans="\n".join(s.to_json() for s in finished),  # attributes, events, status, links
+        metrics=metrics,
+        decision_log=decisions.read_text(),
+        stdout=out,
+        stderr=err,
+    )

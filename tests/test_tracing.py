@@ -3,11 +3,16 @@ the Cognito call parented correctly from its executor thread, and no values anyw
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -134,30 +139,66 @@ def test_exporters_follow_the_standard_environment(
     assert exporters_wanted(environ) == wanted
 
 
-def test_a_served_attrgate_exports_to_a_real_otlp_receiver(tmp_path: Path) -> None:
-    import signal
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+class GrpcCollector:
+    """OTLP over gRPC: a TraceService on loopback."""
 
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+    def __init__(self, received: list[ExportTraceServiceRequest], arrived: threading.Event):
+        class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # type: ignore[no-untyped-def]
+                received.append(request)
+                arrived.set()
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(0)
+
+
+class HttpCollector:
+    """OTLP over HTTP: protobuf bodies POSTed to /v1/traces."""
+
+    def __init__(self, received: list[ExportTraceServiceRequest], arrived: threading.Event):
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/v1/traces":
+                    received.append(ExportTraceServiceRequest.FromString(body))
+                    arrived.set()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "collector_type"), [("grpc", GrpcCollector), ("http/protobuf", HttpCollector)]
+)
+def test_a_served_attrgate_exports_to_a_real_otlp_receiver(
+    tmp_path: Path, protocol: str, collector_type: type[GrpcCollector | HttpCollector]
+) -> None:
+    import signal
 
     from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
     from support.moto_cognito import free_port
     from support.served import start_serve
 
-    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+    received: list[ExportTraceServiceRequest] = []
     arrived = threading.Event()
-
-    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-        def Export(self, request, context):  # type: ignore[no-untyped-def]
-            received.append(request)
-            arrived.set()
-            return trace_service_pb2.ExportTraceServiceResponse()
-
-    collector = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), collector)
-    collector_port = collector.add_insecure_port("127.0.0.1:0")
-    collector.start()
+    collector = collector_type(received, arrived)
     (tmp_path / "p.yaml").write_text(POLICY)
     port = free_port()
     process = start_serve(
@@ -166,7 +207,8 @@ def test_a_served_attrgate_exports_to_a_real_otlp_receiver(tmp_path: Path) -> No
         "--decision-log",
         str(tmp_path / "d"),
         OTEL_SERVICE_NAME="attrgate-under-test",
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector_port}",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
         OTEL_EXPORTER_OTLP_INSECURE="true",
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
@@ -184,7 +226,7 @@ def test_a_served_attrgate_exports_to_a_real_otlp_receiver(tmp_path: Path) -> No
     finally:
         if process.poll() is None:
             process.kill()
-        collector.stop(0)
+        collector.stop()
     spans = [
         (resource.resource, span)
         for request in received

@@ -1,7 +1,8 @@
 """Traces with the OpenTelemetry SDK, configured from the standard OTEL_* environment.
 
-OTLP export when OTEL_EXPORTER_OTLP(_TRACES)_ENDPOINT is set or OTEL_TRACES_EXPORTER asks for
-`otlp`; `console` on request; otherwise nothing is exported and no connection is attempted.
+OTLP export (grpc, or http/protobuf by OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL) when
+OTEL_EXPORTER_OTLP(_TRACES)_ENDPOINT is set or OTEL_TRACES_EXPORTER asks for `otlp`; `console`
+on request; otherwise nothing is exported and no connection is attempted.
 Service name, resource attributes and sampler come from the SDK's own OTEL_* handling.
 Span attributes carry names, codes and ids only: never attribute values, never usernames.
 """
@@ -37,13 +38,18 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     protocol = environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     )
-    if protocol != "grpc":
-        raise ValueError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: this build exports OTLP over grpc"
-        )
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    # Endpoint, headers, TLS and compression come from the OTEL_* variables in both exporters.
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()  # endpoint, headers, TLS: from the OTEL_* variables
+        return OTLPSpanExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as OTLPHttpSpanExporter,
+        )
+
+        return OTLPHttpSpanExporter()
+    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not grpc or http/protobuf")
 
 
 def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
