@@ -141,11 +141,23 @@ spec:
             server.stub(channel).UpdateUserAttributes(
                 attrs_request(POOL, [("phone_number", "+14155550100")]), metadata=as_caller("svc")
             )
+        # Cognito refuses (a 4xx): provably nothing sent, so the reservation is given back.
+        stub.program(error("AliasExistsException"))
+        with pytest.raises(grpc.RpcError):
+            server.stub(channel).UpdateUserAttributes(
+                attrs_request(POOL, [("phone_number", "+14155550100")]), metadata=as_caller("svc")
+            )
+    assert wait_until(
+        lambda: total(scrape(port).get("attrgate_sms_releases_total", []), rule="budget") == 1
+    )
     samples = scrape(port)
     reservations = samples["attrgate_sms_reservations_total"]
-    assert total(reservations, guard="sms", rule="limits[0]") == 2
-    assert total(reservations, guard="sms", rule="budget") == 2
-    assert total(samples["attrgate_sms_budget_reserved_micros_total"], guard="sms") == 2 * 8830
+    assert total(reservations, guard="sms", rule="limits[0]") == 3
+    assert total(reservations, guard="sms", rule="budget") == 3
+    assert total(samples["attrgate_sms_budget_reserved_micros_total"], guard="sms") == 3 * 8830
+    releases = samples["attrgate_sms_releases_total"]
+    assert total(releases, guard="sms", rule="limits[0]") == 1
+    assert total(samples["attrgate_sms_budget_released_micros_total"], guard="sms") == 8830
     (policy_set,) = samples["attrgate_policy_set"]
     assert policy_set[0]["revision"].startswith("sha256:")
     assert policy_set[1] == 1

@@ -215,14 +215,15 @@ def test_release_frees_room_and_is_idempotent(backend: Backend) -> None:
         assert (await store.reserve("r1", [count, money], T0)).ok
         assert not (await store.reserve("r2", [count, money], T0 + 1)).ok
 
-        await store.release("r1", [count, money])
+        assert await store.release("r1", [count, money]) == [True, True]
         assert await store.usage([count, money], T0 + 1) == [0, 0]
-        await store.release("r1", [count, money])  # again: nothing to free, nothing breaks
-        await store.release("never-reserved", [count, money])
+        # again: nothing to free, nothing breaks, and nothing reported as given back
+        assert await store.release("r1", [count, money]) == [False, False]
+        assert await store.release("never-reserved", [count, money]) == [False, False]
         assert (await store.reserve("r2", [count, money], T0 + 2)).ok
 
         # releasing r1 once more must not free what r2 holds
-        await store.release("r1", [count, money])
+        assert await store.release("r1", [count, money]) == [False, False]
         assert await store.usage([count, money], T0 + 2) == [1, 7]
         assert not (await store.reserve("r3", [count, money], T0 + 3)).ok
 

@@ -112,6 +112,7 @@ class App:
             user_sub,
             self._sms,
             settings.pool_metadata_fail_open,
+            on_released=self.metrics.sms_released,
         )
         self._health = health.aio.HealthServicer()
         options = [

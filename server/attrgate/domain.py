@@ -120,14 +120,18 @@ class SmsRefusal:
     retry_at_ms: int  # when the window frees enough; 0 when unknown (CheckUpdateUserAttributes)
 
 
+# One place reserved in an SMS limit or budget: (guard, rule, amount; micro-units for a budget).
+Reserved = tuple[str, str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class SmsAssessment:
     triggers_sms: bool
     country: str  # destination of the phone_number written; "" when none is written
     refusals: tuple[SmsRefusal, ...] = ()
     would_refuse: tuple[SmsRefusal, ...] = ()  # audit-mode guards
-    # What enforcing guards reserved: (guard, rule, amount; micro-units for a budget).
-    reserved: tuple[tuple[str, str, int], ...] = ()
+    # What enforcing guards reserved.
+    reserved: tuple[Reserved, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

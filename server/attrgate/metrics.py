@@ -7,15 +7,16 @@ name; only known callers get a series of their own). No usernames, no values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Histogram, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
 from attrgate.config import split_host_port
+from attrgate.domain import Reserved
 
 # Decisions take tens of microseconds when nothing is fetched: the low buckets are theirs.
 LATENCY_BUCKETS = (
@@ -73,6 +74,17 @@ class Metrics:
             "attrgate_sms_budget_reserved_micros",
             description="budget reserved by SMS-triggering requests, in micro-units, by guard",
         )
+        # Released: Cognito provably sent nothing. Spent = reserved - released.
+        self._released = meter.create_counter(
+            "attrgate_sms_releases",
+            description="SMS reservations given back because Cognito provably sent nothing, "
+            "by guard and rule",
+        )
+        self._refunded = meter.create_counter(
+            "attrgate_sms_budget_released_micros",
+            description="budget given back because Cognito provably sent nothing, in "
+            "micro-units, by guard",
+        )
         self._in_flight = meter.create_up_down_counter(
             "attrgate_in_flight_requests", description="RPCs being handled now"
         )
@@ -103,11 +115,15 @@ class Metrics:
         if isinstance(sms, Mapping) and sms.get("triggers_sms"):
             refused = bool(sms.get("refusals"))
             self._sms.add(1, {"method": method, "outcome": "refused" if refused else "counted"})
-            for item in sms.get("reserved", ()):
-                labels = {"guard": str(item["guard"]), "rule": str(item["rule"])}
-                self._reserved.add(1, labels)
-                if item["rule"] == "budget":
-                    self._spent.add(int(item["amount"]), {"guard": labels["guard"]})
+            reserved = sms.get("reserved", ())
+            _count(
+                self._reserved,
+                self._spent,
+                [(r["guard"], r["rule"], r["amount"]) for r in reserved],
+            )
+
+    def sms_released(self, released: Sequence[Reserved]) -> None:
+        _count(self._released, self._refunded, released)
 
     def cognito_call(self, operation: str, seconds: float, error_code: str) -> None:
         """One Cognito call sent (called from executor threads; instruments are thread-safe)."""
@@ -145,3 +161,11 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
         self._provider.shutdown()
+
+
+def _count(places: Counter, budget: Counter, items: Iterable[Reserved]) -> None:
+    """One per place in a limit or budget, by guard and rule; budget amounts by guard."""
+    for guard, rule, amount in items:
+        places.add(1, {"guard": str(guard), "rule": str(rule)})
+        if rule == "budget":
+            budget.add(int(amount), {"guard": str(guard)})

@@ -22,6 +22,7 @@ from attrgate.domain import (
     Forwarded,
     Invalid,
     PoolDescription,
+    Reserved,
     SmsAssessment,
     SmsRefusal,
     Stage,
@@ -123,9 +124,11 @@ class Pipeline:
         sms: SmsCounting | None = None,
         pool_metadata_fail_open: bool = False,
         new_id: Callable[[], str] = new_decision_id,
+        on_released: Callable[[Sequence[Reserved]], None] | None = None,
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
+        self._on_released = on_released or (lambda released: None)
         self._upstream = upstream
         self._pools = pools
         self._user_sub = user_sub
@@ -173,7 +176,9 @@ class Pipeline:
         sms, decision_id = self._sms, assessed.decision.decision_id
 
         async def release() -> None:
-            await sms.release(decision_id, assessed.charges)
+            released = await sms.release(decision_id, assessed.charges)
+            if released:
+                self._on_released(_reserved(tuple(released)))
             await sms.release(decision_id + ":audit", assessed.audit_charges)
 
         task = asyncio.ensure_future(release())
@@ -379,7 +384,7 @@ _POOL_NOT_FOUND = Violation(
 _USER_NOT_FOUND = Violation("", "", "", ViolationReason.USER_NOT_FOUND, "the user does not exist")
 
 
-def _reserved(charges: tuple[Charge, ...]) -> tuple[tuple[str, str, int], ...]:
+def _reserved(charges: tuple[Charge, ...]) -> tuple[Reserved, ...]:
     return tuple((c.guard, c.rule, c.counter.amount) for c in charges)
 
 

@@ -73,14 +73,17 @@ class SmsCounting:
             if amount + charge.counter.amount > charge.counter.limit
         ]
 
-    async def release(self, reservation_id: str, charges: Sequence[Charge]) -> None:
-        """Give back a reservation Cognito provably did not use. A failure keeps the count:
-        over-counting is the safe side."""
+    async def release(self, reservation_id: str, charges: Sequence[Charge]) -> list[Charge]:
+        """Give back a reservation Cognito provably did not use: the charges actually given
+        back (none that were never taken). A failure keeps the count: over-counting is the safe
+        side."""
         if not charges:
-            return
+            return []
         try:
-            await asyncio.wait_for(
+            removed = await asyncio.wait_for(
                 self.store.release(reservation_id, [c.counter for c in charges]), self._timeout
             )
         except (TimeoutError, StoreUnavailable):
             log.warning("could not release SMS reservation %s; it stays counted", reservation_id)
+            return []
+        return [c for c, gone in zip(charges, removed, strict=True) if gone]

@@ -80,8 +80,9 @@ class Store(Protocol):
         event to each (all or none); else change nothing and report every refusing counter."""
         ...
 
-    async def release(self, reservation_id: str, counters: Sequence[Counter]) -> None:
-        """Remove the reservation's events (it provably sent nothing). Idempotent."""
+    async def release(self, reservation_id: str, counters: Sequence[Counter]) -> list[bool]:
+        """Remove the reservation's events (it provably sent nothing). Idempotent: for each
+        counter, whether this call removed an event (False when none was held)."""
         ...
 
     async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:

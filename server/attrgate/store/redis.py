@@ -151,17 +151,19 @@ return {1}
 RELEASE = (
     COMMON
     + r"""
+local removed = {}
 for i = 1, #KEYS / 2 do
   local k, s = KEYS[2 * i - 1], KEYS[2 * i]
   rebuild(k, s)
-  if redis.call("ZREM", k, ARGV[2 * i - 1]) == 1 then
+  removed[i] = redis.call("ZREM", k, ARGV[2 * i - 1])
+  if removed[i] == 1 then
     redis.call("DECRBY", s, ARGV[2 * i])
   end
   if redis.call("ZCARD", k) == 0 then
     redis.call("DEL", s)
   end
 end
-return 0
+return removed
 """
 )
 
@@ -244,15 +246,17 @@ class RedisStore:
             refused.append(Refused(index=index, used=used, retry_at_ms=at))
         return ReserveResult(ok=False, refused=tuple(refused))
 
-    async def release(self, reservation_id: str, counters: Sequence[Counter]) -> None:
+    async def release(self, reservation_id: str, counters: Sequence[Counter]) -> list[bool]:
         keys: list[str] = []
         args: list[str] = []
         for c in counters:
             keys.extend(self._keys(c.key))
             args.extend([f"{reservation_id}|{c.amount}", str(c.amount)])
-        if keys:
-            async with self._answer():
-                await self._release(keys=keys, args=args)
+        if not keys:
+            return []
+        async with self._answer():
+            removed = await self._release(keys=keys, args=args)
+        return [int(flag) == 1 for flag in removed]
 
     async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:
         """Summed from the events themselves (Python integers), in one MULTI snapshot."""

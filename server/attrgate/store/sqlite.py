@@ -192,17 +192,22 @@ class SqliteStore:
 
         return await self._run(work)
 
-    async def release(self, reservation_id: str, counters: Sequence[Counter]) -> None:
+    async def release(self, reservation_id: str, counters: Sequence[Counter]) -> list[bool]:
         rows = [(c.key, reservation_id, c.amount) for c in counters]
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> list[bool]:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "DELETE FROM events WHERE key = ? AND reservation = ? AND amount = ?", rows
-            )
+            removed = [
+                conn.execute(
+                    "DELETE FROM events WHERE key = ? AND reservation = ? AND amount = ?", row
+                ).rowcount
+                > 0
+                for row in rows
+            ]
             conn.execute("COMMIT")
+            return removed
 
-        await self._run(work)
+        return await self._run(work)
 
     async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:
         counters = tuple(counters)
