@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.attrgate_server import RunningServer
-from support.cognito_stub import CognitoStub, Reply, error
+from support.cognito_stub import CognitoStub, Reply, describe_reply, error
 from support.moto_cognito import free_port
 from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request
@@ -21,6 +21,15 @@ from support.waiting import wait_until
 POLICY = svc_policy()
 POOL = "us-east-1_Pool1"
 MARK = "Qq7personal"
+GUARD = """---
+apiVersion: attrgate/v1
+kind: SmsGuard
+metadata: {name: sms}
+spec:
+  userPools: ["*"]
+  limits: [{per: phone_number, max: 5, window: 1h}]
+  budget: {currency: USD, amount: 1, window: month, pricePerMessage: {US: 0.00883, default: 0.1}}
+"""
 
 
 def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -36,6 +45,23 @@ def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def total(samples: list[tuple[dict[str, str], float]], **labels: str) -> float:
     return sum(v for found, v in samples if all(found.get(k) == x for k, x in labels.items()))
+
+
+def serve_sms(
+    serve: Callable[..., RunningServer], stub: CognitoStub, tmp_path: Path
+) -> tuple[RunningServer, int]:
+    """attrgate with GUARD counting in SQLite, phone numbers auto-verified (so SMS-triggering),
+    and metrics on a port of its own."""
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    port = free_port()
+    server = serve(
+        svc_policy("[{attribute: phone_number}]") + GUARD,
+        stub.endpoint,
+        metrics_listen=f"127.0.0.1:{port}",
+        state=str(tmp_path / "state.sqlite"),
+        decision_log=str(tmp_path / "d"),
+    )
+    return server, port
 
 
 def test_requests_latency_and_cognito_errors_are_counted(
@@ -56,11 +82,12 @@ def test_requests_latency_and_cognito_errors_are_counted(
             stub_.UpdateUserAttributes(
                 attrs_request(POOL, [("email", MARK)]), metadata=as_caller(f"who-{MARK}")
             )
-        stub.program(error("AliasExistsException"))
-        with pytest.raises(grpc.RpcError):
-            stub_.UpdateUserAttributes(
-                attrs_request(POOL, [("given_name", "x")]), metadata=as_caller("svc")
-            )
+        stub.program(error("AliasExistsException"), error(f"Weird{MARK}Exception"))
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError):
+                stub_.UpdateUserAttributes(
+                    attrs_request(POOL, [("given_name", "x")]), metadata=as_caller("svc")
+                )
     samples = scrape(port)
     assert all(
         name.startswith("attrgate_")
@@ -72,18 +99,20 @@ def test_requests_latency_and_cognito_errors_are_counted(
     # A caller no policy names gets no series of its own: labels stay bounded.
     assert total(requests, caller="unmatched", code="PERMISSION_DENIED") == 1
     assert total(requests, reason="COGNITO_ALIAS_EXISTS", code="ALREADY_EXISTS") == 1
-    assert total(samples["attrgate_request_duration_seconds_count"]) == 5
+    assert total(samples["attrgate_request_duration_seconds_count"]) == 6
     decisions = samples["attrgate_decision_duration_seconds_count"]
-    assert total(decisions, method="UpdateUserAttributes", outcome="allowed") == 4
+    assert total(decisions, method="UpdateUserAttributes", outcome="allowed") == 5
     assert total(decisions, method="UpdateUserAttributes", outcome="denied") == 1
     cognito = samples["attrgate_cognito_calls_total"]
     update = "AdminUpdateUserAttributes"
     assert total(cognito, operation=update, error_code="none") == 3
     assert total(cognito, operation=update, error_code="AliasExistsException") == 1
+    # A code Cognito's API does not define is counted as `other`: labels stay bounded.
+    assert total(cognito, operation=update, error_code="other") == 1
     # Pool metadata is fetched once and cached, and counted as a call of its own.
     assert total(cognito, operation="DescribeUserPool", error_code="none") == 1
     durations = samples["attrgate_cognito_call_duration_seconds_count"]
-    assert total(durations, operation=update) == 4
+    assert total(durations, operation=update) == 5
 
 
 def test_decision_latency_leaves_out_the_cognito_call(
@@ -115,27 +144,7 @@ def test_decision_latency_leaves_out_the_cognito_call(
 def test_sms_reservations_policy_set_and_in_flight(
     serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, tmp_path: Path
 ) -> None:
-    from support.cognito_stub import describe_reply
-    from support.policies import svc_policy
-
-    stub.describe = describe_reply(auto_verified=("phone_number",))
-    guard = """---
-apiVersion: attrgate/v1
-kind: SmsGuard
-metadata: {name: sms}
-spec:
-  userPools: ["*"]
-  limits: [{per: phone_number, max: 5, window: 1h}]
-  budget: {currency: USD, amount: 1, window: month, pricePerMessage: {US: 0.00883, default: 0.1}}
-"""
-    port = free_port()
-    server = serve(
-        svc_policy("[{attribute: phone_number}]") + guard,
-        stub.endpoint,
-        metrics_listen=f"127.0.0.1:{port}",
-        state=str(tmp_path / "state.sqlite"),
-        decision_log=str(tmp_path / "d"),
-    )
+    server, port = serve_sms(serve, stub, tmp_path)
     with server.channel() as channel:
         for _ in range(2):
             server.stub(channel).UpdateUserAttributes(
@@ -162,3 +171,30 @@ spec:
     assert policy_set[0]["revision"].startswith("sha256:")
     assert policy_set[1] == 1
     assert total(samples["attrgate_in_flight_requests"]) == 0
+
+
+def test_a_cancelled_sms_write_counts_its_reservation_and_its_release(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    """The caller gives up while Cognito is slow; Cognito then refuses (nothing sent), so the
+    reservation is given back. The RPC ended without a decision, yet both are counted."""
+    server, port = serve_sms(serve, stub, tmp_path)
+    refused = error("AliasExistsException")
+    refused.delay = 0.5
+    stub.program(refused)
+    with server.channel() as channel:
+        call = server.stub(channel).UpdateUserAttributes.future(
+            attrs_request(POOL, [("phone_number", "+14155550100")]), metadata=as_caller("svc")
+        )
+        assert wait_until(lambda: len(stub.calls()) == 1)
+        call.cancel()
+
+    def released() -> float:
+        return total(scrape(port).get("attrgate_sms_releases_total", []), rule="budget")
+
+    assert wait_until(released, seconds=5)
+    samples = scrape(port)
+    assert total(samples["attrgate_sms_reservations_total"], rule="budget") == 1
+    assert total(samples["attrgate_sms_releases_total"], rule="limits[0]") == 1
+    assert total(samples["attrgate_sms_budget_released_micros_total"]) == 8830
+    assert total(samples["attrgate_requests_total"], code="CANCELLED") == 1

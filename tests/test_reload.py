@@ -3,8 +3,9 @@ serving, requests already deciding keep the set they started with, and SIGHUP tr
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
-import json
+import io
 import logging
 import signal
 import urllib.request
@@ -15,7 +16,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.attrgate_server import RunningServer
+from attrgate.app import App
+from support.attrgate_server import RunningServer, settings_for
 from support.cognito_stub import CognitoStub, describe_reply
 from support.moto_cognito import free_port
 from support.policies import svc_policy
@@ -73,7 +75,8 @@ def test_reload_swaps_in_a_new_set_and_refuses_a_broken_one(
 ) -> None:
     port = free_port()
     server = serve(GIVEN_ONLY, stub.endpoint, metrics_listen=f"127.0.0.1:{port}")
-    first = server.app._pipeline.policy_set.revision if server.app._pipeline else ""
+    assert server.app._pipeline is not None
+    first = server.app._pipeline.policy_set.revision
     assert family_name_code(server) == grpc.StatusCode.PERMISSION_DENIED
 
     write(server, GIVEN_AND_FAMILY)
@@ -88,7 +91,7 @@ def test_reload_swaps_in_a_new_set_and_refuses_a_broken_one(
         assert server.run(server.app.reload()) is False
     # The old set keeps serving; the one line says why, pointing at file and line.
     assert family_name_code(server) == grpc.StatusCode.OK
-    (line,) = [r.getMessage() for r in caplog.records if "reload" in r.getMessage()]
+    (line,) = [r.getMessage() for r in caplog.records if "reload rejected" in r.getMessage()]
     assert "still serving revision" in line
     assert "policies.yaml:" in line
     assert "\n" not in line
@@ -175,4 +178,26 @@ def test_sighup_reloads_the_policies_of_a_running_server(tmp_path: Path) -> None
     finally:
         process.terminate()
         process.wait(10)
-    assert json.dumps("Lovelace") not in err.read_text()
+    assert "Lovelace" not in err.read_text()
+
+
+def test_a_sighup_while_starting_is_acted_on_once_serving_and_ignored_while_stopping(
+    write_policies: Callable[[str], Path], stub: CognitoStub, stub_credentials: None
+) -> None:
+    async def scenario() -> list[bool]:
+        app = App(
+            settings_for(policies=str(write_policies(GIVEN_ONLY)), cognito_endpoint=stub.endpoint),
+            io.StringIO(),
+        )
+        app.reopen_and_reload()  # before start: nothing to reload yet, so it waits
+        assert not app._reload_tasks
+        await app.start()
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*app._reload_tasks), 10)
+        finally:
+            await app.stop(0)
+        app.reopen_and_reload()  # stopped: ignored
+        assert not app._reload_tasks
+        return list(results)
+
+    assert asyncio.run(scenario()) == [True]

@@ -48,8 +48,6 @@ from attrgate.upstream.cognito import (
 
 log = logging.getLogger("attrgate")
 LOCAL_DEFAULT_REGION = "us-east-1"
-# Reloads started by signals: held here so they are not collected while running.
-_background: set[asyncio.Task[bool]] = set()
 
 
 def load_policies(path: str) -> PolicySet:
@@ -80,6 +78,10 @@ class App:
     metrics_port: int = 0
     _pipeline: Pipeline | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _reload_tasks: set[asyncio.Task[bool]] = field(default_factory=set)
+    _serving: bool = False
+    _stopping: bool = False
+    _reload_pending: bool = False  # a SIGHUP arrived while starting
 
     async def start(self) -> None:
         """Bind and serve, or raise ConfigError. Health turns SERVING last."""
@@ -112,7 +114,7 @@ class App:
             user_sub,
             self._sms,
             settings.pool_metadata_fail_open,
-            on_released=self.metrics.sms_released,
+            sms_events=self.metrics,
         )
         self._health = health.aio.HealthServicer()
         options = [
@@ -145,9 +147,11 @@ class App:
             metrics.observe(entry)
             decision_log.record(entry)
 
-        metrics.watch_policy_set(
-            lambda: (pipeline.policy_set.revision, len(pipeline.policy_set.policies))
-        )
+        def serving() -> tuple[str, int]:
+            policy_set = pipeline.policy_set  # read once: a reload may swap it meanwhile
+            return policy_set.revision, len(policy_set.policies)
+
+        metrics.watch_policy_set(serving)
         servicer = UserAttributesService(
             pipeline, identify, record, self._username_hash(), metrics.in_flight
         )
@@ -165,6 +169,9 @@ class App:
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
+        if self._reload_pending:
+            self.reopen_and_reload()
         mode = "insecure, caller from x-attrgate-caller" if settings.insecure else "mTLS"
         log.info(
             "serving on port %d (%s); policies %s revision %s (%d policies)",
@@ -180,9 +187,8 @@ class App:
         keep serving the current set and say why in one line. Requests already deciding finish
         under the set they started with."""
         pipeline, metrics, path = self._pipeline, self.metrics, self.settings.policies
-        assert pipeline is not None, "reload before start"
-        assert metrics is not None, "reload before start"
-        assert path is not None, "check() requires --policies"
+        if pipeline is None or metrics is None or path is None:
+            raise RuntimeError("reload() before start()")
         async with self._reloading:
             serving = pipeline.policy_set
             try:
@@ -196,7 +202,11 @@ class App:
             except Exception as exc:  # whatever the files hold, the server keeps serving
                 metrics.policy_reload("rejected")
                 log.error(
-                    "policy reload rejected; still serving revision %s: %s", serving.revision, exc
+                    "policy reload rejected; still serving revision %s: %s",
+                    serving.revision,
+                    exc,
+                    # A ConfigError says all; anything else is a bug worth its traceback.
+                    exc_info=not isinstance(exc, ConfigError),
                 )
                 return False
             pipeline.policy_set = fresh
@@ -210,12 +220,18 @@ class App:
             return True
 
     def reopen_and_reload(self) -> None:
-        """SIGHUP: reopen the decision log (logrotate) and reload the policies."""
+        """SIGHUP: reopen the decision log (logrotate) and reload the policies. One arriving
+        while starting is acted on once serving; one arriving while stopping is ignored."""
+        if self._stopping:
+            return
+        if not self._serving:
+            self._reload_pending = True
+            return
         if self.decision_log is not None:
             self.decision_log.reopen()
         task = asyncio.get_running_loop().create_task(self.reload())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     async def _open_sms(self, policy_set: PolicySet) -> SmsCounting | None:
         """The store the SMS guard counts in, and the key that hashes what it counts."""
@@ -325,6 +341,10 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Turn NOT_SERVING, stop accepting, give in-flight calls `grace` seconds, then close."""
         grace = self.settings.grace if grace is None else grace
+        self._serving, self._stopping = False, True
+        for task in list(self._reload_tasks):
+            task.cancel()
+        await asyncio.gather(*self._reload_tasks, return_exceptions=True)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
@@ -346,6 +366,9 @@ class App:
 async def serve(settings: Settings, out: TextIO) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
     app = App(settings, out)
+    loop = asyncio.get_running_loop()
+    # Installed before start: SIGHUP's default action would kill a server still starting.
+    loop.add_signal_handler(signal.SIGHUP, app.reopen_and_reload)
     try:
         await app.start()
     except BaseException:
@@ -354,10 +377,8 @@ async def serve(settings: Settings, out: TextIO) -> None:
     if app.local is not None:
         _print_local_help(app, out)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reopen_and_reload)
     await stop.wait()
     log.info("shutting down: draining in-flight calls for up to %.1fs", settings.grace)
     await app.stop()

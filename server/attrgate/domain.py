@@ -215,7 +215,7 @@ class Unavailable:
 class Forwarded:
     decision: Decision
     upstream: UpstreamResult
-    decided_at: float = 0.0  # time.perf_counter() when the decision was made, before forwarding
+    decided_at: float  # time.perf_counter() when the decision was made, before forwarding
 
 
 Outcome = Invalid | Unavailable | Decision | Forwarded

@@ -107,20 +107,19 @@ class Metrics:
         }
         self._requests.add(1, labels)
         self._duration.record(float(entry.get("latency_ms", 0)) / 1000, {"method": method})
-        self._decision.record(
-            float(entry.get("decision_ms", 0)) / 1000,
-            {"method": method, "outcome": labels["outcome"]},
-        )
+        if "decision_ms" in entry:  # not for an RPC cancelled or failed before its decision
+            self._decision.record(
+                float(entry["decision_ms"]) / 1000,
+                {"method": method, "outcome": labels["outcome"]},
+            )
         sms = entry.get("sms")
         if isinstance(sms, Mapping) and sms.get("triggers_sms"):
             refused = bool(sms.get("refusals"))
             self._sms.add(1, {"method": method, "outcome": "refused" if refused else "counted"})
-            reserved = sms.get("reserved", ())
-            _count(
-                self._reserved,
-                self._spent,
-                [(r["guard"], r["rule"], r["amount"]) for r in reserved],
-            )
+
+    def sms_reserved(self, reserved: Sequence[Reserved]) -> None:
+        """Reservations the store acknowledged (the pipeline's SmsEvents)."""
+        _count(self._reserved, self._spent, reserved)
 
     def sms_released(self, released: Sequence[Reserved]) -> None:
         _count(self._released, self._refunded, released)

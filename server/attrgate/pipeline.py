@@ -112,6 +112,24 @@ class _Allowed:
     charges: tuple[Charge, ...] = ()
     audit_charges: tuple[Charge, ...] = ()
     submitted: bool = False  # handed to the upstream: from then on its outcome decides
+    reported: bool = False  # the store acknowledged the reservation and SmsEvents was told
+
+
+class SmsEvents(Protocol):
+    """Told of acknowledged reservations and of those given back; a release is reported only
+    for a reservation that was, so reserved minus released is what stays counted."""
+
+    def sms_reserved(self, reserved: Sequence[Reserved]) -> None: ...
+
+    def sms_released(self, released: Sequence[Reserved]) -> None: ...
+
+
+class _NoSmsEvents:
+    def sms_reserved(self, reserved: Sequence[Reserved]) -> None:
+        pass
+
+    def sms_released(self, released: Sequence[Reserved]) -> None:
+        pass
 
 
 class Pipeline:
@@ -124,11 +142,11 @@ class Pipeline:
         sms: SmsCounting | None = None,
         pool_metadata_fail_open: bool = False,
         new_id: Callable[[], str] = new_decision_id,
-        on_released: Callable[[Sequence[Reserved]], None] | None = None,
+        sms_events: SmsEvents | None = None,
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
-        self._on_released = on_released or (lambda released: None)
+        self._sms_events = sms_events or _NoSmsEvents()
         self._upstream = upstream
         self._pools = pools
         self._user_sub = user_sub
@@ -177,8 +195,8 @@ class Pipeline:
 
         async def release() -> None:
             released = await sms.release(decision_id, assessed.charges)
-            if released:
-                self._on_released(_reserved(tuple(released)))
+            if released and assessed.reported:
+                self._sms_events.sms_released(_reserved(tuple(released)))
             await sms.release(decision_id + ":audit", assessed.audit_charges)
 
         task = asyncio.ensure_future(release())
@@ -328,6 +346,9 @@ class Pipeline:
         try:
             if consume:
                 refusals = await self._sms.reserve(decision.decision_id, charges)
+                if not refusals and charges:
+                    pending.reported = True
+                    self._sms_events.sms_reserved(_reserved(charges))
             else:
                 refusals = await self._sms.dry_run(charges)
             # An audit guard counts what was sent: when the enforcing guards refuse, it only
@@ -361,7 +382,8 @@ class Pipeline:
                 for r in refusals
             )
             return _deny(decision, Stage.SMS_LIMIT, violations)
-        return _Allowed(decision, charges, audit_charges)
+        pending.decision = decision
+        return pending
 
     async def _audit(
         self, decision_id: str, charges: tuple[Charge, ...], consume: bool

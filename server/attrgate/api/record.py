@@ -123,6 +123,4 @@ class DecisionRecord:
         if reason:
             entry["reason"] = reason
         entry["latency_ms"] = round((time.perf_counter() - self._started) * 1000, 3)
-        # Refused before any stage (identity, undecodable body): deciding was the whole RPC.
-        entry.setdefault("decision_ms", entry["latency_ms"])
         return entry

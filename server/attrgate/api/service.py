@@ -118,7 +118,7 @@ class UserAttributesService:
 
         async def handle() -> pb.UpdateUserAttributesResponse:
             caller = self._caller(context, record)
-            domain_request = request_from_proto(_decoded(request))
+            domain_request = request_from_proto(_decoded(request, record))
             record.request(domain_request)
             outcome = await self._pipeline.update(caller, domain_request, _deadline(context))
             if isinstance(outcome, Invalid):
@@ -159,7 +159,7 @@ class UserAttributesService:
 
         async def handle() -> pb.Decision:
             caller = self._caller(context, record)
-            domain_request = request_from_proto(_decoded(request))
+            domain_request = request_from_proto(_decoded(request, record))
             record.request(domain_request)
             decided = await self._pipeline.check(caller, domain_request)
             if isinstance(decided, Invalid):
@@ -184,6 +184,7 @@ class UserAttributesService:
     def _caller(self, context: Context, record: DecisionRecord) -> Caller:
         caller = self._identify(context)
         if caller is None:
+            record.decided()
             raise _Abort(unauthenticated(), new_decision_id())
         record.caller(caller)
         return caller
@@ -277,8 +278,9 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _decoded(request: Request) -> pb.UpdateUserAttributesRequest:
+def _decoded(request: Request, record: DecisionRecord) -> pb.UpdateUserAttributesRequest:
     if isinstance(request, Malformed):
+        record.decided()
         raise _Abort(malformed_request(), new_decision_id())
     return request
 

@@ -188,6 +188,9 @@ class CognitoUpstream:
         except (botocore.exceptions.BotoCoreError, ValueError) as exc:
             raise UpstreamConfigError(f"cannot build the Cognito client: {exc}") from None
         quiet_botocore_bodies()
+        self._known_codes = frozenset(_BY_CODE) | frozenset(
+            shape.name for shape in self.client.meta.service_model.error_shapes
+        )
         # First, so its False ("do not retry") is seen before the retry handler's delay.
         self.client.meta.events.register_first("needs-retry.cognito-idp", _stop_after_deadline)
         self._executor = ThreadPoolExecutor(
@@ -258,12 +261,21 @@ class CognitoUpstream:
             except Exception as exc:
                 failed = classify_exception(exc)
                 _annotate(span, failed)
-                self._observe(operation, time.perf_counter() - started, failed.error_code)
+                self._observe(operation, time.perf_counter() - started, self._label(exc, failed))
                 return failed
             if request_id := _request_id(response):
                 span.set_attribute("aws.request_id", request_id)
         self._observe(operation, time.perf_counter() - started, "")
         return response
+
+    def _label(self, exc: Exception, failed: UpstreamResult) -> str:
+        """The error code as a metric label: any endpoint can answer with any code, so codes
+        Cognito's API does not define are counted together as `other`."""
+        if isinstance(exc, botocore.exceptions.ClientError) and (
+            failed.error_code not in self._known_codes
+        ):
+            return "other"
+        return failed.error_code
 
     async def run(
         self, function: Callable[..., T | UpstreamResult], *args: Any
