@@ -27,6 +27,7 @@ kind: SmsGuard
 metadata: {name: sms}
 spec:
   userPools: ["*"]
+  countries: {allow: [US]}
   limits: [{per: phone_number, max: 5, window: 1h}]
   budget: {currency: USD, amount: 1, window: month, pricePerMessage: {US: 0.00883, default: 0.1}}
 """
@@ -82,6 +83,10 @@ def test_requests_latency_and_cognito_errors_are_counted(
             stub_.UpdateUserAttributes(
                 attrs_request(POOL, [("email", MARK)]), metadata=as_caller(f"who-{MARK}")
             )
+        with pytest.raises(grpc.RpcError):
+            stub_.UpdateUserAttributes(
+                attrs_request(POOL, [("sub", MARK)]), metadata=as_caller("svc")
+            )
         stub.program(error("AliasExistsException"), error(f"Weird{MARK}Exception"))
         for _ in range(2):
             with pytest.raises(grpc.RpcError):
@@ -96,10 +101,15 @@ def test_requests_latency_and_cognito_errors_are_counted(
     )
     requests = samples["attrgate_requests_total"]
     assert total(requests, method="UpdateUserAttributes", caller="svc", code="OK") == 3
+    # Invalid before any policy ran, yet from a caller the policies name: its own label.
+    assert total(requests, caller="svc", code="INVALID_ARGUMENT") == 1
+    # Alerts on these see 0 before the first event, not "no data".
+    assert total(samples["attrgate_policy_reloads_total"], result="rejected") == 0
+    assert total(samples["attrgate_decision_log_dropped_total"]) == 0
     # A caller no policy names gets no series of its own: labels stay bounded.
     assert total(requests, caller="unmatched", code="PERMISSION_DENIED") == 1
     assert total(requests, reason="COGNITO_ALIAS_EXISTS", code="ALREADY_EXISTS") == 1
-    assert total(samples["attrgate_request_duration_seconds_count"]) == 6
+    assert total(samples["attrgate_request_duration_seconds_count"]) == 7
     decisions = samples["attrgate_decision_duration_seconds_count"]
     assert total(decisions, method="UpdateUserAttributes", outcome="allowed") == 5
     assert total(decisions, method="UpdateUserAttributes", outcome="denied") == 1
@@ -156,6 +166,11 @@ def test_sms_reservations_policy_set_and_in_flight(
             server.stub(channel).UpdateUserAttributes(
                 attrs_request(POOL, [("phone_number", "+14155550100")]), metadata=as_caller("svc")
             )
+        # A destination country the guard does not allow: refused, nothing reserved.
+        with pytest.raises(grpc.RpcError):
+            server.stub(channel).UpdateUserAttributes(
+                attrs_request(POOL, [("phone_number", "+33612345678")]), metadata=as_caller("svc")
+            )
     assert wait_until(
         lambda: total(scrape(port).get("attrgate_sms_releases_total", []), rule="budget") == 1
     )
@@ -167,9 +182,12 @@ def test_sms_reservations_policy_set_and_in_flight(
     releases = samples["attrgate_sms_releases_total"]
     assert total(releases, guard="sms", rule="limits[0]") == 1
     assert total(samples["attrgate_sms_budget_released_micros_total"], guard="sms") == 8830
+    decisions = samples["attrgate_sms_decisions_total"]
+    assert total(decisions, outcome="allowed") == 3
+    assert total(decisions, outcome="refused") == 1
     (policy_set,) = samples["attrgate_policy_set"]
     assert policy_set[0]["revision"].startswith("sha256:")
-    assert policy_set[1] == 1
+    assert policy_set[1] == 2  # the AttributePolicy and the SmsGuard
     assert total(samples["attrgate_in_flight_requests"]) == 0
 
 

@@ -132,6 +132,8 @@ def test_no_marker_leaves_the_process(
     assert "attrgate.v1.UserAttributes/UpdateUserAttributes" in out, "spans were not printed"
     assert "DEBUG" in err, "DEBUG logging was not on"
     assert "botocore" in err, "botocore's DEBUG logging was not on"
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in err
+    assert "traces of service attrgate: console" in err
     assert len(log.splitlines()) == 10
     assert "attrgate_requests_total" in metrics
     assert_no_marker(stdout=out, stderr=err, decision_log=log, metrics=metrics)

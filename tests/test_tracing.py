@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from attrgate.tracing import exporters_wanted
+from attrgate.tracing import exporters_wanted, service_resource
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
 from support.policies import svc_policy
@@ -139,6 +139,17 @@ def test_exporters_follow_the_standard_environment(
     assert exporters_wanted(environ) == wanted
 
 
+def test_service_name_defaults_to_attrgate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    assert service_resource().attributes["service.name"] == "attrgate"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,team=id")
+    assert service_resource().attributes["service.name"] == "from-attributes"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "attrgate-eu")
+    assert service_resource().attributes["service.name"] == "attrgate-eu"
+    assert service_resource().attributes["team"] == "id"
+
+
 class GrpcCollector:
     """OTLP over gRPC: a TraceService on loopback."""
 
@@ -206,6 +217,7 @@ def test_a_served_attrgate_exports_to_a_real_otlp_receiver(
         port,
         "--decision-log",
         str(tmp_path / "d"),
+        output=tmp_path,
         OTEL_SERVICE_NAME="attrgate-under-test",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",
         OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
@@ -245,4 +257,6 @@ def test_a_served_attrgate_exports_to_a_real_otlp_receiver(
         if a.key == "service.name"
     }
     assert services == {"attrgate-under-test"}
+    said = f"traces of service attrgate-under-test: OTLP over {protocol} to http://127.0.0.1:"
+    assert said + str(collector.port) in (tmp_path / "err").read_text()
     assert MARK not in str(received)

@@ -26,7 +26,7 @@ from attrgate.api.service import (
     header_identity,
     mtls_identity,
 )
-from attrgate.config import ConfigError, Settings, check
+from attrgate.config import ConfigError, Settings, check, split_host_port
 from attrgate.decisionlog import DecisionLog
 from attrgate.domain import PoolDescription, UpstreamResult
 from attrgate.guards.counting import SmsCounting
@@ -128,6 +128,8 @@ class App:
         if settings.metrics_listen:
             try:
                 self.metrics_port = self.metrics.serve(settings.metrics_listen)
+                host = split_host_port(settings.metrics_listen)[0]
+                log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}"
@@ -147,11 +149,7 @@ class App:
             metrics.observe(entry)
             decision_log.record(entry)
 
-        def serving() -> tuple[str, int]:
-            policy_set = pipeline.policy_set  # read once: a reload may swap it meanwhile
-            return policy_set.revision, len(policy_set.policies)
-
-        metrics.watch_policy_set(serving)
+        metrics.watch_policy_set(lambda: pipeline.policy_set)
         servicer = UserAttributesService(
             pipeline, identify, record, self._username_hash(), metrics.in_flight
         )
@@ -174,12 +172,12 @@ class App:
             self.reopen_and_reload()
         mode = "insecure, caller from x-attrgate-caller" if settings.insecure else "mTLS"
         log.info(
-            "serving on port %d (%s); policies %s revision %s (%d policies)",
+            "serving on port %d (%s); policies %s revision %s (%d documents)",
             self.port,
             mode,
             settings.policies,
             policy_set.revision,
-            len(policy_set.policies),
+            policy_set.size,
         )
 
     async def reload(self) -> bool:
@@ -212,9 +210,9 @@ class App:
             pipeline.policy_set = fresh
             metrics.policy_reload("loaded")
             log.info(
-                "policies reloaded: revision %s (%d policies); was %s",
+                "policies reloaded: revision %s (%d documents); was %s",
                 fresh.revision,
-                len(fresh.policies),
+                fresh.size,
                 serving.revision,
             )
             return True

@@ -156,6 +156,14 @@ class Decision:
     pending_verification: tuple[str, ...] = ()
     sms: SmsAssessment | None = None
 
+    @property
+    def sms_outcome(self) -> str:
+        """refused (by an SmsGuard's country rule or a limit), denied (by another stage) or
+        allowed."""
+        if self.denied_by in (Stage.SMS_COUNTRY, Stage.SMS_LIMIT):
+            return "refused"
+        return "allowed" if self.allowed else "denied"
+
 
 class UpstreamError(enum.Enum):
     """How a Cognito call failed, classified by Cognito's error code (never its message)."""

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from attrgate.config import split_host_port
 from attrgate.domain import Reserved
+from attrgate.policy.compile import PolicySet
 
 # Decisions take tens of microseconds when nothing is fetched: the low buckets are theirs.
 LATENCY_BUCKETS = (
@@ -24,6 +25,7 @@ LATENCY_BUCKETS = (
     *(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 UNMATCHED_CALLER = "unmatched"
+EMPTY_POLICY_SET = PolicySet((), "")
 
 
 class Metrics:
@@ -63,7 +65,8 @@ class Metrics:
         )
         self._sms = meter.create_counter(
             "attrgate_sms_decisions",
-            description="SMS-triggering requests by outcome (counted, refused)",
+            description="SMS-triggering requests by outcome: allowed, refused (an SmsGuard's "
+            "country rule or limit), denied (another stage)",
         )
         self._reserved = meter.create_counter(
             "attrgate_sms_reservations",
@@ -93,11 +96,18 @@ class Metrics:
             description="decision-log entries dropped because the queue was full",
         )
         self._server: Any = None
+        self._serving: Callable[[], PolicySet] = lambda: EMPTY_POLICY_SET
+        # Series an alert watches exist from the start, at zero.
+        for result in ("loaded", "rejected"):
+            self._reloads.add(0, {"result": result})
+        self._dropped.add(0)
 
     def observe(self, entry: Mapping[str, Any]) -> None:
         """Count one finished RPC from its decision-log entry."""
         method = str(entry.get("method", ""))
-        caller = entry.get("caller", "") if entry.get("matched_policies") else UNMATCHED_CALLER
+        caller = str(entry.get("caller", ""))
+        if not (caller and self._serving().names_caller(caller)):
+            caller = UNMATCHED_CALLER
         labels = {
             "method": method,
             "caller": str(caller),
@@ -114,8 +124,7 @@ class Metrics:
             )
         sms = entry.get("sms")
         if isinstance(sms, Mapping) and sms.get("triggers_sms"):
-            refused = bool(sms.get("refusals"))
-            self._sms.add(1, {"method": method, "outcome": "refused" if refused else "counted"})
+            self._sms.add(1, {"method": method, "outcome": str(sms.get("outcome", ""))})
 
     def sms_reserved(self, reserved: Sequence[Reserved]) -> None:
         """Reservations the store acknowledged (the pipeline's SmsEvents)."""
@@ -135,12 +144,14 @@ class Metrics:
     def in_flight(self, delta: int, method: str) -> None:
         self._in_flight.add(delta, {"method": method})
 
-    def watch_policy_set(self, revision: Callable[[], tuple[str, int]]) -> None:
-        """Expose the serving policy set: attrgate_policy_set{revision} = its policy count."""
+    def watch_policy_set(self, serving: Callable[[], PolicySet]) -> None:
+        """Follow the serving policy set: attrgate_policy_set{revision} = its document count,
+        and the callers it names (the others share the `unmatched` label)."""
+        self._serving = serving
 
         def observe(_: CallbackOptions) -> Iterable[Observation]:
-            current, count = revision()
-            yield Observation(count, {"revision": current})
+            policy_set = serving()  # read once: a reload may swap it meanwhile
+            yield Observation(policy_set.size, {"revision": policy_set.revision})
 
         self._meter.create_observable_gauge(
             "attrgate_policy_set", callbacks=[observe], description="the policy set serving now"

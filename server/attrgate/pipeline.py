@@ -285,7 +285,7 @@ class Pipeline:
             found = assessed.decision if isinstance(assessed, _Allowed) else assessed
             if isinstance(found, Decision) and found.sms is not None:
                 span.set_attribute("attrgate.sms.triggers", found.sms.triggers_sms)
-                span.set_attribute("attrgate.sms.refused", bool(found.sms.refusals))
+                span.set_attribute("attrgate.sms.outcome", found.sms_outcome)
             return assessed
 
     async def _assess_sms(

@@ -9,15 +9,18 @@ Span attributes carry names, codes and ids only: never attribute values, never u
 
 from __future__ import annotations
 
+import logging
 import os
+import urllib.parse
 from collections.abc import Mapping
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 tracer = trace.get_tracer("attrgate")
+log = logging.getLogger("attrgate.tracing")
 
 
 def exporters_wanted(environ: Mapping[str, str]) -> list[str]:
@@ -52,6 +55,15 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not grpc or http/protobuf")
 
 
+def service_resource() -> Resource:
+    """The SDK's resource from OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; named `attrgate`
+    when neither names the service (the SDK would say unknown_service:python)."""
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "attrgate"}))
+    return resource
+
+
 def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
     """Install a TracerProvider when the environment asks for export; None when it does not
     (then spans are no-ops, or go wherever an embedding program already sent them)."""
@@ -59,8 +71,32 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvide
     wanted = exporters_wanted(env)
     if not wanted:
         return None
-    provider = TracerProvider(resource=Resource.create())
+    resource = service_resource()
+    provider = TracerProvider(resource=resource)
     for name in wanted:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, env)))
     trace.set_tracer_provider(provider)
+    log.info(
+        "traces of service %s: %s",
+        resource.attributes.get(SERVICE_NAME),
+        ", ".join(_describe(name, env) for name in wanted),
+    )
     return provider
+
+
+def _describe(name: str, environ: Mapping[str, str]) -> str:
+    """Where spans go, for the start-up log (no credentials: only scheme, host and port)."""
+    if name != "otlp":
+        return name
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    )
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
+    try:
+        url = urllib.parse.urlsplit(endpoint)
+        where = f"{url.scheme}://{url.hostname}:{url.port or ''}" if url.hostname else "default"
+    except ValueError:
+        where = "an endpoint that is not a URL"
+    return f"OTLP over {protocol} to {where}"

@@ -91,6 +91,7 @@ class DecisionRecord:
             entry["pending_verification"] = list(decision.pending_verification)
         if decision.sms is not None:
             entry["sms"] = {
+                "outcome": decision.sms_outcome,
                 "triggers_sms": decision.sms.triggers_sms,
                 "country": decision.sms.country,
                 "refusals": [_refusal(r) for r in decision.sms.refusals],

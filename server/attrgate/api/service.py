@@ -236,7 +236,7 @@ def _annotate(span: Span, entry: dict[str, Any]) -> None:
         "attrgate.violation_count": len(entry.get("violations", [])),
         "attrgate.would_deny_count": len(entry.get("would_deny", [])),
         "attrgate.sms.triggers": bool(sms.get("triggers_sms", False)),
-        "attrgate.sms.outcome": "refused" if sms.get("refusals") else ("counted" if sms else ""),
+        "attrgate.sms.outcome": sms.get("outcome", ""),
         "attrgate.cognito.request_id": cognito.get("request_id", ""),
         "attrgate.cognito.error_code": cognito.get("error_code", ""),
     }

@@ -82,6 +82,16 @@ class PolicySet:
             self.lookup
         )
 
+    @property
+    def size(self) -> int:
+        """Documents in the set, guards included (as `attrgate check` counts them)."""
+        return len(self.policies) + len(self.guards.guards)
+
+    def names_caller(self, caller: str) -> bool:
+        """Whether some policy's `callers` matches `caller`, whatever the pool."""
+        positions, _ = self._by_caller.match(caller)
+        return bool(positions)
+
     def lookup(self, caller: str, user_pool_id: str) -> Applicable:
         """The policies whose callers match `caller` and whose userPools match the pool, in load
         order. Callers are indexed; only the policies naming the caller are tested for the pool.
