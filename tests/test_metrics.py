@@ -216,3 +216,21 @@ def test_a_cancelled_sms_write_counts_its_reservation_and_its_release(
     assert total(samples["attrgate_sms_releases_total"], rule="limits[0]") == 1
     assert total(samples["attrgate_sms_budget_released_micros_total"]) == 8830
     assert total(samples["attrgate_requests_total"], code="CANCELLED") == 1
+
+
+def test_callers_matched_by_a_glob_share_its_label(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, tmp_path: Path
+) -> None:
+    """Anyone can present any name: a glob's callers are counted under the glob, so a caller
+    cannot mint series (and push the metric past its cardinality limit)."""
+    port = free_port()
+    policy = svc_policy().replace("callers: [svc]", 'callers: [svc, "team-*"]')
+    server = serve(policy, stub.endpoint, metrics_listen=f"127.0.0.1:{port}")
+    with server.channel() as channel:
+        for name in ("svc", "team-a", f"team-{MARK}", "other"):
+            server.stub(channel).CheckUpdateUserAttributes(
+                attrs_request(POOL, [("given_name", "x")]), metadata=as_caller(name)
+            )
+    requests = scrape(port)["attrgate_requests_total"]
+    assert {labels["caller"] for labels, _ in requests} == {"svc", "team-*", "unmatched"}
+    assert total(requests, caller="team-*") == 2

@@ -195,14 +195,16 @@ def test_pool_metadata_is_described_once_only_for_allowed_requests(
 def test_pool_metadata_unavailable_fails_closed_unless_told_otherwise(
     serve: Serve, stub: CognitoStub, stub_credentials: None
 ) -> None:
-    stub.describe = error("InternalErrorException", status=500)
-    closed = serve(OPEN_POLICY, stub.endpoint)
-    outcome = update(closed, "us-east-1_Pool1", [("given_name", "x")])
-    assert isinstance(outcome, grpc.RpcError)
-    assert (rich(outcome).code, rich(outcome).info.reason) == (
-        grpc.StatusCode.UNAVAILABLE,
-        "POOL_METADATA_UNAVAILABLE",
-    )
+    closed = serve(OPEN_POLICY, stub.endpoint, pool_cache_ttl=0.0)
+    # A 5xx, and a 200 whose body is not a pool description (a garbling proxy).
+    for reply in (error("InternalErrorException", status=500), Reply(body={"Other": 1})):
+        stub.describe = reply
+        outcome = update(closed, "us-east-1_Pool1", [("given_name", "x")])
+        assert isinstance(outcome, grpc.RpcError)
+        assert (rich(outcome).code, rich(outcome).info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "POOL_METADATA_UNAVAILABLE",
+        )
     assert stub.calls() == []
     open_ = serve(OPEN_POLICY, stub.endpoint, pool_metadata_fail_open=True)
     assert isinstance(

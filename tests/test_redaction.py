@@ -63,7 +63,14 @@ def exercise(attrgate: pb_grpc.UserAttributesStub, cognito: CognitoStub) -> None
     carrying the markers; Cognito's errors echo them back."""
     echo = " ".join(MARKERS)
     caller = as_caller("svc")
-    attrgate.UpdateUserAttributes(request(given_name=GIVEN, phone_number=PHONE), metadata=caller)
+    # Trace headers are the caller's too: malformed ones the SDK would log verbatim.
+    traced = (
+        *caller,
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate", f"vendor={USER}!,{META} bad"),
+        ("baggage", f"user.id={USER},{GIVEN}=" + "x" * 9000),
+    )
+    attrgate.UpdateUserAttributes(request(given_name=GIVEN, phone_number=PHONE), metadata=traced)
     calls = [
         request(given_name=GIVEN, phone_number=PHONE),  # SMS limit refuses
         request(family_name=FAMILY * 10),  # policy: maxLength

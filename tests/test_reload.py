@@ -25,6 +25,7 @@ from support.rpc import as_caller, attrs_request
 from support.served import start_serve
 from support.waiting import wait_until
 
+REPO = Path(__file__).resolve().parent.parent
 POOL = "us-east-1_Pool1"
 GIVEN_ONLY = svc_policy("[{attribute: given_name}]")
 GIVEN_AND_FAMILY = svc_policy("[{attribute: given_name}, {attribute: family_name}]")
@@ -201,3 +202,36 @@ def test_a_sighup_while_starting_is_acted_on_once_serving_and_ignored_while_stop
         return list(results)
 
     assert asyncio.run(scenario()) == [True]
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (Linux: SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_a_sighup_during_start_up_neither_kills_nor_is_lost(tmp_path: Path) -> None:
+    """--local-cognito takes seconds to start: a HUP then (logrotate, a config reloader) used to
+    end the process. Also: seeding the emulator at DEBUG logs no seed user's data."""
+    port = free_port()
+    err = tmp_path / "err"
+    process = start_serve(
+        REPO / "policies", port, "--local-cognito", "--log-level", "DEBUG", output=tmp_path
+    )
+    try:
+        assert wait_until(lambda: _catches(process.pid, signal.SIGHUP), seconds=20)
+        assert "serving on port" not in err.read_text(), "started too fast to test start-up"
+        process.send_signal(signal.SIGHUP)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        assert wait_until(lambda: "policies reloaded" in err.read_text(), seconds=10)
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(10)
+    said = err.read_text()
+    assert "botocore" in said, "botocore's DEBUG logging was not on"
+    for seeded in ("ada@example.com", "Lovelace", "grace@example.com"):
+        assert seeded not in said

@@ -258,6 +258,32 @@ def test_the_largest_denial_still_names_every_field(server, pool: str) -> None:
             assert sorted(error.fields) == sorted(expected)
 
 
+@pytest.mark.parametrize("keys", [5, 20])
+def test_a_denial_of_non_ascii_names_reaches_the_caller_whole(server, pool: str, keys: int) -> None:
+    """Non-ASCII grows threefold in grpc-message and by a third in base64: the status must still
+    fit the 8 KiB trailer limit (it arrived as RESOURCE_EXHAUSTED), naming every field it can and
+    counting the rest."""
+    metadata = {f"{i:02d}" + "\U0001f600" * 62: "v" for i in range(keys)}
+    message = pb.UpdateUserAttributesRequest(
+        user_pool_id=pool,
+        username="ada",
+        user_attributes=[pb.AttributeType(name="given_name", value="Ada")],
+        client_metadata=metadata,
+    )
+    expected = {f"client_metadata.{k}" for k in metadata}
+    with server.channel() as channel:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as caught:
+                server.stub(channel).UpdateUserAttributes(message, metadata=CALLER, timeout=5)
+            error = rich(caught.value)
+            assert error.code == grpc.StatusCode.PERMISSION_DENIED
+            named = set(error.fields)
+            assert named <= expected
+            omitted = int(error.info.metadata.get("fields_omitted", "0"))
+            assert len(named) + omitted == keys
+            assert omitted == 0 or keys == 20
+
+
 def test_a_metadata_finding_is_never_mistaken_for_an_attribute(server, pool: str) -> None:
     # An attribute literally named like the metadata field path must keep its own violation.
     message = request(pool, metadata={"src": "x"})

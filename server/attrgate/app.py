@@ -9,6 +9,7 @@ import secrets
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,6 +45,7 @@ from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
     UpstreamConfigError,
+    quiet_botocore_bodies,
 )
 
 log = logging.getLogger("attrgate")
@@ -87,6 +89,7 @@ class App:
         """Bind and serve, or raise ConfigError. Health turns SERVING last."""
         settings = self.settings
         check(settings)
+        quiet_botocore_bodies()  # before anything calls AWS, the local emulator's seeding too
         assert settings.policies is not None
         policy_set = load_policies(settings.policies)
         if settings.local_cognito:
@@ -361,12 +364,17 @@ class App:
             self.local.stop()
 
 
-async def serve(settings: Settings, out: TextIO) -> None:
-    """Run until SIGTERM or SIGINT, then drain."""
+async def serve(
+    settings: Settings, out: TextIO, sighup_received: Callable[[], bool] = lambda: False
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain. `sighup_received`: whether a SIGHUP arrived
+    before this took the signal over (it is acted on once serving)."""
     app = App(settings, out)
     loop = asyncio.get_running_loop()
     # Installed before start: SIGHUP's default action would kill a server still starting.
     loop.add_signal_handler(signal.SIGHUP, app.reopen_and_reload)
+    if sighup_received():
+        app.reopen_and_reload()
     try:
         await app.start()
     except BaseException:

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -111,6 +113,9 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # SIGHUP's default action kills: until the server takes it over, remember one instead.
+    early_sighup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: early_sighup.set())
     from attrgate.app import serve
 
     try:
@@ -133,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _refuse(ConfigError(str(exc)))
     try:
-        asyncio.run(serve(settings, sys.stdout))
+        asyncio.run(serve(settings, sys.stdout, early_sighup.is_set))
     except ConfigError as exc:
         return _refuse(exc)
     finally:

@@ -1,8 +1,9 @@
 """OpenTelemetry metrics, served for Prometheus on --metrics-listen (/metrics).
 
 Every metric is named attrgate_*; labels are bounded: method, outcome, gRPC code, ErrorInfo
-reason, Cognito error code, and the caller only when some policy names it (anyone can present a
-name; only known callers get a series of their own). No usernames, no values.
+reason, Cognito error code, and a caller label drawn from the policies: the caller when a policy
+names it exactly, else the `callers` glob it matched, else `unmatched` (anyone can present any
+name, so only the policy set may mint series). No usernames, no values.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import View
 from prometheus_client import CollectorRegistry, start_http_server
 
 from attrgate.config import split_host_port
@@ -25,6 +27,7 @@ LATENCY_BUCKETS = (
     *(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 UNMATCHED_CALLER = "unmatched"
+CARDINALITY_LIMIT = 20_000
 EMPTY_POLICY_SET = PolicySet((), "")
 
 
@@ -32,7 +35,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._reader = PrometheusMetricReader(registry=self.registry)
-        self._provider = MeterProvider(metric_readers=[self._reader])
+        # Labels are bounded by the policy set, which may name thousands of callers: above the
+        # SDK's default of 2000 series a metric folds new ones into one unlabelled overflow.
+        everything = View(instrument_name="*", aggregation_cardinality_limit=CARDINALITY_LIMIT)
+        self._provider = MeterProvider(metric_readers=[self._reader], views=[everything])
         meter = self._meter = self._provider.get_meter("attrgate")
 
         def seconds(name: str, description: str) -> Histogram:
@@ -105,9 +111,8 @@ class Metrics:
     def observe(self, entry: Mapping[str, Any]) -> None:
         """Count one finished RPC from its decision-log entry."""
         method = str(entry.get("method", ""))
-        caller = str(entry.get("caller", ""))
-        if not (caller and self._serving().names_caller(caller)):
-            caller = UNMATCHED_CALLER
+        named = str(entry.get("caller", ""))
+        caller = (self._serving().caller_label(named) if named else None) or UNMATCHED_CALLER
         labels = {
             "method": method,
             "caller": str(caller),
@@ -146,7 +151,7 @@ class Metrics:
 
     def watch_policy_set(self, serving: Callable[[], PolicySet]) -> None:
         """Follow the serving policy set: attrgate_policy_set{revision} = its document count,
-        and the callers it names (the others share the `unmatched` label)."""
+        and the caller labels it allows."""
         self._serving = serving
 
         def observe(_: CallbackOptions) -> Iterable[Observation]:

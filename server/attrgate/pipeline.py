@@ -47,7 +47,7 @@ from attrgate.policy.engine import evaluate
 from attrgate.pools import PoolCache
 from attrgate.schema import pending_verification, schema_violations
 from attrgate.store.base import StoreUnavailable
-from attrgate.tracing import tracer
+from attrgate.tracing import start_span
 from attrgate.validate import validate_request
 
 log = logging.getLogger("attrgate.pipeline")
@@ -236,12 +236,12 @@ class Pipeline:
         policy_set = self.policy_set
         decision_id = self._new_id()
         revision = policy_set.revision
-        with tracer.start_as_current_span("attrgate.validate") as span:
+        with start_span("attrgate.validate") as span:
             problems = validate_request(request)
             span.set_attribute("attrgate.invalid_fields", len(problems))
         if problems:
             return Invalid(decision_id, revision, problems)
-        with tracer.start_as_current_span("attrgate.policy") as span:
+        with start_span("attrgate.policy") as span:
             verdict = evaluate(policy_set, caller.name, request)
             span.set_attribute("attrgate.allowed", verdict.allowed)
             span.set_attribute("attrgate.matched_policies", list(verdict.matched_policies))
@@ -276,7 +276,7 @@ class Pipeline:
         phone = _phone_of(request)
         if phone is None:
             return _Allowed(decision)
-        with tracer.start_as_current_span("attrgate.sms_guard") as span:
+        with start_span("attrgate.sms_guard") as span:
             # The set this request started with, even if a reload swapped another in since.
             guards = policy_set.guards.applicable(request.user_pool_id)
             assessed = await self._assess_sms(

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from attrgate.domain import PoolDescription, UpstreamResult
-from attrgate.tracing import tracer
+from attrgate.tracing import start_span
 
 Describe = Callable[[str], Awaitable[PoolDescription | UpstreamResult]]
 # Bounds memory against callers cycling through pool ids their policy's globs allow.
@@ -44,7 +44,7 @@ class PoolCache:
         return await asyncio.shield(task)
 
     async def _fetch(self, pool_id: str) -> PoolDescription | UpstreamResult:
-        with tracer.start_as_current_span("attrgate.pool_metadata") as span:
+        with start_span("attrgate.pool_metadata") as span:
             span.set_attribute("attrgate.user_pool_id", pool_id)
             result = await self._describe(pool_id)
         if isinstance(result, PoolDescription):

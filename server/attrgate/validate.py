@@ -15,7 +15,7 @@ USERNAME_MAX = 128
 ATTRIBUTE_NAME_MAX = 32
 ATTRIBUTE_VALUE_MAX = 2048
 # Bounds on what one request may carry. They keep a denial's details, which name every offending
-# field, inside the 8 KiB trailer gRPC clients accept (see api.errors.DETAILS_BUDGET); no real
+# field, inside the 8 KiB trailer gRPC clients accept (see api.errors.TRAILER_BUDGET); no real
 # update touches 50 attributes at once or passes 20 metadata keys to a Lambda trigger.
 ATTRIBUTES_MAX = 50
 METADATA_ENTRIES_MAX = 20

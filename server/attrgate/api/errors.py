@@ -24,10 +24,13 @@ from attrgate.domain import (
 from attrgate.reasons import DOMAIN, Reason
 
 DECISION_ID_METADATA = "x-attrgate-decision-id"
-# The details travel base64-encoded in one trailer, and gRPC clients refuse trailers past 8 KiB
-# (grpc.max_metadata_size). Above this many bytes the field violations lose their descriptions
-# and keep one (field, reason) per field, so every offending field is still named.
-DETAILS_BUDGET = 5 * 1024
+# gRPC clients refuse trailers past 8 KiB (grpc.max_metadata_size), and a status travels twice:
+# its message percent-encoded in grpc-message (3 bytes per non-ASCII byte), the whole Status
+# base64-encoded in grpc-status-details-bin. Past this many wire bytes for the two, the answer
+# degrades step by step: violations lose their descriptions (one per field, every field still
+# named); then the message stops naming fields; last, violations that do not fit are left out
+# and counted in ErrorInfo `fields_omitted`.
+TRAILER_BUDGET = 7 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,21 +44,43 @@ class ErrorStatus:
 
     def to_grpc(self, decision_id: str) -> GrpcError:
         status = self._status(decision_id, self.field_violations)
-        if status.ByteSize() > DETAILS_BUDGET:
+        if _wire_size(status) > TRAILER_BUDGET:
             status = self._status(decision_id, _compact(self.field_violations))
+        if _wire_size(status) > TRAILER_BUDGET:
+            status.message = f"{self.reason}: the BadRequest detail names the fields at fault"
+        if _wire_size(status) > TRAILER_BUDGET:
+            status = self._fitting(decision_id, status.message)
         grpc_status = rpc_status.to_status(status)
         trailing = (*grpc_status.trailing_metadata, (DECISION_ID_METADATA, decision_id))
         return GrpcError(grpc_status.code, grpc_status.details, trailing)
+
+    def _fitting(self, decision_id: str, message: str) -> status_pb2.Status:
+        """As many compacted violations as fit the budget, the rest counted."""
+        violations = _compact(self.field_violations)
+        kept = len(violations)
+        while True:
+            left_out = len(violations) - kept
+            omitted = {"fields_omitted": str(left_out)} if left_out else {}
+            status = self._status(decision_id, violations[:kept], omitted)
+            status.message = message
+            if kept == 0 or _wire_size(status) <= TRAILER_BUDGET:
+                return status
+            kept -= 1
 
     def _status(
         self,
         decision_id: str,
         field_violations: Sequence[error_details_pb2.BadRequest.FieldViolation],
+        more_metadata: Mapping[str, str] | None = None,
     ) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(
             reason=str(self.reason),
             domain=DOMAIN,
-            metadata={"decision_id": decision_id, **{k: v for k, v in self.metadata.items() if v}},
+            metadata={
+                "decision_id": decision_id,
+                **{k: v for k, v in self.metadata.items() if v},
+                **(more_metadata or {}),
+            },
         )
         details = [_pack(info)]
         if field_violations:
@@ -64,6 +89,13 @@ class ErrorStatus:
         return status_pb2.Status(
             code=getattr(code_pb2, self.code.name), message=self.message, details=details
         )
+
+
+def _wire_size(status: status_pb2.Status) -> int:
+    """Bytes of grpc-message (percent-encoded) plus grpc-status-details-bin (base64)."""
+    message = sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in status.message.encode())
+    details: int = status.ByteSize()
+    return message + (details + 2) // 3 * 4
 
 
 def _compact(

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
-from opentelemetry import propagate
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
@@ -31,7 +31,7 @@ from attrgate.api.record import DecisionRecord, UsernameHash
 from attrgate.domain import Caller, Forwarded, Invalid, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
-from attrgate.tracing import tracer
+from attrgate.tracing import start_span
 from attrgate.v1 import attrgate_pb2 as pb
 
 log = logging.getLogger("attrgate.api")
@@ -50,6 +50,7 @@ def header_identity(context: Context) -> Caller | None:
 
 
 SERVICE_NAME = "attrgate.v1.UserAttributes"
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
 class Malformed:
@@ -199,17 +200,15 @@ async def _answer(
 ) -> T:
     """Run `handle` in a server span that continues the caller's traceparent, turning an _Abort
     or an unexpected failure into a rich status, and log the decision whatever the ending."""
-    parent = propagate.extract(
-        {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-    )
-    # Exceptions are never recorded on spans: their text may carry request values.
-    with tracer.start_as_current_span(
-        f"{SERVICE_NAME}/{method}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+    # Only traceparent: the SDK logs malformed tracestate and baggage headers verbatim, and
+    # their content is the caller's (baggage often carries user ids).
+    carrier = {
+        k: v
+        for k, v in context.invocation_metadata() or ()
+        if k == "traceparent" and isinstance(v, str)
+    }
+    parent = _TRACE_CONTEXT.extract(carrier)
+    with start_span(f"{SERVICE_NAME}/{method}", kind=SpanKind.SERVER, context=parent) as span:
         record.entry["trace_id"] = format(span.get_span_context().trace_id, "032x")
         try:
             return await _handle(context, handle, record, recorder)

@@ -87,10 +87,11 @@ class PolicySet:
         """Documents in the set, guards included (as `attrgate check` counts them)."""
         return len(self.policies) + len(self.guards.guards)
 
-    def names_caller(self, caller: str) -> bool:
-        """Whether some policy's `callers` matches `caller`, whatever the pool."""
-        positions, _ = self._by_caller.match(caller)
-        return bool(positions)
+    def caller_label(self, caller: str) -> str | None:
+        """A name for `caller` drawn from the policies (so bounded by them, whatever callers
+        present): the caller when a policy names it exactly, else the first `callers` glob that
+        matches it, else None."""
+        return self._by_caller.pattern_of(caller)
 
     def lookup(self, caller: str, user_pool_id: str) -> Applicable:
         """The policies whose callers match `caller` and whose userPools match the pool, in load

@@ -7,7 +7,7 @@ literal prefix the text starts with, so thousands of unrelated globs cost nothin
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -23,9 +23,10 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 class _Glob(Generic[T]):
-    __slots__ = ("items", "regex")
+    __slots__ = ("items", "pattern", "regex")
 
     def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
         self.regex = glob_regex(pattern)
         self.items: list[T] = []
 
@@ -60,17 +61,27 @@ class GlobIndex(Generic[T]):
         had to be tried: the candidates examined."""
         found = list(self._exact.get(text, ()))
         tried = 0
+        for glob in self._candidates(text):
+            tried += 1
+            if glob.regex.fullmatch(text):
+                found.extend(glob.items)
+        return found, tried
+
+    def pattern_of(self, text: str) -> str | None:
+        """`text` itself when an exact pattern names it, else the first glob matching it (by
+        prefix length, then insertion), else None: a name drawn from the patterns only."""
+        if text in self._exact:
+            return text
+        return next((g.pattern for g in self._candidates(text) if g.regex.fullmatch(text)), None)
+
+    def _candidates(self, text: str) -> Iterator[_Glob[T]]:
+        """The globs whose literal prefix `text` starts with."""
         for length in self._prefix_lengths:
             if length > len(text):
                 break
             group = self._by_prefix.get(text[:length])
-            if group is None:
-                continue
-            for glob in group.values():
-                tried += 1
-                if glob.regex.fullmatch(text):
-                    found.extend(glob.items)
-        return found, tried
+            if group is not None:
+                yield from group.values()
 
 
 class PoolMatcher:

@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from attrgate.domain import (
     AttributeSchema,
@@ -29,7 +30,7 @@ from attrgate.domain import (
     UpstreamError,
     UpstreamResult,
 )
-from attrgate.tracing import tracer
+from attrgate.tracing import start_span
 
 # The deadline of the call running in this thread, so the retry hook can stop retrying for a
 # caller that has already gone (botocore has no per-call timeout).
@@ -235,7 +236,13 @@ class CognitoUpstream:
         response = self._call("DescribeUserPool", send, UserPoolId=pool_id)
         if isinstance(response, UpstreamResult):
             return response
-        return pool_description(pool_id, response["UserPool"])
+        try:
+            return pool_description(pool_id, response["UserPool"])
+        except (KeyError, TypeError, AttributeError, ValueError):
+            # An answer that is not a pool description (a garbling proxy): no metadata.
+            return UpstreamResult(
+                ok=False, error=UpstreamError.UNEXPECTED, error_code="MalformedResponse"
+            )
 
     def user_sub_blocking(self, pool_id: str, username: str) -> str | UpstreamResult:
         """The user's immutable `sub` (aliases and spellings of a username share it)."""
@@ -418,16 +425,13 @@ def pool_description(pool_id: str, pool: dict[str, Any]) -> PoolDescription:
     )
 
 
-def _span(operation: str) -> Any:
+def _span(operation: str) -> AbstractContextManager[Span]:
     """A client span for one Cognito call. It runs in an executor thread whose context was
-    copied from the request, so it is parented under the server span. Exceptions are not
-    recorded: botocore's messages may carry request values."""
-    return tracer.start_as_current_span(
+    copied from the request, so it is parented under the server span."""
+    return start_span(
         f"cognito-idp.{operation}",
         kind=SpanKind.CLIENT,
         attributes={"rpc.system": "aws-api", "rpc.service": "cognito-idp", "rpc.method": operation},
-        record_exception=False,
-        set_status_on_exception=False,
     )
 
 
