@@ -40,3 +40,4 @@ clean:
 # Benchmarks print measured figures beside a baseline; they are not part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_observability.py
