@@ -146,5 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    trace.set_tracer_provider(TracerProvider())  # attrgate's own tracer stays a no-op here
     main()

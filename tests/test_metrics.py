@@ -99,6 +99,8 @@ def test_requests_latency_and_cognito_errors_are_counted(
         for name in samples
         if not name.startswith(("target_info", "python_", "process_"))
     )
+    (resource,) = samples["target_info"]
+    assert resource[0]["service_name"] == "attrgate", "metrics and traces name one service"
     requests = samples["attrgate_requests_total"]
     assert total(requests, method="UpdateUserAttributes", caller="svc", code="OK") == 3
     # Invalid before any policy ran, yet from a caller the policies name: its own label.
@@ -224,7 +226,8 @@ def test_callers_matched_by_a_glob_share_its_label(
     """Anyone can present any name: a glob's callers are counted under the glob, so a caller
     cannot mint series (and push the metric past its cardinality limit)."""
     port = free_port()
-    policy = svc_policy().replace("callers: [svc]", 'callers: [svc, "team-*"]')
+    # An audit policy for everyone must not swallow the more specific glob's label.
+    policy = svc_policy().replace("callers: [svc]", 'callers: ["*", svc, "team-*"]')
     server = serve(policy, stub.endpoint, metrics_listen=f"127.0.0.1:{port}")
     with server.channel() as channel:
         for name in ("svc", "team-a", f"team-{MARK}", "other"):
@@ -232,5 +235,5 @@ def test_callers_matched_by_a_glob_share_its_label(
                 attrs_request(POOL, [("given_name", "x")]), metadata=as_caller(name)
             )
     requests = scrape(port)["attrgate_requests_total"]
-    assert {labels["caller"] for labels, _ in requests} == {"svc", "team-*", "unmatched"}
+    assert {labels["caller"] for labels, _ in requests} == {"svc", "team-*", "*"}
     assert total(requests, caller="team-*") == 2

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from attrgate.v1 import attrgate_pb2 as pb
 from support.attrgate_server import RunningServer
@@ -193,7 +194,7 @@ def test_pool_metadata_is_described_once_only_for_allowed_requests(
 
 
 def test_pool_metadata_unavailable_fails_closed_unless_told_otherwise(
-    serve: Serve, stub: CognitoStub, stub_credentials: None
+    serve: Serve, stub: CognitoStub, stub_credentials: None, spans: InMemorySpanExporter
 ) -> None:
     closed = serve(OPEN_POLICY, stub.endpoint, pool_cache_ttl=0.0)
     # A 5xx, and a 200 whose body is not a pool description (a garbling proxy).
@@ -206,6 +207,12 @@ def test_pool_metadata_unavailable_fails_closed_unless_told_otherwise(
             "POOL_METADATA_UNAVAILABLE",
         )
     assert stub.calls() == []
+    # The garbled answer is a failed call, not a successful one.
+    described = [s for s in spans.get_finished_spans() if s.name == "cognito-idp.DescribeUserPool"]
+    assert [(s.attributes or {}).get("attrgate.cognito.error_code") for s in described] == [
+        "InternalErrorException",
+        "MalformedResponse",
+    ]
     open_ = serve(OPEN_POLICY, stub.endpoint, pool_metadata_fail_open=True)
     assert isinstance(
         update(open_, "us-east-1_Pool1", [("given_name", "x")]), pb.UpdateUserAttributesResponse

@@ -8,6 +8,7 @@ import concurrent.futures
 import io
 import logging
 import signal
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -235,3 +236,37 @@ def test_a_sighup_during_start_up_neither_kills_nor_is_lost(tmp_path: Path) -> N
     assert "botocore" in said, "botocore's DEBUG logging was not on"
     for seeded in ("ada@example.com", "Lovelace", "grace@example.com"):
         assert seeded not in said
+
+
+def test_a_sighup_while_spans_are_flushed_at_exit_is_not_fatal(tmp_path: Path) -> None:
+    """After the drain, asyncio gives SIGHUP back its default (fatal) action, and flushing spans
+    to an unreachable collector takes seconds: a logrotate HUP then must not kill the process."""
+    (tmp_path / "p.yaml").write_text(GIVEN_ONLY)
+    port = free_port()
+    process = start_serve(
+        tmp_path / "p.yaml",
+        port,
+        "--grace",
+        "0.2",
+        output=tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="4",
+        OTEL_BSP_SCHEDULE_DELAY="60000",  # keep the span queued until shutdown
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+
+            pb_grpc.UserAttributesStub(channel).CheckUpdateUserAttributes(
+                attrs_request(POOL, [("given_name", "x")]), metadata=as_caller("svc")
+            )
+        process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: "shutting down" in (tmp_path / "err").read_text())
+        time.sleep(1.5)  # drained; the flush to the missing collector is under way
+        assert process.poll() is None, "exited before the flush window: nothing tested"
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

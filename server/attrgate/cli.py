@@ -142,6 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _refuse(exc)
     finally:
+        # asyncio.run gave SIGHUP back its default (fatal) action; the flush may take seconds.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if provider is not None:
             provider.shutdown()  # flush what is still batched
     return EXIT_OK

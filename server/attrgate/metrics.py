@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from attrgate.config import split_host_port
 from attrgate.domain import Reserved
 from attrgate.policy.compile import PolicySet
+from attrgate.tracing import service_resource
 
 # Decisions take tens of microseconds when nothing is fetched: the low buckets are theirs.
 LATENCY_BUCKETS = (
@@ -38,7 +39,9 @@ class Metrics:
         # Labels are bounded by the policy set, which may name thousands of callers: above the
         # SDK's default of 2000 series a metric folds new ones into one unlabelled overflow.
         everything = View(instrument_name="*", aggregation_cardinality_limit=CARDINALITY_LIMIT)
-        self._provider = MeterProvider(metric_readers=[self._reader], views=[everything])
+        self._provider = MeterProvider(
+            metric_readers=[self._reader], views=[everything], resource=service_resource()
+        )
         meter = self._meter = self._provider.get_meter("attrgate")
 
         def seconds(name: str, description: str) -> Histogram:

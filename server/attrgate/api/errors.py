@@ -55,17 +55,33 @@ class ErrorStatus:
         return GrpcError(grpc_status.code, grpc_status.details, trailing)
 
     def _fitting(self, decision_id: str, message: str) -> status_pb2.Status:
-        """As many compacted violations as fit the budget, the rest counted."""
+        """As many compacted violations as fit the budget, the rest counted; failing even that
+        (long upstream metadata, many extra details), the bare reason."""
         violations = _compact(self.field_violations)
-        kept = len(violations)
-        while True:
+        for kept in range(len(violations), -1, -1):
             left_out = len(violations) - kept
             omitted = {"fields_omitted": str(left_out)} if left_out else {}
             status = self._status(decision_id, violations[:kept], omitted)
-            status.message = message
-            if kept == 0 or _wire_size(status) <= TRAILER_BUDGET:
+            status.message = (
+                f"{self.reason}: {len(violations)} fields at fault, {left_out} not named "
+                "(ErrorInfo fields_omitted)"
+                if left_out
+                else message
+            )
+            if _wire_size(status) <= TRAILER_BUDGET:
                 return status
-            kept -= 1
+        info = error_details_pb2.ErrorInfo(
+            reason=str(self.reason),
+            domain=DOMAIN,
+            metadata={
+                "decision_id": decision_id,
+                "policy_revision": self.metadata.get("policy_revision", ""),
+                "fields_omitted": str(len(violations)),
+            },
+        )
+        return status_pb2.Status(
+            code=getattr(code_pb2, self.code.name), message=str(self.reason), details=[_pack(info)]
+        )
 
     def _status(
         self,

@@ -84,6 +84,8 @@ class SmsCounting:
                 self.store.release(reservation_id, [c.counter for c in charges]), self._timeout
             )
         except (TimeoutError, StoreUnavailable):
+            # The store may still finish the release; reporting none over-reports spending,
+            # the safe side for a budget.
             log.warning("could not release SMS reservation %s; it stays counted", reservation_id)
             return []
         return [c for c, gone in zip(charges, removed, strict=True) if gone]

@@ -68,16 +68,21 @@ class GlobIndex(Generic[T]):
         return found, tried
 
     def pattern_of(self, text: str) -> str | None:
-        """`text` itself when an exact pattern names it, else the first glob matching it (by
-        prefix length, then insertion), else None: a name drawn from the patterns only."""
+        """`text` itself when an exact pattern names it, else the matching glob with the
+        longest literal prefix (`profile-*` before `*`), else None: a name drawn from the
+        patterns only."""
         if text in self._exact:
             return text
-        return next((g.pattern for g in self._candidates(text) if g.regex.fullmatch(text)), None)
+        found = self._candidates(text, longest_first=True)
+        return next((g.pattern for g in found if g.regex.fullmatch(text)), None)
 
-    def _candidates(self, text: str) -> Iterator[_Glob[T]]:
+    def _candidates(self, text: str, longest_first: bool = False) -> Iterator[_Glob[T]]:
         """The globs whose literal prefix `text` starts with."""
-        for length in self._prefix_lengths:
+        lengths = reversed(self._prefix_lengths) if longest_first else self._prefix_lengths
+        for length in lengths:
             if length > len(text):
+                if longest_first:
+                    continue
                 break
             group = self._by_prefix.get(text[:length])
             if group is not None:

@@ -126,9 +126,17 @@ def classify_client_error(error: botocore.exceptions.ClientError) -> UpstreamRes
     )
 
 
+class MalformedResponse(Exception):
+    """Cognito (or something on the way) answered 200 with a body that is not the answer."""
+
+
 def classify_exception(error: BaseException) -> UpstreamResult:
     if isinstance(error, botocore.exceptions.ClientError):
         return classify_client_error(error)
+    if isinstance(error, MalformedResponse):
+        return UpstreamResult(
+            ok=False, error=UpstreamError.UNEXPECTED, error_code="MalformedResponse"
+        )
     if isinstance(
         error,
         botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError,
@@ -232,17 +240,19 @@ class CognitoUpstream:
 
     def describe_user_pool_blocking(self, pool_id: str) -> PoolDescription | UpstreamResult:
         """The pool's schema and verification settings, or the classified error."""
-        send = self.client.describe_user_pool
+
+        def send(**kwargs: Any) -> dict[str, Any]:
+            response = self.client.describe_user_pool(**kwargs)
+            try:  # parsed within the call, so a garbled answer counts as a failed call
+                return {"pool": pool_description(pool_id, response["UserPool"])}
+            except (KeyError, TypeError, AttributeError, ValueError):
+                raise MalformedResponse from None
+
         response = self._call("DescribeUserPool", send, UserPoolId=pool_id)
         if isinstance(response, UpstreamResult):
             return response
-        try:
-            return pool_description(pool_id, response["UserPool"])
-        except (KeyError, TypeError, AttributeError, ValueError):
-            # An answer that is not a pool description (a garbling proxy): no metadata.
-            return UpstreamResult(
-                ok=False, error=UpstreamError.UNEXPECTED, error_code="MalformedResponse"
-            )
+        pool: PoolDescription = response["pool"]
+        return pool
 
     def user_sub_blocking(self, pool_id: str, username: str) -> str | UpstreamResult:
         """The user's immutable `sub` (aliases and spellings of a username share it)."""
