@@ -46,14 +46,23 @@ def start_span(
 log = logging.getLogger("attrgate.tracing")
 
 
+def _otlp_endpoint(environ: Mapping[str, str]) -> str:
+    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
+
+
+def _otlp_protocol(environ: Mapping[str, str]) -> str:
+    return environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    )
+
+
 def exporters_wanted(environ: Mapping[str, str]) -> list[str]:
     named = [e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
     if named:
         return [e for e in named if e != "none"]
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    return ["otlp"] if endpoint else []
+    return ["otlp"] if _otlp_endpoint(environ) else []
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
@@ -61,9 +70,7 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
         return ConsoleSpanExporter()
     if name != "otlp":
         raise ValueError(f"OTEL_TRACES_EXPORTER={name!r} is not otlp, console or none")
-    protocol = environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    )
+    protocol = _otlp_protocol(environ)
     # Endpoint, headers, TLS and compression come from the OTEL_* variables in both exporters.
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -111,15 +118,9 @@ def _describe(name: str, environ: Mapping[str, str]) -> str:
     """Where spans go, for the start-up log (no credentials: only scheme, host and port)."""
     if name != "otlp":
         return name
-    protocol = environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    )
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
-    )
     try:
-        url = urllib.parse.urlsplit(endpoint)
+        url = urllib.parse.urlsplit(_otlp_endpoint(environ))
         where = f"{url.scheme}://{url.hostname}:{url.port or ''}" if url.hostname else "default"
     except ValueError:
         where = "an endpoint that is not a URL"
-    return f"OTLP over {protocol} to {where}"
+    return f"OTLP over {_otlp_protocol(environ)} to {where}"
