@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, Reply, describe_reply, error
 from support.moto_cognito import free_port
 from support.policies import svc_policy
+from support.prometheus import Samples, metrics_text, samples_of, total
 from support.rpc import as_caller, attrs_request
 from support.waiting import wait_until
 
@@ -33,19 +32,10 @@ spec:
 """
 
 
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
+def scrape(port: int) -> Samples:
+    text = metrics_text(port)
     assert MARK not in text
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def total(samples: list[tuple[dict[str, str], float]], **labels: str) -> float:
-    return sum(v for found, v in samples if all(found.get(k) == x for k, x in labels.items()))
+    return samples_of(text)
 
 
 def serve_sms(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, describe_reply, error
 from support.moto_cognito import free_port
 from support.policies import svc_policy
+from support.prometheus import metrics_text
 from support.rpc import as_caller
 from support.served import start_serve
 
@@ -124,10 +124,7 @@ def test_no_marker_leaves_the_process(
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
             exercise(pb_grpc.UserAttributesStub(channel), stub)
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
-        ) as answer:
-            metrics = answer.read().decode()
+        metrics = metrics_text(metrics_port)
         time.sleep(0.3)  # let the batch span processor print
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
@@ -174,8 +171,7 @@ def test_no_marker_in_log_records_spans_or_metrics_of_an_in_process_server(
     )
     with server.channel() as channel:
         exercise(server.stub(channel), stub)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        metrics = answer.read().decode()
+    metrics = metrics_text(port)
     server.stop()
 
     formatter = logging.Formatter()

@@ -9,19 +9,18 @@ import io
 import logging
 import signal
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from attrgate.app import App
 from support.attrgate_server import RunningServer, settings_for
 from support.cognito_stub import CognitoStub, describe_reply
 from support.moto_cognito import free_port
 from support.policies import svc_policy
+from support.prometheus import metrics_text, samples_of
 from support.rpc import as_caller, attrs_request
 from support.served import start_serve
 from support.waiting import wait_until
@@ -57,15 +56,10 @@ def family_name_code(server: RunningServer) -> grpc.StatusCode:
 
 
 def reloads(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "attrgate_policy_reloads_total":
-                found[sample.labels["result"]] = sample.value
-            if sample.name == "attrgate_policy_set":
-                found["revision:" + sample.labels["revision"]] = sample.value
+    samples = samples_of(metrics_text(port))
+    found = {labels["result"]: v for labels, v in samples["attrgate_policy_reloads_total"]}
+    for labels, v in samples["attrgate_policy_set"]:
+        found["revision:" + labels["revision"]] = v
     return found
 
 
