@@ -25,7 +25,7 @@ ENV PATH=/opt/attrgate/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/attrgate
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY server/ server/
 # The cache mount keeps pip's downloads out of the layer and reuses them across builds.
 RUN --mount=type=cache,target=/root/.cache/pip \

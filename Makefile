@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# `make run LISTEN=127.0.0.1:6000 ADMIN=127.0.0.1:6001` when the default ports are taken.
+LISTEN ?= 127.0.0.1:50051
+ADMIN ?= 127.0.0.1:50052
 
 .PHONY: run test lint typecheck unit proto bench clean
 
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(BIN)/attrgate serve --local-cognito --insecure --policies policies --region us-east-1 \
-		--listen 127.0.0.1:50051 --admin-listen 127.0.0.1:50052
+		--listen $(LISTEN) --admin-listen $(ADMIN)
 
 test: lint typecheck unit
 
