@@ -488,8 +488,10 @@ def test_call_interrupted_exits_130_without_a_traceback() -> None:
         silent.listen()
         target = f"127.0.0.1:{silent.getsockname()[1]}"
         call = subprocess.Popen(
-            [*ATTRGATE, "call", "--target", target, "--caller", "svc", "--pool", "p_1"]
-            + ["--user", "ada", "--timeout", "60", "given_name=Ada"],
+            [
+                *(*ATTRGATE, "call", "--target", target, "--caller", "svc", "--pool", "p_1"),
+                *("--user", "ada", "--timeout", "60", "given_name=Ada"),
+            ],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
