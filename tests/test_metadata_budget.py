@@ -5,7 +5,6 @@ recorder; the stub, which alone can throttle)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from support.cognito_stub import CognitoStub, describe_reply, error
 from support.moto_cognito import MotoCognito, free_port
 from support.prometheus import metrics_text, samples_of, total
 from support.rpc import as_caller, attrs_request, rich
-from support.waiting import wait_until
+from support.waiting import json_lines
 
 Serve = Callable[..., RunningServer]
 POLICY = """
@@ -86,12 +85,32 @@ def retry_delay(answer: grpc.RpcError) -> float:
     return retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
 
 
-def log_entries(path: Path, count: int) -> list[dict[str, Any]]:
-    def lines() -> list[str]:
-        return path.read_text().splitlines() if path.exists() else []
-
-    assert wait_until(lambda: len(lines()) >= count), f"expected {count} entries in {path}"
-    return [json.loads(line) for line in lines()]
+def bounded_spend(
+    server: RunningServer,
+    moto: MotoCognito,
+    made_up: list[pb.UpdateUserAttributesRequest],
+    operation: str,
+    not_found: str,
+    lookup: str,
+) -> int:
+    """Send the made-up requests at once: moto receives at most the burst plus the rate over the
+    time taken of `operation` calls, each answered `not_found`; every other request is refused
+    without any call. How many calls went out."""
+    with moto.recording():
+        started = time.monotonic()
+        answers = send(server, made_up)
+        elapsed = time.monotonic() - started
+        calls = moto.received(operation)
+        assert moto.received("AdminUpdateUserAttributes") == 0
+    found = reasons(answers)
+    assert found.count(not_found) == calls
+    assert found.count("METADATA_LOOKUP_LIMITED") == len(made_up) - calls
+    assert BURST <= calls <= BURST + RATE * elapsed + 1, (calls, elapsed)
+    limited = next(a for a in answers if rich(a).info.reason == "METADATA_LOOKUP_LIMITED")
+    assert rich(limited).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rich(limited).info.metadata["lookup"] == lookup
+    assert 0 < retry_delay(limited) <= 1 / RATE
+    return calls
 
 
 # --- made-up pools ----------------------------------------------------------------------------
@@ -103,24 +122,12 @@ def test_made_up_pools_cost_at_most_the_burst_plus_the_rate(
     port, log = free_port(), tmp_path / "decisions.log"
     server = serve(POLICY, moto.endpoint, metrics_listen=f"127.0.0.1:{port}", decision_log=str(log))
     made_up = [attrs_request(f"us-east-1_Fake{i}", [("given_name", "x")]) for i in range(200)]
-    with moto.recording():
-        started = time.monotonic()
-        answers = send(server, made_up)
-        elapsed = time.monotonic() - started
-        described = moto.received("DescribeUserPool")
-        assert moto.received("AdminUpdateUserAttributes") == 0
-    found = reasons(answers)
-    # Every call answered not-found, every other request was refused without one.
-    assert found.count("COGNITO_RESOURCE_NOT_FOUND") == described
-    assert found.count("METADATA_LOOKUP_LIMITED") == 200 - described
-    assert BURST <= described <= BURST + RATE * elapsed + 1, (described, elapsed)
-    limited = next(a for a in answers if rich(a).info.reason == "METADATA_LOOKUP_LIMITED")
-    assert rich(limited).code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert rich(limited).info.metadata["lookup"] == "pool_metadata"
-    assert 0 < retry_delay(limited) <= 1 / RATE
+    described = bounded_spend(
+        server, moto, made_up, "DescribeUserPool", "COGNITO_RESOURCE_NOT_FOUND", "pool_metadata"
+    )
 
     # The decision log and the metrics see the refusals like any other outcome.
-    entries = log_entries(log, 200)
+    entries = json_lines(log, 200)
     refused = [e for e in entries if e.get("reason") == "METADATA_LOOKUP_LIMITED"]
     assert len(refused) == 200 - described
     assert {(e["outcome"], e["status"], e["limited"]) for e in refused} == {
@@ -230,19 +237,7 @@ def test_made_up_users_cost_at_most_the_burst_plus_the_rate(
     made_up = [
         attrs_request(pool, [("phone_number", US)], username=f"ghost{i}") for i in range(100)
     ]
-    with moto.recording():
-        started = time.monotonic()
-        answers = send(server, made_up)
-        elapsed = time.monotonic() - started
-        looked_up = moto.received("AdminGetUser")
-        assert moto.received("DescribeUserPool") == 1
-        assert moto.received("AdminUpdateUserAttributes") == 0
-    found = reasons(answers)
-    assert found.count("COGNITO_USER_NOT_FOUND") == looked_up
-    assert found.count("METADATA_LOOKUP_LIMITED") == 100 - looked_up
-    assert BURST <= looked_up <= BURST + RATE * elapsed + 1, (looked_up, elapsed)
-    limited = next(a for a in answers if rich(a).info.reason == "METADATA_LOOKUP_LIMITED")
-    assert rich(limited).info.metadata["lookup"] == "user_lookup"
+    bounded_spend(server, moto, made_up, "AdminGetUser", "COGNITO_USER_NOT_FOUND", "user_lookup")
 
 
 def test_a_user_that_does_not_exist_is_denied_by_the_user_stage(
@@ -265,7 +260,7 @@ def test_a_user_that_does_not_exist_is_denied_by_the_user_stage(
         )
     assert (decision.allowed, decision.denied_by) == (False, "user")
     assert [v.reason for v in decision.violations] == ["USER_NOT_FOUND"]
-    entries = log_entries(log, 2)
+    entries = json_lines(log, 2)
     assert [(e["outcome"], e.get("denied_by")) for e in entries] == [("denied", "user")] * 2
 
 
