@@ -33,6 +33,7 @@ from attrgate.domain import PoolDescription, UpstreamResult
 from attrgate.guards.counting import SmsCounting
 from attrgate.guards.sms import Hasher
 from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
+from attrgate.lookups import LookupBudget
 from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet, compile_policy_set
@@ -47,6 +48,7 @@ from attrgate.upstream.cognito import (
     UpstreamConfigError,
     quiet_botocore_bodies,
 )
+from attrgate.users import UserSubs
 
 log = logging.getLogger("attrgate")
 LOCAL_DEFAULT_REGION = "us-east-1"
@@ -110,11 +112,22 @@ class App:
         async def user_sub(pool_id: str, username: str) -> str | UpstreamResult:
             return await upstream.run(upstream.user_sub_blocking, pool_id, username)
 
+        # One budget for both lookups: a caller's made-up pools and users spend the same tokens.
+        budget = LookupBudget(settings.metadata_lookup_rate, settings.metadata_lookup_burst)
+        pools = PoolCache(
+            describe,
+            budget=budget,
+            ttl=settings.pool_cache_ttl,
+            negative_ttl=settings.pool_negative_ttl,
+            stale=settings.pool_cache_stale,
+            observe=self.metrics.metadata_lookup,
+        )
+        users = UserSubs(user_sub, budget=budget, observe=self.metrics.metadata_lookup)
         pipeline = self._pipeline = Pipeline(
             policy_set,
             upstream,
-            PoolCache(describe, settings.pool_cache_ttl),
-            user_sub,
+            pools,
+            users,
             self._sms,
             settings.pool_metadata_fail_open,
             sms_events=self.metrics,

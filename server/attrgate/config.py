@@ -42,6 +42,10 @@ class Settings:
     max_receive_bytes: int = 64 * 1024
     grace: float = 10.0
     pool_cache_ttl: float = 300.0
+    pool_negative_ttl: float = 60.0
+    pool_cache_stale: float = 3600.0
+    metadata_lookup_rate: float = 5.0
+    metadata_lookup_burst: int = 10
     pool_metadata_fail_open: bool = False
     state: str | None = None
     redis_url: str | None = None
@@ -89,6 +93,12 @@ _HELP = {
     "max_receive_bytes": "largest gRPC request accepted, in bytes",
     "grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
     "pool_cache_ttl": "seconds a DescribeUserPool answer is reused",
+    "pool_negative_ttl": "seconds a pool DescribeUserPool did not find stays not found (no call)",
+    "pool_cache_stale": "seconds past --pool-cache-ttl a pool's description still serves while "
+    "DescribeUserPool fails (throttled, unreachable); 0: never stale",
+    "metadata_lookup_rate": "DescribeUserPool/AdminGetUser lookups not answered from cache per "
+    "second and caller; lookups that find their pool or user give theirs back",
+    "metadata_lookup_burst": "lookups a caller may make at once (the bucket's size)",
     "pool_metadata_fail_open": "when a pool cannot be described, forward without schema checks "
     "(and count any phone_number write as SMS-triggering) instead of failing UNAVAILABLE",
     "state": "SQLite file for SMS guard counts (embedded; survives restarts)",
@@ -224,8 +234,16 @@ def check(settings: Settings) -> None:
         )
     if settings.hmac_key_file and not os.path.isfile(settings.hmac_key_file):
         raise ConfigError(f"cannot read {settings.hmac_key_file}: no such file")
-    if not math.isfinite(settings.pool_cache_ttl) or settings.pool_cache_ttl < 0:
-        raise ConfigError("--pool-cache-ttl must be a non-negative number of seconds")
+    for name in ("pool_cache_ttl", "pool_negative_ttl", "pool_cache_stale"):
+        value = getattr(settings, name)
+        if not math.isfinite(value) or value < 0:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a non-negative number of seconds, not {value}")
+    rate = settings.metadata_lookup_rate
+    if not math.isfinite(rate) or rate <= 0:
+        raise ConfigError(f"--metadata-lookup-rate must be a positive number, not {rate}")
+    if settings.metadata_lookup_burst < 1:
+        raise ConfigError("--metadata-lookup-burst must be at least 1")
     if settings.decision_log_queue < 1:
         raise ConfigError("--decision-log-queue must be at least 1")
     if settings.max_receive_bytes < 1024:

@@ -220,13 +220,24 @@ class Unavailable:
 
 
 @dataclass(frozen=True, slots=True)
+class LookupLimited:
+    """A Cognito metadata lookup the caller's lookup budget does not cover: refused before any
+    call was sent."""
+
+    decision_id: str
+    policy_revision: str
+    lookup: str  # "pool_metadata", "user_lookup"
+    retry_after: float  # seconds until the caller's budget covers another lookup
+
+
+@dataclass(frozen=True, slots=True)
 class Forwarded:
     decision: Decision
     upstream: UpstreamResult
     decided_at: float  # time.perf_counter() when the decision was made, before forwarding
 
 
-Outcome = Invalid | Unavailable | Decision | Forwarded
+Outcome = Invalid | Unavailable | LookupLimited | Decision | Forwarded
 
 
 @dataclass(frozen=True, slots=True)

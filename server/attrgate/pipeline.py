@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -21,6 +21,7 @@ from attrgate.domain import (
     Decision,
     Forwarded,
     Invalid,
+    LookupLimited,
     PoolDescription,
     Reserved,
     SmsAssessment,
@@ -42,12 +43,14 @@ from attrgate.guards.sms import (
     parse_phone,
     triggers_sms,
 )
+from attrgate.lookups import OverBudget
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.engine import evaluate
 from attrgate.pools import PoolCache
 from attrgate.schema import pending_verification, schema_violations
 from attrgate.store.base import StoreUnavailable
 from attrgate.tracing import start_span
+from attrgate.users import UserSubs
 from attrgate.validate import validate_request
 
 log = logging.getLogger("attrgate.pipeline")
@@ -61,9 +64,6 @@ class Upstream(Protocol):
         on_result: Callable[[UpstreamResult], None],
         sms_write: bool = False,
     ) -> asyncio.Future[UpstreamResult]: ...
-
-
-UserSub = Callable[[str, str], Awaitable[str | UpstreamResult]]
 
 
 def new_decision_id() -> str:
@@ -138,7 +138,7 @@ class Pipeline:
         policy_set: PolicySet,
         upstream: Upstream,
         pools: PoolCache,
-        user_sub: UserSub,
+        users: UserSubs,
         sms: SmsCounting | None = None,
         pool_metadata_fail_open: bool = False,
         new_id: Callable[[], str] = new_decision_id,
@@ -149,7 +149,7 @@ class Pipeline:
         self._sms_events = sms_events or _NoSmsEvents()
         self._upstream = upstream
         self._pools = pools
-        self._user_sub = user_sub
+        self._users = users
         self._sms = sms
         self._fail_open = pool_metadata_fail_open
         self._new_id = new_id
@@ -157,14 +157,14 @@ class Pipeline:
 
     async def check(
         self, caller: Caller, request: UpdateRequest
-    ) -> Invalid | Unavailable | Decision:
+    ) -> Invalid | Unavailable | LookupLimited | Decision:
         """Decide without forwarding or consuming anything (CheckUpdateUserAttributes)."""
         assessed = await self._assess(caller, request, consume=False)
         return assessed.decision if isinstance(assessed, _Allowed) else assessed
 
     async def update(
         self, caller: Caller, request: UpdateRequest, deadline: float | None
-    ) -> Invalid | Unavailable | Decision | Forwarded:
+    ) -> Invalid | Unavailable | LookupLimited | Decision | Forwarded:
         assessed = await self._assess(caller, request, consume=True)
         if not isinstance(assessed, _Allowed):
             return assessed
@@ -232,7 +232,7 @@ class Pipeline:
 
     async def _assess(
         self, caller: Caller, request: UpdateRequest, consume: bool
-    ) -> Invalid | Unavailable | Decision | _Allowed:
+    ) -> Invalid | Unavailable | LookupLimited | Decision | _Allowed:
         policy_set = self.policy_set
         decision_id = self._new_id()
         revision = policy_set.revision
@@ -257,8 +257,12 @@ class Pipeline:
         if not verdict.allowed:
             return decision
 
-        # Only allowed requests reach Cognito for metadata: no quota spent on made-up pools.
-        described = await self._pools.get(request.user_pool_id)
+        # Only allowed requests reach Cognito for metadata, and a miss is paid for from the
+        # caller's lookup budget: no quota spent on made-up pools. Over budget, even
+        # --pool-metadata-fail-open refuses (forwarding would spend an update on a made-up pool).
+        described = await self._pools.get(request.user_pool_id, caller.name)
+        if isinstance(described, OverBudget):
+            return LookupLimited(decision_id, revision, "pool_metadata", described.retry_after)
         pool: PoolDescription | None = None
         if isinstance(described, UpstreamResult):
             if described.error == UpstreamError.RESOURCE_NOT_FOUND:
@@ -297,7 +301,7 @@ class Pipeline:
         phone: Phone,
         guards: Sequence[CompiledGuard],
         consume: bool,
-    ) -> Unavailable | Decision | _Allowed:
+    ) -> Unavailable | LookupLimited | Decision | _Allowed:
         triggers = triggers_sms(pool, request)
         # The country rule holds for every write of phone_number: a number set as verified
         # still receives MFA and password-reset messages later.
@@ -327,7 +331,11 @@ class Pipeline:
 
         user_sub = None
         if any(g.needs_user for g in guards):
-            found = await self._user_sub(request.user_pool_id, request.username)
+            found = await self._users.get((request.user_pool_id, request.username), caller.name)
+            if isinstance(found, OverBudget):
+                return LookupLimited(
+                    decision.decision_id, decision.policy_revision, "user_lookup", found.retry_after
+                )
             if isinstance(found, UpstreamResult):
                 if found.error == UpstreamError.USER_NOT_FOUND:
                     return _deny(decision, Stage.USER, (_USER_NOT_FOUND,))

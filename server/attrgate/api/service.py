@@ -22,13 +22,14 @@ from attrgate.api.errors import (
     denied,
     internal_error,
     invalid_request,
+    lookup_limited,
     malformed_request,
     unauthenticated,
     unavailable,
     upstream_failed,
 )
 from attrgate.api.record import DecisionRecord, UsernameHash
-from attrgate.domain import Caller, Forwarded, Invalid, Unavailable
+from attrgate.domain import Caller, Forwarded, Invalid, LookupLimited, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
 from attrgate.tracing import start_span
@@ -131,6 +132,9 @@ class UserAttributesService:
             if isinstance(outcome, Unavailable):
                 record.unavailable(outcome)
                 raise _Abort(unavailable(outcome), outcome.decision_id)
+            if isinstance(outcome, LookupLimited):
+                record.limited(outcome)
+                raise _Abort(lookup_limited(outcome), outcome.decision_id)
             if not isinstance(outcome, Forwarded):
                 record.decision(outcome, domain_request)
                 raise _Abort(denied(outcome, domain_request, _now_ms()), outcome.decision_id)
@@ -172,6 +176,9 @@ class UserAttributesService:
             if isinstance(decided, Unavailable):
                 record.unavailable(decided)
                 raise _Abort(unavailable(decided, check=True), decided.decision_id)
+            if isinstance(decided, LookupLimited):
+                record.limited(decided)
+                raise _Abort(lookup_limited(decided), decided.decision_id)
             record.decision(decided, domain_request)
             context.set_trailing_metadata(((DECISION_ID_METADATA, decided.decision_id),))
             return decision_to_proto(decided)
