@@ -18,8 +18,10 @@ from attrgate.domain import PoolDescription, UpstreamResult
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import compile_policy_set
 from attrgate.policy.load import load_policy_set
+from attrgate.lookups import LookupBudget
 from attrgate.pools import PoolCache
 from attrgate.upstream.cognito import CognitoSettings, CognitoUpstream
+from attrgate.users import UserSubs
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer
@@ -127,7 +129,13 @@ def test_an_unforeseen_failure_is_internal_error_and_leaks_nothing(
 
     async def scenario() -> grpc.aio.AioRpcError:
         upstream = CognitoUpstream(CognitoSettings("us-east-1", moto.endpoint, threads=2))
-        pipeline = Pipeline(policy_set, upstream, PoolCache(describe, 60), user_sub)
+        budget = LookupBudget(5, 10)
+        pipeline = Pipeline(
+            policy_set,
+            upstream,
+            PoolCache(describe, budget=budget, ttl=60),
+            UserSubs(user_sub, budget=budget),
+        )
         server = grpc.aio.server()
         add_to_server(UserAttributesService(pipeline, header_identity), server)
         port = server.add_insecure_port("127.0.0.1:0")
