@@ -15,10 +15,10 @@ import pytest
 
 from attrgate.api.service import UserAttributesService, add_to_server, header_identity
 from attrgate.domain import PoolDescription, UpstreamResult
+from attrgate.lookups import LookupBudget
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import compile_policy_set
 from attrgate.policy.load import load_policy_set
-from attrgate.lookups import LookupBudget
 from attrgate.pools import PoolCache
 from attrgate.upstream.cognito import CognitoSettings, CognitoUpstream
 from attrgate.users import UserSubs
