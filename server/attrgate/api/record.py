@@ -108,6 +108,12 @@ class DecisionRecord:
         self.entry["outcome"] = "unavailable"
         self.entry["unavailable"] = outcome.dependency
 
+    def shutting_down(self) -> None:
+        """Refused before anything was decided: the server is draining."""
+        self.decided()
+        self.entry["outcome"] = "unavailable"
+        self.entry["unavailable"] = "shutting_down"
+
     def upstream(self, result: UpstreamResult) -> None:
         self.entry["cognito"] = {
             "ok": result.ok,
