@@ -221,11 +221,11 @@ class CognitoUpstream:
     def _run(
         self, request: UpdateRequest, deadline: float | None, call: PendingCall, sms_write: bool
     ) -> UpstreamResult:
-        if call.gone():
-            result = _NOT_SENT
-        elif deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None and time.monotonic() >= deadline:
             # The caller gave up while this call waited for a thread: never send a stale write.
             result = _DEADLINE_PASSED
+        elif call.gone():
+            result = _NOT_SENT
         else:
             enter_scope(CallScope(deadline, sms_write, call.gone))
             result = self._update_blocking(request)
