@@ -165,12 +165,20 @@ class Pipeline:
         return assessed.decision if isinstance(assessed, _Allowed) else assessed
 
     async def update(
-        self, caller: Caller, request: UpdateRequest, deadline: float | None
+        self,
+        caller: Caller,
+        request: UpdateRequest,
+        deadline: float | None,
+        forwarding: Callable[[Decision, float], None] | None = None,
     ) -> Invalid | Unavailable | Decision | Forwarded:
+        """`forwarding` hears the decision (and when it was made) before the call goes to
+        Cognito, so a caller cancelled while it runs still has its decision logged."""
         assessed = await self._assess(caller, request, consume=True)
         if not isinstance(assessed, _Allowed):
             return assessed
         decided, decided_at = assessed.decision, time.perf_counter()
+        if forwarding is not None:
+            forwarding(decided, decided_at)
         sms_write = bool(decided.sms and decided.sms.triggers_sms)
         remaining = None if deadline is None else deadline - time.monotonic()
         try:

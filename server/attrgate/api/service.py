@@ -128,7 +128,12 @@ class UserAttributesService:
             caller = self._caller(context, record)
             domain_request = request_from_proto(_decoded(request, record))
             record.request(domain_request)
-            outcome = await self._pipeline.update(caller, domain_request, _deadline(context))
+            outcome = await self._pipeline.update(
+                caller,
+                domain_request,
+                _deadline(context),
+                lambda decision, at: record.decision(decision, domain_request, at),
+            )
             if isinstance(outcome, Invalid):
                 record.invalid(outcome)
                 raise _Abort(
