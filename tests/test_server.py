@@ -396,15 +396,16 @@ def _code(future: grpc.Future) -> str:
 def test_sigterm_lets_every_call_in_flight_finish_normally(
     calls: int, served: Callable[..., Served], stub: CognitoStub
 ) -> None:
-    """SIGTERM with --grace 5 while `calls` calls wait for a slow Cognito: gRPC's own shutdown
-    used to kill 40 % (CANCELLED within 20 ms, no decision-log entry). Every one must get its
-    normal answer and its decision-log line, and the process exit 0 within the grace."""
+    """SIGTERM with --grace 5 while `calls` calls are in flight against a slow Cognito, most of
+    them still queued in gRPC's core (it hands calls over one at a time): gRPC's own shutdown
+    killed those (CANCELLED at once, no decision-log entry). Every call must get its normal
+    answer and its decision-log line, and the process exit 0 within the grace."""
     stub.default = Reply(delay=1.0)
     server = served(
         *("--grace", "5", "--drain-delay", "0", "--executor-threads", str(calls)),
     )
     futures = [server.update(f"user{i}") for i in range(calls)]
-    assert wait_until(lambda: len(stub.calls()) == calls, 60), server.errors()
+    assert wait_until(lambda: len(stub.calls()) >= 1, 60), server.errors()
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
 

@@ -20,7 +20,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from attrgate.admission import Admission
+from attrgate.admission import Admission, calls_received, channelz_server_ids
 from attrgate.api.record import UsernameHash
 from attrgate.api.service import (
     SERVICE_NAME,
@@ -85,6 +85,7 @@ class App:
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _reload_tasks: set[asyncio.Task[bool]] = field(default_factory=set)
     _tls: TlsFiles | None = None
+    _server_id: int | None = None  # the main server in channelz, for the drain's hand-over
     _admission: Admission = field(default_factory=Admission)
     _hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a second SIGTERM: skip the delay
     _serving: bool = False
@@ -132,7 +133,12 @@ class App:
             # traffic with the first (and its older policies). Refuse to start instead.
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.aio.server(options=options)
+        known = channelz_server_ids()
+        self._server = grpc.aio.server(
+            options=options, interceptors=[self._admission.interceptor()]
+        )
+        created = channelz_server_ids() - known
+        self._server_id = created.pop() if len(created) == 1 else None
         identify = header_identity if settings.insecure else mtls_identity
         if settings.metrics_listen:
             try:
@@ -370,13 +376,15 @@ class App:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), drain_delay)
         # gRPC's own shutdown would kill the calls it has received but not yet handed over:
-        # refuse new calls here instead, and shut gRPC down once nothing is owed an answer.
-        self._admission.close()
+        # serve those, refuse later ones here, and shut gRPC down once nothing is owed.
+        self._admission.close(calls_received(self._server_id))
         idle = True
         if serving:
             log.info(
-                "taking no new calls; %d in flight get up to %.1fs (--grace)",
+                "taking no new calls; %d in flight (%d more received, not yet handed over) get "
+                "up to %.1fs (--grace)",
                 self._admission.active,
+                self._admission.owed,
                 grace,
             )
             idle = await self._admission.wait_idle(grace)
