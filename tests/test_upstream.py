@@ -298,6 +298,7 @@ def test_unknown_error_code_gets_a_documented_status(
 # --- 3: retries, 5xx, XML 403, unreachable ---------------------------------------------------
 
 
+@pytest.mark.floors
 def test_throttling_is_retried_max_attempts_then_resource_exhausted(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
@@ -411,6 +412,7 @@ def test_unreachable_endpoint_is_unavailable(
 # --- 4: deadlines ----------------------------------------------------------------------------
 
 
+@pytest.mark.floors
 def test_deadline_exceeded_and_late_outcome_logged(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
@@ -434,6 +436,7 @@ def test_deadline_exceeded_and_late_outcome_logged(
         assert trailers["x-attrgate-decision-id"] == late["id"]
 
 
+@pytest.mark.floors
 def test_no_retry_after_the_deadline(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
@@ -644,6 +647,7 @@ def _call_in_thread(
     return worker
 
 
+@pytest.mark.floors
 def test_a_call_waiting_for_a_thread_is_never_sent_after_its_deadline(
     serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
 ) -> None:
@@ -783,6 +787,7 @@ def test_an_sms_write_is_not_resent_after_a_5xx(
 # --- undecodable answers, undocumented codes, queue slots ------------------------------------
 
 
+@pytest.mark.floors
 def test_a_4xx_whose_body_cannot_be_decoded_is_the_refusal_it_is(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path, logs: Any
 ) -> None:
@@ -817,6 +822,7 @@ def _sms_free(server: RunningServer, message: pb.UpdateUserAttributesRequest) ->
     return bool(decision.allowed)
 
 
+@pytest.mark.floors
 def test_a_5xx_whose_body_cannot_be_decoded_is_unavailable_and_retried(
     stub: CognitoStub, stub_server: Callable[..., RunningServer]
 ) -> None:
@@ -895,6 +901,7 @@ def test_pool_metadata_errors_pass_on_only_documented_codes(
     assert all("Evil" not in text for text in attrgate_log_texts(logs))
 
 
+@pytest.mark.floors
 def test_callers_giving_up_while_a_lookup_waits_for_a_thread_leak_no_queue_slot(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path
 ) -> None:
@@ -929,6 +936,7 @@ def test_callers_giving_up_while_a_lookup_waits_for_a_thread_leak_no_queue_slot(
     assert len(results) == 1 + capacity
 
 
+@pytest.mark.floors
 def test_no_retry_starts_after_the_caller_has_gone(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
