@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from attrgate.config import Settings
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer, settings_for
@@ -230,6 +231,18 @@ def pki_dir(ca: Issued, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def mtls_settings(folder: Path, policies: Path, endpoint: str) -> Settings:
+    """An mTLS listener on the server.pem, server.key and ca.pem in `folder`."""
+    return settings_for(
+        insecure=False,
+        tls_cert=str(folder / "server.pem"),
+        tls_key=str(folder / "server.key"),
+        client_ca=str(folder / "ca.pem"),
+        policies=str(policies),
+        cognito_endpoint=endpoint,
+    )
+
+
 @pytest.fixture(scope="module")
 def mtls_server(pki_dir: Path) -> Iterator[RunningServer]:
     """One server for the module (starting one per test costs the Cognito stub's shutdown)."""
@@ -240,16 +253,7 @@ def mtls_server(pki_dir: Path) -> Iterator[RunningServer]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_ACCESS_KEY_ID", "stub-key")
         patch.setenv("AWS_SECRET_ACCESS_KEY", "stub-secret")
-        server = RunningServer(
-            settings_for(
-                insecure=False,
-                tls_cert=str(pki_dir / "server.pem"),
-                tls_key=str(pki_dir / "server.key"),
-                client_ca=str(pki_dir / "ca.pem"),
-                policies=str(policies),
-                cognito_endpoint=stub.endpoint,
-            )
-        )
+        server = RunningServer(mtls_settings(pki_dir, policies, stub.endpoint))
         try:
             yield server
         finally:
@@ -517,16 +521,7 @@ def test_certificates_rotate_under_load_without_dropping_connections(
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "identities.yaml").write_text(POLICIES)
-    server = RunningServer(
-        settings_for(
-            insecure=False,
-            tls_cert=str(tmp_path / "server.pem"),
-            tls_key=str(tmp_path / "server.key"),
-            client_ca=str(tmp_path / "ca.pem"),
-            policies=str(policies),
-            cognito_endpoint=stub.endpoint,
-        )
-    )
+    server = RunningServer(mtls_settings(tmp_path, policies, stub.endpoint))
     old_client = issue(old_ca, common_name=None, sans=[uri(SPIFFE_FIRST)])
     new_client = issue(new_ca, common_name=None, sans=[uri(SPIFFE_FIRST)])
     established = _fresh_channel(server.target, old_ca, old_client)
