@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from attrgate.admission import Admission, calls_received, channelz_server_ids
 from attrgate.api.record import UsernameHash
 from attrgate.api.service import (
     SERVICE_NAME,
@@ -42,6 +44,7 @@ from attrgate.pools import PoolCache
 from attrgate.store.base import Store, StoreUnavailable
 from attrgate.store.redis import RedisStore
 from attrgate.store.sqlite import SqliteStore
+from attrgate.tls import TlsFiles, TlsFilesError
 from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
@@ -83,6 +86,10 @@ class App:
     _pipeline: Pipeline | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _reload_tasks: set[asyncio.Task[bool]] = field(default_factory=set)
+    _tls: TlsFiles | None = None
+    _server_id: int | None = None  # the main server in channelz, for the drain's hand-over
+    _admission: Admission = field(default_factory=Admission)
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a second SIGTERM: skip the delay
     _serving: bool = False
     _stopping: bool = False
     _reload_pending: bool = False  # a SIGHUP arrived while starting
@@ -139,7 +146,12 @@ class App:
             # traffic with the first (and its older policies). Refuse to start instead.
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.aio.server(options=options)
+        known = channelz_server_ids()
+        self._server = grpc.aio.server(
+            options=options, interceptors=[self._admission.interceptor()]
+        )
+        created = channelz_server_ids() - known
+        self._server_id = created.pop() if len(created) == 1 else None
         identify = header_identity if settings.insecure else mtls_identity
         if settings.metrics_listen:
             try:
@@ -167,7 +179,7 @@ class App:
 
         metrics.watch_policy_set(lambda: pipeline.policy_set)
         servicer = UserAttributesService(
-            pipeline, identify, record, self._username_hash(), metrics.in_flight
+            pipeline, identify, record, self._username_hash(), metrics.in_flight, self._admission
         )
         add_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -234,8 +246,9 @@ class App:
             return True
 
     def reopen_and_reload(self) -> None:
-        """SIGHUP: reopen the decision log (logrotate) and reload the policies. One arriving
-        while starting is acted on once serving; one arriving while stopping is ignored."""
+        """SIGHUP: reopen the decision log (logrotate), re-read the TLS files and reload the
+        policies. One arriving while starting is acted on once serving; one arriving while
+        stopping is ignored."""
         if self._stopping:
             return
         if not self._serving:
@@ -243,9 +256,13 @@ class App:
             return
         if self.decision_log is not None:
             self.decision_log.reopen()
-        task = asyncio.get_running_loop().create_task(self.reload())
-        self._reload_tasks.add(task)
-        task.add_done_callback(self._reload_tasks.discard)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self.reload())]
+        if self._tls is not None:
+            tasks.append(loop.create_task(asyncio.to_thread(self._tls.reload)))
+        for task in tasks:
+            self._reload_tasks.add(task)
+            task.add_done_callback(self._reload_tasks.discard)
 
     async def _open_sms(self, policy_set: PolicySet) -> SmsCounting | None:
         """The store the SMS guard counts in, and the key that hashes what it counts."""
@@ -327,15 +344,15 @@ class App:
         )
 
     def _credentials(self) -> grpc.ServerCredentials | None:
+        """mTLS credentials that follow the files (see tls.py), or None for --insecure."""
         files = self.settings.tls_files()
         if files is None:
             return None
-        cert, key, client_ca = files
-        return grpc.ssl_server_credentials(
-            [(Path(key).read_bytes(), Path(cert).read_bytes())],
-            root_certificates=Path(client_ca).read_bytes(),
-            require_client_auth=True,
-        )
+        try:
+            self._tls = TlsFiles(*files)
+        except TlsFilesError as exc:
+            raise ConfigError(f"cannot use the TLS files: {exc}") from None
+        return self._tls.credentials()
 
     @staticmethod
     def _bind(
@@ -352,21 +369,56 @@ class App:
             raise ConfigError(f"cannot listen on {address} (in use or not a local address?)")
         return port
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Turn NOT_SERVING, stop accepting, give in-flight calls `grace` seconds, then close."""
-        grace = self.settings.grace if grace is None else grace
+    async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
+        """The drain (README, "Stopping"): health turns NOT_SERVING on both listeners at once;
+        calls are still taken for `drain_delay` seconds (a second SIGTERM/SIGINT ends the delay);
+        then new calls are refused (UNAVAILABLE, ATTRGATE_SHUTTING_DOWN) and the calls in flight
+        get `grace` seconds to finish normally. Calls still running then are cancelled (their
+        Cognito outcome is logged when it arrives; no retry starts any more) and all closes."""
+        settings = self.settings
+        grace = settings.grace if grace is None else grace
+        drain_delay = settings.drain_delay if drain_delay is None else drain_delay
+        serving = self._serving
         self._serving, self._stopping = False, True
         for task in list(self._reload_tasks):
             task.cancel()
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if serving and drain_delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), drain_delay)
+        # gRPC's own shutdown would kill the calls it has received but not yet handed over:
+        # serve those, refuse later ones here, and shut gRPC down once nothing is owed.
+        self._admission.close(calls_received(self._server_id))
+        idle = True
+        if serving:
+            log.info(
+                "taking no new calls; %d in flight (%d more received, not yet handed over) get "
+                "up to %.1fs (--grace)",
+                self._admission.active,
+                self._admission.owed,
+                grace,
+            )
+            idle = await self._admission.wait_idle(grace)
+            if not idle:
+                log.warning(
+                    "grace ended with %d calls still running: cancelling them (their Cognito "
+                    "outcome is logged when it arrives)",
+                    self._admission.active,
+                )
+        if self._upstream is not None:
+            self._upstream.retries.stop()
         if self._server is not None:
-            await self._server.stop(grace)
+            # Idle: only refusals may still be answering. Else the grace is over: cancel.
+            await self._server.stop(1.0 if idle else 0)
+            await self._admission.wait_idle(1.0)  # cancelled handlers log their decision
         if self._admin is not None:
             await self._admin.stop(0)
         if self._upstream is not None:
             self._upstream.close()
+        if self._pipeline is not None:
+            await self._pipeline.settle(2.0)  # reservations given back before the store closes
         if self._store is not None:
             await self._store.close()
         if self.decision_log is not None:
@@ -375,6 +427,10 @@ class App:
             self.metrics.close()
         if self.local is not None:
             self.local.stop()
+
+    def hurry(self) -> None:
+        """A second SIGTERM/SIGINT: end the drain delay now (calls in flight keep their grace)."""
+        self._hurry.set()
 
 
 async def serve(
@@ -396,10 +452,21 @@ async def serve(
     if app.local is not None:
         _print_local_help(app, out)
     stop = asyncio.Event()
+
+    def stop_or_hurry() -> None:
+        if stop.is_set():
+            app.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_or_hurry)
     await stop.wait()
-    log.info("shutting down: draining in-flight calls for up to %.1fs", settings.grace)
+    log.info(
+        "shutting down: NOT_SERVING now; taking calls for %.1fs more (--drain-delay; a second "
+        "signal ends it), then up to %.1fs (--grace) for the calls in flight",
+        settings.drain_delay,
+        settings.grace,
+    )
     await app.stop()
 
 

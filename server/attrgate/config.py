@@ -41,6 +41,7 @@ class Settings:
     cognito_max_attempts: int = 3
     max_receive_bytes: int = 64 * 1024
     grace: float = 10.0
+    drain_delay: float = 5.0
     pool_cache_ttl: float = 300.0
     pool_negative_ttl: float = 60.0
     pool_cache_stale: float = 3600.0
@@ -91,7 +92,10 @@ _HELP = {
     "cognito_read_timeout": "seconds to wait for Cognito's answer",
     "cognito_max_attempts": "attempts per Cognito call, retries included (standard retry mode)",
     "max_receive_bytes": "largest gRPC request accepted, in bytes",
-    "grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    "grace": "seconds the calls in flight get to finish once the server stops taking new ones "
+    "(after --drain-delay); calls still running then are cancelled",
+    "drain_delay": "seconds the server keeps taking calls after SIGTERM/SIGINT while its health "
+    "reports NOT_SERVING, so load balancers and clients move away (0: stop at once)",
     "pool_cache_ttl": "seconds a DescribeUserPool answer is reused",
     "pool_negative_ttl": "seconds a pool DescribeUserPool did not find stays not found (no call)",
     "pool_cache_stale": "seconds past --pool-cache-ttl a pool's description still serves while "
@@ -223,9 +227,10 @@ def check(settings: Settings) -> None:
         raise ConfigError("--executor-threads must be at least 1")
     if settings.cognito_max_attempts < 1:
         raise ConfigError("--cognito-max-attempts must be at least 1")
-    for name in ("cognito_connect_timeout", "cognito_read_timeout", "grace"):
+    for name in ("cognito_connect_timeout", "cognito_read_timeout", "grace", "drain_delay"):
         value = getattr(settings, name)
-        if not math.isfinite(value) or value < 0 or (value == 0 and name != "grace"):
+        zero_allowed = name in ("grace", "drain_delay")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} must be a positive number of seconds, not {value}")
     if settings.redis_url and not settings.hmac_key_file:

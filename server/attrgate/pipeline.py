@@ -22,6 +22,7 @@ from attrgate.domain import (
     Forwarded,
     Invalid,
     LookupLimited,
+    PendingCall,
     PoolDescription,
     Reserved,
     SmsAssessment,
@@ -58,11 +59,7 @@ log = logging.getLogger("attrgate.pipeline")
 
 class Upstream(Protocol):
     def submit(
-        self,
-        request: UpdateRequest,
-        deadline: float | None,
-        on_result: Callable[[UpstreamResult], None],
-        sms_write: bool = False,
+        self, request: UpdateRequest, deadline: float | None, call: PendingCall, sms_write: bool
     ) -> asyncio.Future[UpstreamResult]: ...
 
 
@@ -73,7 +70,9 @@ def new_decision_id() -> str:
 class _Call:
     """Joins a call's outcome (from the worker thread) with its caller's fate (on the loop), so
     an outcome the caller never saw is logged exactly once, even after the loop has closed, and
-    a late outcome that proves Cognito did nothing still gives the SMS reservation back."""
+    a late outcome that proves Cognito did nothing still gives the SMS reservation back. The
+    upstream asks `gone()` before sending and before every retry: nothing more is sent for a
+    caller that has given up (cancelled, or cancelled by the server at the end of its grace)."""
 
     __slots__ = ("_abandoned", "_lock", "_on_no_effect", "_result", "decision_id")
 
@@ -97,6 +96,9 @@ class _Call:
             result = self._result
         if result is not None:
             self._late(result)
+
+    def gone(self) -> bool:
+        return self._abandoned
 
     def _late(self, result: UpstreamResult) -> None:
         _log_late(self.decision_id, result)
@@ -163,12 +165,20 @@ class Pipeline:
         return assessed.decision if isinstance(assessed, _Allowed) else assessed
 
     async def update(
-        self, caller: Caller, request: UpdateRequest, deadline: float | None
+        self,
+        caller: Caller,
+        request: UpdateRequest,
+        deadline: float | None,
+        forwarding: Callable[[Decision, float], None] | None = None,
     ) -> Invalid | Unavailable | LookupLimited | Decision | Forwarded:
+        """`forwarding` hears the decision (and when it was made) before the call goes to
+        Cognito, so a caller cancelled while it runs still has its decision logged."""
         assessed = await self._assess(caller, request, consume=True)
         if not isinstance(assessed, _Allowed):
             return assessed
         decided, decided_at = assessed.decision, time.perf_counter()
+        if forwarding is not None:
+            forwarding(decided, decided_at)
         sms_write = bool(decided.sms and decided.sms.triggers_sms)
         remaining = None if deadline is None else deadline - time.monotonic()
         try:
@@ -203,6 +213,13 @@ class Pipeline:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def settle(self, seconds: float) -> None:
+        """Wait (at most `seconds`) for the SMS reservations still being given back,
+        those of late outcomes included, so none is lost when the server closes its store."""
+        await asyncio.sleep(0)  # releases handed over from worker threads get their task
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=seconds)
+
     async def _forward(
         self,
         assessed: _Allowed,
@@ -218,7 +235,7 @@ class Pipeline:
                 loop.call_soon_threadsafe(self._release_soon, assessed)
 
         call = _Call(assessed.decision.decision_id, release_from_thread)
-        future = self._upstream.submit(request, deadline, call.complete, sms_write)
+        future = self._upstream.submit(request, deadline, call, sms_write)
         assessed.submitted = True
         try:
             # shield: a caller giving up must not cancel the call, which runs on regardless.

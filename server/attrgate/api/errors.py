@@ -409,6 +409,12 @@ _UPSTREAM: dict[UpstreamError, tuple[grpc.StatusCode, Reason, str]] = {
         Reason.ATTRGATE_OVERLOADED,
         "too many calls already waiting for Cognito; nothing was sent, retry with backoff",
     ),
+    UpstreamError.REFUSED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.COGNITO_REQUEST_REFUSED,
+        "Cognito (or a proxy before it) refused the call with an HTTP 4xx and no readable "
+        "error; nothing was changed",
+    ),
     UpstreamError.UNEXPECTED: (
         grpc.StatusCode.INTERNAL,
         Reason.COGNITO_UNEXPECTED_ERROR,
@@ -440,6 +446,15 @@ def upstream_failed(result: UpstreamResult, revision: str) -> ErrorStatus:
             "cognito_request_id": result.request_id,
             "policy_revision": revision,
         },
+    )
+
+
+def shutting_down() -> ErrorStatus:
+    return ErrorStatus(
+        grpc.StatusCode.UNAVAILABLE,
+        Reason.ATTRGATE_SHUTTING_DOWN,
+        "attrgate is shutting down and takes no new calls; nothing was decided or sent: retry "
+        "(another replica answers)",
     )
 
 

@@ -119,6 +119,12 @@ class DecisionRecord:
         self.entry["policy_revision"] = outcome.policy_revision
         self.entry["outcome"] = name
 
+    def shutting_down(self) -> None:
+        """Refused before anything was decided: the server is draining."""
+        self.decided()
+        self.entry["outcome"] = "unavailable"
+        self.entry["unavailable"] = "shutting_down"
+
     def upstream(self, result: UpstreamResult) -> None:
         self.entry["cognito"] = {
             "ok": result.ok,
