@@ -31,12 +31,17 @@ class Describer:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.calls: list[str] = []
+        self.cancelled: list[str] = []
         self.delay = delay
         self.failing: UpstreamResult | None = None
 
     async def __call__(self, pool_id: str) -> PoolDescription | UpstreamResult:
         self.calls.append(pool_id)
-        await asyncio.sleep(self.delay)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled.append(pool_id)
+            raise
         if self.failing is not None:
             return self.failing
         if pool_id.startswith("missing"):
@@ -285,6 +290,32 @@ def test_one_call_for_concurrent_misses_and_a_quitter_cancels_no_one() -> None:
         assert describe.calls == ["p"]
         # The quitter's token came back although it left: the pool was found.
         assert isinstance(await pools.get("q", "svc"), PoolDescription)
+
+    asyncio.run(main())
+
+
+def test_a_lookup_every_caller_gave_up_on_is_cancelled() -> None:
+    """Nobody waits for it any more: it must not hold its place in the executor's queue nor
+    reach Cognito later (before, it ran on, shielded, and took queue slots from later calls)."""
+    describe = Describer(delay=10.0)
+    pools = cache(describe)
+
+    async def main() -> None:
+        waiters = [asyncio.create_task(pools.get("p", "svc")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert describe.calls == ["p"]
+        waiters[0].cancel()
+        await asyncio.sleep(0.05)
+        assert describe.cancelled == []  # one caller still waits
+        waiters[1].cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert describe.cancelled == ["p"]
+        # The next caller starts a lookup of its own.
+        again = asyncio.create_task(pools.get("p", "svc"))
+        await asyncio.sleep(0.05)
+        assert describe.calls == ["p", "p"]
+        again.cancel()
 
     asyncio.run(main())
 

@@ -153,6 +153,7 @@ class CachedLookup(Generic[K, V]):
         self._found: dict[K, _Entry[V]] = {}
         self._missing: dict[K, tuple[float, UpstreamResult]] = {}
         self._inflight: dict[K, asyncio.Task[V | UpstreamResult]] = {}
+        self._waiting: dict[K, int] = {}  # callers awaiting each in-flight lookup
 
     async def get(self, key: K, caller: str) -> V | UpstreamResult | OverBudget:
         """The value, the classified error of the call that tried to get it, or OverBudget when
@@ -183,7 +184,23 @@ class CachedLookup(Generic[K, V]):
             task = asyncio.ensure_future(self._fetch(key, caller))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
-        return await asyncio.shield(task)
+        return await self._wait(key, task)
+
+    async def _wait(self, key: K, task: asyncio.Task[V | UpstreamResult]) -> V | UpstreamResult:
+        """Await the shared lookup. The last caller to give up cancels it: a lookup nobody
+        waits for any more must not keep its place in the executor's queue, nor reach Cognito
+        if it has not yet (its token stays spent: cancelling is no way around the budget)."""
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            left = self._waiting[key] - 1
+            if left:
+                self._waiting[key] = left
+            else:
+                del self._waiting[key]
+                if not task.done():
+                    task.cancel()
 
     async def _fetch(self, key: K, caller: str) -> V | UpstreamResult:
         result = await self._fetch_one(key)
