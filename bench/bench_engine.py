@@ -40,7 +40,7 @@ def build_set() -> tuple[PolicySet, list[AttributePolicy]]:
             for i in range(UNRELATED)
         ]
         (folder / "unrelated.yaml").write_text("---\n".join(documents))
-        result = load_policy_set(folder)
+        result = load_policy_set(folder, max_bytes=16 << 20)
         assert result.ok, result.errors[:3]
     models = [p.document for p in result.policies if isinstance(p.document, AttributePolicy)]
     return compile_policy_set(result.policies, result.revision), models

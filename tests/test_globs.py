@@ -4,12 +4,8 @@ matching takes linear time, whatever glob a policy holds and whatever caller a c
 from __future__ import annotations
 
 import re
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +15,7 @@ from attrgate.policy.compile import compile_policy_set
 from attrgate.policy.engine import evaluate
 from attrgate.policy.globs import GlobIndex, PoolMatcher, compile_glob
 from attrgate.policy.load import load_policy_set
+from support.deadline import deadline
 
 PATHOLOGICAL = "*a*a*a*a*a*a*b"
 
@@ -47,23 +44,6 @@ def test_globs_are_literal_and_case_sensitive_beside_the_star() -> None:
     assert not compile_glob("exact")("exactly")
 
 
-@contextmanager
-def cpu_deadline(seconds: float) -> Iterator[None]:
-    """Fail instead of hanging: a backtracking matcher would run here for hours. (Python's `re`
-    checks for signals while it matches, so the alarm interrupts it.)"""
-
-    def expire(signum: int, frame: FrameType | None) -> None:
-        raise AssertionError(f"still matching after {seconds}s: globs backtrack")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def test_pathological_globs_decide_in_linear_time(tmp_path: Path) -> None:
     """With `re`, `*a*a*a*a*a*a*b` against 128 `a`s took minutes; here as a callers glob, a
     userPools glob and an attribute allow and deny glob against 1 KiB and longer names."""
@@ -87,7 +67,7 @@ def test_pathological_globs_decide_in_linear_time(tmp_path: Path) -> None:
     loaded = load_policy_set(tmp_path)
     assert loaded.ok, loaded.errors
     policy_set = compile_policy_set(loaded.policies, loaded.revision)
-    with cpu_deadline(30):
+    with deadline(30, "globs backtrack"):
         start = time.perf_counter()
         for extra in range(1000):
             long = "a" * (1024 + extra)  # a new caller and pool each time: no memoised lookup
@@ -104,7 +84,7 @@ def test_pool_matcher_and_index_stay_linear_on_long_texts() -> None:
     text = "a" * 4096
     pools = PoolMatcher([PATHOLOGICAL, "*" + "a*" * 40 + "b"])
     index: GlobIndex[int] = GlobIndex([(PATHOLOGICAL, 1), ("a" * 50 + "*b", 2)])
-    with cpu_deadline(30):
+    with deadline(30, "globs backtrack"):
         start = time.perf_counter()
         for _ in range(1000):
             assert not pools(text)

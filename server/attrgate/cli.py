@@ -22,6 +22,7 @@ from attrgate import __version__
 from attrgate.config import ConfigError, add_serve_arguments, settings_from
 from attrgate.identity import CALLER_HEADER
 from attrgate.policy.load import load_policy_set
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
@@ -59,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a policy set (file or folder)")
     check.add_argument("path")
+    check.add_argument(
+        "--policy-max-bytes",
+        type=int,
+        default=os.environ.get("ATTRGATE_POLICY_MAX_BYTES") or DEFAULT_MAX_BYTES,
+        help="the limit `serve` applies to each file and to all together "
+        "[env ATTRGATE_POLICY_MAX_BYTES]",
+    )
     check.set_defaults(handler=_check)
 
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
@@ -155,7 +163,7 @@ def _refuse(error: ConfigError) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    result = load_policy_set(args.path)
+    result = load_policy_set(args.path, args.policy_max_bytes)
     for error in result.errors:
         print(error, file=sys.stderr)
     if not result.ok:
