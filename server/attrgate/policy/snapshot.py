@@ -42,10 +42,12 @@ class Problem:
     message: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Snapshot:
-    files: list[SourceFile] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
+    """The files of one version of the folder, and what was refused in it."""
+
+    files: list[SourceFile]
+    problems: list[Problem]
 
 
 class _Changed(Exception):
