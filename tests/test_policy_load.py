@@ -176,10 +176,17 @@ def test_a_configmap_reads_the_folder_data_links_to_under_the_operators_names(
 
 def test_symlinked_folders_inside_the_root_are_read_once(tmp_path: Path) -> None:
     write(tmp_path / "shared" / "a.yaml", GOOD.format(name="a"))
-    os.symlink("shared", tmp_path / "linked")
+    write(tmp_path / ".versions" / "v2" / "b.yaml", GOOD.format(name="b"))
+    os.symlink(".versions/v2", tmp_path / "current")  # the only way to its files: followed
     result = load_policy_set(tmp_path)
-    assert [str(e) for e in result.errors] == [
-        f"{tmp_path / 'shared'}: symlink to a folder read already (as linked)"
+    assert result.ok, result.errors
+    assert [p.file for p in result.policies] == [
+        str(tmp_path / "current" / "b.yaml"),
+        str(tmp_path / "shared" / "a.yaml"),
+    ]
+    os.symlink("shared", tmp_path / "linked")  # a second way to shared/: refused, not re-read
+    assert errors(tmp_path) == [
+        f"{tmp_path / 'linked'}: symlink to a folder read already (as shared)"
     ]
     os.remove(tmp_path / "linked")
     os.symlink("..", tmp_path / "shared" / "up")

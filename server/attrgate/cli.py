@@ -60,13 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a policy set (file or folder)")
     check.add_argument("path")
-    check.add_argument(
-        "--policy-max-bytes",
-        type=int,
-        default=os.environ.get("ATTRGATE_POLICY_MAX_BYTES") or DEFAULT_MAX_BYTES,
-        help="the limit `serve` applies to each file and to all together "
-        "[env ATTRGATE_POLICY_MAX_BYTES]",
-    )
+    _add_policy_max_bytes(check)
     check.set_defaults(handler=_check)
 
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
@@ -92,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--redis-url", "ATTRGATE_REDIS_URL", "the Redis the servers count in"),
     ):
         usage.add_argument(flag, default=os.environ.get(env) or None, help=f"{text} [env {env}]")
+    _add_policy_max_bytes(usage)
     usage.set_defaults(handler=_sms_usage)
 
     health = commands.add_parser("health", help="exit 0 when the server reports SERVING")
@@ -101,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_client_arguments(health)
     health.set_defaults(handler=_health)
     return parser
+
+
+def _add_policy_max_bytes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy-max-bytes",
+        type=int,
+        default=os.environ.get("ATTRGATE_POLICY_MAX_BYTES") or DEFAULT_MAX_BYTES,
+        help="the limit `serve` applies to each policy file and to all together "
+        "[env ATTRGATE_POLICY_MAX_BYTES]",
+    )
 
 
 def _add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,7 +301,7 @@ def _sms_usage(args: argparse.Namespace) -> int:
         print("attrgate sms usage: reading Redis; --state is not used", file=sys.stderr)
         args.state = None
     try:
-        policy_set = load_policies(args.policies)
+        policy_set = load_policies(args.policies, args.policy_max_bytes)
     except ConfigError as exc:
         print(f"attrgate sms usage: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -111,8 +111,7 @@ def _list(given: Path, max_bytes: int) -> _Listing:
         return _Listing("", problems=[Problem(str(given), _os_message(exc))])
     listing = _Listing(base)
     if stat.S_ISDIR(info.st_mode):
-        root = {_key(info): ""}
-        _walk(given, base, "", root, dict(root), listing)
+        _Walk(given, listing).run(_key(info))
     elif stat.S_ISREG(info.st_mode):
         listing.entries.append(_Entry(str(given), given.name, base, _identity(info)))
     else:
@@ -121,63 +120,81 @@ def _list(given: Path, max_bytes: int) -> _Listing:
     return listing
 
 
-def _walk(
-    given: Path,
-    folder: str,
-    prefix: str,
-    ancestors: dict[tuple[int, int], str],
-    seen: dict[tuple[int, int], str],
-    listing: _Listing,
-) -> None:
-    """Depth first, sorted, skipping dot entries (`..data`, `..2026_…`, editors' swap files).
-    Symlinked folders are followed when they stay inside the root and lead nowhere read already."""
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as exc:
-        listing.problems.append(Problem(str(given / prefix), _os_message(exc)))
-        return
-    for name in names:
-        if name.startswith("."):
-            continue
-        relative = os.path.join(prefix, name)
-        label = str(given / relative)
-        path = real = os.path.join(folder, name)
-        policy_name = name.endswith(POLICY_SUFFIXES)
+_Ancestors = dict[tuple[int, int], str]  # folder identity -> its path below the root
+
+
+class _Walk:
+    """Every policy file below the resolved root, skipping dot entries (`..data`, `..2026_…`,
+    editors' swap files). Real folders first; then symlinked folders, each followed if it leads
+    to no folder read already (so the link, not the folder, is what gets refused)."""
+
+    def __init__(self, given: Path, listing: _Listing) -> None:
+        self.given, self.listing = given, listing
+        self.seen: _Ancestors = {}
+        self.links: list[tuple[str, str, str, tuple[int, int], _Ancestors]] = []
+
+    def run(self, root: tuple[int, int]) -> None:
+        self.seen[root] = ""
+        self.folder(self.listing.base, "", {root: ""})
+        while self.links:
+            label, relative, real, key, ancestors = self.links.pop(0)
+            if key in ancestors:
+                where = ancestors[key] or "the policy folder"
+                self.refuse(label, f"symlink loop: leads back to {where}")
+            elif key in self.seen:
+                self.refuse(label, f"symlink to a folder read already (as {self.seen[key]})")
+            else:
+                self.seen[key] = relative
+                self.folder(real, relative, {**ancestors, key: relative})
+        # The order the revision hashes in, and `attrgate check` prints in: by path.
+        self.listing.entries.sort(key=lambda e: e.relative.split(os.sep))
+        self.listing.problems.sort(key=lambda p: p.label.split(os.sep))
+
+    def refuse(self, label: str, message: str) -> None:
+        self.listing.problems.append(Problem(label, message))
+
+    def folder(self, folder: str, prefix: str, ancestors: _Ancestors) -> None:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            self.refuse(str(self.given / prefix), _os_message(exc))
+            return
+        for name in names:
+            if not name.startswith("."):
+                self.entry(os.path.join(folder, name), os.path.join(prefix, name), ancestors)
+
+    def entry(self, path: str, relative: str, ancestors: _Ancestors) -> None:
+        label = str(self.given / relative)
+        policy_name = relative.endswith(POLICY_SUFFIXES)
+        real, base = path, self.listing.base
         try:
             info = os.lstat(path)
             if stat.S_ISLNK(info.st_mode):
                 real = os.path.realpath(path, strict=True)
-                if os.path.commonpath((listing.base, real)) != listing.base:
-                    listing.problems.append(
-                        Problem(label, f"symlink leads outside the policy folder (to {real})")
-                    )
-                    continue
+                if os.path.commonpath((base, real)) != base:
+                    self.refuse(label, f"symlink leads outside the policy folder (to {real})")
+                    return
                 info = os.stat(real)
         except FileNotFoundError:
             if policy_name:  # a dangling link (a file deleted since listed: the re-list sees it)
-                listing.problems.append(Problem(label, "no such file (a dangling symlink?)"))
-            continue
+                self.refuse(label, "no such file (a dangling symlink?)")
+            return
         except OSError as exc:
-            listing.problems.append(Problem(label, _os_message(exc)))
-            continue
+            self.refuse(label, _os_message(exc))
+            return
         if stat.S_ISDIR(info.st_mode):
             key = _key(info)
-            if key in ancestors:
-                where = ancestors[key] or "the policy folder"
-                listing.problems.append(Problem(label, f"symlink loop: leads back to {where}"))
-            elif key in seen:
-                listing.problems.append(
-                    Problem(label, f"symlink to a folder read already (as {seen[key]})")
-                )
+            if real == path:
+                self.seen[key] = relative
+                self.folder(path, relative, {**ancestors, key: relative})
             else:
-                seen[key] = relative
-                _walk(given, real, relative, {**ancestors, key: relative}, seen, listing)
+                self.links.append((label, relative, real, key, ancestors))
         elif not policy_name:
-            continue
+            return
         elif stat.S_ISREG(info.st_mode):
-            listing.entries.append(_Entry(label, relative, real, _identity(info)))
+            self.listing.entries.append(_Entry(label, relative, real, _identity(info)))
         else:
-            listing.problems.append(Problem(label, _not_regular(info.st_mode)))
+            self.refuse(label, _not_regular(info.st_mode))
 
 
 def _check_sizes(given: Path, listing: _Listing, max_bytes: int) -> None:
