@@ -178,6 +178,19 @@ def test_check_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     assert "invalid YAML" in line
 
 
+def test_check_applies_the_servers_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(policy("big", "  allow: [{attribute: given_name}]\n" + "#" * 2000 + "\n"))
+    size = path.stat().st_size
+    assert attrgate("check", str(path)).returncode == 0
+    refused = f"{path}: {size} bytes, over the --policy-max-bytes limit of 1024"
+    for result in (
+        attrgate("check", "--policy-max-bytes", "1024", str(path)),
+        attrgate("check", str(path), env=environment(ATTRGATE_POLICY_MAX_BYTES="1024")),
+    ):
+        assert (result.returncode, result.stderr.splitlines()) == (1, [refused])
+
+
 def test_check_of_an_empty_folder_fails(tmp_path: Path) -> None:
     result = attrgate("check", str(tmp_path))
     assert result.returncode == 1

@@ -319,6 +319,7 @@ def test_local_cognito_needs_no_region() -> None:
         (["--executor-threads", "0"], "--executor-threads"),
         (["--cognito-max-attempts", "0"], "--cognito-max-attempts"),
         (["--max-receive-bytes", "100"], "--max-receive-bytes"),
+        (["--policy-max-bytes", "100"], "--policy-max-bytes must be at least 1024"),
         (["--log-level", "CHATTY"], "--log-level"),
         (["--pool-negative-ttl", "-1"], "--pool-negative-ttl"),
         (["--pool-cache-stale", "inf"], "--pool-cache-stale"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.model import AttributePolicy
+from support.deadline import deadline
 
 GOOD = """\
 apiVersion: attrgate/v1
@@ -143,6 +144,110 @@ def test_folder_walk_skips_dot_entries_like_configmap_links(tmp_path: Path) -> N
     result = load_policy_set(tmp_path)
     assert result.ok, result.errors
     assert [p.document.metadata.name for p in result.policies] == ["only-once"]
+
+
+def configmap(mount: Path, files: dict[str, str], version: str = "..2026_12_01_10_00") -> Path:
+    """A Kubernetes ConfigMap volume: the files in a timestamped folder, `..data` linking to it,
+    and a top-level link through `..data` for each file."""
+    mount.mkdir(exist_ok=True)
+    for name, text in files.items():
+        write(mount / version / name, text)
+    os.symlink(version, mount / "..data_tmp")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    for name in files:
+        if not (mount / name).is_symlink():
+            os.symlink(f"..data/{name}", mount / name)
+    return mount
+
+
+def test_a_configmap_reads_the_folder_data_links_to_under_the_operators_names(
+    tmp_path: Path,
+) -> None:
+    mount = configmap(tmp_path / "policies", {"p.yaml": GOOD.format(name="a") + "  oops: 1\n"})
+    assert errors(mount) == [f"{mount / 'p.yaml'}:10: spec.oops: unknown key"]
+    # The same bytes under the same names: the same revision as the folder read directly.
+    configmap(mount, {"p.yaml": GOOD.format(name="a")}, "..2026_12_01_10_05")
+    assert load_policy_set(mount).revision == load_policy_set(mount / "..2026_12_01_10_05").revision
+    # A top-level link the kubelet has not updated yet does not matter: `..data` decides.
+    os.remove(mount / "p.yaml")
+    os.symlink("..2026_12_01_10_00/p.yaml", mount / "p.yaml")
+    assert load_policy_set(mount).ok
+
+
+def test_symlinked_folders_inside_the_root_are_read_once(tmp_path: Path) -> None:
+    write(tmp_path / "shared" / "a.yaml", GOOD.format(name="a"))
+    write(tmp_path / ".versions" / "v2" / "b.yaml", GOOD.format(name="b"))
+    os.symlink(".versions/v2", tmp_path / "current")  # the only way to its files: followed
+    result = load_policy_set(tmp_path)
+    assert result.ok, result.errors
+    assert [p.file for p in result.policies] == [
+        str(tmp_path / "current" / "b.yaml"),
+        str(tmp_path / "shared" / "a.yaml"),
+    ]
+    os.symlink("shared", tmp_path / "linked")  # a second way to shared/: refused, not re-read
+    assert errors(tmp_path) == [
+        f"{tmp_path / 'linked'}: symlink to a folder read already (as shared)"
+    ]
+    os.remove(tmp_path / "linked")
+    os.symlink("..", tmp_path / "shared" / "up")
+    assert errors(tmp_path) == [
+        f"{tmp_path / 'shared' / 'up'}: symlink loop: leads back to the policy folder"
+    ]
+
+
+def test_links_that_lead_nowhere_or_outside_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root / "a.yaml", GOOD.format(name="a"))
+    write(tmp_path / "outside.yaml", GOOD.format(name="b"))
+    os.symlink("../outside.yaml", root / "b.yaml")
+    os.symlink("missing.yaml", root / "c.yaml")
+    os.symlink("missing", root / "notes")  # not a policy name: ignored
+    os.symlink("e.yaml", root / "d.yaml")
+    os.symlink("d.yaml", root / "e.yaml")
+    outside = tmp_path / "outside.yaml"
+    assert errors(root) == [
+        f"{root / 'b.yaml'}: symlink leads outside the policy folder (to {outside})",
+        f"{root / 'c.yaml'}: no such file (a dangling symlink?)",
+        f"{root / 'd.yaml'}: symlink loop",
+        f"{root / 'e.yaml'}: symlink loop",
+    ]
+
+
+def test_special_files_are_refused_without_being_opened(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", GOOD.format(name="a"))
+    os.mkfifo(tmp_path / "f.yaml")  # opening it would wait for a writer
+    with deadline(20, "the load opened the FIFO"):
+        found = errors(tmp_path)
+    assert found == [f"{tmp_path / 'f.yaml'}: refused: a FIFO, not a regular file"]
+    os.symlink("/dev/zero", tmp_path / "zero.yaml")
+    assert errors(tmp_path / "zero.yaml") == [
+        f"{tmp_path / 'zero.yaml'}: refused: a character device, not a regular file"
+    ]
+
+
+def test_sizes_are_checked_before_anything_is_read(tmp_path: Path) -> None:
+    small = write(tmp_path / "set" / "a.yaml", GOOD.format(name="a"))
+    write(tmp_path / "set" / "b.yaml", GOOD.format(name="b"))
+    size = small.stat().st_size
+    assert load_policy_set(tmp_path / "set", max_bytes=2 * size).ok
+    assert errors_at(tmp_path / "set", 2 * size - 1) == [
+        f"{tmp_path / 'set'}: the policy files hold {2 * size} bytes together, over the "
+        f"--policy-max-bytes limit of {2 * size - 1}"
+    ]
+    # Over the limit, a file is not even parsed: its YAML error goes unreported.
+    broken = write(tmp_path / "set" / "c.yaml", "kind: [\n" + "#" * 3 * size)
+    assert errors_at(tmp_path / "set", 3 * size) == [
+        f"{broken}: {broken.stat().st_size} bytes, over the --policy-max-bytes limit of {3 * size}"
+    ]
+
+
+def errors_at(root: Path, max_bytes: int) -> list[str]:
+    return [str(e) for e in load_policy_set(root, max_bytes).errors]
+
+
+def test_deep_nesting_is_an_error_with_a_line_not_a_crash(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.yaml", "a: " + "[" * 990 + "]" * 990 + "\n")
+    assert errors(path) == [f"{path}:1: invalid YAML: nested too deeply"]
 
 
 def test_empty_set_is_an_error(tmp_path: Path) -> None:

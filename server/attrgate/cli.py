@@ -22,6 +22,7 @@ from attrgate import __version__
 from attrgate.config import ConfigError, add_serve_arguments, settings_from
 from attrgate.identity import CALLER_HEADER
 from attrgate.policy.load import load_policy_set
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
@@ -64,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a policy set (file or folder)")
     check.add_argument("path")
+    _add_policy_max_bytes(check)
     check.set_defaults(handler=_check)
 
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
@@ -89,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--redis-url", "ATTRGATE_REDIS_URL", "the Redis the servers count in"),
     ):
         usage.add_argument(flag, default=os.environ.get(env) or None, help=f"{text} [env {env}]")
+    _add_policy_max_bytes(usage)
     usage.set_defaults(handler=_sms_usage)
 
     health = commands.add_parser("health", help="exit 0 when the server reports SERVING")
@@ -98,6 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_client_arguments(health)
     health.set_defaults(handler=_health)
     return parser
+
+
+def _add_policy_max_bytes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy-max-bytes",
+        type=int,
+        default=os.environ.get("ATTRGATE_POLICY_MAX_BYTES") or DEFAULT_MAX_BYTES,
+        help="the limit `serve` applies to each policy file and to all together "
+        "[env ATTRGATE_POLICY_MAX_BYTES]",
+    )
 
 
 def _add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,7 +173,7 @@ def _refuse(error: ConfigError) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    result = load_policy_set(args.path)
+    result = load_policy_set(args.path, args.policy_max_bytes)
     for error in result.errors:
         print(error, file=sys.stderr)
     if not result.ok:
@@ -293,7 +306,7 @@ def _sms_usage(args: argparse.Namespace) -> int:
         print("attrgate sms usage: reading Redis; --state is not used", file=sys.stderr)
         args.state = None
     try:
-        policy_set = load_policies(args.policies)
+        policy_set = load_policies(args.policies, args.policy_max_bytes)
     except ConfigError as exc:
         print(f"attrgate sms usage: {exc}", file=sys.stderr)
         return EXIT_CONFIG

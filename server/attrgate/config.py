@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -26,6 +28,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     policies: str | None = None
+    policy_max_bytes: int = DEFAULT_MAX_BYTES
     listen: str = DEFAULT_LISTEN
     admin_listen: str | None = None
     tls_cert: str | None = None
@@ -78,6 +81,8 @@ class Settings:
 
 _HELP = {
     "policies": "policy file or folder (all *.yaml/*.yml below it)",
+    "policy_max_bytes": "largest policy set, in bytes: each file and all of them together are "
+    "checked before reading, on start and on every reload",
     "listen": "HOST:PORT of the gRPC listener",
     "admin_listen": "HOST:PORT of a plaintext listener serving only grpc.health.v1 (probes)",
     "tls_cert": "server certificate (PEM) for mTLS",
@@ -208,6 +213,8 @@ def check(settings: Settings) -> None:
     """Raise ConfigError with the first reason the server must not start."""
     if not settings.policies:
         raise ConfigError("no policy set: pass --policies PATH (a file or a folder)")
+    if settings.policy_max_bytes < 1024:
+        raise ConfigError("--policy-max-bytes must be at least 1024")
     for path in settings.tls_files() or ():
         if not os.path.isfile(path):
             raise ConfigError(f"cannot read {path}: no such file")

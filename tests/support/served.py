@@ -13,13 +13,22 @@ from support.moto_cognito import free_port
 
 
 def start_serve(
-    policies: Path, port: int, *extra: str, output: Path | None = None, **env: str
+    policies: Path,
+    port: int,
+    *extra: str,
+    output: Path | None = None,
+    memory_limit: int | None = None,
+    **env: str,
 ) -> subprocess.Popen[bytes]:
-    """`output`: a folder to write the process's stdout and stderr to (`out`, `err`)."""
+    """`output`: a folder to write the process's stdout and stderr to (`out`, `err`).
+    `memory_limit`: bytes of address space (`prlimit --as`), for tests that a regression could
+    turn into a machine-wide out-of-memory."""
     stdout = (output / "out").open("wb") if output else subprocess.DEVNULL
     stderr = (output / "err").open("wb") if output else subprocess.DEVNULL
+    limit = ("prlimit", f"--as={memory_limit}") if memory_limit else ()
     return subprocess.Popen(
         [
+            *limit,
             *(sys.executable, "-m", "attrgate", "serve", "--insecure", "--region", "us-east-1"),
             *("--policies", str(policies), "--listen", f"127.0.0.1:{port}"),
             *("--pool-metadata-fail-open", "--cognito-endpoint", f"http://127.0.0.1:{free_port()}"),

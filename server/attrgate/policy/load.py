@@ -6,15 +6,13 @@ import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path as FsPath
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from attrgate.policy.model import KINDS
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, read_snapshot
 from attrgate.policy.yamlsource import Document, Path, YamlError, read_documents
-
-POLICY_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -50,44 +48,20 @@ class LoadResult:
         return not self.errors
 
 
-def policy_files(root: str | os.PathLike[str]) -> list[FsPath]:
-    """`root` itself, or every *.yaml/*.yml below it, skipping dot entries (`..data` links)."""
-    base = FsPath(root)
-    if not base.exists():
-        return []
-    if not base.is_dir():
-        return [base]
-    found: list[FsPath] = []
-    for directory, subdirs, files in os.walk(base, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found.extend(
-            FsPath(directory, name)
-            for name in files
-            if not name.startswith(".") and name.endswith(POLICY_SUFFIXES)
-        )
-    return sorted(found)
-
-
-def load_policy_set(root: str | os.PathLike[str]) -> LoadResult:
-    result = LoadResult()
+def load_policy_set(root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> LoadResult:
+    """Read one consistent snapshot of `root` (a file, or every *.yaml/*.yml below a folder) and
+    validate it. `max_bytes` bounds each file and the whole set (--policy-max-bytes)."""
+    snapshot = read_snapshot(root, max_bytes)
+    result = LoadResult(errors=[PolicyError(p.label, 0, "", p.message) for p in snapshot.problems])
     digest = hashlib.sha256()
-    files = policy_files(root)
     names: dict[str, str] = {}
-    for path in files:
-        label = str(path)
+    for source in snapshot.files:
+        label = source.label
+        for part in (source.relative.encode(), source.data):
+            digest.update(part)
+            digest.update(b"\0")
         try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            result.errors.append(PolicyError(label, 0, "", f"cannot read: {exc.strerror}"))
-            continue
-        digest.update(
-            os.path.relpath(path, root if FsPath(root).is_dir() else path.parent).encode()
-        )
-        digest.update(b"\0")
-        digest.update(raw)
-        digest.update(b"\0")
-        try:
-            text = raw.decode("utf-8")
+            text = source.data.decode("utf-8")
         except UnicodeDecodeError:
             result.errors.append(PolicyError(label, 1, "", "not UTF-8 text"))
             continue
@@ -115,9 +89,7 @@ def load_policy_set(root: str | os.PathLike[str]) -> LoadResult:
                 continue
             names[name] = f"{label}:{document.line_of(('metadata', 'name'))}"
             result.policies.append(loaded)
-    if not FsPath(root).exists():
-        result.errors.append(PolicyError(str(root), 0, "", "no such file or folder"))
-    elif not files or (not result.policies and not result.errors):
+    if not result.policies and not result.errors:
         result.errors.append(PolicyError(str(root), 0, "", "no policy documents found"))
     result.revision = "sha256:" + digest.hexdigest()[:16]
     return result

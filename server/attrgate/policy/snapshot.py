@@ -1,0 +1,281 @@
+"""Read a policy file or folder as one consistent snapshot of bytes, refusing what could wedge,
+flood or loop the server.
+
+A Kubernetes ConfigMap volume is a timestamped folder, a `..data` symlink to it that the kubelet
+swaps by rename, and top-level symlinks through `..data`. Reading file by file through those links
+can mix two versions. So the root is resolved once (through `..data` when there is one), every file
+is read from the resolved folder, and the whole read starts again when, afterwards, the root
+resolves elsewhere or a file's identity (device, inode, size, mtime) changed.
+
+Only regular files are opened, and only after `stat` said so (a FIFO would block the open, a
+device would never end); symlinks must stay inside the resolved root; sizes are checked before
+anything is read, and reads are bounded in case a file grows meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024
+ATTEMPTS = 5
+CONFIGMAP_LINK = "..data"
+
+_Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    label: str  # the path the operator knows: the root as given joined with `relative`
+    relative: str  # below the root ("team/a.yaml"); a root that is a file: its name
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Problem:
+    label: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The files of one version of the folder, and what was refused in it."""
+
+    files: list[SourceFile]
+    problems: list[Problem]
+
+
+class _Changed(Exception):
+    """The files changed under the read: start again."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    label: str
+    relative: str
+    real: str  # the canonical path to open, inside the resolved root
+    identity: _Identity
+
+
+@dataclass
+class _Listing:
+    base: str  # the resolved root
+    entries: list[_Entry] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    oversized: bool = False
+
+
+def read_snapshot(root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> Snapshot:
+    """Every policy file below `root` (or `root` itself), read from one version of the folder.
+    Problems name the file by the path the operator knows; none needs a traceback."""
+    given = Path(root)
+    for attempt in range(ATTEMPTS):
+        try:
+            listing = _list(given, max_bytes)
+            if listing.oversized:
+                return Snapshot([], listing.problems)  # refused before reading anything
+            files: list[SourceFile] = []
+            problems = list(listing.problems)
+            for entry in listing.entries:
+                read = _read(entry, max_bytes)
+                if isinstance(read, SourceFile):
+                    files.append(read)
+                else:
+                    problems.append(read)
+            if _list(given, max_bytes) != listing:
+                raise _Changed
+        except _Changed:
+            time.sleep(0.01 * (attempt + 1))  # let a writer finish its rename or copy
+            continue
+        return Snapshot(files, problems)
+    message = (
+        f"the policy files kept changing while being read ({ATTEMPTS} attempts); "
+        "write them elsewhere and rename them into place"
+    )
+    return Snapshot([], [Problem(str(given), message)])
+
+
+def _list(given: Path, max_bytes: int) -> _Listing:
+    """What a read would open (resolved paths and identities) and what it refuses."""
+    try:
+        base = os.path.realpath(given, strict=True)
+        if os.path.isdir(os.path.join(base, CONFIGMAP_LINK)):
+            base = os.path.realpath(os.path.join(base, CONFIGMAP_LINK), strict=True)
+        info = os.stat(base)
+    except OSError as exc:
+        return _Listing("", problems=[Problem(str(given), _os_message(exc))])
+    listing = _Listing(base)
+    if stat.S_ISDIR(info.st_mode):
+        _Walk(given, listing).run(_key(info))
+    elif stat.S_ISREG(info.st_mode):
+        listing.entries.append(_Entry(str(given), given.name, base, _identity(info)))
+    else:
+        listing.problems.append(Problem(str(given), _not_regular(info.st_mode)))
+    _check_sizes(given, listing, max_bytes)
+    return listing
+
+
+_Ancestors = dict[tuple[int, int], str]  # folder identity -> its path below the root
+
+
+class _Walk:
+    """Every policy file below the resolved root, skipping dot entries (`..data`, `..2026_…`,
+    editors' swap files). Real folders first; then symlinked folders, each followed if it leads
+    to no folder read already (so the link, not the folder, is what gets refused)."""
+
+    def __init__(self, given: Path, listing: _Listing) -> None:
+        self.given, self.listing = given, listing
+        self.seen: _Ancestors = {}
+        self.links: list[tuple[str, str, str, tuple[int, int], _Ancestors]] = []
+
+    def run(self, root: tuple[int, int]) -> None:
+        self.seen[root] = ""
+        self.folder(self.listing.base, "", {root: ""})
+        while self.links:
+            label, relative, real, key, ancestors = self.links.pop(0)
+            if key in ancestors:
+                where = ancestors[key] or "the policy folder"
+                self.refuse(label, f"symlink loop: leads back to {where}")
+            elif key in self.seen:
+                self.refuse(label, f"symlink to a folder read already (as {self.seen[key]})")
+            else:
+                self.seen[key] = relative
+                self.folder(real, relative, {**ancestors, key: relative})
+        # The order the revision hashes in, and `attrgate check` prints in: by path.
+        self.listing.entries.sort(key=lambda e: e.relative.split(os.sep))
+        self.listing.problems.sort(key=lambda p: p.label.split(os.sep))
+
+    def refuse(self, label: str, message: str) -> None:
+        self.listing.problems.append(Problem(label, message))
+
+    def folder(self, folder: str, prefix: str, ancestors: _Ancestors) -> None:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            self.refuse(str(self.given / prefix), _os_message(exc))
+            return
+        for name in names:
+            if not name.startswith("."):
+                self.entry(os.path.join(folder, name), os.path.join(prefix, name), ancestors)
+
+    def entry(self, path: str, relative: str, ancestors: _Ancestors) -> None:
+        label = str(self.given / relative)
+        policy_name = relative.endswith(POLICY_SUFFIXES)
+        real, base = path, self.listing.base
+        try:
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                real = os.path.realpath(path, strict=True)
+                if os.path.commonpath((base, real)) != base:
+                    self.refuse(label, f"symlink leads outside the policy folder (to {real})")
+                    return
+                info = os.stat(real)
+        except FileNotFoundError:
+            if policy_name:  # a dangling link (a file deleted since listed: the re-list sees it)
+                self.refuse(label, "no such file (a dangling symlink?)")
+            return
+        except OSError as exc:
+            self.refuse(label, _os_message(exc))
+            return
+        if stat.S_ISDIR(info.st_mode):
+            key = _key(info)
+            if real == path:
+                self.seen[key] = relative
+                self.folder(path, relative, {**ancestors, key: relative})
+            else:
+                self.links.append((label, relative, real, key, ancestors))
+        elif not policy_name:
+            return
+        elif stat.S_ISREG(info.st_mode):
+            self.listing.entries.append(_Entry(label, relative, real, _identity(info)))
+        else:
+            self.refuse(label, _not_regular(info.st_mode))
+
+
+def _check_sizes(given: Path, listing: _Listing, max_bytes: int) -> None:
+    """One limit for each file and for the set, so the bytes held in memory stay below it."""
+    total = 0
+    for entry in listing.entries:
+        size = entry.identity[2]
+        total += size
+        if size > max_bytes:
+            listing.oversized = True
+            listing.problems.append(
+                Problem(entry.label, f"{size} bytes, over the {_LIMIT} of {max_bytes}")
+            )
+    if total > max_bytes and not listing.oversized:
+        listing.oversized = True
+        listing.problems.append(
+            Problem(
+                str(given),
+                f"the policy files hold {total} bytes together, over the {_LIMIT} of {max_bytes}",
+            )
+        )
+
+
+_LIMIT = "--policy-max-bytes limit"
+
+
+def _read(entry: _Entry, max_bytes: int) -> SourceFile | Problem:
+    """The file `entry` listed, or _Changed. O_NONBLOCK: should a FIFO have taken its place
+    since the listing, the open does not wait for a writer (and fstat refuses it)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        handle = os.open(entry.real, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            raise _Changed from None  # removed, or replaced by a symlink
+        return Problem(entry.label, _os_message(exc))
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode) or _identity(info) != entry.identity:
+            raise _Changed
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:  # bounded: a file growing since the stat cannot flood memory
+            chunk = os.read(handle, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        return Problem(entry.label, _os_message(exc))
+    finally:
+        os.close(handle)
+    if size != entry.identity[2]:
+        raise _Changed  # written to since the stat
+    return SourceFile(entry.label, entry.relative, b"".join(chunks))
+
+
+def _identity(info: os.stat_result) -> _Identity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _key(info: os.stat_result) -> tuple[int, int]:
+    return (info.st_dev, info.st_ino)
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> str:
+    kind = next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
+    return f"refused: {kind}, not a regular file"
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "no such file or folder"
+    return f"cannot read: {exc.strerror}"
