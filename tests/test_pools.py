@@ -32,6 +32,7 @@ class Describer:
     def __init__(self, delay: float = 0.0) -> None:
         self.calls: list[str] = []
         self.cancelled: list[str] = []
+        self.finished: list[str] = []
         self.delay = delay
         self.failing: UpstreamResult | None = None
 
@@ -42,6 +43,7 @@ class Describer:
         except asyncio.CancelledError:
             self.cancelled.append(pool_id)
             raise
+        self.finished.append(pool_id)
         if self.failing is not None:
             return self.failing
         if pool_id.startswith("missing"):
@@ -276,7 +278,7 @@ def test_an_overloaded_queue_sent_nothing_and_costs_no_token() -> None:
 
 
 def test_one_call_for_concurrent_misses_and_a_quitter_cancels_no_one() -> None:
-    describe = Describer(delay=0.2)
+    describe = Describer(delay=1.0)
     pools = cache(describe, burst=1, rate=0.001)
 
     async def main() -> None:
@@ -284,6 +286,7 @@ def test_one_call_for_concurrent_misses_and_a_quitter_cancels_no_one() -> None:
         await asyncio.sleep(0.05)
         patient = [asyncio.create_task(pools.get("p", "svc")) for _ in range(5)]
         await asyncio.sleep(0.05)
+        assert describe.finished == [], "the lookup ended before the quitter left: no race"
         quitter.cancel()  # e.g. its caller's deadline passed
         results = await asyncio.gather(*patient)
         assert all(isinstance(r, PoolDescription) for r in results)

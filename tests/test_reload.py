@@ -114,7 +114,7 @@ def test_a_request_already_deciding_keeps_the_set_it_started_with(
     """Policy said yes under the old set; while it waits for pool metadata a reload adds a guard
     refusing its country. It must finish under the old set, not mix the two."""
     describe = describe_reply(auto_verified=("phone_number",))
-    describe.delay = 0.6
+    describe.delay = 2.0  # long enough for the reload to land while it waits, on a busy machine
     stub.describe = describe
     server = serve(
         svc_policy("[{attribute: phone_number}]"),
@@ -131,6 +131,7 @@ def test_a_request_already_deciding_keeps_the_set_it_started_with(
         assert wait_until(lambda: len(stub.calls("DescribeUserPool")) == 1)
         write(server, svc_policy("[{attribute: phone_number}]") + US_REFUSED)
         assert server.run(server.app.reload()) is True
+        assert not pending.done(), "the request ended before the reload: no race was tested"
         answer = pending.result(timeout=10)
         assert answer.decision.allowed
         with pytest.raises(grpc.RpcError) as refused:

@@ -29,7 +29,7 @@ from support.cognito_stub import CognitoStub, Reply, describe_reply, error
 from support.moto_cognito import MotoCognito, free_port
 from support.prometheus import metrics_text
 from support.rpc import RichError, as_caller, attrs_request, request, rich
-from support.waiting import wait_until
+from support.waiting import json_lines, wait_until
 
 POOL = "us-east-1_StubPool1"
 CALLER = "profile-api"
@@ -414,20 +414,28 @@ def test_unreachable_endpoint_is_unavailable(
 
 @pytest.mark.floors
 def test_deadline_exceeded_and_late_outcome_logged(
-    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any, tmp_path: Path
 ) -> None:
-    stub.program(Reply(delay=1.0))
-    server = stub_server()
+    cognito_delay = 2.0  # under the test servers' 3 s read timeout
+    stub.program(Reply(delay=cognito_delay))
+    decisions = tmp_path / "decisions.jsonl"
+    server = stub_server(decision_log=str(decisions))
 
-    started = time.monotonic()
     err = call_error(server, allowed_request(), timeout=0.3)
 
     assert err.code() == S.DEADLINE_EXCEEDED
-    assert time.monotonic() - started < 0.9, "the caller waited for Cognito past its deadline"
-    late = wait_for_late_record(logs)
+    # The server's side, not the client's timer: the handler ended at the caller's deadline
+    # (its own DEADLINE_EXCEEDED, or gRPC's cancellation when the client's timer won the race)
+    # and was logged before Cognito, still busy, answered.
+    (entry,) = json_lines(decisions, 1)
+    assert not [r for r in logs.records if "late cognito outcome" in r.getMessage()]
+    assert entry["status"] in ("DEADLINE_EXCEEDED", "CANCELLED"), entry
+    assert entry["latency_ms"] < cognito_delay * 1000, "the server waited for Cognito"
+    late = wait_for_late_record(logs, timeout=cognito_delay + 10)
     # The outcome Cognito gave after the caller left: the update happened.
     assert late["ok"] == "True"
     assert UUID.match(late["rid"])
+    assert late["id"] == entry["decision_id"]
     assert len(stub.calls()) == 1
     # When the server's own abort wins the race with the client's timer, the caller holds the
     # decision id too; it must be the one logged.
