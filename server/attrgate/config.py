@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from attrgate.store.base import DEFAULT_TIMEOUT
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -45,7 +47,10 @@ class Settings:
     pool_metadata_fail_open: bool = False
     state: str | None = None
     redis_url: str | None = None
+    redis_cluster: bool = False
     hmac_key_file: str | None = None
+    store_timeout: float = DEFAULT_TIMEOUT
+    require_durable_store: bool = False
     metrics_listen: str | None = None
     decision_log: str = "-"
     decision_log_queue: int = 10_000
@@ -91,9 +96,16 @@ _HELP = {
     "pool_cache_ttl": "seconds a DescribeUserPool answer is reused",
     "pool_metadata_fail_open": "when a pool cannot be described, forward without schema checks "
     "(and count any phone_number write as SMS-triggering) instead of failing UNAVAILABLE",
-    "state": "SQLite file for SMS guard counts (embedded; survives restarts)",
+    "state": "SQLite file for SMS guard counts (embedded; survives restarts; the key that hashes "
+    "what it counts is kept in a file beside it)",
     "redis_url": "Redis for SMS guard counts shared by several replicas (needs --hmac-key-file)",
-    "hmac_key_file": "key for hashing phone numbers, users and callers in counter keys",
+    "redis_cluster": "the Redis of --redis-url is a Redis Cluster (any node's address)",
+    "hmac_key_file": "key for hashing phone numbers, users and callers in counter keys "
+    "(default with --state: generated once beside it, STATE without its suffix + .key)",
+    "store_timeout": "seconds an SMS-triggering write waits for the counting store (its turn, "
+    "locks, Redis) before failing UNAVAILABLE",
+    "require_durable_store": "refuse to start on a Redis that can lose counts (no appendonly "
+    "yes, an eviction policy) instead of warning",
     "metrics_listen": "HOST:PORT serving Prometheus metrics on /metrics",
     "decision_log": "where the JSON-lines decision log goes: - for stdout, or a file (reopened "
     "on SIGHUP)",
@@ -213,7 +225,7 @@ def check(settings: Settings) -> None:
         raise ConfigError("--executor-threads must be at least 1")
     if settings.cognito_max_attempts < 1:
         raise ConfigError("--cognito-max-attempts must be at least 1")
-    for name in ("cognito_connect_timeout", "cognito_read_timeout", "grace"):
+    for name in ("cognito_connect_timeout", "cognito_read_timeout", "store_timeout", "grace"):
         value = getattr(settings, name)
         if not math.isfinite(value) or value < 0 or (value == 0 and name != "grace"):
             flag = "--" + name.replace("_", "-")
@@ -222,6 +234,8 @@ def check(settings: Settings) -> None:
         raise ConfigError(
             "--redis-url needs --hmac-key-file: replicas must hash phone numbers with one key"
         )
+    if settings.redis_cluster and not settings.redis_url:
+        raise ConfigError("--redis-cluster needs --redis-url (the address of any cluster node)")
     if settings.hmac_key_file and not os.path.isfile(settings.hmac_key_file):
         raise ConfigError(f"cannot read {settings.hmac_key_file}: no such file")
     if not math.isfinite(settings.pool_cache_ttl) or settings.pool_cache_ttl < 0:
