@@ -131,6 +131,7 @@ def retry_at(counter: Counter, used: int, events: Sequence[tuple[int, int]], now
     return (events[-1][0] if events else now_ms) + counter.window_ms
 
 
+LOCK_SHARE = 0.8  # of the store timeout, the most a batch waits for another process's lock
 JOURNAL_MODE = "truncate"  # measured against DELETE: see bench/bench_sms_store.py
 
 
@@ -154,8 +155,10 @@ class SqliteStore:
             opened = os.fstat(handle)
         finally:
             os.close(handle)
-        # isolation_level=None: no implicit transactions; the writer's are explicit.
-        conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        # isolation_level=None: no implicit transactions; the writer's are explicit. Waiting for
+        # another process's lock takes most of a call's time, so the call fails naming the lock
+        # (reason "locked") rather than with a bare timeout.
+        conn = sqlite3.connect(self._path, timeout=LOCK_SHARE * self._timeout, isolation_level=None)
         try:
             conn.execute("PRAGMA mmap_size=0")
             mode = self._leave_wal(conn)
