@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -197,6 +198,10 @@ def main() -> None:
     extra = argv[split + 1 :]  # after --: more `attrgate serve` flags
 
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    # The stub's listen backlog (5 by default) drops connections in a burst of new ones; a write
+    # whose connection dropped has an unknown outcome and stays counted, which is right but not
+    # what this measures.
+    ThreadingHTTPServer.request_queue_size = 1024
     stub = CognitoStub()
     stub.describe = describe_reply(auto_verified=("phone_number",))
     stub.default = Reply(delay=COGNITO_DELAY)

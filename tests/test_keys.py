@@ -13,6 +13,8 @@ import json
 import logging
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -258,3 +260,14 @@ def test_a_redis_cluster_needs_the_flag_and_counts_exactly_across_replicas(
     assert update(b, sms_pool, "+14155550111") == OK
     assert update(a, sms_pool, "+14155550112") == FULL
     assert update(b, sms_pool, "+14155550113") == FULL
+    # what the operator reads from the cluster
+    where = ("--policies", str(a.settings.policies), "--redis-url", redis_cluster.url)
+    report = subprocess.run(
+        [sys.executable, "-m", "attrgate", "sms", "usage", "--redis-cluster", *where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "    global: 2/2" in report.stdout.splitlines()

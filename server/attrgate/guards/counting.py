@@ -104,7 +104,8 @@ class SmsCounting:
         try:
             removed = await asyncio.shield(release)
         except StoreUnavailable:
-            log.warning("could not release SMS reservation %s; it stays counted", reservation_id)
+            # Counted and logged (rate-limited) by the watch; it stays counted: the safe side.
+            log.debug("could not release SMS reservation %s; it stays counted", reservation_id)
             return []
         return [c for c, gone in zip(charges, removed, strict=True) if gone]
 

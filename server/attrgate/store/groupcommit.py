@@ -11,8 +11,8 @@ stopped waiting (timeout, cancellation) before the writer took it is never run: 
 learn of it, and nobody would give it back. A release always runs once queued: it is
 idempotent, and dropping one would keep a count that Cognito never used.
 
-Before each batch the writer calls `check()` (the store compares the file's identity); what it
-raises fails the batch.
+Before each batch and after its commit the writer calls `check()` (the store compares the file's
+identity); what it raises fails the batch.
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ class GroupCommitWriter:
         failure: Callable[[BaseException], StoreUnavailable],
     ) -> None:
         """`connect` opens the connection (in the writer thread, on the first batch; retried on
-        the next batch when it fails); `check` runs before each batch; `failure` turns whatever a
-        batch raised into the StoreUnavailable its callers get."""
+        the next batch when it fails); `check` runs before each batch and after its commit;
+        `failure` turns whatever a batch raised into the StoreUnavailable its callers get."""
         self._name = name
         self._connect = connect
         self._check = check
@@ -200,12 +200,15 @@ class GroupCommitWriter:
                 if op.take():  # taken as late as possible: a caller gone by now drops it
                     results.append((op, op.work(conn)))
             conn.execute("COMMIT")
+            # Again after: an answer is given only when the file was still there once committed.
+            self._check()
         except BaseException as exc:
             if conn is not None and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.rollback()
             error = self._failure(exc)
-            # Every operation of the batch fails, those already run too: they were rolled back.
+            # Every operation of the batch fails, those run too: rolled back, or committed into
+            # a file no longer at the path.
             for op in ops:
                 op.take()
             _settle([(op, None, error) for op in ops if op.state == _TAKEN])

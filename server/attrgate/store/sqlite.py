@@ -132,7 +132,10 @@ def retry_at(counter: Counter, used: int, events: Sequence[tuple[int, int]], now
 
 
 LOCK_SHARE = 0.8  # of the store timeout, the most a batch waits for another process's lock
-JOURNAL_MODE = "truncate"  # measured against DELETE: see bench/bench_sms_store.py
+# Measured here: TRUNCATE, DELETE and PERSIST cost the same per commit (1.3-1.5 ms with
+# synchronous=FULL; WAL 0.2 ms, amortised by group commit anyway). TRUNCATE creates no directory
+# entry per transaction, and unlike PERSIST leaves no old page images in the journal.
+JOURNAL_MODE = "truncate"
 
 
 class SqliteStore:
