@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -36,28 +33,20 @@ from attrgate.v1 import attrgate_pb2 as pb  # noqa: E402
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc  # noqa: E402
 from support.cognito_stub import CognitoStub, Reply, describe_reply  # noqa: E402
 from support.moto_cognito import free_port  # noqa: E402
+from support.policies import sms_guard, svc_policy  # noqa: E402
+from support.rpc import code_and_reason  # noqa: E402
+from support.served import stop_serve  # noqa: E402
 
-ALLOW_PHONES = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: phones}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow: [{attribute: phone_number}]
-"""
-GUARD = """
----
-apiVersion: attrgate/v1
-kind: SmsGuard
-metadata: {name: bench}
-spec:
-  userPools: ["*"]
-  limits:
-    - {per: phone_number, max: 5, window: 1h}
-    - {per: global, max: 1000000, window: 1h}
-  budget: {currency: USD, amount: 100000, window: month, pricePerMessage: {default: 0.01}}
-"""
+ALLOW_PHONES = svc_policy("[{attribute: phone_number}]")
+GUARD = sms_guard(
+    """
+limits:
+  - {per: phone_number, max: 5, window: 1h}
+  - {per: global, max: 1000000, window: 1h}
+budget: {currency: USD, amount: 100000, window: month, pricePerMessage: {default: 0.01}}
+""",
+    name="bench",
+)
 COGNITO_DELAY = 0.1
 CHANNELS = 8
 
@@ -73,16 +62,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def outcome(error: grpc.aio.AioRpcError | None) -> str:
-    if error is None:
-        return "OK"
-    reason = ""
-    status = rpc_status.from_call(error)
-    if status is not None:
-        info = error_details_pb2.ErrorInfo()
-        for detail in status.details:
-            if detail.Unpack(info):
-                reason = info.reason
-    return f"{error.code().name} {reason}".strip()
+    return "OK" if error is None else " ".join(code_and_reason(error)).strip()
 
 
 async def one_round(
@@ -248,11 +228,7 @@ def main() -> None:
                         f"answers {dict(outcomes)}"
                     )
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_serve(process, 20)
             stub.stop()
 
 

@@ -25,6 +25,8 @@ from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.cognito_stub import CognitoStub, Reply, describe_reply
 from support.fleet import Call, ClientFleet, Outcome, Replica, replica_env, start_all
 from support.moto_cognito import MotoCognito
+from support.policies import sms_guard as support_sms_guard
+from support.policies import svc_policy
 from support.redis_server import RedisClusterServers, RedisServer
 from support.rpc import as_caller, attrs_request, rich
 
@@ -35,26 +37,13 @@ ROUNDS = 5
 SQLITE_ROUNDS = 3
 REFUSED = ("RESOURCE_EXHAUSTED", "SMS_LIMIT_EXCEEDED")
 
-ALLOW_PHONES = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: phones}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow:
-    - attribute: phone_number
-    - attribute: phone_number_verified
-    - attribute: given_name
-"""
+ALLOW_PHONES = svc_policy(
+    "[{attribute: phone_number}, {attribute: phone_number_verified}, {attribute: given_name}]"
+)
 
 
 def sms_guard(body: str) -> str:
-    indented = "\n".join("  " + line for line in body.strip("\n").splitlines())
-    return (
-        "---\napiVersion: attrgate/v1\nkind: SmsGuard\nmetadata: {name: fleet}\n"
-        f"spec:\n  mode: enforce\n  userPools: ['*']\n{indented}\n"
-    )
+    return support_sms_guard(body, name="fleet")
 
 
 LIMIT_GUARD = sms_guard(

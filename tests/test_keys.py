@@ -27,28 +27,18 @@ from attrgate.config import ConfigError
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer
 from support.moto_cognito import MotoCognito
+from support.policies import sms_guard, svc_policy
 from support.redis_server import RedisClusterServers, RedisServer
 from support.rpc import as_caller, attrs_request, rich
 
 Serve = Callable[..., RunningServer]
-POLICIES = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: phones}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow: [{attribute: phone_number}]
----
-apiVersion: attrgate/v1
-kind: SmsGuard
-metadata: {name: sms}
-spec:
-  userPools: ["*"]
-  limits:
-    - {per: phone_number, max: 1, window: 1h}
-    - {per: global, max: 2, window: 1h}
+POLICIES = svc_policy("[{attribute: phone_number}]") + sms_guard(
+    """
+limits:
+  - {per: phone_number, max: 1, window: 1h}
+  - {per: global, max: 2, window: 1h}
 """
+)
 PHONE = "+14155550100"
 OK = ("OK", "")
 FULL = ("RESOURCE_EXHAUSTED", "SMS_LIMIT_EXCEEDED")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -23,28 +23,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.moto_cognito import MotoCognito, free_port
+from support.policies import sms_guard, svc_policy
 from support.prometheus import metrics_text, samples_of, total
 from support.rpc import as_caller, attrs_request, rich
-from support.served import start_serve
+from support.served import start_serve, stop_serve
 from support.waiting import wait_until
 
-POLICIES = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: phones}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow: [{attribute: phone_number}, {attribute: given_name}]
----
-apiVersion: attrgate/v1
-kind: SmsGuard
-metadata: {name: sms}
-spec:
-  userPools: ["*"]
-  limits:
-    - {per: global, max: 100, window: 1h}
-"""
+POLICIES = svc_policy("[{attribute: phone_number}, {attribute: given_name}]") + sms_guard(
+    "limits:\n  - {per: global, max: 100, window: 1h}"
+)
 OK = ("OK", "")
 STORE_DOWN = ("UNAVAILABLE", "SMS_STORE_UNAVAILABLE")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -105,32 +92,38 @@ def sms_pool(moto: MotoCognito) -> str:
     return pool
 
 
-@pytest.fixture
-def served(moto: MotoCognito, sms_pool: str, tmp_path: Path) -> Iterator[Served]:
-    (tmp_path / "policies.yaml").write_text(POLICIES)
+@contextlib.contextmanager
+def serving_against(
+    moto: MotoCognito, pool: str, folder: Path, *flags: str, store_timeout: str = "1"
+) -> Iterator[Served]:
+    """`attrgate serve` on moto with the SmsGuard POLICIES, until SERVING; stopped after.
+    The store timeout comes through its variable (an attrgate without the flag ignores it)."""
+    (folder / "policies.yaml").write_text(POLICIES)
     port, metrics_port = free_port(), free_port()
     process = start_serve(
-        tmp_path / "policies.yaml",
+        folder / "policies.yaml",
         port,
-        *("--state", str(tmp_path / "state.sqlite")),
         *("--metrics-listen", f"127.0.0.1:{metrics_port}", "--decision-log", os.devnull),
-        *("--cognito-endpoint", moto.endpoint),
-        output=tmp_path,
-        ATTRGATE_STORE_TIMEOUT="1",
+        *("--cognito-endpoint", moto.endpoint, *flags),
+        output=folder,
+        ATTRGATE_STORE_TIMEOUT=store_timeout,
         AWS_ACCESS_KEY_ID=moto.attrgate_keys.access_key_id,
         AWS_SECRET_ACCESS_KEY=moto.attrgate_keys.secret_access_key,
     )
-    found = Served(process, port, metrics_port, tmp_path, sms_pool)
+    found = Served(process, port, metrics_port, folder, pool)
     try:
-        assert wait_until(lambda: serving(found), seconds=30), found.err()
+        assert wait_until(lambda: serving(found), seconds=60), found.err()
         yield found
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_serve(process)
+
+
+@pytest.fixture
+def served(moto: MotoCognito, sms_pool: str, tmp_path: Path) -> Iterator[Served]:
+    with serving_against(
+        moto, sms_pool, tmp_path, "--state", str(tmp_path / "state.sqlite")
+    ) as found:
+        yield found
 
 
 def serving(found: Served) -> bool:
@@ -224,8 +217,7 @@ def test_a_start_that_finds_the_state_gone_but_its_key_says_the_counts_are_gone(
         assert "starts again from zero" in err
         assert process.poll() is None  # loud, not refused
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
+        stop_serve(process)
 
 
 def test_local_cognito_removes_its_temporary_state_on_exit(tmp_path: Path) -> None:
@@ -243,8 +235,7 @@ def test_local_cognito_removes_its_temporary_state_on_exit(tmp_path: Path) -> No
         assert state.exists()
         assert (state.parent / "state.key").exists()
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert stop_serve(process, 30) == 0
     assert list(scratch.iterdir()) == [], "the temporary state (or its key) was left behind"
 
 
@@ -256,33 +247,24 @@ def test_a_store_that_never_answers_fails_sms_writes_after_the_store_timeout(
     moto: MotoCognito, sms_pool: str, tmp_path: Path
 ) -> None:
     """--store-timeout bounds an SMS-triggering write's wait for a silent Redis."""
-    import socket
-
-    (tmp_path / "policies.yaml").write_text(POLICIES)
     key = tmp_path / "hmac.key"
     key.write_text("k" * 32)
     with socket.socket() as silent:  # accepts connections (backlog), never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
-        port = free_port()
-        process = start_serve(
-            tmp_path / "policies.yaml",
-            port,
-            *("--redis-url", f"redis://127.0.0.1:{silent.getsockname()[1]}/0"),
-            *("--hmac-key-file", str(key), "--cognito-endpoint", moto.endpoint),
-            output=tmp_path,
-            ATTRGATE_STORE_TIMEOUT="1.5",
-            AWS_ACCESS_KEY_ID=moto.attrgate_keys.access_key_id,
-            AWS_SECRET_ACCESS_KEY=moto.attrgate_keys.secret_access_key,
-        )
-        found = Served(process, port, 0, tmp_path, sms_pool)
-        try:
-            assert wait_until(lambda: serving(found), seconds=60), found.err()
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with serving_against(
+            moto,
+            sms_pool,
+            tmp_path,
+            "--redis-url",
+            url,
+            "--hmac-key-file",
+            str(key),
+            store_timeout="1.5",
+        ) as found:
             assert "does not answer now (timeout)" in found.err()
             started = time.monotonic()
             assert found.sms_write() == STORE_DOWN
             assert 1.5 <= time.monotonic() - started < 20
             assert found.plain_write() == OK
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
