@@ -264,6 +264,9 @@ def test_a_store_that_never_answers_fails_sms_writes_after_the_store_timeout(
             store_timeout="1.5",
         ) as found:
             assert "does not answer now (timeout)" in found.err()
+            # down from the start: reported before any SMS-triggering write asks
+            assert wait_until(lambda: found.health("attrgate.SmsStore") == NOT_SERVING, 10)
+            assert found.metric("attrgate_sms_store_failures_total", reason="timeout") >= 1
             started = time.monotonic()
             assert found.sms_write() == STORE_DOWN
             assert 1.5 <= time.monotonic() - started < 20

@@ -100,20 +100,23 @@ class SmsState:
                 raise ConfigError(f"cannot open the SMS state {path}: {exc}") from None
             key = await embedded_key(store, path, settings.hmac_key_file)
         check = KeyCheck(store, key, where)
+        down: StoreUnavailable | None = None
         try:
             await check()
         except StoreUnavailable as exc:
             if exc.reason == KEY_MISMATCH or isinstance(store, SqliteStore):
                 raise ConfigError(str(exc)) from None
             log.warning(
-                "could not check the HMAC key against %s now (%s); checked before the first "
+                "could not check the HMAC key against %s now; checked before the first "
                 "SMS-triggering write",
                 where,
-                exc.reason,
             )
+            down = exc
         self.key = key
         watch = StoreWatch(metrics.sms_store_failure, self._changed)
         metrics.watch_sms_store(lambda: watch.up, REASONS)
+        if down is not None:  # down from the start: logged, counted, and NOT_SERVING at once
+            watch.failed(down, "start")
         self.counting = SmsCounting(store, Hasher(key), watch=watch, key_check=check)
 
     def follow(self, servicer: health.aio.HealthServicer) -> None:
