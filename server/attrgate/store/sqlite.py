@@ -322,10 +322,13 @@ class SqliteStore:
         counters = tuple(counters)
 
         def work(conn: sqlite3.Connection) -> list[int]:
-            return [  # one transaction: one snapshot for all counters
+            # The key's total less its events that no longer count (few: reservations and the
+            # sweep delete them), read without deleting anything. One transaction: one snapshot.
+            return [
                 int(
                     conn.execute(
-                        "SELECT COALESCE(SUM(amount), 0) FROM events WHERE key = ? AND ts > ?",
+                        "SELECT COALESCE((SELECT total FROM sums WHERE key = ?1), 0) - "
+                        "(SELECT COALESCE(SUM(amount), 0) FROM events WHERE key = ?1 AND ts <= ?2)",
                         (c.key, _live_since(c, now_ms)),
                     ).fetchone()[0]
                 )
