@@ -30,6 +30,7 @@ from support.moto_cognito import MotoCognito
 from support.policies import sms_guard, svc_policy
 from support.redis_server import RedisClusterServers, RedisServer
 from support.rpc import as_caller, attrs_request, rich
+from support.waiting import wait_until
 
 Serve = Callable[..., RunningServer]
 POLICIES = svc_policy("[{attribute: phone_number}]") + sms_guard(
@@ -204,6 +205,29 @@ def test_redis_holds_the_fingerprint_not_the_key_and_refuses_another_key(
     assert all(name.startswith("{attrgate}:") for name in names)
     with pytest.raises(ConfigError, match="were made with another HMAC key"):
         serve(POLICIES, moto.endpoint, redis_url=clean_redis.url, hmac_key_file=str(other))
+
+
+def test_a_redis_that_lost_its_counts_is_noticed_while_serving(
+    serve: Serve,
+    moto: MotoCognito,
+    sms_pool: str,
+    clean_redis: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = tmp_path / "a.key"
+    key.write_text("the fleet's key, long enough\n")
+    server = serve(POLICIES, moto.endpoint, redis_url=clean_redis.url, hmac_key_file=str(key))
+    assert update(server, sms_pool, PHONE) == OK
+    with redis.Redis.from_url(clean_redis.url) as client:
+        client.flushall()  # as a restart without appendonly would leave it
+        assert wait_until(lambda: "every SMS limit and budget starts again" in caplog.text, 15)
+        assert "ERROR" in [r.levelname for r in caplog.records if "are gone" in r.getMessage()]
+        # the fingerprint is back: a replica with another key is still refused
+        assert (
+            client.get("{attrgate}:secret:key-fingerprint")
+            == fingerprint(b"the fleet's key, long enough").encode()
+        )
 
 
 def test_require_durable_store_refuses_a_redis_that_can_lose_counts(

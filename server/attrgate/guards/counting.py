@@ -110,6 +110,9 @@ class SmsCounting:
         return [c for c, gone in zip(charges, removed, strict=True) if gone]
 
     async def probe(self) -> None:
-        """Ask the store whether it answers (the health check's periodic question)."""
+        """Ask the store whether it answers, and still holds the key's fingerprint (the health
+        check's periodic question)."""
         with contextlib.suppress(StoreUnavailable):
             await self._watched("probe", self.store.ping())
+            if self._key_check is not None and self._key_check.passed:
+                await self._watched("probe", self._key_check.still_held())

@@ -189,3 +189,19 @@ class KeyCheck:
                 KEY_MISMATCH,
             )
         self.passed = True
+
+    async def still_held(self) -> None:
+        """After the check passed: the fingerprint must still be in the store. Gone, the store
+        lost everything it held (a Redis restarted without its append-only file, flushed, or
+        evicting): say so, loudly, and store it again. Raise StoreUnavailable."""
+        stored = await self._store.secret(FINGERPRINT)
+        if stored == self._fingerprint.encode():
+            return
+        if stored is None:
+            log.error(
+                "the SMS counts in %s are gone (the key's fingerprint with them: restarted "
+                "without appendonly, flushed or evicting?): every SMS limit and budget starts "
+                "again from zero",
+                self._where,
+            )
+        await self()
