@@ -25,7 +25,7 @@ ENV PATH=/opt/attrgate/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/attrgate
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt README.md LICENSE ./
 COPY server/ server/
 # The cache mount keeps pip's downloads out of the layer and reuses them across builds.
 RUN --mount=type=cache,target=/root/.cache/pip \
@@ -57,7 +57,9 @@ EXPOSE 50051 50052
 # SERVING once the policies are loaded and the Cognito client is built; NOT_SERVING while draining.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["attrgate", "health", "--target", "127.0.0.1:50052"]
-# attrgate is PID 1 and drains in-flight calls on SIGTERM (docker stop) within --grace.
+# attrgate is PID 1. On SIGTERM it reports NOT_SERVING, keeps serving for --drain-delay (5 s),
+# then lets calls in flight finish within --grace (10 s): stop it with `docker stop -t 30` (or a
+# pod terminationGracePeriodSeconds above drain delay + grace + read timeout + trace flush).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["attrgate"]
 CMD ["serve"]

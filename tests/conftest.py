@@ -12,6 +12,9 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.pop("AWS_PROFILE", None)
 os.environ["AWS_CONFIG_FILE"] = os.devnull
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+# `attrgate serve` processes the tests start stop at once on SIGTERM (tests of the drain itself
+# pass --drain-delay).
+os.environ["ATTRGATE_DRAIN_DELAY"] = "0"
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider

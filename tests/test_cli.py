@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ def environment(**extra: str) -> dict[str, str]:
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         PYTHONUNBUFFERED="1",
+        ATTRGATE_DRAIN_DELAY="0",  # SIGTERM ends a test's server at once
     )
     env.update(extra)
     return env
@@ -372,7 +374,8 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     before = attributes("ada")
     denied = attrgate(*call, "--user", "ada", "custom:role=admin", "email_verified=true")
     assert denied.returncode == 1
-    out = denied.stdout
+    assert denied.stdout == ""  # errors go to stderr
+    out = denied.stderr
     assert out.startswith("ERROR PERMISSION_DENIED: "), out
     assert "reason: POLICY_DENIED (domain attrgate)" in out
     assert "field violations:" in out
@@ -397,7 +400,7 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     # No caller: UNAUTHENTICATED.
     anonymous = attrgate("call", "--target", target, "--pool", pool[1], "--user", "ada", "a=b")
     assert anonymous.returncode == 1
-    assert anonymous.stdout.startswith("ERROR UNAUTHENTICATED")
+    assert anonymous.stderr.startswith("ERROR UNAUTHENTICATED")
 
     # Health on the admin listener and on the main one.
     for where in (admin_target, target):
@@ -477,3 +480,31 @@ def test_serve_refuses_a_port_another_grpc_server_holds(
         assert f"cannot listen on 127.0.0.1:{port}" in served.errors()
     finally:
         occupant.stop(0)
+
+
+def test_call_interrupted_exits_130_without_a_traceback() -> None:
+    # A listener that accepts and never answers: the call waits until Ctrl-C.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        call = subprocess.Popen(
+            [
+                *(*ATTRGATE, "call", "--target", target, "--caller", "svc", "--pool", "p_1"),
+                *("--user", "ada", "--timeout", "60", "given_name=Ada"),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            connected, _ = silent.accept()  # the call is under way
+            with connected:
+                call.send_signal(signal.SIGINT)
+                out, err = call.communicate(timeout=30)
+        finally:
+            call.kill()
+    assert call.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    assert out == ""

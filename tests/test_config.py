@@ -320,6 +320,11 @@ def test_local_cognito_needs_no_region() -> None:
         (["--cognito-max-attempts", "0"], "--cognito-max-attempts"),
         (["--max-receive-bytes", "100"], "--max-receive-bytes"),
         (["--log-level", "CHATTY"], "--log-level"),
+        (["--pool-negative-ttl", "-1"], "--pool-negative-ttl"),
+        (["--pool-cache-stale", "inf"], "--pool-cache-stale"),
+        (["--metadata-lookup-rate", "0"], "--metadata-lookup-rate"),
+        (["--metadata-lookup-rate", "nan"], "--metadata-lookup-rate"),
+        (["--metadata-lookup-burst", "0"], "--metadata-lookup-burst"),
     ],
 )
 def test_other_refusals(extra: list[str], needle: str) -> None:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -19,19 +18,14 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
 from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request, rich
-from support.waiting import wait_until
+from support.waiting import json_lines
 
 POLICY = svc_policy("[{attribute: given_name}, {attribute: family_name}]", "[source]")
 MARK = "Zz9personal"
 POOL = "us-east-1_Pool1"
 
 
-def entries(path: Path, count: int) -> list[dict[str, Any]]:
-    def lines() -> list[str]:
-        return path.read_text().splitlines() if path.exists() else []
-
-    assert wait_until(lambda: len(lines()) >= count), f"expected {count} entries in {path}"
-    return [json.loads(line) for line in lines()]
+entries = json_lines
 
 
 def test_every_decision_is_one_line_and_nothing_personal_is_in_it(

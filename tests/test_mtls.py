@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,11 +23,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from attrgate.config import Settings
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer, settings_for
 from support.cognito_stub import CognitoStub
 from support.rpc import as_caller, request, rich
+from support.waiting import wait_until
 
 POOL = "us-east-1_mtlsPool"
 SPIFFE_FIRST = "spiffe://example.org/ns/prod/sa/first"
@@ -227,6 +231,18 @@ def pki_dir(ca: Issued, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def mtls_settings(folder: Path, policies: Path, endpoint: str) -> Settings:
+    """An mTLS listener on the server.pem, server.key and ca.pem in `folder`."""
+    return settings_for(
+        insecure=False,
+        tls_cert=str(folder / "server.pem"),
+        tls_key=str(folder / "server.key"),
+        client_ca=str(folder / "ca.pem"),
+        policies=str(policies),
+        cognito_endpoint=endpoint,
+    )
+
+
 @pytest.fixture(scope="module")
 def mtls_server(pki_dir: Path) -> Iterator[RunningServer]:
     """One server for the module (starting one per test costs the Cognito stub's shutdown)."""
@@ -237,16 +253,7 @@ def mtls_server(pki_dir: Path) -> Iterator[RunningServer]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_ACCESS_KEY_ID", "stub-key")
         patch.setenv("AWS_SECRET_ACCESS_KEY", "stub-secret")
-        server = RunningServer(
-            settings_for(
-                insecure=False,
-                tls_cert=str(pki_dir / "server.pem"),
-                tls_key=str(pki_dir / "server.key"),
-                client_ca=str(pki_dir / "ca.pem"),
-                policies=str(policies),
-                cognito_endpoint=stub.endpoint,
-            )
-        )
+        server = RunningServer(mtls_settings(pki_dir, policies, stub.endpoint))
         try:
             yield server
         finally:
@@ -464,3 +471,111 @@ def test_an_overlong_identity_is_refused_not_truncated(
     with pytest.raises(grpc.RpcError) as caught:
         check_as(mtls_server, ca, client)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- certificate rotation ----------------------------------------------------------------------
+
+
+def _server_cert(ca: Issued) -> Issued:
+    return issue(
+        ca,
+        common_name="attrgate",
+        sans=[dns("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        server=True,
+    )
+
+
+def _install(folder: Path, name: str, data: bytes) -> None:
+    """As cert-manager or a Secret volume does: the new file appears whole (rename)."""
+    (folder / f".{name}.tmp").write_bytes(data)
+    (folder / f".{name}.tmp").replace(folder / name)
+
+
+def _fresh_channel(target: str, trusted: Issued, client: Issued) -> grpc.Channel:
+    """A channel with a connection of its own (no subchannel shared with earlier channels)."""
+    credentials = grpc.ssl_channel_credentials(trusted.cert_pem, client.key_pem, client.cert_pem)
+    return grpc.secure_channel(target, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def _check(channel: grpc.Channel) -> pb.Decision:
+    stub = pb_grpc.UserAttributesStub(channel)
+    decision: pb.Decision = stub.CheckUpdateUserAttributes(
+        request(POOL, given_name="Ada"), timeout=5
+    )
+    return decision
+
+
+def test_certificates_rotate_under_load_without_dropping_connections(
+    tmp_path: Path, stub: CognitoStub, stub_credentials: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server certificate, its key and the client CA are replaced while a client calls over
+    an established connection: that connection keeps working, new connections get the new
+    certificate, and only clients of the new CA are let in. A half-written set keeps the
+    current one serving (one log line); SIGHUP re-reads without waiting for a connection."""
+    caplog.set_level(logging.INFO, logger="attrgate.tls")
+    old_ca, new_ca = make_ca("old CA"), make_ca("new CA")
+    old_server = _server_cert(old_ca)
+    _install(tmp_path, "server.pem", old_server.cert_pem)
+    _install(tmp_path, "server.key", old_server.key_pem)
+    _install(tmp_path, "ca.pem", old_ca.cert_pem)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "identities.yaml").write_text(POLICIES)
+    server = RunningServer(mtls_settings(tmp_path, policies, stub.endpoint))
+    old_client = issue(old_ca, common_name=None, sans=[uri(SPIFFE_FIRST)])
+    new_client = issue(new_ca, common_name=None, sans=[uri(SPIFFE_FIRST)])
+    established = _fresh_channel(server.target, old_ca, old_client)
+    calls, failures = [0], []
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            try:
+                assert _check(established).allowed
+                calls[0] += 1
+            except Exception as exc:  # recorded, asserted below
+                failures.append(exc)
+
+    worker = threading.Thread(target=load)
+    try:
+        assert _check(established).allowed
+        worker.start()
+        assert wait_until(lambda: calls[0] >= 5)
+        new_server = _server_cert(new_ca)
+        _install(tmp_path, "ca.pem", new_ca.cert_pem)
+        _install(tmp_path, "server.key", new_server.key_pem)
+        _install(tmp_path, "server.pem", new_server.cert_pem)
+
+        with _fresh_channel(server.target, new_ca, new_client) as channel:
+            assert _check(channel).allowed, "the new CA's client or certificate was refused"
+        for trusted, client in ((old_ca, new_client), (new_ca, old_client)):
+            with _fresh_channel(server.target, trusted, client) as channel:
+                with pytest.raises(grpc.RpcError) as refused:
+                    _check(channel)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        before = calls[0]
+        assert wait_until(lambda: calls[0] >= before + 5), "the established connection stalled"
+
+        # A key that does not match the certificate: the new set keeps serving, one line.
+        _install(tmp_path, "server.key", issue(new_ca, common_name="x", sans=None).key_pem)
+        for _ in range(3):
+            with _fresh_channel(server.target, new_ca, new_client) as channel:
+                assert _check(channel).allowed
+        refusals = [r for r in caplog.records if "TLS files not reloaded" in r.getMessage()]
+        assert len(refusals) == 1, [r.getMessage() for r in refusals]
+        assert "does not match" in refusals[0].getMessage()
+
+        # The key is fixed; SIGHUP re-reads at once, before any new connection.
+        _install(tmp_path, "server.key", new_server.key_pem)
+        server.loop.call_soon_threadsafe(server.app.reopen_and_reload)
+        assert wait_until(
+            lambda: any("TLS files reloaded" in r.getMessage() for r in caplog.records[-5:])
+        )
+    finally:
+        done.set()
+        if worker.is_alive():
+            worker.join(10)
+        established.close()
+        server.stop(grace=0)
+    assert failures == [], failures[:3]
+    assert calls[0] >= 10

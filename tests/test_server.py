@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import signal
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -11,9 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from attrgate.v1 import attrgate_pb2 as pb
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.cognito_stub import CognitoStub, Reply
 from support.moto_cognito import MotoCognito, free_port
 from support.rpc import as_caller, attrs_request, request, rich
+from support.served import start_serve
 from support.waiting import wait_until
 
 POLICIES = """
@@ -296,3 +305,187 @@ def test_a_metadata_finding_is_never_mistaken_for_an_attribute(server, pool: str
         ("client_metadata.src", "METADATA_KEY_NOT_ALLOWED"),
         ("user_attributes[1]", "ATTRIBUTE_NOT_ALLOWED"),
     ]
+
+
+# --- the drain, with real `attrgate serve` processes ------------------------------------------
+
+DRAIN_POLICY = """
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: drain}
+spec:
+  callers: [svc]
+  userPools: ["*"]
+  allow: [{attribute: given_name}]
+"""
+SVC = as_caller("svc")
+DRAIN_POOL = "us-east-1_DrainPool1"
+
+
+class Served:
+    """`attrgate serve` against the Cognito stub, its decision log and stderr in `folder`."""
+
+    def __init__(self, folder: Path, stub: CognitoStub, *flags: str) -> None:
+        (folder / "policies").mkdir()
+        (folder / "policies" / "drain.yaml").write_text(DRAIN_POLICY)
+        self.folder = folder
+        self.port, self.admin_port = free_port(), free_port()
+        self.decisions = folder / "decisions.jsonl"
+        self.process = start_serve(
+            folder / "policies",
+            self.port,
+            *("--cognito-endpoint", stub.endpoint, "--decision-log", str(self.decisions)),
+            *("--admin-listen", f"127.0.0.1:{self.admin_port}", *flags),
+            output=folder,
+        )
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=30)
+        except grpc.FutureTimeoutError:
+            self.close()
+            raise AssertionError(f"attrgate serve did not start:\n{self.errors()}") from None
+        self.stub = pb_grpc.UserAttributesStub(self.channel)
+
+    def update(self, name: str, timeout: float | None = 30) -> grpc.Future:
+        message = request(DRAIN_POOL, username=name, given_name="Ada")
+        return self.stub.UpdateUserAttributes.future(message, metadata=SVC, timeout=timeout)
+
+    def health(self, port: int) -> int:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+        return int(answer.status)
+
+    def entries(self) -> list[dict[str, object]]:
+        text = self.decisions.read_text() if self.decisions.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    def errors(self) -> str:
+        return (self.folder / "err").read_text(errors="replace")
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def served(tmp_path: Path, stub: CognitoStub) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(*flags: str) -> Served:
+        started.append(Served(tmp_path, stub, *flags))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.close()
+
+
+def _code(future: grpc.Future) -> str:
+    try:
+        future.result()
+    except grpc.RpcError as error:
+        return str(error.code().name)
+    return "OK"
+
+
+@pytest.mark.parametrize("calls", [64, 256])
+def test_sigterm_lets_every_call_in_flight_finish_normally(
+    calls: int, served: Callable[..., Served], stub: CognitoStub
+) -> None:
+    """SIGTERM with --grace 5 while `calls` calls are in flight against a slow Cognito, most of
+    them still queued in gRPC's core (it hands calls over one at a time): gRPC's own shutdown
+    killed those (CANCELLED at once, no decision-log entry). Every call must get its normal
+    answer and its decision-log line, and the process exit 0 within the grace."""
+    stub.default = Reply(delay=1.0)
+    server = served(
+        *("--grace", "5", "--drain-delay", "0", "--executor-threads", str(calls)),
+    )
+    futures = [server.update(f"user{i}") for i in range(calls)]
+    assert wait_until(lambda: len(stub.calls()) >= 1, 60), server.errors()
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+
+    codes = [_code(f) for f in futures]
+
+    assert codes == ["OK"] * calls, Counter(codes)
+    assert server.process.wait(5 + 10) == 0, server.errors()
+    assert time.monotonic() - signalled < 5 + 10
+    entries = server.entries()
+    assert len(entries) == calls
+    assert {e["status"] for e in entries} == {"OK"}
+    assert len(stub.calls()) == calls
+
+
+def test_drain_delay_reports_not_serving_and_keeps_serving_then_refuses_new_calls(
+    served: Callable[..., Served], stub: CognitoStub
+) -> None:
+    """The timeline: NOT_SERVING on both listeners at once; calls still served normally for
+    --drain-delay; then new calls refused UNAVAILABLE (ATTRGATE_SHUTTING_DOWN) while the call in
+    flight finishes normally."""
+    delay = 2.0
+    stub.program(Reply(delay=delay + 2.5))  # in flight across the whole drain
+    server = served("--grace", "8", "--drain-delay", str(delay))
+    long_call = server.update("long")
+    assert wait_until(lambda: len(stub.calls()) == 1, 30)
+    assert server.health(server.port) == health_pb2.HealthCheckResponse.SERVING
+
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for port in (server.port, server.admin_port):
+        assert wait_until(
+            lambda port=port: server.health(port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        ), f"health on {port} did not turn NOT_SERVING"
+    served_during_delay = _code(server.update("during"))
+    assert time.monotonic() - signalled < delay, "too slow to observe the drain delay"
+    assert served_during_delay == "OK"
+
+    refused: grpc.RpcError | None = None
+    while refused is None and time.monotonic() - signalled < delay + 5:
+        try:
+            server.update("late", timeout=5).result()
+        except grpc.RpcError as error:
+            refused = error
+    assert refused is not None, "new calls were still taken after the drain delay"
+    assert time.monotonic() - signalled >= delay
+    detail = rich(refused)
+    assert (detail.code, detail.info.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "ATTRGATE_SHUTTING_DOWN",
+    )
+    assert _code(long_call) == "OK"
+    assert server.process.wait(15) == 0, server.errors()
+    by_status = Counter(str(e["status"]) for e in server.entries())
+    assert by_status["OK"] >= 2
+    assert by_status["UNAVAILABLE"] >= 1
+    assert "drain" not in stub.calls()[-1].body.get("Username", "late")
+
+
+def test_a_call_still_running_at_grace_end_is_cancelled_logged_and_never_retried(
+    served: Callable[..., Served], stub: CognitoStub
+) -> None:
+    """Cognito throttles slowly; the grace ends during the attempt: the call is cancelled, its
+    decision logged, its Cognito outcome logged when it arrives, and no retry is sent (35 writes
+    used to reach Cognito after their callers were gone)."""
+    stub.default = Reply(
+        status=400, body={"__type": "TooManyRequestsException", "message": "slow"}, delay=2.5
+    )
+    server = served("--grace", "1", "--drain-delay", "0", "--cognito-max-attempts", "3")
+    running = server.update("running", timeout=None)
+    assert wait_until(lambda: len(stub.calls()) == 1, 30)
+    server.process.send_signal(signal.SIGTERM)
+
+    assert _code(running) in ("CANCELLED", "UNAVAILABLE")
+    assert server.process.wait(20) == 0, server.errors()
+    assert len(stub.calls()) == 1, "a retry reached Cognito after the caller was cancelled"
+    late = re.search(
+        r"late cognito outcome decision_id=(\w+) ok=False error=THROTTLED "
+        r"code=TooManyRequestsException",
+        server.errors(),
+    )
+    assert late, server.errors()
+    [entry] = server.entries()
+    assert (entry["status"], entry["decision_id"]) == ("CANCELLED", late[1])

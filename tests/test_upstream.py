@@ -9,21 +9,25 @@ was asked (and nothing at all when the request is denied or invalid).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import botocore.session
 import grpc
 import pytest
 
-from attrgate.upstream.cognito import _BY_CODE
+from attrgate.upstream.classify import _BY_CODE
 from attrgate.v1 import attrgate_pb2 as pb
 from support.attrgate_server import RunningServer
-from support.cognito_stub import CognitoStub, Reply, error
+from support.cognito_stub import CognitoStub, Reply, describe_reply, error
 from support.moto_cognito import MotoCognito, free_port
+from support.prometheus import metrics_text
 from support.rpc import RichError, as_caller, attrs_request, request, rich
 from support.waiting import wait_until
 
@@ -59,6 +63,28 @@ spec:
   clientMetadata:
     allowKeys: [source, ticket]
 """
+
+# The caller `svc` may write phone numbers; every one of them counts in an SmsGuard limit.
+SMS_POLICY = """\
+apiVersion: attrgate/v1
+kind: AttributePolicy
+metadata: {name: sms-writers}
+spec:
+  callers: [svc]
+  userPools: ["*"]
+  allow: [{attribute: phone_number}, {attribute: given_name}]
+---
+apiVersion: attrgate/v1
+kind: SmsGuard
+metadata: {name: sms}
+spec:
+  mode: enforce
+  userPools: ["*"]
+  limits:
+    - {per: phone_number, max: 1, window: 24h}
+"""
+# Also a limit per user: attrgate looks the user up (AdminGetUser) before counting.
+PER_USER_POLICY = SMS_POLICY + "    - {per: user, max: 100, window: 24h}\n"
 
 S = grpc.StatusCode
 # The documented answer for every Cognito error code AdminUpdateUserAttributes may return.
@@ -264,13 +290,15 @@ def test_unknown_error_code_gets_a_documented_status(
     assert err.code() != S.UNKNOWN
     assert err.code() in DOCUMENTED
     assert (err.code(), detail.info.reason) == expected
-    assert detail.info.metadata["cognito_error_code"] == "BrandNewCognitoException"
+    # A code the operation does not document is passed on as `other` (see the forged-line test).
+    assert detail.info.metadata["cognito_error_code"] == "other"
     assert_nothing_leaks(err, detail, logs)
 
 
 # --- 3: retries, 5xx, XML 403, unreachable ---------------------------------------------------
 
 
+@pytest.mark.floors
 def test_throttling_is_retried_max_attempts_then_resource_exhausted(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
@@ -384,6 +412,7 @@ def test_unreachable_endpoint_is_unavailable(
 # --- 4: deadlines ----------------------------------------------------------------------------
 
 
+@pytest.mark.floors
 def test_deadline_exceeded_and_late_outcome_logged(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
@@ -407,6 +436,7 @@ def test_deadline_exceeded_and_late_outcome_logged(
         assert trailers["x-attrgate-decision-id"] == late["id"]
 
 
+@pytest.mark.floors
 def test_no_retry_after_the_deadline(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
 ) -> None:
@@ -592,15 +622,21 @@ def test_moto_alias_exists(moto: MotoCognito, serve: Callable[..., RunningServer
     assert moto.attributes(pool_id, "grace@example.com")["email"] == "grace@example.com"
 
 
-def _call_in_thread(server: RunningServer, timeout: float, results: list[Any]) -> Any:
-    import threading
-
+def _call_in_thread(
+    server: RunningServer,
+    timeout: float,
+    results: list[Any],
+    message: pb.UpdateUserAttributesRequest | None = None,
+    caller: str = CALLER,
+) -> Any:
     def call() -> None:
         with server.channel() as channel:
             try:
                 results.append(
                     server.stub(channel).UpdateUserAttributes(
-                        request(POOL, given_name="Ada"), metadata=as_caller(CALLER), timeout=timeout
+                        message or request(POOL, given_name="Ada"),
+                        metadata=as_caller(caller),
+                        timeout=timeout,
                     )
                 )
             except grpc.RpcError as exc:
@@ -611,6 +647,7 @@ def _call_in_thread(server: RunningServer, timeout: float, results: list[Any]) -
     return worker
 
 
+@pytest.mark.floors
 def test_a_call_waiting_for_a_thread_is_never_sent_after_its_deadline(
     serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
 ) -> None:
@@ -685,29 +722,236 @@ def test_botocore_debug_logging_never_carries_values(
     assert leaked == []
 
 
-def test_sms_writes_retry_only_what_cannot_have_reached_cognito() -> None:
-    """The retry hook botocore consults: for an SMS-triggering write, a failed connection may be
-    retried (nothing was sent); a 5xx or a connection lost after sending may not."""
+@pytest.mark.floors
+def test_the_retry_gate_stops_what_must_not_be_retried() -> None:
+    """The needs-retry hook botocore consults: for an SMS-triggering write, a failed connection
+    may be retried (nothing was sent); a 5xx or a connection lost after sending may not. No
+    retry at all for a caller that has gone, past its deadline, or once the server stops."""
+    import contextvars
+
     import botocore.exceptions
 
-    from attrgate.upstream import cognito
+    from attrgate.upstream.retries import CallScope, RetryGate, enter_scope
 
     class Answer:
         def __init__(self, status: int) -> None:
             self.status_code = status
 
-    token = cognito._sms_write.set(True)
-    try:
-        never_sent = botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")
-        lost = botocore.exceptions.ConnectionClosedError(endpoint_url="http://x")
-        timed_out = botocore.exceptions.ReadTimeoutError(endpoint_url="http://x")
-        assert cognito._stop_after_deadline(caught_exception=never_sent) is None
-        assert cognito._stop_after_deadline(caught_exception=lost) is False
-        assert cognito._stop_after_deadline(caught_exception=timed_out) is False
-        assert cognito._stop_after_deadline(response=(Answer(503), {})) is False
-        assert cognito._stop_after_deadline(response=(Answer(400), {})) is None
-    finally:
-        cognito._sms_write.reset(token)
-    # Other writes leave it all to botocore's standard retry mode.
-    assert cognito._stop_after_deadline(caught_exception=lost) is None
-    assert cognito._stop_after_deadline(response=(Answer(503), {})) is None
+    never_sent = botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")
+    lost = botocore.exceptions.ConnectionClosedError(endpoint_url="http://x")
+    timed_out = botocore.exceptions.ReadTimeoutError(endpoint_url="http://x")
+
+    def asks(gate: RetryGate, scope: CallScope, **kwargs: Any) -> bool | None:
+        def inside() -> bool | None:
+            enter_scope(scope)
+            return gate.needs_retry(**kwargs)
+
+        return contextvars.copy_context().run(inside)
+
+    gate, sms = RetryGate(), CallScope(sms_write=True)
+    assert asks(gate, sms, caught_exception=never_sent) is None
+    assert asks(gate, sms, caught_exception=lost) is False
+    assert asks(gate, sms, caught_exception=timed_out) is False
+    assert asks(gate, sms, response=(Answer(503), {})) is False
+    assert asks(gate, sms, response=(Answer(400), {})) is None
+    # Other writes leave it all to botocore's standard retry mode...
+    plain = CallScope()
+    assert asks(gate, plain, caught_exception=lost) is None
+    assert asks(gate, plain, response=(Answer(503), {})) is None
+    # ...until their caller is gone, their deadline passed, or the server stops.
+    assert asks(gate, CallScope(gone=lambda: True), response=(Answer(503), {})) is False
+    assert asks(gate, CallScope(deadline=time.monotonic() - 1), caught_exception=lost) is False
+    gate.stop()
+    assert asks(gate, plain, response=(Answer(503), {})) is False
+
+
+@pytest.mark.floors
+def test_an_sms_write_is_not_resent_after_a_5xx(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """What the gate's False means to botocore. Before botocore 1.43.3 a False was "retry at
+    once" (and kept being so): this call never ended; a plain write is retried as usual."""
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    stub.default = error("InternalErrorException", MARKER, 500)
+    server = stub_server(SMS_POLICY, state=str(tmp_path / "state.sqlite"), cognito_max_attempts=3)
+
+    err = call_error(server, request(POOL, phone_number="+14155550100"), caller="svc")
+    assert (err.code(), rich(err).info.reason) == (S.UNAVAILABLE, "COGNITO_UNAVAILABLE")
+    assert len(stub.calls()) == 1, "an SMS-triggering write was re-sent after a 5xx"
+
+    err = call_error(server, request(POOL, given_name="Ada"), caller="svc")
+    assert err.code() == S.UNAVAILABLE
+    assert len(stub.calls()) == 1 + 3
+
+
+# --- undecodable answers, undocumented codes, queue slots ------------------------------------
+
+
+@pytest.mark.floors
+def test_a_4xx_whose_body_cannot_be_decoded_is_the_refusal_it_is(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path, logs: Any
+) -> None:
+    """A 400 with a non-UTF-8 body (a proxy's binary page, garbage) made botocore's parser raise:
+    INTERNAL, and the SMS reservation was kept. It is a refusal: nothing happened, so the place
+    in the limit (max 1 per number) is given back and the next write to the number passes."""
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    stub.program(Reply(status=400, raw=b"\xff\xfe\x00garbage " + MARKER.encode()))
+    server = stub_server(SMS_POLICY, state=str(tmp_path / "state.sqlite"))
+    phone = request(POOL, phone_number="+14155550100")
+
+    err = call_error(server, phone, caller="svc")
+    detail = rich(err)
+
+    assert (err.code(), detail.info.reason) == (S.FAILED_PRECONDITION, "COGNITO_REQUEST_REFUSED")
+    assert detail.info.metadata["cognito_error_code"] == "400"
+    assert_nothing_leaks(err, detail, logs)
+    updates = [c for c in stub.received if c.target.endswith(".AdminUpdateUserAttributes")]
+    assert len(updates) == 1, "a refusal is Cognito's final word: never retried"
+    # The reservation came back: the limit of one write per number is free again.
+    assert wait_until(lambda: _sms_free(server, phone), 10), "the reservation was kept"
+    response, _ = call(server, phone, caller="svc")
+    assert response.decision.allowed
+
+
+def _sms_free(server: RunningServer, message: pb.UpdateUserAttributesRequest) -> bool:
+    """CheckUpdateUserAttributes: whether the SMS guard would let `message` through now."""
+    with server.channel() as channel:
+        decision = server.stub(channel).CheckUpdateUserAttributes(
+            message, metadata=as_caller("svc"), timeout=10
+        )
+    return bool(decision.allowed)
+
+
+@pytest.mark.floors
+def test_a_5xx_whose_body_cannot_be_decoded_is_unavailable_and_retried(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    stub.default = Reply(status=503, raw=b"\xff\xfe\x00")
+    server = stub_server()
+
+    err = call_error(server, allowed_request())
+
+    assert (err.code(), rich(err).info.reason) == (S.UNAVAILABLE, "COGNITO_UNAVAILABLE")
+    assert rich(err).info.metadata["cognito_error_code"] == "503"
+    assert len(stub.calls()) == server.settings.cognito_max_attempts
+
+
+FORGED = "Evil\n2026-01-01 00:00:00,000 WARNING attrgate forged line"
+
+
+def test_an_undocumented_error_code_is_passed_on_as_other_everywhere(
+    stub: CognitoStub,
+    stub_server: Callable[..., RunningServer],
+    tmp_path: Path,
+    logs: pytest.LogCaptureFixture,
+    spans: Any,
+) -> None:
+    """Cognito's error code was echoed verbatim into the status, ErrorInfo, decision log, log
+    lines and spans: a newline in it forged log lines. Only documented codes pass."""
+    slow = error(FORGED, MARKER)
+    slow.delay = 1.0  # answers after the caller's deadline: the late-outcome log line
+    stub.program(error(FORGED, MARKER), slow)
+    decisions = tmp_path / "decisions.jsonl"
+    metrics_port = free_port()
+    server = stub_server(decision_log=str(decisions), metrics_listen=f"127.0.0.1:{metrics_port}")
+
+    err = call_error(server, allowed_request())
+    detail = rich(err)
+    late = call_error(server, allowed_request(), timeout=0.3)
+
+    assert (err.code(), detail.info.reason) == (S.INTERNAL, "COGNITO_UNEXPECTED_ERROR")
+    assert detail.info.metadata["cognito_error_code"] == "other"
+    assert "(other)" in detail.message
+    assert late.code() == S.DEADLINE_EXCEEDED
+    assert wait_for_late_record(logs)["code"] == "other"
+    assert wait_until(lambda: len(decisions.read_text().splitlines()) == 2)
+    entries = [json.loads(line) for line in decisions.read_text().splitlines()]
+    assert entries[0]["cognito"]["error_code"] == "other"
+    finished = spans.get_finished_spans()
+    by_name = {x.name.split("/")[0]: x for x in finished}
+    assert by_name["cognito-idp.AdminUpdateUserAttributes"].attributes is not None
+    assert (
+        by_name["cognito-idp.AdminUpdateUserAttributes"].attributes["attrgate.cognito.error_code"]
+        == "other"
+    )
+    assert 'error_code="other"' in metrics_text(metrics_port)
+    seen = [
+        *exposed_texts(err, detail),
+        late.details() or "",  # the client's own deadline may end it first: no details
+        decisions.read_text(),
+        *attrgate_log_texts(logs),
+        metrics_text(metrics_port),
+        *(f"{dict(x.attributes or {})} {x.status.description}" for x in finished),
+    ]
+    for text in seen:
+        assert "Evil" not in text, text
+        assert "forged" not in text, text
+
+
+def test_pool_metadata_errors_pass_on_only_documented_codes(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    stub.describe = error(FORGED, MARKER, 503)
+    server = stub_server()
+
+    err = call_error(server, allowed_request())
+
+    assert (err.code(), rich(err).info.reason) == (S.UNAVAILABLE, "POOL_METADATA_UNAVAILABLE")
+    assert rich(err).info.metadata["cognito_error_code"] == "other"
+    assert all("Evil" not in text for text in attrgate_log_texts(logs))
+
+
+@pytest.mark.floors
+def test_callers_giving_up_while_a_lookup_waits_for_a_thread_leak_no_queue_slot(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """AdminGetUser (for `per: user` limits) waits for an executor thread; its caller's deadline
+    passes and the call is cancelled before it ever runs. Its queue slot used to be lost for
+    good (6 of 8 gone after a few such callers): the server must still take max_pending calls."""
+    from attrgate.upstream.cognito import QUEUE_FACTOR
+
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    server = stub_server(PER_USER_POLICY, state=str(tmp_path / "state.sqlite"), executor_threads=1)
+    capacity = 1 * QUEUE_FACTOR
+    call(server, request(POOL, given_name="Warm"), caller="svc")  # the pool is described
+    stub.program(Reply(delay=2.0))  # the one thread is busy with this write...
+    results: list[Any] = []
+    busy = _call_in_thread(server, 10, results, request(POOL, given_name="Slow"), "svc")
+    assert wait_until(lambda: len(stub.calls()) == 2)
+    for i in range(capacity - 1):  # ...while these callers' lookups wait for it and time out
+        err = call_error(server, request(POOL, f"user{i}", phone_number="+14155550100"), "svc", 0.3)
+        assert err.code() == S.DEADLINE_EXCEEDED
+    busy.join(10)
+    assert not stub.calls("AdminGetUser"), "a cancelled lookup was sent"
+
+    stub.default = Reply(delay=0.3)
+    workers = [
+        _call_in_thread(server, 15, results, request(POOL, given_name=f"N{i}"), "svc")
+        for i in range(capacity)
+    ]
+    for worker in workers:
+        worker.join(20)
+    refused = [rich(r).info.reason for r in results if isinstance(r, grpc.RpcError)]
+    assert refused == [], f"queue slots leaked: {refused}"
+    assert len(results) == 1 + capacity
+
+
+@pytest.mark.floors
+def test_no_retry_starts_after_the_caller_has_gone(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any
+) -> None:
+    """A caller without a deadline cancels while Cognito throttles slowly: the attempt under way
+    finishes (its outcome logged), and no retry is sent for a caller that is gone."""
+    stub.default = error("TooManyRequestsException", MARKER)
+    stub.default.delay = 1.0
+    server = stub_server(cognito_max_attempts=3)
+
+    with server.channel() as channel:
+        pending = server.stub(channel).UpdateUserAttributes.future(
+            allowed_request(), metadata=as_caller(CALLER)
+        )
+        assert wait_until(lambda: len(stub.calls()) == 1)
+        pending.cancel()
+        assert not wait_until(lambda: len(stub.calls()) > 1, 3.0), "retried for a gone caller"
+    late = wait_for_late_record(logs, timeout=10)
+    assert (late["ok"], late["error"]) == ("False", "THROTTLED")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -16,6 +17,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from attrgate.admission import Admission, calls_received, channelz_server_ids
 from attrgate.api.record import UsernameHash
 from attrgate.api.service import (
     SERVICE_NAME,
@@ -31,17 +33,20 @@ from attrgate.guards.counting import SmsCounting
 from attrgate.guards.sms import Hasher
 from attrgate.guards.state import SmsState
 from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
+from attrgate.lookups import LookupBudget
 from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet, compile_policy_set
 from attrgate.policy.load import load_policy_set
 from attrgate.pools import PoolCache
+from attrgate.tls import TlsFiles, TlsFilesError
 from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
     UpstreamConfigError,
     quiet_botocore_bodies,
 )
+from attrgate.users import UserSubs
 
 log = logging.getLogger("attrgate")
 LOCAL_DEFAULT_REGION = "us-east-1"
@@ -76,6 +81,10 @@ class App:
     _pipeline: Pipeline | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _reload_tasks: set[asyncio.Task[bool]] = field(default_factory=set)
+    _tls: TlsFiles | None = None
+    _server_id: int | None = None  # the main server in channelz, for the drain's hand-over
+    _admission: Admission = field(default_factory=Admission)
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a second SIGTERM: skip the delay
     _serving: bool = False
     _stopping: bool = False
     _reload_pending: bool = False  # a SIGHUP arrived while starting
@@ -108,11 +117,22 @@ class App:
         async def user_sub(pool_id: str, username: str) -> str | UpstreamResult:
             return await upstream.run(upstream.user_sub_blocking, pool_id, username)
 
+        # One budget for both lookups: a caller's made-up pools and users spend the same tokens.
+        budget = LookupBudget(settings.metadata_lookup_rate, settings.metadata_lookup_burst)
+        pools = PoolCache(
+            describe,
+            budget=budget,
+            ttl=settings.pool_cache_ttl,
+            negative_ttl=settings.pool_negative_ttl,
+            stale=settings.pool_cache_stale,
+            observe=self.metrics.metadata_lookup,
+        )
+        users = UserSubs(user_sub, budget=budget, observe=self.metrics.metadata_lookup)
         pipeline = self._pipeline = Pipeline(
             policy_set,
             upstream,
-            PoolCache(describe, settings.pool_cache_ttl),
-            user_sub,
+            pools,
+            users,
             self._sms,
             settings.pool_metadata_fail_open,
             sms_events=self.metrics,
@@ -124,7 +144,12 @@ class App:
             # traffic with the first (and its older policies). Refuse to start instead.
             ("grpc.so_reuseport", 0),
         ]
-        self._server = grpc.aio.server(options=options)
+        known = channelz_server_ids()
+        self._server = grpc.aio.server(
+            options=options, interceptors=[self._admission.interceptor()]
+        )
+        created = channelz_server_ids() - known
+        self._server_id = created.pop() if len(created) == 1 else None
         identify = header_identity if settings.insecure else mtls_identity
         if settings.metrics_listen:
             try:
@@ -152,7 +177,7 @@ class App:
 
         metrics.watch_policy_set(lambda: pipeline.policy_set)
         servicer = UserAttributesService(
-            pipeline, identify, record, self._username_hash(), metrics.in_flight
+            pipeline, identify, record, self._username_hash(), metrics.in_flight, self._admission
         )
         add_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -220,8 +245,9 @@ class App:
             return True
 
     def reopen_and_reload(self) -> None:
-        """SIGHUP: reopen the decision log (logrotate) and reload the policies. One arriving
-        while starting is acted on once serving; one arriving while stopping is ignored."""
+        """SIGHUP: reopen the decision log (logrotate), re-read the TLS files and reload the
+        policies. One arriving while starting is acted on once serving; one arriving while
+        stopping is ignored."""
         if self._stopping:
             return
         if not self._serving:
@@ -229,9 +255,13 @@ class App:
             return
         if self.decision_log is not None:
             self.decision_log.reopen()
-        task = asyncio.get_running_loop().create_task(self.reload())
-        self._reload_tasks.add(task)
-        task.add_done_callback(self._reload_tasks.discard)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self.reload())]
+        if self._tls is not None:
+            tasks.append(loop.create_task(asyncio.to_thread(self._tls.reload)))
+        for task in tasks:
+            self._reload_tasks.add(task)
+            task.add_done_callback(self._reload_tasks.discard)
 
     def _username_hash(self) -> UsernameHash | None:
         """Usernames reach the decision log only as keyed hashes (the SMS guard's key); without
@@ -263,15 +293,15 @@ class App:
         )
 
     def _credentials(self) -> grpc.ServerCredentials | None:
+        """mTLS credentials that follow the files (see tls.py), or None for --insecure."""
         files = self.settings.tls_files()
         if files is None:
             return None
-        cert, key, client_ca = files
-        return grpc.ssl_server_credentials(
-            [(Path(key).read_bytes(), Path(cert).read_bytes())],
-            root_certificates=Path(client_ca).read_bytes(),
-            require_client_auth=True,
-        )
+        try:
+            self._tls = TlsFiles(*files)
+        except TlsFilesError as exc:
+            raise ConfigError(f"cannot use the TLS files: {exc}") from None
+        return self._tls.credentials()
 
     @staticmethod
     def _bind(
@@ -288,21 +318,56 @@ class App:
             raise ConfigError(f"cannot listen on {address} (in use or not a local address?)")
         return port
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Turn NOT_SERVING, stop accepting, give in-flight calls `grace` seconds, then close."""
-        grace = self.settings.grace if grace is None else grace
+    async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
+        """The drain (README, "Stopping"): health turns NOT_SERVING on both listeners at once;
+        calls are still taken for `drain_delay` seconds (a second SIGTERM/SIGINT ends the delay);
+        then new calls are refused (UNAVAILABLE, ATTRGATE_SHUTTING_DOWN) and the calls in flight
+        get `grace` seconds to finish normally. Calls still running then are cancelled (their
+        Cognito outcome is logged when it arrives; no retry starts any more) and all closes."""
+        settings = self.settings
+        grace = settings.grace if grace is None else grace
+        drain_delay = settings.drain_delay if drain_delay is None else drain_delay
+        serving = self._serving
         self._serving, self._stopping = False, True
         for task in list(self._reload_tasks):
             task.cancel()
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if serving and drain_delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), drain_delay)
+        # gRPC's own shutdown would kill the calls it has received but not yet handed over:
+        # serve those, refuse later ones here, and shut gRPC down once nothing is owed.
+        self._admission.close(calls_received(self._server_id))
+        idle = True
+        if serving:
+            log.info(
+                "taking no new calls; %d in flight (%d more received, not yet handed over) get "
+                "up to %.1fs (--grace)",
+                self._admission.active,
+                self._admission.owed,
+                grace,
+            )
+            idle = await self._admission.wait_idle(grace)
+            if not idle:
+                log.warning(
+                    "grace ended with %d calls still running: cancelling them (their Cognito "
+                    "outcome is logged when it arrives)",
+                    self._admission.active,
+                )
+        if self._upstream is not None:
+            self._upstream.retries.stop()
         if self._server is not None:
-            await self._server.stop(grace)
+            # Idle: only refusals may still be answering. Else the grace is over: cancel.
+            await self._server.stop(1.0 if idle else 0)
+            await self._admission.wait_idle(1.0)  # cancelled handlers log their decision
         if self._admin is not None:
             await self._admin.stop(0)
         if self._upstream is not None:
             self._upstream.close()
+        if self._pipeline is not None:
+            await self._pipeline.settle(2.0)  # reservations given back before the store closes
         if self._sms_state is not None:
             await self._sms_state.close()
         if self.decision_log is not None:
@@ -311,6 +376,10 @@ class App:
             self.metrics.close()
         if self.local is not None:
             self.local.stop()
+
+    def hurry(self) -> None:
+        """A second SIGTERM/SIGINT: end the drain delay now (calls in flight keep their grace)."""
+        self._hurry.set()
 
 
 async def serve(
@@ -332,10 +401,21 @@ async def serve(
     if app.local is not None:
         _print_local_help(app, out)
     stop = asyncio.Event()
+
+    def stop_or_hurry() -> None:
+        if stop.is_set():
+            app.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_or_hurry)
     await stop.wait()
-    log.info("shutting down: draining in-flight calls for up to %.1fs", settings.grace)
+    log.info(
+        "shutting down: NOT_SERVING now; taking calls for %.1fs more (--drain-delay; a second "
+        "signal ends it), then up to %.1fs (--grace) for the calls in flight",
+        settings.drain_delay,
+        settings.grace,
+    )
     await app.stop()
 
 

@@ -28,6 +28,7 @@ from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         result: int = handler(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: no traceback, the shell's exit status for SIGINT.
+        print("", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`attrgate call ... | head -1`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -207,7 +212,7 @@ def _call(args: argparse.Namespace) -> int:
                 return EXIT_OK if decision.allowed else EXIT_FAILED
             response = stub.UpdateUserAttributes(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as error:
-            print_error(error, sys.stdout)
+            print_error(error, sys.stderr)
             return EXIT_FAILED
     print(f"OK: updated; cognito_request_id={response.cognito_request_id}")
     if response.pending_verification:

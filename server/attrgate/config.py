@@ -43,7 +43,12 @@ class Settings:
     cognito_max_attempts: int = 3
     max_receive_bytes: int = 64 * 1024
     grace: float = 10.0
+    drain_delay: float = 5.0
     pool_cache_ttl: float = 300.0
+    pool_negative_ttl: float = 60.0
+    pool_cache_stale: float = 3600.0
+    metadata_lookup_rate: float = 5.0
+    metadata_lookup_burst: int = 10
     pool_metadata_fail_open: bool = False
     state: str | None = None
     redis_url: str | None = None
@@ -92,8 +97,17 @@ _HELP = {
     "cognito_read_timeout": "seconds to wait for Cognito's answer",
     "cognito_max_attempts": "attempts per Cognito call, retries included (standard retry mode)",
     "max_receive_bytes": "largest gRPC request accepted, in bytes",
-    "grace": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    "grace": "seconds the calls in flight get to finish once the server stops taking new ones "
+    "(after --drain-delay); calls still running then are cancelled",
+    "drain_delay": "seconds the server keeps taking calls after SIGTERM/SIGINT while its health "
+    "reports NOT_SERVING, so load balancers and clients move away (0: stop at once)",
     "pool_cache_ttl": "seconds a DescribeUserPool answer is reused",
+    "pool_negative_ttl": "seconds a pool DescribeUserPool did not find stays not found (no call)",
+    "pool_cache_stale": "seconds past --pool-cache-ttl a pool's description still serves while "
+    "DescribeUserPool fails (throttled, unreachable); 0: never stale",
+    "metadata_lookup_rate": "DescribeUserPool/AdminGetUser lookups not answered from cache per "
+    "second and caller; lookups that find their pool or user give theirs back",
+    "metadata_lookup_burst": "lookups a caller may make at once (the bucket's size)",
     "pool_metadata_fail_open": "when a pool cannot be described, forward without schema checks "
     "(and count any phone_number write as SMS-triggering) instead of failing UNAVAILABLE",
     "state": "SQLite file for SMS guard counts (embedded; survives restarts; the key that hashes "
@@ -225,9 +239,16 @@ def check(settings: Settings) -> None:
         raise ConfigError("--executor-threads must be at least 1")
     if settings.cognito_max_attempts < 1:
         raise ConfigError("--cognito-max-attempts must be at least 1")
-    for name in ("cognito_connect_timeout", "cognito_read_timeout", "store_timeout", "grace"):
+    for name in (
+        "cognito_connect_timeout",
+        "cognito_read_timeout",
+        "store_timeout",
+        "grace",
+        "drain_delay",
+    ):
         value = getattr(settings, name)
-        if not math.isfinite(value) or value < 0 or (value == 0 and name != "grace"):
+        zero_allowed = name in ("grace", "drain_delay")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} must be a positive number of seconds, not {value}")
     if settings.redis_url and not settings.hmac_key_file:
@@ -238,8 +259,16 @@ def check(settings: Settings) -> None:
         raise ConfigError("--redis-cluster needs --redis-url (the address of any cluster node)")
     if settings.hmac_key_file and not os.path.isfile(settings.hmac_key_file):
         raise ConfigError(f"cannot read {settings.hmac_key_file}: no such file")
-    if not math.isfinite(settings.pool_cache_ttl) or settings.pool_cache_ttl < 0:
-        raise ConfigError("--pool-cache-ttl must be a non-negative number of seconds")
+    for name in ("pool_cache_ttl", "pool_negative_ttl", "pool_cache_stale"):
+        value = getattr(settings, name)
+        if not math.isfinite(value) or value < 0:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a non-negative number of seconds, not {value}")
+    rate = settings.metadata_lookup_rate
+    if not math.isfinite(rate) or rate <= 0:
+        raise ConfigError(f"--metadata-lookup-rate must be a positive number, not {rate}")
+    if settings.metadata_lookup_burst < 1:
+        raise ConfigError("--metadata-lookup-burst must be at least 1")
     if settings.decision_log_queue < 1:
         raise ConfigError("--decision-log-queue must be at least 1")
     if settings.max_receive_bytes < 1024:

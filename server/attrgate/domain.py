@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,9 @@ class UpstreamError(enum.Enum):
     OPERATION_NOT_ENABLED = "OPERATION_NOT_ENABLED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     OVERLOADED = "OVERLOADED"  # attrgate's own queue to Cognito is full; nothing was sent
+    # An HTTP 4xx without an error code attrgate could read (a proxy's page, an undecodable
+    # body): refused, so nothing was changed.
+    REFUSED = "REFUSED"
     UNEXPECTED = "UNEXPECTED"
 
 
@@ -187,7 +191,9 @@ class UpstreamError(enum.Enum):
 class UpstreamResult:
     """The outcome of one forwarded call: ok with Cognito's request id, or a classified error.
 
-    `error_code` is Cognito's own error code (e.g. "AliasExistsException"), safe to expose;
+    `error_code` is Cognito's error code when the operation documents it (e.g.
+    "AliasExistsException"), the HTTP status when no code could be read, `other` for any other
+    code, or attrgate's own name for a failure (e.g. "ReadTimeout"): safe to expose and log.
     Cognito's message is dropped because it may echo values.
     """
 
@@ -198,6 +204,16 @@ class UpstreamResult:
     # True only when Cognito's answer proves the call changed nothing and sent nothing: an error
     # response Cognito returned itself, or a connection never established. When in doubt, False.
     no_effect: bool = False
+
+
+class PendingCall(Protocol):
+    """The caller's side of one forwarded call, as the upstream's worker thread sees it."""
+
+    def complete(self, result: UpstreamResult) -> None:
+        """The outcome, once known (in the worker thread, even after the caller has gone)."""
+
+    def gone(self) -> bool:
+        """The caller has given up: send nothing more for it (no first attempt, no retry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,13 +236,24 @@ class Unavailable:
 
 
 @dataclass(frozen=True, slots=True)
+class LookupLimited:
+    """A Cognito metadata lookup the caller's lookup budget does not cover: refused before any
+    call was sent."""
+
+    decision_id: str
+    policy_revision: str
+    lookup: str  # "pool_metadata", "user_lookup"
+    retry_after: float  # seconds until the caller's budget covers another lookup
+
+
+@dataclass(frozen=True, slots=True)
 class Forwarded:
     decision: Decision
     upstream: UpstreamResult
     decided_at: float  # time.perf_counter() when the decision was made, before forwarding
 
 
-Outcome = Invalid | Unavailable | Decision | Forwarded
+Outcome = Invalid | Unavailable | LookupLimited | Decision | Forwarded
 
 
 @dataclass(frozen=True, slots=True)

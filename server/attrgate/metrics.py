@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from attrgate.config import split_host_port
 from attrgate.domain import Reserved
+from attrgate.lookups import Answer
 from attrgate.policy.compile import PolicySet
 from attrgate.tracing import service_resource
 
@@ -109,12 +110,20 @@ class Metrics:
             "attrgate_decision_log_dropped",
             description="decision-log entries dropped because the queue was full",
         )
+        self._lookups = meter.create_counter(
+            "attrgate_metadata_lookups",
+            description="DescribeUserPool/AdminGetUser lookups not answered by a fresh cache "
+            "entry, by answer: cognito (called), negative_cache, stale, limited (refused)",
+        )
         self._server: Any = None
         self._serving: Callable[[], PolicySet] = lambda: EMPTY_POLICY_SET
         # Series an alert watches exist from the start, at zero.
         for result in ("loaded", "rejected"):
             self._reloads.add(0, {"result": result})
         self._dropped.add(0)
+        for operation in ("DescribeUserPool", "AdminGetUser"):
+            for answer in (Answer.STALE, Answer.LIMITED):
+                self._lookups.add(0, {"operation": operation, "answer": answer})
 
     def observe(self, entry: Mapping[str, Any]) -> None:
         """Count one finished RPC from its decision-log entry."""
@@ -150,6 +159,9 @@ class Metrics:
         """One Cognito call sent (called from executor threads; instruments are thread-safe)."""
         self._cognito.add(1, {"operation": operation, "error_code": error_code or "none"})
         self._cognito_duration.record(seconds, {"operation": operation})
+
+    def metadata_lookup(self, operation: str, answer: str) -> None:
+        self._lookups.add(1, {"operation": operation, "answer": answer})
 
     def policy_reload(self, result: str) -> None:
         self._reloads.add(1, {"result": result})

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -21,6 +21,8 @@ from attrgate.domain import (
     Decision,
     Forwarded,
     Invalid,
+    LookupLimited,
+    PendingCall,
     PoolDescription,
     Reserved,
     SmsAssessment,
@@ -42,12 +44,14 @@ from attrgate.guards.sms import (
     parse_phone,
     triggers_sms,
 )
+from attrgate.lookups import OverBudget
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.engine import evaluate
 from attrgate.pools import PoolCache
 from attrgate.schema import pending_verification, schema_violations
 from attrgate.store.base import StoreUnavailable
 from attrgate.tracing import start_span
+from attrgate.users import UserSubs
 from attrgate.validate import validate_request
 
 log = logging.getLogger("attrgate.pipeline")
@@ -55,15 +59,8 @@ log = logging.getLogger("attrgate.pipeline")
 
 class Upstream(Protocol):
     def submit(
-        self,
-        request: UpdateRequest,
-        deadline: float | None,
-        on_result: Callable[[UpstreamResult], None],
-        sms_write: bool = False,
+        self, request: UpdateRequest, deadline: float | None, call: PendingCall, sms_write: bool
     ) -> asyncio.Future[UpstreamResult]: ...
-
-
-UserSub = Callable[[str, str], Awaitable[str | UpstreamResult]]
 
 
 def new_decision_id() -> str:
@@ -73,7 +70,9 @@ def new_decision_id() -> str:
 class _Call:
     """Joins a call's outcome (from the worker thread) with its caller's fate (on the loop), so
     an outcome the caller never saw is logged exactly once, even after the loop has closed, and
-    a late outcome that proves Cognito did nothing still gives the SMS reservation back."""
+    a late outcome that proves Cognito did nothing still gives the SMS reservation back. The
+    upstream asks `gone()` before sending and before every retry: nothing more is sent for a
+    caller that has given up (cancelled, or cancelled by the server at the end of its grace)."""
 
     __slots__ = ("_abandoned", "_lock", "_on_no_effect", "_result", "decision_id")
 
@@ -97,6 +96,9 @@ class _Call:
             result = self._result
         if result is not None:
             self._late(result)
+
+    def gone(self) -> bool:
+        return self._abandoned
 
     def _late(self, result: UpstreamResult) -> None:
         _log_late(self.decision_id, result)
@@ -138,7 +140,7 @@ class Pipeline:
         policy_set: PolicySet,
         upstream: Upstream,
         pools: PoolCache,
-        user_sub: UserSub,
+        users: UserSubs,
         sms: SmsCounting | None = None,
         pool_metadata_fail_open: bool = False,
         new_id: Callable[[], str] = new_decision_id,
@@ -149,7 +151,7 @@ class Pipeline:
         self._sms_events = sms_events or _NoSmsEvents()
         self._upstream = upstream
         self._pools = pools
-        self._user_sub = user_sub
+        self._users = users
         self._sms = sms
         self._fail_open = pool_metadata_fail_open
         self._new_id = new_id
@@ -157,18 +159,26 @@ class Pipeline:
 
     async def check(
         self, caller: Caller, request: UpdateRequest
-    ) -> Invalid | Unavailable | Decision:
+    ) -> Invalid | Unavailable | LookupLimited | Decision:
         """Decide without forwarding or consuming anything (CheckUpdateUserAttributes)."""
         assessed = await self._assess(caller, request, consume=False)
         return assessed.decision if isinstance(assessed, _Allowed) else assessed
 
     async def update(
-        self, caller: Caller, request: UpdateRequest, deadline: float | None
-    ) -> Invalid | Unavailable | Decision | Forwarded:
+        self,
+        caller: Caller,
+        request: UpdateRequest,
+        deadline: float | None,
+        forwarding: Callable[[Decision, float], None] | None = None,
+    ) -> Invalid | Unavailable | LookupLimited | Decision | Forwarded:
+        """`forwarding` hears the decision (and when it was made) before the call goes to
+        Cognito, so a caller cancelled while it runs still has its decision logged."""
         assessed = await self._assess(caller, request, consume=True)
         if not isinstance(assessed, _Allowed):
             return assessed
         decided, decided_at = assessed.decision, time.perf_counter()
+        if forwarding is not None:
+            forwarding(decided, decided_at)
         sms_write = bool(decided.sms and decided.sms.triggers_sms)
         remaining = None if deadline is None else deadline - time.monotonic()
         try:
@@ -203,6 +213,13 @@ class Pipeline:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def settle(self, seconds: float) -> None:
+        """Wait (at most `seconds`) for the SMS reservations still being given back,
+        those of late outcomes included, so none is lost when the server closes its store."""
+        await asyncio.sleep(0)  # releases handed over from worker threads get their task
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=seconds)
+
     async def _forward(
         self,
         assessed: _Allowed,
@@ -218,7 +235,7 @@ class Pipeline:
                 loop.call_soon_threadsafe(self._release_soon, assessed)
 
         call = _Call(assessed.decision.decision_id, release_from_thread)
-        future = self._upstream.submit(request, deadline, call.complete, sms_write)
+        future = self._upstream.submit(request, deadline, call, sms_write)
         assessed.submitted = True
         try:
             # shield: a caller giving up must not cancel the call, which runs on regardless.
@@ -232,7 +249,7 @@ class Pipeline:
 
     async def _assess(
         self, caller: Caller, request: UpdateRequest, consume: bool
-    ) -> Invalid | Unavailable | Decision | _Allowed:
+    ) -> Invalid | Unavailable | LookupLimited | Decision | _Allowed:
         policy_set = self.policy_set
         decision_id = self._new_id()
         revision = policy_set.revision
@@ -257,8 +274,12 @@ class Pipeline:
         if not verdict.allowed:
             return decision
 
-        # Only allowed requests reach Cognito for metadata: no quota spent on made-up pools.
-        described = await self._pools.get(request.user_pool_id)
+        # Only allowed requests reach Cognito for metadata, and a miss is paid for from the
+        # caller's lookup budget: no quota spent on made-up pools. Over budget, even
+        # --pool-metadata-fail-open refuses (forwarding would spend an update on a made-up pool).
+        described = await self._pools.get(request.user_pool_id, caller.name)
+        if isinstance(described, OverBudget):
+            return LookupLimited(decision_id, revision, "pool_metadata", described.retry_after)
         pool: PoolDescription | None = None
         if isinstance(described, UpstreamResult):
             if described.error == UpstreamError.RESOURCE_NOT_FOUND:
@@ -297,7 +318,7 @@ class Pipeline:
         phone: Phone,
         guards: Sequence[CompiledGuard],
         consume: bool,
-    ) -> Unavailable | Decision | _Allowed:
+    ) -> Unavailable | LookupLimited | Decision | _Allowed:
         triggers = triggers_sms(pool, request)
         # The country rule holds for every write of phone_number: a number set as verified
         # still receives MFA and password-reset messages later.
@@ -327,7 +348,11 @@ class Pipeline:
 
         user_sub = None
         if any(g.needs_user for g in guards):
-            found = await self._user_sub(request.user_pool_id, request.username)
+            found = await self._users.get((request.user_pool_id, request.username), caller.name)
+            if isinstance(found, OverBudget):
+                return LookupLimited(
+                    decision.decision_id, decision.policy_revision, "user_lookup", found.retry_after
+                )
             if isinstance(found, UpstreamResult):
                 if found.error == UpstreamError.USER_NOT_FOUND:
                     return _deny(decision, Stage.USER, (_USER_NOT_FOUND,))

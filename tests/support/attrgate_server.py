@@ -73,5 +73,6 @@ def settings_for(**overrides: Any) -> Settings:
         cognito_read_timeout=3.0,
         executor_threads=8,
         grace=0.5,
+        drain_delay=0.0,
     )
     return replace(base, **overrides)

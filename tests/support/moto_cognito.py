@@ -6,12 +6,16 @@ needs), so an unsigned, badly signed or over-reaching request from attrgate fail
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +45,14 @@ class MotoCognito:
     def __init__(self) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        # moto's recorder writes every request it gets here within `recording()`.
+        handle, self._recording = tempfile.mkstemp(prefix="moto-recording-")
+        os.close(handle)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "MOTO_RECORDER_FILEPATH": self._recording},
         )
         deadline = time.monotonic() + 30
         while True:
@@ -106,6 +114,37 @@ class MotoCognito:
         user = self.admin.admin_get_user(UserPoolId=pool_id, Username=username)
         return {a["Name"]: a["Value"] for a in user["UserAttributes"]}
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Within: moto records what it receives (for `received`), having forgotten the rest."""
+        for action in ("reset-recording", "start-recording"):
+            self._moto_api(f"recorder/{action}")
+        try:
+            yield
+        finally:
+            self._moto_api("recorder/stop-recording")
+
+    def received(self, operation: str) -> int:
+        """How many `operation` requests attrgate's credentials sent in the last `recording()`."""
+        with urllib.request.urlopen(  # noqa: S310
+            f"{self.endpoint}/moto-api/recorder/download-recording", timeout=10
+        ) as answer:
+            lines = answer.read().decode().splitlines()
+        credential = f"Credential={self.attrgate_keys.access_key_id}/"
+        found = 0
+        for line in lines:
+            headers = {k.lower(): v for k, v in json.loads(line)["headers"].items()}
+            if headers.get("x-amz-target", "").endswith("." + operation) and credential in (
+                headers.get("authorization", "")
+            ):
+                found += 1
+        return found
+
+    def _moto_api(self, path: str) -> None:
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/{path}", method="POST")  # noqa: S310
+        urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+
     def stop(self) -> None:
         self._process.terminate()
         self._process.wait(timeout=10)
+        os.unlink(self._recording)

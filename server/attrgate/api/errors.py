@@ -3,6 +3,7 @@ at fault. Messages name fields and attributes, never values."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from grpc_status import rpc_status
 from attrgate.domain import (
     Decision,
     FieldViolation,
+    LookupLimited,
     Stage,
     Unavailable,
     UpdateRequest,
@@ -281,12 +283,7 @@ def _sms_limit(decision: Decision, now_ms: int) -> ErrorStatus:
     )
     # Every refusing window must free before a retry can pass.
     retry_at = max((r.retry_at_ms for r in refusals), default=now_ms)
-    delay_ms = max(0, retry_at - now_ms)
-    retry = error_details_pb2.RetryInfo(
-        retry_delay=duration_pb2.Duration(
-            seconds=delay_ms // 1000, nanos=(delay_ms % 1000) * 1_000_000
-        )
-    )
+    retry = _retry_info(max(0, retry_at - now_ms))
     rules = ", ".join(f"{r.guard} {r.rule}" for r in refusals)
     return ErrorStatus(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -294,6 +291,31 @@ def _sms_limit(decision: Decision, now_ms: int) -> ErrorStatus:
         f"SMS limit reached: {rules}",
         metadata={"policy_revision": decision.policy_revision, "retry_at_unix_ms": str(retry_at)},
         extra_details=(quota, retry),
+    )
+
+
+def _retry_info(delay_ms: int) -> error_details_pb2.RetryInfo:
+    return error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(
+            seconds=delay_ms // 1000, nanos=(delay_ms % 1000) * 1_000_000
+        )
+    )
+
+
+_LOOKUPS = {"pool_metadata": "DescribeUserPool", "user_lookup": "AdminGetUser"}
+
+
+def lookup_limited(outcome: LookupLimited) -> ErrorStatus:
+    """The caller's budget for metadata lookups not answered from cache is spent: refused
+    before any call, with the time until its next lookup fits."""
+    delay_ms = max(1, math.ceil(outcome.retry_after * 1000))
+    return ErrorStatus(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.METADATA_LOOKUP_LIMITED,
+        f"too many {_LOOKUPS[outcome.lookup]} lookups for pools or users this caller named that "
+        f"were not cached; nothing was sent, retry in {delay_ms} ms",
+        metadata={"policy_revision": outcome.policy_revision, "lookup": outcome.lookup},
+        extra_details=(_retry_info(delay_ms),),
     )
 
 
@@ -387,6 +409,12 @@ _UPSTREAM: dict[UpstreamError, tuple[grpc.StatusCode, Reason, str]] = {
         Reason.ATTRGATE_OVERLOADED,
         "too many calls already waiting for Cognito; nothing was sent, retry with backoff",
     ),
+    UpstreamError.REFUSED: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.COGNITO_REQUEST_REFUSED,
+        "Cognito (or a proxy before it) refused the call with an HTTP 4xx and no readable "
+        "error; nothing was changed",
+    ),
     UpstreamError.UNEXPECTED: (
         grpc.StatusCode.INTERNAL,
         Reason.COGNITO_UNEXPECTED_ERROR,
@@ -418,6 +446,15 @@ def upstream_failed(result: UpstreamResult, revision: str) -> ErrorStatus:
             "cognito_request_id": result.request_id,
             "policy_revision": revision,
         },
+    )
+
+
+def shutting_down() -> ErrorStatus:
+    return ErrorStatus(
+        grpc.StatusCode.UNAVAILABLE,
+        Reason.ATTRGATE_SHUTTING_DOWN,
+        "attrgate is shutting down and takes no new calls; nothing was decided or sent: retry "
+        "(another replica answers)",
     )
 
 

@@ -7,6 +7,7 @@ values, the username only as a keyed hash (or not at all when no key is configur
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from attrgate.domain import (
     Caller,
     Decision,
     Invalid,
+    LookupLimited,
     SmsRefusal,
     Unavailable,
     UpdateRequest,
@@ -102,11 +104,26 @@ class DecisionRecord:
             }
 
     def unavailable(self, outcome: Unavailable) -> None:
+        self._undecided(outcome, "unavailable")
+        self.entry["unavailable"] = outcome.dependency
+
+    def limited(self, outcome: LookupLimited) -> None:
+        """Refused by the caller's metadata lookup budget, before anything was decided."""
+        self._undecided(outcome, "limited")
+        self.entry["limited"] = outcome.lookup
+        self.entry["retry_after_ms"] = math.ceil(outcome.retry_after * 1000)
+
+    def _undecided(self, outcome: Unavailable | LookupLimited, name: str) -> None:
         self.decided()
         self.entry["decision_id"] = outcome.decision_id
         self.entry["policy_revision"] = outcome.policy_revision
+        self.entry["outcome"] = name
+
+    def shutting_down(self) -> None:
+        """Refused before anything was decided: the server is draining."""
+        self.decided()
         self.entry["outcome"] = "unavailable"
-        self.entry["unavailable"] = outcome.dependency
+        self.entry["unavailable"] = "shutting_down"
 
     def upstream(self, result: UpstreamResult) -> None:
         self.entry["cognito"] = {

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from attrgate.admission import Admission
 from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
     DECISION_ID_METADATA,
@@ -22,13 +23,15 @@ from attrgate.api.errors import (
     denied,
     internal_error,
     invalid_request,
+    lookup_limited,
     malformed_request,
+    shutting_down,
     unauthenticated,
     unavailable,
     upstream_failed,
 )
 from attrgate.api.record import DecisionRecord, UsernameHash
-from attrgate.domain import Caller, Forwarded, Invalid, Unavailable
+from attrgate.domain import Caller, Forwarded, Invalid, LookupLimited, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
 from attrgate.tracing import start_span
@@ -105,8 +108,10 @@ class UserAttributesService:
         record: Recorder | None = None,
         username_hash: UsernameHash | None = None,
         in_flight: Callable[[int, str], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._pipeline = pipeline
+        self._admission = admission or Admission()
         self._identify = identify
         self._record = record
         self._username_hash = username_hash
@@ -116,12 +121,20 @@ class UserAttributesService:
         self, request: Request, context: Context
     ) -> pb.UpdateUserAttributesResponse:
         record = DecisionRecord("UpdateUserAttributes", self._username_hash)
+        admitted = self._admission.enter()
 
         async def handle() -> pb.UpdateUserAttributesResponse:
+            if not admitted:
+                raise _refused(record)
             caller = self._caller(context, record)
             domain_request = request_from_proto(_decoded(request, record))
             record.request(domain_request)
-            outcome = await self._pipeline.update(caller, domain_request, _deadline(context))
+            outcome = await self._pipeline.update(
+                caller,
+                domain_request,
+                _deadline(context),
+                lambda decision, at: record.decision(decision, domain_request, at),
+            )
             if isinstance(outcome, Invalid):
                 record.invalid(outcome)
                 raise _Abort(
@@ -131,6 +144,9 @@ class UserAttributesService:
             if isinstance(outcome, Unavailable):
                 record.unavailable(outcome)
                 raise _Abort(unavailable(outcome), outcome.decision_id)
+            if isinstance(outcome, LookupLimited):
+                record.limited(outcome)
+                raise _Abort(lookup_limited(outcome), outcome.decision_id)
             if not isinstance(outcome, Forwarded):
                 record.decision(outcome, domain_request)
                 raise _Abort(denied(outcome, domain_request, _now_ms()), outcome.decision_id)
@@ -154,11 +170,16 @@ class UserAttributesService:
             return await _answer(context, handle, record, self._record, "UpdateUserAttributes")
         finally:
             self._in_flight(-1, "UpdateUserAttributes")
+            if admitted:
+                self._admission.leave()
 
     async def CheckUpdateUserAttributes(self, request: Request, context: Context) -> pb.Decision:
         record = DecisionRecord("CheckUpdateUserAttributes", self._username_hash)
+        admitted = self._admission.enter()
 
         async def handle() -> pb.Decision:
+            if not admitted:
+                raise _refused(record)
             caller = self._caller(context, record)
             domain_request = request_from_proto(_decoded(request, record))
             record.request(domain_request)
@@ -172,6 +193,9 @@ class UserAttributesService:
             if isinstance(decided, Unavailable):
                 record.unavailable(decided)
                 raise _Abort(unavailable(decided, check=True), decided.decision_id)
+            if isinstance(decided, LookupLimited):
+                record.limited(decided)
+                raise _Abort(lookup_limited(decided), decided.decision_id)
             record.decision(decided, domain_request)
             context.set_trailing_metadata(((DECISION_ID_METADATA, decided.decision_id),))
             return decision_to_proto(decided)
@@ -181,6 +205,8 @@ class UserAttributesService:
             return await _answer(context, handle, record, self._record, "CheckUpdateUserAttributes")
         finally:
             self._in_flight(-1, "CheckUpdateUserAttributes")
+            if admitted:
+                self._admission.leave()
 
     def _caller(self, context: Context, record: DecisionRecord) -> Caller:
         caller = self._identify(context)
@@ -275,6 +301,12 @@ async def _handle(
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _refused(record: DecisionRecord) -> _Abort:
+    """A call that arrived after the server closed its gate (draining): nothing decided."""
+    record.shutting_down()
+    return _Abort(shutting_down(), new_decision_id())
 
 
 def _decoded(request: Request, record: DecisionRecord) -> pb.UpdateUserAttributesRequest:

@@ -60,7 +60,8 @@ class UserAttributesServicer:
 
     def CheckUpdateUserAttributes(self, request, context):
         """Decide, never forward. Policy findings answer OK with allowed=false; error statuses
-        only for UNAUTHENTICATED, INVALID_ARGUMENT (malformed request) and UNAVAILABLE.
+        only for UNAUTHENTICATED, INVALID_ARGUMENT (malformed request), UNAVAILABLE and
+        RESOURCE_EXHAUSTED (METADATA_LOOKUP_LIMITED: the caller's metadata lookup budget).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
