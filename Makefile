@@ -57,3 +57,4 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_observability.py
+	$(BIN)/python bench/bench_sms_store.py

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from support.attrgate_server import RunningServer, settings_for
 from support.cognito_stub import CognitoStub
 from support.moto_cognito import MotoCognito
-from support.redis_server import MISSING, RedisServer, redis_server_path
+from support.redis_server import MISSING, RedisClusterServers, RedisServer, redis_server_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,12 +53,27 @@ def moto() -> Iterator[MotoCognito]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on loopback; skipped loudly where it is not installed (CI has it)."""
+    """A real redis-server on loopback. Where it is not installed the tests that need it FAIL:
+    a suite that skips them passes without ever checking the fleet's store."""
     if redis_server_path() is None:
-        pytest.skip(MISSING)
+        pytest.fail(MISSING)
     server = RedisServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real three-node Redis Cluster. Without redis-server: FAIL, as above. Skipped, saying
+    why, only when the installed servers cannot form a cluster on this machine."""
+    if redis_server_path() is None:
+        pytest.fail(MISSING)
+    try:
+        cluster = RedisClusterServers()
+    except RuntimeError as exc:
+        pytest.skip(f"a Redis Cluster cannot form on this machine: {exc}")
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

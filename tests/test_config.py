@@ -355,7 +355,13 @@ def test_an_empty_variable_counts_as_unset() -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--grace", "-1"), ("--cognito-read-timeout", "nan"), ("--cognito-connect-timeout", "0")],
+    [
+        ("--grace", "-1"),
+        ("--cognito-read-timeout", "nan"),
+        ("--cognito-connect-timeout", "0"),
+        ("--store-timeout", "0"),
+        ("--store-timeout", "inf"),
+    ],
 )
 def test_timings_must_be_positive(flag: str, value: str) -> None:
 
@@ -370,4 +376,10 @@ def test_redis_needs_a_shared_hmac_key() -> None:
         ["serve", "--policies", "p", "--insecure", "--redis-url", "redis://127.0.0.1:1/0"]
     )
     with pytest.raises(ConfigError, match="--hmac-key-file"):
+        check(settings_from(namespace, {"AWS_REGION": "us-east-1"}))
+
+
+def test_redis_cluster_needs_a_redis_url() -> None:
+    namespace = _parser().parse_args(["serve", "--policies", "p", "--insecure", "--redis-cluster"])
+    with pytest.raises(ConfigError, match="--redis-cluster needs --redis-url"):
         check(settings_from(namespace, {"AWS_REGION": "us-east-1"}))

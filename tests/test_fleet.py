@@ -25,7 +25,9 @@ from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.cognito_stub import CognitoStub, Reply, describe_reply
 from support.fleet import Call, ClientFleet, Outcome, Replica, replica_env, start_all
 from support.moto_cognito import MotoCognito
-from support.redis_server import RedisServer
+from support.policies import sms_guard as support_sms_guard
+from support.policies import svc_policy
+from support.redis_server import RedisClusterServers, RedisServer
 from support.rpc import as_caller, attrs_request, rich
 
 USERS = 200
@@ -35,26 +37,13 @@ ROUNDS = 5
 SQLITE_ROUNDS = 3
 REFUSED = ("RESOURCE_EXHAUSTED", "SMS_LIMIT_EXCEEDED")
 
-ALLOW_PHONES = """
-apiVersion: attrgate/v1
-kind: AttributePolicy
-metadata: {name: phones}
-spec:
-  callers: [svc]
-  userPools: ["*"]
-  allow:
-    - attribute: phone_number
-    - attribute: phone_number_verified
-    - attribute: given_name
-"""
+ALLOW_PHONES = svc_policy(
+    "[{attribute: phone_number}, {attribute: phone_number_verified}, {attribute: given_name}]"
+)
 
 
 def sms_guard(body: str) -> str:
-    indented = "\n".join("  " + line for line in body.strip("\n").splitlines())
-    return (
-        "---\napiVersion: attrgate/v1\nkind: SmsGuard\nmetadata: {name: fleet}\n"
-        f"spec:\n  mode: enforce\n  userPools: ['*']\n{indented}\n"
-    )
+    return support_sms_guard(body, name="fleet")
 
 
 LIMIT_GUARD = sms_guard(
@@ -190,39 +179,54 @@ def common_args(policies: Path, endpoint: str) -> list[str]:
     return ["--policies", str(policies), "--cognito-endpoint", endpoint, "--region", "us-east-1"]
 
 
-# --- 1. two replicas, one redis-server ----------------------------------------------------------
+# --- 1. two replicas, one redis-server (or one Redis Cluster) -----------------------------------
 
 
-@pytest.mark.parametrize("guard", [LIMIT_GUARD, BUDGET_GUARD], ids=["limit", "budget"])
+@pytest.mark.parametrize(
+    ("redis_kind", "guard"),
+    [("server", LIMIT_GUARD), ("server", BUDGET_GUARD), ("cluster", LIMIT_GUARD)],
+    ids=["limit", "budget", "cluster-limit"],
+)
 def test_two_replicas_on_one_redis_forward_exactly_the_limit(
     moto: MotoCognito,
-    redis_server: RedisServer,
     clients: ClientFleet,
     replicas: list[Replica],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
+    redis_kind: str,
     guard: str,
 ) -> None:
     key_file = tmp_path / "hmac.key"
     key_file.write_text(secrets.token_hex(32))
+    if redis_kind == "cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        url, nodes, flags = cluster.url, [n.url for n in cluster.nodes], ["--redis-cluster"]
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url, nodes, flags = server.url, [server.url], []
     args = [
         *common_args(write_policies(tmp_path, guard), moto.endpoint),
-        "--redis-url",
-        redis_server.url,
-        "--hmac-key-file",
-        str(key_file),
+        *("--redis-url", url, "--hmac-key-file", str(key_file), *flags),
     ]
     env = moto_env(moto)
+    controls = [redis_py.Redis.from_url(node) for node in nodes]
+    for control in controls:
+        control.flushall()
     replicas.extend(Replica(f"redis-{n}", args, env, tmp_path) for n in "ab")
     pool = pool_with_users(moto)
     start_all(replicas)
-    control = redis_py.Redis.from_url(redis_server.url)
     try:
         for round_no in range(ROUNDS):
-            # The guard's counters are keyed per guard, not per pool: start each round empty.
-            control.flushall()
-            one_round(moto, clients, pool, replicas, round_no, "redis")
+            # The guard's counters are keyed per guard, not per pool: start each round empty
+            # (the key's fingerprint stays: the replicas checked it at start).
+            for control in controls:
+                for name in control.scan_iter(match="{attrgate}:*"):
+                    if not name.endswith(b":secret:key-fingerprint"):
+                        control.delete(name)
+            one_round(moto, clients, pool, replicas, round_no, f"redis {redis_kind}")
     finally:
-        control.close()
+        for control in controls:
+            control.close()
 
 
 # --- 2. two replicas, one SQLite file -----------------------------------------------------------

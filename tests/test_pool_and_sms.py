@@ -770,8 +770,8 @@ def test_replicas_share_counts_through_redis(
         state=str(tmp_path / "unused.sqlite"),
     )
     assert "is not used" in caplog.text
-    # The test redis-server runs without RDB or AOF: a start warns about it.
-    assert "Redis has no persistence" in caplog.text
+    # The test redis-server runs without an append-only file: a start warns about it.
+    assert "runs without appendonly yes" in caplog.text
     second = serve(
         OPEN_POLICY + LIMIT_2, sms_stub.endpoint, redis_url=url, hmac_key_file=str(without)
     )

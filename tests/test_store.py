@@ -1,4 +1,5 @@
-"""The SMS guard's counting stores: one suite, run against SQLite and against a real redis-server.
+"""The SMS guard's counting stores: one suite, run against SQLite, a real redis-server and a real
+three-node Redis Cluster.
 
 Every test injects its clock (T0 is far from the wall clock, so it must reach the Redis script).
 Exactness under concurrency is checked with several store objects in one event loop and with
@@ -22,11 +23,17 @@ from typing import Any
 import pytest
 import redis
 
-from attrgate.store.base import Counter, ReserveResult, Store, StoreUnavailable
+from attrgate.store.base import (
+    TIMEOUT,
+    Counter,
+    ReserveResult,
+    Store,
+    StoreUnavailable,
+)
 from attrgate.store.redis import RedisStore
 from attrgate.store.sqlite import SqliteStore
 from support.moto_cognito import free_port
-from support.redis_server import RedisServer
+from support.redis_server import RedisClusterServers, RedisServer
 
 T0 = 1_000_000_000  # ms since the epoch: January 1970, nowhere near Redis's own clock
 MINUTE = 60_000
@@ -43,13 +50,13 @@ def fixed(key: str, limit: int, period_end_ms: int, amount: int = 1) -> Counter:
 def open_store(kind: str, target: str, **options: Any) -> Store:
     if kind == "sqlite":
         return SqliteStore(target, **options)
-    return RedisStore(target, **options)
+    return RedisStore(target, cluster=kind == "redis-cluster", **options)
 
 
 @dataclass
 class Backend:
     kind: str
-    target: str  # the SQLite file, or the Redis URL
+    target: str  # the SQLite file, or the Redis URL (of any node of a cluster)
 
     def new(self, **options: Any) -> Store:
         """Another store object (its own connection) on the same state."""
@@ -73,12 +80,23 @@ def redis_backend(redis_server: RedisServer) -> Backend:
     return Backend("redis", redis_server.url)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture
+def cluster_backend(redis_cluster: RedisClusterServers) -> Backend:
+    for node in redis_cluster.nodes:
+        with redis.Redis.from_url(node.url) as client:
+            client.flushall()
+    # Not the node that holds the store's slot: the client must find it.
+    return Backend("redis-cluster", redis_cluster.nodes[-1].url.removesuffix("/0"))
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", str(tmp_path / "state.db"))
-    redis_backend: Backend = request.getfixturevalue("redis_backend")
-    return redis_backend
+    found: Backend = request.getfixturevalue(
+        "redis_backend" if request.param == "redis" else "cluster_backend"
+    )
+    return found
 
 
 async def close_all(stores: list[Store]) -> None:
@@ -306,9 +324,14 @@ def test_money_beyond_float_precision_is_exact(backend: Backend) -> None:
 
 def test_secret_get_or_create_is_stable(backend: Backend) -> None:
     async def body(store: Store) -> None:
+        assert await store.secret("hmac") is None
         assert await store.get_or_create_secret("hmac", b"first\x00\xff") == b"first\x00\xff"
         assert await store.get_or_create_secret("hmac", b"second") == b"first\x00\xff"
         assert await store.get_or_create_secret("other", b"second") == b"second"
+        assert await store.secret("hmac") == b"first\x00\xff"
+        await store.delete_secret("other")
+        assert await store.secret("other") is None
+        await store.delete_secret("never-stored")
         others = [backend.new() for _ in range(6)]
         try:
             assert await others[0].get_or_create_secret("hmac", b"third") == b"first\x00\xff"
@@ -345,8 +368,7 @@ def test_concurrent_reservations_admit_exactly_the_limit(backend: Backend) -> No
     async def body(store: Store) -> None:
         # Generous time bounds: this checks exactness under contention, not latency, and the
         # suite runs on two busy cores.
-        options = {"busy_timeout": 30.0} if backend.kind == "sqlite" else {"timeout": 5.0}
-        stores = [backend.new(**options) for _ in range(4)]
+        stores = [backend.new(timeout=30.0) for _ in range(4)]
         try:
             results = await asyncio.gather(
                 *(stores[i % 4].reserve(f"r{i}", counters, T0) for i in range(200))
@@ -366,8 +388,7 @@ def reserve_in_process(
 
     async def main() -> tuple[int, int]:
         # generous bounds: this checks exactness under contention, not latency
-        options = {"busy_timeout": 30.0} if kind == "sqlite" else {"timeout": 5.0}
-        store = open_store(kind, target, **options)
+        store = open_store(kind, target, timeout=30.0)
         try:
             await store.ping()
             await asyncio.to_thread(barrier.wait, 60)
@@ -418,63 +439,142 @@ def test_processes_sharing_the_store_admit_exactly_the_limit(backend: Backend) -
 # --- Redis specifics ------------------------------------------------------------------------
 
 
-def assert_unavailable_fast(store: RedisStore) -> None:
+async def unavailable_within_its_timeout(store: RedisStore, bound: float) -> None:
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.reserve("r", [sliding("k", 1)], T0),
+        lambda: store.release("r", [sliding("k", 1)]),
+        lambda: store.usage([sliding("k", 1)], T0),
+        lambda: store.get_or_create_secret("fingerprint", b"x"),
+        store.ping,
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await call()
+        # the store's own bound, with room for a busy machine
+        assert time.monotonic() - started < 3 * bound + 1
+
+
+def test_redis_refusing_connections_is_unavailable_at_once() -> None:
     async def main() -> None:
-        calls: list[Callable[[], Awaitable[object]]] = [
-            lambda: store.reserve("r", [sliding("k", 1)], T0),
-            lambda: store.release("r", [sliding("k", 1)]),
-            lambda: store.usage([sliding("k", 1)], T0),
-            lambda: store.get_or_create_secret("hmac", b"x"),
-            store.ping,
-        ]
+        store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=1.0)
         try:
-            for call in calls:
-                started = time.monotonic()
-                with pytest.raises(StoreUnavailable):
-                    await call()
-                assert time.monotonic() - started < 1.0
+            await unavailable_within_its_timeout(store, 1.0)
         finally:
             await store.close()
 
     asyncio.run(main())
 
 
-def test_redis_refusing_connections_is_unavailable_within_a_second() -> None:
-    assert_unavailable_fast(RedisStore(f"redis://127.0.0.1:{free_port()}/0"))
-
-
-def test_redis_that_never_answers_is_unavailable_within_a_second() -> None:
-    with socket.socket() as silent:  # accepts connections (backlog), never replies
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        port = silent.getsockname()[1]
-        assert_unavailable_fast(RedisStore(f"redis://127.0.0.1:{port}/0"))
-
-
-def test_redis_persistence_warning(redis_server: RedisServer) -> None:
-    async def warning(url: str) -> str | None:
-        store = RedisStore(url)
+@pytest.mark.parametrize("timeout", [0.3, 1.5])
+def test_redis_that_never_answers_is_unavailable_after_the_store_timeout(timeout: float) -> None:
+    async def main(port: int) -> None:
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=timeout)
         try:
-            return await store.persistence_warning()
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.reserve("r", [sliding("k", 1)], T0)
+            assert caught.value.reason == TIMEOUT
+            # --store-timeout is the bound: not a fixed 0.25 s, and not more than asked
+            assert timeout <= time.monotonic() - started < 3 * timeout + 1
+            if timeout < 1:
+                await unavailable_within_its_timeout(store, timeout)
         finally:
             await store.close()
 
+    with socket.socket() as silent:  # accepts connections (backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        asyncio.run(main(silent.getsockname()[1]))
+
+
+async def _problems(url: str, cluster: bool = False) -> list[str]:
+    store = RedisStore(url, cluster=cluster)
+    try:
+        return await store.durability_problems()
+    finally:
+        await store.close()
+
+
+def test_redis_without_appendonly_is_a_durability_problem(redis_server: RedisServer) -> None:
     # the test server runs with --save '' --appendonly no
-    assert "no persistence" in (asyncio.run(warning(redis_server.url)) or "")
+    assert ["appendonly" in p for p in asyncio.run(_problems(redis_server.url))] == [True]
     with redis.Redis.from_url(redis_server.url) as client:
-        client.config_set("appendonly", "yes")
         try:
-            assert asyncio.run(warning(redis_server.url)) is None
+            # RDB snapshots alone lose every write since the last one: still a problem
+            client.config_set("save", "900 1")
+            assert ["appendonly" in p for p in asyncio.run(_problems(redis_server.url))] == [True]
+            client.config_set("appendonly", "yes")
+            assert asyncio.run(_problems(redis_server.url)) == []
             client.config_set("maxmemory-policy", "volatile-lru")
-            assert "evict" in (asyncio.run(warning(redis_server.url)) or "")
+            (evicting,) = asyncio.run(_problems(redis_server.url))
+            assert "may evict keys (maxmemory-policy volatile-lru)" in evicting
         finally:
             client.config_set("maxmemory-policy", "noeviction")
             client.config_set("appendonly", "no")
-    no_config = RedisServer("--rename-command", "CONFIG", "")
+            client.config_set("save", "")
+    # Managed Redis disables CONFIG but answers INFO: the check does not need CONFIG.
+    no_config = RedisServer("--rename-command", "CONFIG", "", "--appendonly", "yes")
     try:
-        assert asyncio.run(warning(no_config.url)) is None
+        assert asyncio.run(_problems(no_config.url)) == []
     finally:
         no_config.stop()
+    no_info = RedisServer("--rename-command", "INFO", "")
+    try:
+        (unknown,) = asyncio.run(_problems(no_info.url))
+        assert "refuses INFO" in unknown
+    finally:
+        no_info.stop()
+
+
+def test_redis_cluster_durability_is_checked_on_every_primary(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    first, *others = redis_cluster.nodes
+    for node in others:
+        with redis.Redis.from_url(node.url) as client:
+            client.config_set("appendonly", "yes")
+    try:
+        (problem,) = asyncio.run(_problems(redis_cluster.url, cluster=True))
+        assert f"127.0.0.1:{first.port}" in problem
+        assert "appendonly" in problem
+    finally:
+        for node in others:
+            with redis.Redis.from_url(node.url) as client:
+                client.config_set("appendonly", "no")
+
+
+def test_redis_tells_whether_it_is_a_cluster(
+    redis_server: RedisServer, redis_cluster: RedisClusterServers
+) -> None:
+    async def enabled(url: str) -> bool:
+        store = RedisStore(url)
+        try:
+            return await store.cluster_enabled()
+        finally:
+            await store.close()
+
+    assert asyncio.run(enabled(redis_server.url)) is False
+    assert asyncio.run(enabled(redis_cluster.url)) is True
+
+
+def test_redis_keys_of_one_reservation_share_one_cluster_slot(cluster_backend: Backend) -> None:
+    """Each counter hashed apart would land on different nodes: CROSSSLOT."""
+    client = redis.RedisCluster.from_url(cluster_backend.target)
+
+    async def body(store: Store) -> None:
+        counters = [sliding(f"phone-{i}", 5) for i in range(20)] + [sliding("global", 99)]
+        assert (await store.reserve("r", counters, T0)).ok
+        assert await store.release("r", counters[:3]) == [True] * 3
+        assert await store.usage(counters, T0) == [0, 0, 0] + [1] * 18
+
+    try:
+        cluster_backend.run(body)
+        slots = {client.keyslot(k) for k in client.scan_iter(match="{attrgate}:*")}
+        assert len(slots) == 1
+        assert {client.keyslot(k) for k in ("{attrgate}:scratch", "{attrgate}:ev:x")} == slots
+    finally:
+        client.close()
 
 
 def test_redis_keys_expire_with_their_window(redis_backend: Backend) -> None:
@@ -484,11 +584,11 @@ def test_redis_keys_expire_with_their_window(redis_backend: Backend) -> None:
         assert (await store.reserve("r", [sliding("s", 5, window_ms=MINUTE)], T0)).ok
         assert (await store.reserve("r", [fixed("f", 5, period_end_ms=T0 + 30_000)], T0)).ok
         for key, ttl in (("s", MINUTE), ("f", 30_000)):
-            for name in (f"attrgate:ev:{key}", f"attrgate:sum:{key}"):
+            for name in (f"{{attrgate}}:ev:{key}", f"{{attrgate}}:sum:{key}"):
                 assert ttl - 5_000 < client.pttl(name) <= ttl, name
         await store.release("r", [sliding("s", 5, window_ms=MINUTE)])
-        assert client.exists("attrgate:ev:s", "attrgate:sum:s") == 0
-        assert client.keys("attrgate:scratch") == []
+        assert client.exists("{attrgate}:ev:s", "{attrgate}:sum:s") == 0
+        assert client.keys("{attrgate}:scratch") == []
 
     try:
         redis_backend.run(body)
@@ -503,16 +603,16 @@ def test_redis_rebuilds_a_lost_sum_from_the_events(redis_backend: Backend) -> No
         c = sliding("k", 3)
         assert (await store.reserve("a", [c], T0)).ok
         assert (await store.reserve("b", [c], T0)).ok
-        client.delete("attrgate:sum:k")  # e.g. evicted under memory pressure
+        client.delete("{attrgate}:sum:k")  # e.g. evicted under memory pressure
         assert (await store.reserve("c", [c], T0)).ok
         assert not (await store.reserve("d", [c], T0)).ok
-        assert client.get("attrgate:sum:k") == b"3"
-        assert client.pttl("attrgate:sum:k") > 0  # the rebuilt sum expires with its events
+        assert client.get("{attrgate}:sum:k") == b"3"
+        assert client.pttl("{attrgate}:sum:k") > 0  # the rebuilt sum expires with its events
 
         # A release after the sum is lost must not drive it negative and so over-admit.
-        client.delete("attrgate:sum:k")
+        client.delete("{attrgate}:sum:k")
         await store.release("a", [c])
-        assert client.get("attrgate:sum:k") == b"2"
+        assert client.get("{attrgate}:sum:k") == b"2"
         assert (await store.reserve("e", [c], T0)).ok
         assert not (await store.reserve("f", [c], T0)).ok
         assert await store.usage([c], T0) == [3]
@@ -543,7 +643,6 @@ def test_sqlite_prunes_expired_events_and_keeps_its_file_private(tmp_path: Path)
     asyncio.run(main())
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # it holds the HMAC key
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         rows = conn.execute("SELECT key, reservation FROM events ORDER BY key, ts").fetchall()
     conn.close()
     # "g" was charged at the very end of its period: expired at once, swept with the rest.
@@ -554,7 +653,7 @@ def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path) -> None:
     path = str(tmp_path / "state.db")
 
     async def main() -> None:
-        store = SqliteStore(path, busy_timeout=0.2)
+        store = SqliteStore(path, timeout=0.2)
         holder = sqlite3.connect(path, isolation_level=None)
         try:
             await store.ping()

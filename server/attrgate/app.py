@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
-import secrets
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +32,7 @@ from attrgate.decisionlog import DecisionLog
 from attrgate.domain import PoolDescription, UpstreamResult
 from attrgate.guards.counting import SmsCounting
 from attrgate.guards.sms import Hasher
+from attrgate.guards.state import SmsState
 from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
 from attrgate.lookups import LookupBudget
 from attrgate.metrics import Metrics
@@ -43,9 +41,6 @@ from attrgate.policy.compile import PolicySet, compile_policy_set
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.pools import PoolCache
-from attrgate.store.base import Store, StoreUnavailable
-from attrgate.store.redis import RedisStore
-from attrgate.store.sqlite import SqliteStore
 from attrgate.tls import TlsFiles, TlsFilesError
 from attrgate.upstream.cognito import (
     CognitoSettings,
@@ -98,7 +93,7 @@ class App:
     _upstream: CognitoUpstream | None = None
     _health: health.aio.HealthServicer | None = None
     _sms: SmsCounting | None = None
-    _store: Store | None = None
+    _sms_state: SmsState | None = None
     decision_log: DecisionLog | None = None
     metrics: Metrics | None = None
     metrics_port: int = 0
@@ -131,7 +126,10 @@ class App:
         except UpstreamConfigError as exc:
             raise ConfigError(str(exc)) from None
         upstream = self._upstream
-        self._sms = await self._open_sms(policy_set)
+        self._sms_state = await SmsState.open(
+            settings, bool(policy_set.guards), self.metrics, self.out
+        )
+        self._sms = self._sms_state.counting
 
         async def describe(pool_id: str) -> PoolDescription | UpstreamResult:
             return await upstream.run(upstream.describe_user_pool_blocking, pool_id)
@@ -215,6 +213,7 @@ class App:
         await self._server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._sms_state.follow(self._health)
         self._serving = True
         if self._reload_pending:
             self.reopen_and_reload()
@@ -292,64 +291,14 @@ class App:
             self._reload_tasks.add(task)
             task.add_done_callback(self._reload_tasks.discard)
 
-    async def _open_sms(self, policy_set: PolicySet) -> SmsCounting | None:
-        """The store the SMS guard counts in, and the key that hashes what it counts."""
-        settings = self.settings
-        if not policy_set.guards and not (settings.state or settings.redis_url):
-            return None
-        store: Store
-        if settings.redis_url and settings.state:
-            # A fleet adds Redis; the embedded default (the image sets ATTRGATE_STATE) steps aside.
-            log.warning("counting SMS in Redis; --state %s is not used", settings.state)
-        if settings.redis_url:
-            redis_store = RedisStore(settings.redis_url)
-            try:
-                await redis_store.ping()
-                warning = await redis_store.persistence_warning()
-            except StoreUnavailable:
-                warning = "Redis does not answer now: SMS-triggering requests fail UNAVAILABLE"
-            if warning:
-                log.warning("%s", warning)
-            store = redis_store
-        else:
-            path = settings.state
-            if path is None:
-                if not settings.local_cognito:
-                    raise ConfigError(
-                        "SmsGuards are loaded but nothing counts for them: pass --state PATH "
-                        "(SQLite) or --redis-url URL"
-                    )
-                handle, path = tempfile.mkstemp(prefix="attrgate-state-", suffix=".sqlite")
-                os.close(handle)
-                print(f"SMS guard counts in a temporary file: {path}", file=self.out, flush=True)
-            store = SqliteStore(path)
-        self._store = store
-        if not settings.redis_url:
-            try:
-                await store.ping()
-            except StoreUnavailable as exc:
-                raise ConfigError(f"cannot open the SMS state {path}: {exc}") from None
-        if settings.hmac_key_file:
-            key = await asyncio.to_thread(Path(settings.hmac_key_file).read_bytes)
-            key = key.strip()
-            if len(key) < 16:
-                raise ConfigError(f"{settings.hmac_key_file}: the HMAC key needs 16 bytes or more")
-        else:
-            try:
-                key = await store.get_or_create_secret("hmac-key", secrets.token_bytes(32))
-            except StoreUnavailable as exc:
-                raise ConfigError(f"cannot open the SMS state: {exc}") from None
-        return SmsCounting(store, Hasher(key))
-
     def _username_hash(self) -> UsernameHash | None:
-        """Usernames reach the decision log only as keyed hashes; without a key, not at all."""
-        hasher = self._sms.hasher if self._sms is not None else None
-        if hasher is None and self.settings.hmac_key_file:
-            hasher = Hasher(Path(self.settings.hmac_key_file).read_bytes().strip())
-        if hasher is None:
+        """Usernames reach the decision log only as keyed hashes (the SMS guard's key); without
+        a key, not at all."""
+        key = self._sms_state.key if self._sms_state is not None else None
+        if key is None:
             return None
-        found = hasher
-        return lambda pool_id, username: found("username", f"{pool_id}\0{username}")
+        hasher = Hasher(key)
+        return lambda pool_id, username: hasher("username", f"{pool_id}\0{username}")
 
     def _region(self) -> str:
         return self.settings.region or LOCAL_DEFAULT_REGION
@@ -447,8 +396,8 @@ class App:
             self._upstream.close()
         if self._pipeline is not None:
             await self._pipeline.settle(2.0)  # reservations given back before the store closes
-        if self._store is not None:
-            await self._store.close()
+        if self._sms_state is not None:
+            await self._sms_state.close()
         if self.decision_log is not None:
             await asyncio.to_thread(self.decision_log.close)
         if self.metrics is not None:

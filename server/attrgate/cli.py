@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     ):
         usage.add_argument(flag, default=os.environ.get(env) or None, help=f"{text} [env {env}]")
     _add_policy_max_bytes(usage)
+    usage.add_argument(
+        "--redis-cluster",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("ATTRGATE_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on"),
+        help="that Redis is a Redis Cluster [env ATTRGATE_REDIS_CLUSTER]",
+    )
     usage.set_defaults(handler=_sms_usage)
 
     health = commands.add_parser("health", help="exit 0 when the server reports SERVING")
@@ -316,7 +322,9 @@ def _sms_usage(args: argparse.Namespace) -> int:
 
     async def report() -> list[str]:
         store: Store = (
-            SqliteStore(args.state) if args.state else RedisStore(args.redis_url, timeout=5.0)
+            SqliteStore(args.state, timeout=5.0)
+            if args.state
+            else RedisStore(args.redis_url, timeout=5.0, cluster=args.redis_cluster)
         )
         try:
             return await usage_report(policy_set.guards, store, wall_clock_ms())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.store.base import DEFAULT_TIMEOUT
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 _TRUE = {"1", "true", "yes", "on"}
@@ -53,7 +54,10 @@ class Settings:
     pool_metadata_fail_open: bool = False
     state: str | None = None
     redis_url: str | None = None
+    redis_cluster: bool = False
     hmac_key_file: str | None = None
+    store_timeout: float = DEFAULT_TIMEOUT
+    require_durable_store: bool = False
     metrics_listen: str | None = None
     decision_log: str = "-"
     decision_log_queue: int = 10_000
@@ -110,9 +114,16 @@ _HELP = {
     "metadata_lookup_burst": "lookups a caller may make at once (the bucket's size)",
     "pool_metadata_fail_open": "when a pool cannot be described, forward without schema checks "
     "(and count any phone_number write as SMS-triggering) instead of failing UNAVAILABLE",
-    "state": "SQLite file for SMS guard counts (embedded; survives restarts)",
+    "state": "SQLite file for SMS guard counts (embedded; survives restarts; the key that hashes "
+    "what it counts is kept in a file beside it)",
     "redis_url": "Redis for SMS guard counts shared by several replicas (needs --hmac-key-file)",
-    "hmac_key_file": "key for hashing phone numbers, users and callers in counter keys",
+    "redis_cluster": "the Redis of --redis-url is a Redis Cluster (any node's address)",
+    "hmac_key_file": "key for hashing phone numbers, users and callers in counter keys "
+    "(default with --state: generated once beside it, STATE without its suffix + .key)",
+    "store_timeout": "seconds an SMS-triggering write waits for the counting store (its turn, "
+    "locks, Redis) before failing UNAVAILABLE",
+    "require_durable_store": "refuse to start on a Redis that can lose counts (no appendonly "
+    "yes, an eviction policy) instead of warning",
     "metrics_listen": "HOST:PORT serving Prometheus metrics on /metrics",
     "decision_log": "where the JSON-lines decision log goes: - for stdout, or a file (reopened "
     "on SIGHUP)",
@@ -234,7 +245,13 @@ def check(settings: Settings) -> None:
         raise ConfigError("--executor-threads must be at least 1")
     if settings.cognito_max_attempts < 1:
         raise ConfigError("--cognito-max-attempts must be at least 1")
-    for name in ("cognito_connect_timeout", "cognito_read_timeout", "grace", "drain_delay"):
+    for name in (
+        "cognito_connect_timeout",
+        "cognito_read_timeout",
+        "store_timeout",
+        "grace",
+        "drain_delay",
+    ):
         value = getattr(settings, name)
         zero_allowed = name in ("grace", "drain_delay")
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
@@ -244,6 +261,8 @@ def check(settings: Settings) -> None:
         raise ConfigError(
             "--redis-url needs --hmac-key-file: replicas must hash phone numbers with one key"
         )
+    if settings.redis_cluster and not settings.redis_url:
+        raise ConfigError("--redis-cluster needs --redis-url (the address of any cluster node)")
     if settings.hmac_key_file and not os.path.isfile(settings.hmac_key_file):
         raise ConfigError(f"cannot read {settings.hmac_key_file}: no such file")
     for name in ("pool_cache_ttl", "pool_negative_ttl", "pool_cache_stale"):

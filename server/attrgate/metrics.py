@@ -101,6 +101,11 @@ class Metrics:
         self._in_flight = meter.create_up_down_counter(
             "attrgate_in_flight_requests", description="RPCs being handled now"
         )
+        self._store_failures = meter.create_counter(
+            "attrgate_sms_store_failures",
+            description="SMS store calls that failed, by reason (SMS-triggering writes answered "
+            "UNAVAILABLE meanwhile)",
+        )
         self._dropped = meter.create_counter(
             "attrgate_decision_log_dropped",
             description="decision-log entries dropped because the queue was full",
@@ -176,6 +181,24 @@ class Metrics:
         self._meter.create_observable_gauge(
             "attrgate_policy_set", callbacks=[observe], description="the policy set serving now"
         )
+
+    def watch_sms_store(self, up: Callable[[], bool], reasons: Iterable[str]) -> None:
+        """attrgate_sms_store_up: 1 while the SMS store answers; its failures by reason start
+        at 0 (an alert on them needs the series)."""
+        for reason in reasons:
+            self._store_failures.add(0, {"reason": reason})
+
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(1 if up() else 0)
+
+        self._meter.create_observable_gauge(
+            "attrgate_sms_store_up",
+            callbacks=[observe],
+            description="1 while the SMS counting store answers, 0 while it fails",
+        )
+
+    def sms_store_failure(self, reason: str) -> None:
+        self._store_failures.add(1, {"reason": reason})
 
     def decision_log_dropped(self) -> None:
         self._dropped.add(1)

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.redis_server import free_port
+from support.rpc import code_and_reason
 
 CALLER_HEADER = "x-attrgate-caller"
 START_TIMEOUT = 30.0
@@ -164,14 +163,7 @@ def _classify(future: Any) -> tuple[str, str]:
     try:
         future.result()
     except grpc.RpcError as exc:
-        reason = ""
-        status = rpc_status.from_call(exc)
-        if status is not None:
-            info = error_details_pb2.ErrorInfo()
-            for detail in status.details:
-                if detail.Unpack(info):
-                    reason = info.reason
-        return exc.code().name, reason
+        return code_and_reason(exc)
     return "OK", ""
 
 

@@ -1,4 +1,6 @@
-"""A real redis-server on a free loopback port, in a temporary directory, without persistence."""
+"""A real redis-server on a free loopback port, in a temporary directory, without persistence;
+and a real three-node Redis Cluster (cluster-enabled servers joined by `redis-cli --cluster
+create`)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 MISSING = (
-    "redis-server is not installed, so the Redis store tests did NOT run: "
+    "redis-server is not installed, so the Redis store tests cannot run: "
     "install it with `apt-get install redis-server` (.ci/run does)"
 )
+CLUSTER_NODES = 3
 
 
 def redis_server_path() -> str | None:
@@ -34,15 +38,31 @@ def answers_ping(port: int) -> bool:
         return False
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _attempt in range(50):
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisServer:
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *extra_args: str, cluster: bool = False) -> None:
         binary = redis_server_path()
         if binary is None:
             raise RuntimeError(MISSING)
         self._dir = tempfile.TemporaryDirectory(prefix="attrgate-redis-")
         log = Path(self._dir.name) / "redis.log"
+        if cluster:
+            extra_args = (*extra_args, "--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
         for _attempt in range(3):  # another process may take the free port first
-            self.port = free_port()
+            self.port = free_cluster_port() if cluster else free_port()
             settings = {
                 "port": str(self.port),
                 "bind": "127.0.0.1",
@@ -81,3 +101,56 @@ class RedisServer:
     def stop(self) -> None:
         self._stop_process()
         self._dir.cleanup()
+
+
+class RedisClusterServers:
+    """CLUSTER_NODES cluster-enabled redis-servers, every slot assigned (no replicas)."""
+
+    def __init__(self) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(CLUSTER_NODES):
+                self.nodes.append(RedisServer(cluster=True))
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            no_replicas = ("--cluster-replicas", "0", "--cluster-yes")
+            created = subprocess.run(
+                [cli, "--cluster", "create", *addresses, *no_replicas],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout[-2000:]}")
+            self._wait_ok(cli, addresses)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = self.nodes[0].url.removesuffix("/0")
+
+    @staticmethod
+    def _wait_ok(cli: str, addresses: Sequence[str], seconds: float = 30) -> None:
+        """Every node agrees the cluster is up (slots assigned, nodes known)."""
+        deadline = time.monotonic() + seconds
+        for address in addresses:
+            host, port = address.split(":")
+            while True:
+                info = subprocess.run(
+                    [cli, "-h", host, "-p", port, "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                ).stdout
+                if "cluster_state:ok" in info:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster did not come up:\n{info}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

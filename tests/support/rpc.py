@@ -71,3 +71,14 @@ def rich(error: grpc.RpcError) -> RichError:
     return RichError(
         error.code(), error.details() or "", info, list(bad.field_violations), found_bad
     )
+
+
+def code_and_reason(error: grpc.RpcError) -> tuple[str, str]:
+    """The status code's name and the ErrorInfo reason ("" when the error carries none: one
+    made by gRPC itself, a deadline, a dead server)."""
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    for detail in status.details if status is not None else ():
+        if detail.Unpack(info):
+            return error.code().name, info.reason
+    return error.code().name, ""

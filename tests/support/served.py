@@ -5,6 +5,7 @@ with signals, files and exporters."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,13 @@ def start_serve(
         stdout=stdout,
         stderr=stderr,
     )
+
+
+def stop_serve(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM (a drain), then SIGKILL if it does not end in time; the exit status."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()

@@ -1,20 +1,27 @@
 """Charging SMS limits and budgets through the store: reserve before forwarding, release only
-when Cognito's answer proves no message was sent."""
+when Cognito's answer proves no message was sent.
+
+The store bounds every call by its own timeout (--store-timeout) and raises StoreUnavailable
+past it; every failure is reported to the StoreWatch (counted, logged rate-limited, health).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from attrgate.domain import SmsRefusal
+from attrgate.guards.keys import KeyCheck
 from attrgate.guards.sms import Charge, Hasher
 from attrgate.store.base import Store, StoreUnavailable
+from attrgate.store.watch import StoreWatch
 
 log = logging.getLogger("attrgate.sms")
-# A store that cannot answer within this bound fails the SMS-triggering request closed.
-STORE_TIMEOUT = 1.0
+T = TypeVar("T")
 
 
 def wall_clock_ms() -> int:
@@ -27,25 +34,38 @@ class SmsCounting:
         store: Store,
         hasher: Hasher,
         clock_ms: Callable[[], int] = wall_clock_ms,
-        timeout: float = STORE_TIMEOUT,
+        watch: StoreWatch | None = None,
+        key_check: KeyCheck | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
         self.clock_ms = clock_ms
-        self._timeout = timeout
+        self.watch = watch if watch is not None else StoreWatch()
+        self._key_check = key_check  # until it passes: the store's counts may be another key's
+
+    async def _checked(self) -> None:
+        if self._key_check is not None and not self._key_check.passed:
+            await self._watched("key check", self._key_check())
+
+    async def _watched(self, during: str, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except StoreUnavailable as exc:
+            self.watch.failed(exc, during)
+            raise
+        self.watch.answered()
+        return result
 
     async def reserve(self, reservation_id: str, charges: Sequence[Charge]) -> list[SmsRefusal]:
         """Reserve every charge at once; the refusals when any counter is full (then nothing is
         reserved). Raises StoreUnavailable."""
         if not charges:
             return []
+        await self._checked()
         counters = [c.counter for c in charges]
-        try:
-            result = await asyncio.wait_for(
-                self.store.reserve(reservation_id, counters, self.clock_ms()), self._timeout
-            )
-        except TimeoutError:
-            raise StoreUnavailable("the SMS store did not answer in time") from None
+        result = await self._watched(
+            "reserve", self.store.reserve(reservation_id, counters, self.clock_ms())
+        )
         return [
             SmsRefusal(
                 charges[r.index].guard,
@@ -60,13 +80,9 @@ class SmsCounting:
         """What `reserve` would refuse, consuming nothing (CheckUpdateUserAttributes)."""
         if not charges:
             return []
+        await self._checked()
         counters = [c.counter for c in charges]
-        try:
-            used = await asyncio.wait_for(
-                self.store.usage(counters, self.clock_ms()), self._timeout
-            )
-        except TimeoutError:
-            raise StoreUnavailable("the SMS store did not answer in time") from None
+        used = await self._watched("usage", self.store.usage(counters, self.clock_ms()))
         return [
             SmsRefusal(charge.guard, charge.rule, charge.description, 0)
             for charge, amount in zip(charges, used, strict=True)
@@ -75,17 +91,28 @@ class SmsCounting:
 
     async def release(self, reservation_id: str, charges: Sequence[Charge]) -> list[Charge]:
         """Give back a reservation Cognito provably did not use: the charges actually given
-        back (none that were never taken). A failure keeps the count: over-counting is the safe
-        side."""
+        back (none that were never taken). The release runs to its end even when the caller is
+        cancelled (shielded). A failure keeps the count: over-counting is the safe side."""
         if not charges:
             return []
-        try:
-            removed = await asyncio.wait_for(
-                self.store.release(reservation_id, [c.counter for c in charges]), self._timeout
+        release = asyncio.ensure_future(
+            self._watched(
+                "release", self.store.release(reservation_id, [c.counter for c in charges])
             )
-        except (TimeoutError, StoreUnavailable):
-            # The store may still finish the release; reporting none over-reports spending,
-            # the safe side for a budget.
-            log.warning("could not release SMS reservation %s; it stays counted", reservation_id)
+        )
+        release.add_done_callback(lambda task: task.cancelled() or task.exception())
+        try:
+            removed = await asyncio.shield(release)
+        except StoreUnavailable:
+            # Counted and logged (rate-limited) by the watch; it stays counted: the safe side.
+            log.debug("could not release SMS reservation %s; it stays counted", reservation_id)
             return []
         return [c for c, gone in zip(charges, removed, strict=True) if gone]
+
+    async def probe(self) -> None:
+        """Ask the store whether it answers, and still holds the key's fingerprint (the health
+        check's periodic question)."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._watched("probe", self.store.ping())
+            if self._key_check is not None and self._key_check.passed:
+                await self._watched("probe", self._key_check.still_held())

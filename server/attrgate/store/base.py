@@ -68,21 +68,45 @@ def check_counters(counters: Sequence[Counter]) -> None:
             raise ValueError("limit and amount must fit in a signed 64-bit integer")
 
 
+# The default bound on one store call (--store-timeout), in seconds: waiting for a turn, for
+# another process's lock, for Redis, and the fsync included.
+DEFAULT_TIMEOUT = 2.0
+
+# Why a store failed: a bounded set, used as a metric label.
+TIMEOUT = "timeout"  # no answer within the store timeout
+LOCKED = "locked"  # another process held the SQLite file's lock past the timeout
+FILE_GONE = "file_gone"  # the SQLite file was deleted or replaced while open
+SQLITE_ERROR = "sqlite_error"  # any other SQLite or file-system error (I/O, corrupt, disk full)
+REDIS_ERROR = "redis_error"  # a Redis or socket error
+KEY_MISMATCH = "key_mismatch"  # the store's counts were made with another HMAC key
+CLOSED = "closed"  # the store was closed (the server is stopping)
+REASONS = (TIMEOUT, LOCKED, FILE_GONE, SQLITE_ERROR, REDIS_ERROR, KEY_MISMATCH, CLOSED)
+
+
 class StoreUnavailable(Exception):
-    """The store could not answer in time; callers fail closed."""
+    """The store could not answer; callers fail closed. `reason` is one of REASONS; the
+    message never holds personal data (keys are hashed before they reach a store)."""
+
+    def __init__(self, message: str, reason: str = SQLITE_ERROR) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Store(Protocol):
+    """Every call answers or raises StoreUnavailable within the store's timeout."""
+
     async def reserve(
         self, reservation_id: str, counters: Sequence[Counter], now_ms: int
     ) -> ReserveResult:
         """Atomically: prune expired events, and if every counter has room for its amount, add an
-        event to each (all or none); else change nothing and report every refusing counter."""
+        event to each (all or none); else change nothing and report every refusing counter.
+        A reservation whose caller stopped waiting before the store began it is never made."""
         ...
 
     async def release(self, reservation_id: str, counters: Sequence[Counter]) -> list[bool]:
         """Remove the reservation's events (it provably sent nothing). Idempotent: for each
-        counter, whether this call removed an event (False when none was held)."""
+        counter, whether this call removed an event (False when none was held). A caller that
+        stops waiting (timeout, cancellation) does not stop the release."""
         ...
 
     async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:
@@ -95,9 +119,15 @@ class Store(Protocol):
         ...
 
     async def get_or_create_secret(self, name: str, new: bytes) -> bytes:
-        """A per-store secret (the generated HMAC key of an embedded store): the stored one, or
-        `new` after storing it. Atomic across processes."""
+        """A small per-store value (the fingerprint of the key the counts are made with): the
+        stored one, or `new` after storing it. Atomic across processes. Never a key itself."""
         ...
+
+    async def secret(self, name: str) -> bytes | None:
+        """The stored value, or None."""
+        ...
+
+    async def delete_secret(self, name: str) -> None: ...
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""

@@ -1,171 +1,50 @@
-"""The fleet store: Redis, shared by every replica; the check-and-reserve is one Lua script.
+"""The fleet store: Redis (one server, or a Redis Cluster), shared by every replica; the
+check-and-reserve is one Lua script (store/redis_lua.py).
 
-Layout per counter key K (namespaced under the prefix):
-- `{prefix}ev:K`  a sorted set of events: member "<reservation>|<amount>", score its time (ms);
-- `{prefix}sum:K` a string holding the sum of the live members' amounts (INCRBY / DECRBY).
+Layout per counter key K, under the prefix `{attrgate}:` (its hash tag puts every key in one
+cluster slot, so a script that charges several counters runs on one node):
+- `{attrgate}:ev:K`  a sorted set of events: member "<reservation>|<amount>", score its time (ms);
+- `{attrgate}:sum:K` a string holding the sum of the live members' amounts (INCRBY / DECRBY).
 
 No money ever becomes a Lua number: amounts and limits travel as decimal strings and all
 arithmetic is Redis integer arithmetic (exact int64). The script copies the sum into a scratch key,
 INCRBYs the amount, DECRBYs the limit and tests only the sign of the reply (a Lua double has the
 sign of any int64). Times are Lua numbers, exact for millisecond timestamps (below 2**53).
 
-Fail closed and fast: short socket and connect timeouts, no client retries (a retried reserve whose
-first attempt landed would charge twice), and every Redis or socket error becomes StoreUnavailable.
-A timed-out reserve may have landed on the server: it stays counted ("when in doubt, count it")
-until the caller releases it or it ages out of its window.
+Fail closed and fast: every call is bounded by the store timeout (--store-timeout), no client
+retries (the caller fails closed at once instead), and every Redis or socket error becomes
+StoreUnavailable. A timed-out reserve may have landed on the server: it stays counted ("when in
+doubt, count it") until the caller releases it or it ages out of its window.
+
+The HMAC key never reaches Redis; only its fingerprint does (guards/keys.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from attrgate.store.base import Counter, Refused, ReserveResult, StoreUnavailable, check_counters
-
-# KEYS: the scratch key, then per counter its events K and its sum S.
-# ARGV: reservation id, now_ms, then per counter 5 strings: amount, limit, prune ("-": nothing,
-#   "*": everything, else the score at or below which events have expired), ttl_ms (the expiry of
-#   K and S once the event is added), walk ("1": sliding, find when it frees; "0": fixed period).
-# Returns {1} when every counter took the reservation, else {0, index, used, ts, ...} for every
-# refusing counter: `used` the window's sum (string), `ts` the score of the event whose ageing-out
-# makes room (the newest event's when even an empty window is too small; "" when there is none or
-# the period is fixed).
-# Both scripts start from a sum that agrees with the events: S lost (evicted, deleted) while K
-# holds events is rebuilt from them, with K's expiry, before anything adds to or takes from it.
-COMMON = r"""
-local function amount_of(member)
-  return string.match(member, "|(%d+)$")
-end
-
-local function rebuild(k, s)
-  if redis.call("EXISTS", s) == 0 and redis.call("ZCARD", k) > 0 then
-    for _, m in ipairs(redis.call("ZRANGE", k, 0, -1)) do
-      redis.call("INCRBY", s, amount_of(m))
-    end
-    local left = redis.call("PTTL", k)
-    if left > 0 then
-      redis.call("PEXPIRE", s, left)
-    end
-  end
-end
-"""
-
-RESERVE = (
-    COMMON
-    + r"""
-local scratch = KEYS[1]
-local rid = ARGV[1]
-local now = ARGV[2]
-local n = (#KEYS - 1) / 2
-
--- Bring S in line with K, then drop expired events.
-local function prune(k, s, how)
-  rebuild(k, s)
-  if how == "*" then
-    redis.call("DEL", k, s)
-  elseif how ~= "-" then
-    local old = redis.call("ZRANGEBYSCORE", k, "-inf", how)
-    for _, m in ipairs(old) do
-      redis.call("DECRBY", s, amount_of(m))
-    end
-    if #old > 0 then
-      redis.call("ZREMRANGEBYSCORE", k, "-inf", how)
-    end
-  end
-  if redis.call("ZCARD", k) == 0 then
-    redis.call("DEL", s)
-  end
-end
-
--- With the scratch holding used + amount - limit (> 0): walk the events oldest first, taking
--- each one's amount off, until the scratch is <= 0; that event's score.
-local function frees_at(k)
-  local last = ""
-  local start = 0
-  while true do
-    local batch = redis.call("ZRANGE", k, start, start + 127, "WITHSCORES")
-    for j = 1, #batch, 2 do
-      last = batch[j + 1]
-      if redis.call("DECRBY", scratch, amount_of(batch[j])) <= 0 then
-        return last
-      end
-    end
-    if #batch < 256 then
-      return last
-    end
-    start = start + 128
-  end
-end
-
-local refused = {}
-local add = {}
-for i = 1, n do
-  local k, s = KEYS[2 * i], KEYS[2 * i + 1]
-  local a = 2 + 5 * (i - 1)
-  local amount, limit, how, walk = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
-  prune(k, s, how)
-  -- a counter that already holds this reservation is charged once, not again
-  if not redis.call("ZSCORE", k, rid .. "|" .. amount) then
-    local used = redis.call("GET", s) or "0"
-    redis.call("SET", scratch, used)
-    redis.call("INCRBY", scratch, amount)
-    if redis.call("DECRBY", scratch, limit) > 0 then
-      table.insert(refused, i - 1)
-      table.insert(refused, used)
-      table.insert(refused, walk == "1" and frees_at(k) or "")
-    else
-      table.insert(add, i)
-    end
-  end
-end
-redis.call("DEL", scratch)
-if #refused > 0 then
-  table.insert(refused, 1, 0)
-  return refused
-end
-for _, i in ipairs(add) do
-  local k, s = KEYS[2 * i], KEYS[2 * i + 1]
-  local a = 2 + 5 * (i - 1)
-  local amount, ttl = ARGV[a + 1], tonumber(ARGV[a + 4])
-  redis.call("ZADD", k, now, rid .. "|" .. amount)
-  redis.call("INCRBY", s, amount)
-  local left = redis.call("PTTL", k)
-  if left > ttl then
-    ttl = left
-  end
-  redis.call("PEXPIRE", k, ttl)
-  redis.call("PEXPIRE", s, ttl)
-end
-return {1}
-"""
+from attrgate.store.base import (
+    DEFAULT_TIMEOUT,
+    REDIS_ERROR,
+    TIMEOUT,
+    Counter,
+    Refused,
+    ReserveResult,
+    StoreUnavailable,
+    check_counters,
 )
+from attrgate.store.redis_lua import RELEASE, RESERVE, USAGE
 
-# KEYS: per counter K and S. ARGV: per counter the member and its amount. Decrements the sum only
-# when ZREM removed the member, so releasing twice frees once.
-RELEASE = (
-    COMMON
-    + r"""
-local removed = {}
-for i = 1, #KEYS / 2 do
-  local k, s = KEYS[2 * i - 1], KEYS[2 * i]
-  rebuild(k, s)
-  removed[i] = redis.call("ZREM", k, ARGV[2 * i - 1])
-  if removed[i] == 1 then
-    redis.call("DECRBY", s, ARGV[2 * i])
-  end
-  if redis.call("ZCARD", k) == 0 then
-    redis.call("DEL", s)
-  end
-end
-return removed
-"""
-)
+PREFIX = "{attrgate}:"
 
 
 def _decode(value: object) -> str:
@@ -176,49 +55,67 @@ class RedisStore:
     def __init__(
         self,
         url: str,
-        timeout: float = 0.25,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
-        prefix: str = "attrgate:",
+        cluster: bool = False,
+        prefix: str = PREFIX,
         max_connections: int = 8,
     ) -> None:
-        # Each socket step (connect, one reply) is bounded by `timeout`; a whole call, which may
-        # take a few steps (connect, EVALSHA, SCRIPT LOAD on a fresh server), by twice that.
-        self._deadline = 2 * timeout
+        self._timeout = timeout
         self._prefix = prefix
-        # A small bounded pool: a burst queues for a connection (within the deadline) instead of
-        # opening a socket per request; Redis runs scripts one at a time anyway, and SMS-sending
-        # writes are few (Cognito's UserUpdate quota is 25/s).
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=self._deadline,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # redis-py retries 10 times with backoff by default
-            protocol=2,  # plain RESP2: any Redis version, no HELLO round trip
-            driver_info=None,  # no CLIENT SETINFO round trips on connect
-        )
-        self._redis = Redis.from_pool(pool)  # owns the pool: close() disconnects it
+        self._url = url
+        # A few connections: a burst queues for one (within the timeout) instead of opening a
+        # socket per request; Redis runs scripts one at a time anyway, and SMS-sending writes
+        # are few (Cognito's UserUpdate quota is 25/s).
+        self._connections = asyncio.Semaphore(max_connections)
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),  # redis-py retries with backoff by default
+            "protocol": 2,  # plain RESP2: any Redis version, no HELLO round trip
+            "driver_info": None,  # no CLIENT SETINFO round trips on connect
+        }
+        self._redis: Redis | RedisCluster
+        # A cluster client learns the slots on its first command; many first commands at once
+        # each start that, and close one another's connections: learn them once, before.
+        self._discovered = not cluster
+        self._discovering = asyncio.Lock()
+        if cluster:
+            self._redis = RedisCluster.from_url(url, max_connections=max_connections, **options)
+        else:
+            pool = ConnectionPool.from_url(url, max_connections=max_connections, **options)
+            self._redis = Redis.from_pool(pool)  # owns the pool: close() disconnects it
         self._reserve = self._redis.register_script(RESERVE)
         self._release = self._redis.register_script(RELEASE)
+        self._usage = self._redis.register_script(USAGE)
 
     def _keys(self, key: str) -> tuple[str, str]:
         return f"{self._prefix}ev:{key}", f"{self._prefix}sum:{key}"
 
     @contextlib.asynccontextmanager
     async def _answer(self) -> AsyncIterator[None]:
-        """Bound a call by the deadline; any Redis or socket failure is StoreUnavailable."""
+        """Bound a call by the timeout; any Redis or socket failure is StoreUnavailable."""
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout(self._timeout), self._connections:
+                if not self._discovered:
+                    async with self._discovering:
+                        if not self._discovered and isinstance(self._redis, RedisCluster):
+                            await self._redis.initialize()
+                        self._discovered = True
                 yield
-        except (RedisError, OSError) as e:  # OSError includes TimeoutError
-            raise StoreUnavailable(f"redis store: {type(e).__name__}: {e}") from e
+        # redis' own TimeoutError is a RedisError; RedisClusterException is not (a node not in
+        # cluster mode, slots not covered).
+        except (TimeoutError, RedisError, RedisClusterException, OSError) as e:
+            timed_out = isinstance(e, TimeoutError) or "Timeout" in type(e).__name__
+            raise StoreUnavailable(
+                f"redis store: {type(e).__name__}: {e}", TIMEOUT if timed_out else REDIS_ERROR
+            ) from e
 
     async def reserve(
         self, reservation_id: str, counters: Sequence[Counter], now_ms: int
     ) -> ReserveResult:
         check_counters(counters)
-        keys = [f"{self._prefix}scratch"]
+        keys = [f"{self._prefix}scratch"]  # the prefix's hash tag: same slot as the counters
         args: list[str | int] = [reservation_id, now_ms]
         for c in counters:
             keys.extend(self._keys(c.key))
@@ -259,19 +156,24 @@ class RedisStore:
         return [int(flag) == 1 for flag in removed]
 
     async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:
-        """Summed from the events themselves (Python integers), in one MULTI snapshot."""
+        """Summed from the events themselves (Python integers), in one script: one snapshot."""
         live: list[int] = []  # positions of the counters whose window may hold events
-        async with self._answer(), self._redis.pipeline(transaction=True) as pipe:
-            for i, c in enumerate(counters):
-                events, _ = self._keys(c.key)
-                if c.window_ms is not None:
-                    pipe.zrangebyscore(events, f"({now_ms - c.window_ms}", "+inf")
-                    live.append(i)
-                elif c.period_end_ms is not None and now_ms < c.period_end_ms:
-                    pipe.zrange(events, 0, -1)
-                    live.append(i)
-            replies = await pipe.execute() if live else []
+        keys: list[str] = []
+        lowest: list[str] = []
+        for i, c in enumerate(counters):
+            if c.window_ms is not None:
+                lowest.append(f"({now_ms - c.window_ms}")
+            elif c.period_end_ms is not None and now_ms < c.period_end_ms:
+                lowest.append("-inf")
+            else:
+                continue
+            live.append(i)
+            keys.append(self._keys(c.key)[0])
         used = [0] * len(counters)
+        if not live:
+            return used
+        async with self._answer():
+            replies = await self._usage(keys=keys, args=lowest)
         for i, members in zip(live, replies, strict=True):
             used[i] = sum(int(_decode(m).rpartition("|")[2]) for m in members)
         return used
@@ -296,36 +198,69 @@ class RedisStore:
             await self._redis.set(key, new, nx=True)
             value = await self._redis.get(key)
         if not isinstance(value, bytes):
-            raise StoreUnavailable("redis store: the secret vanished (evicted?)")
+            raise StoreUnavailable("redis store: the value vanished (evicted?)", REDIS_ERROR)
         return value
+
+    async def secret(self, name: str) -> bytes | None:
+        async with self._answer():
+            value = await self._redis.get(f"{self._prefix}secret:{name}")
+        return value if isinstance(value, bytes) else None
+
+    async def delete_secret(self, name: str) -> None:
+        async with self._answer():
+            await self._redis.delete(f"{self._prefix}secret:{name}")
 
     async def ping(self) -> None:
         async with self._answer():
             await self._redis.ping()
 
-    async def persistence_warning(self) -> str | None:
-        """A warning when the server would lose counts on restart (neither RDB snapshots nor
-        AOF), or may evict them; None when fine, or when CONFIG is disabled (managed Redis):
-        then it cannot be checked from here."""
+    async def cluster_enabled(self) -> bool:
+        """Whether the server runs in cluster mode (then it needs --redis-cluster)."""
+        async with self._answer():
+            info = await self._redis.info("cluster")
+        return str(_flat(info).get("cluster_enabled", "0")) == "1"
+
+    async def durability_problems(self) -> list[str]:
+        """Why this Redis (every primary of a cluster) could lose counts: no append-only file
+        (RDB snapshots lose every write since the last one), or an eviction policy. Read with
+        INFO, which managed services (ElastiCache) allow where CONFIG is disabled."""
+        problems: list[str] = []
         async with self._answer():
             try:
-                config = await self._redis.config_get("*")
-            except ResponseError:  # CONFIG renamed or disabled
-                return None
-        settings = {_decode(k): _decode(v) for k, v in config.items()}
-        problems = []
-        if not settings.get("save", "").strip() and settings.get("appendonly") != "yes":
-            problems.append(
-                "has no persistence (no RDB `save` points and `appendonly no`): "
-                "SMS counts and budgets are lost when it restarts"
-            )
-        policy = settings.get("maxmemory-policy", "noeviction")
-        if policy != "noeviction":
-            problems.append(f"may evict keys (maxmemory-policy {policy}): counts can be lost")
-        return "Redis " + "; ".join(problems) if problems else None
+                if isinstance(self._redis, RedisCluster):
+                    infos = [
+                        (f" {node.name}", await self._redis.info(target_nodes=node))
+                        for node in self._redis.get_primaries()
+                    ]
+                else:
+                    infos = [("", await self._redis.info())]
+            except ResponseError:  # INFO renamed or disabled
+                return ["Redis refuses INFO: whether it keeps counts across restarts is unknown"]
+        for where, raw in infos:
+            info = _flat(raw)
+            if str(info.get("aof_enabled", "0")) != "1":
+                problems.append(
+                    f"Redis{where} runs without appendonly yes: a restart loses every SMS count "
+                    "since its last RDB snapshot (or all of them without one)"
+                )
+            policy = str(info.get("maxmemory_policy", "noeviction"))
+            if policy != "noeviction":
+                problems.append(
+                    f"Redis{where} may evict keys (maxmemory-policy {policy}): counts can be lost"
+                )
+        return problems
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _flat(info: Mapping[str, Any]) -> Mapping[str, Any]:
+    """INFO's fields; redis-py nests them under the node's name for some cluster calls."""
+    if len(info) == 1:
+        (only,) = info.values()
+        if isinstance(only, Mapping):
+            return only
+    return info
 
 
 def _glob_escape(text: str) -> str:

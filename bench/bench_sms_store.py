@@ -1,0 +1,236 @@
+"""SMS-triggering writes under load: does the counting store keep up, and are counts exact?
+
+A real `attrgate serve` process counts in an SQLite file (or `--redis-url URL`) in front of the
+Cognito stub answering every AdminUpdateUserAttributes after 100 ms. For 256 and 512 concurrent
+SMS-triggering writes (each to a new phone number, under a guard whose limits never fill) it prints
+requests/s, client-side p50/p99 latency, the answers by status and reason, and whether what the
+store holds equals what Cognito received. Run with `make bench` (or
+`python bench/bench_sms_store.py 256 512 --rounds 3`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from attrgate.v1 import attrgate_pb2 as pb  # noqa: E402
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc  # noqa: E402
+from support.cognito_stub import CognitoStub, Reply, describe_reply  # noqa: E402
+from support.moto_cognito import free_port  # noqa: E402
+from support.policies import sms_guard, svc_policy  # noqa: E402
+from support.rpc import code_and_reason  # noqa: E402
+from support.served import stop_serve  # noqa: E402
+
+ALLOW_PHONES = svc_policy("[{attribute: phone_number}]")
+GUARD = sms_guard(
+    """
+limits:
+  - {per: phone_number, max: 5, window: 1h}
+  - {per: global, max: 1000000, window: 1h}
+budget: {currency: USD, amount: 100000, window: month, pricePerMessage: {default: 0.01}}
+""",
+    name="bench",
+)
+COGNITO_DELAY = 0.1
+CHANNELS = 8
+
+
+def phone_number(n: int) -> str:
+    """A valid US number per n (exchanges 200 and up, 10,000 lines each)."""
+    return f"+1415{200 + n // 10_000:03d}{n % 10_000:04d}"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def outcome(error: grpc.aio.AioRpcError | None) -> str:
+    return "OK" if error is None else " ".join(code_and_reason(error)).strip()
+
+
+async def one_round(
+    target: str, concurrent: int, first_phone: int
+) -> tuple[float, list[float], Counter[str]]:
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CHANNELS)
+    ]
+    try:
+        stubs = [pb_grpc.UserAttributesStub(c) for c in channels]
+        for channel in channels:
+            await channel.channel_ready()
+        latencies: list[float] = []
+        outcomes: Counter[str] = Counter()
+
+        async def call(i: int) -> None:
+            request = pb.UpdateUserAttributesRequest(
+                user_pool_id="us-east-1_Bench1",
+                username="ada",
+                user_attributes=[
+                    pb.AttributeType(name="phone_number", value=phone_number(first_phone + i))
+                ],
+            )
+            started = time.perf_counter()
+            error = None
+            try:
+                await stubs[i % CHANNELS].UpdateUserAttributes(
+                    request, metadata=(("x-attrgate-caller", "svc"),), timeout=30
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = exc
+            latencies.append(time.perf_counter() - started)
+            outcomes[outcome(error)] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(call(i) for i in range(concurrent)))
+        return time.perf_counter() - started, latencies, outcomes
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def counted(policies: Path, store_args: list[str]) -> int:
+    """What the store's global limit holds, read as an operator would (`attrgate sms usage`)."""
+    command = [sys.executable, "-m", "attrgate", "sms", "usage", "--policies", str(policies)]
+    report = subprocess.run(
+        [*command, *store_args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ | {"ATTRGATE_STATE": "", "ATTRGATE_REDIS_URL": ""},
+    ).stdout
+    found = re.search(r"^\s+global: (\d+)/", report, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("attrgate serve exited")
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status == 1:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.05)
+    raise RuntimeError("attrgate serve did not start")
+
+
+def serve(
+    folder: Path, stub: CognitoStub, args: argparse.Namespace, store: list[str], extra: list[str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    target = f"127.0.0.1:{free_port()}"
+    log = folder / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "attrgate", "serve", "--insecure", "--listen", target),
+                *("--policies", str(folder / "policies.yaml"), "--region", "us-east-1"),
+                *("--cognito-endpoint", stub.endpoint, "--decision-log", os.devnull),
+                *("--executor-threads", str(args.executor_threads), "--log-level", "WARNING"),
+                *store,
+                *extra,
+            ],
+            env=os.environ | {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"},
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        wait_serving(target, process)
+    except RuntimeError:
+        process.kill()
+        print(log.read_text()[-3000:], file=sys.stderr)
+        raise
+    return process, target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("concurrency", nargs="*", type=int, default=[256, 512])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--redis-url", help="count in this Redis instead of an SQLite file")
+    parser.add_argument("--executor-threads", type=int, default=256)
+    parser.add_argument(
+        "--without-guard", action="store_true", help="the baseline: no SmsGuard, no store"
+    )
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    extra = argv[split + 1 :]  # after --: more `attrgate serve` flags
+
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    # The stub's listen backlog (5 by default) drops connections in a burst of new ones; a write
+    # whose connection dropped has an unknown outcome and stays counted, which is right but not
+    # what this measures.
+    ThreadingHTTPServer.request_queue_size = 1024
+    stub = CognitoStub()
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    stub.default = Reply(delay=COGNITO_DELAY)
+    with tempfile.TemporaryDirectory(prefix="attrgate-bench-") as name:
+        folder = Path(name)
+        policies = folder / "policies.yaml"
+        policies.write_text(ALLOW_PHONES + ("" if args.without_guard else GUARD))
+        store: list[str] = []
+        kind = "no SmsGuard"
+        if args.redis_url:
+            (folder / "hmac.key").write_text("0123456789abcdef0123456789abcdef")
+            store = ["--redis-url", args.redis_url]
+            kind = "Redis store"
+        elif not args.without_guard:
+            store = ["--state", str(folder / "state.sqlite")]
+            kind = "SQLite store"
+        key = ["--hmac-key-file", str(folder / "hmac.key")] if args.redis_url else []
+        process, target = serve(folder, stub, args, [*store, *key], extra)
+        try:
+            print(
+                f"SMS-triggering writes, Cognito answering after {COGNITO_DELAY * 1000:.0f} ms, "
+                f"{kind}, --executor-threads {args.executor_threads} {' '.join(extra)}"
+            )
+            phone = 0
+            for concurrent in args.concurrency:
+                for round_no in range(args.rounds):
+                    sent_before = len(stub.calls())
+                    counted_before = counted(policies, store) if store else 0
+                    seconds, latencies, outcomes = asyncio.run(one_round(target, concurrent, phone))
+                    phone += concurrent
+                    time.sleep(0.5)  # late releases land
+                    sent = len(stub.calls()) - sent_before
+                    held = counted(policies, store) - counted_before if store else None
+                    unavailable = outcomes.get("UNAVAILABLE SMS_STORE_UNAVAILABLE", 0)
+                    exact = "exact" if sent == held else "NOT EXACT"
+                    counts = f"the store holds {held} ({exact})" if store else "nothing counted"
+                    print(
+                        f"  {concurrent:4d} concurrent, round {round_no + 1}: "
+                        f"{concurrent / seconds:6.1f} req/s, "
+                        f"p50 {percentile(latencies, 0.5) * 1000:5.0f} ms, "
+                        f"p99 {percentile(latencies, 0.99) * 1000:5.0f} ms, "
+                        f"SMS_STORE_UNAVAILABLE {unavailable:3d}; Cognito received {sent}, "
+                        f"{counts}; "
+                        f"answers {dict(outcomes)}"
+                    )
+        finally:
+            stop_serve(process, 20)
+            stub.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The Lua scripts of the Redis store (store/redis.py): each runs atomically on the server, and
+every key one script touches carries the store's hash tag, so Redis Cluster runs it on one node."""
+
+# KEYS: the scratch key, then per counter its events K and its sum S.
+# ARGV: reservation id, now_ms, then per counter 5 strings: amount, limit, prune ("-": nothing,
+#   "*": everything, else the score at or below which events have expired), ttl_ms (the expiry of
+#   K and S once the event is added), walk ("1": sliding, find when it frees; "0": fixed period).
+# Returns {1} when every counter took the reservation, else {0, index, used, ts, ...} for every
+# refusing counter: `used` the window's sum (string), `ts` the score of the event whose ageing-out
+# makes room (the newest event's when even an empty window is too small; "" when there is none or
+# the period is fixed).
+# Both scripts start from a sum that agrees with the events: S lost (evicted, deleted) while K
+# holds events is rebuilt from them, with K's expiry, before anything adds to or takes from it.
+COMMON = r"""
+local function amount_of(member)
+  return string.match(member, "|(%d+)$")
+end
+
+local function rebuild(k, s)
+  if redis.call("EXISTS", s) == 0 and redis.call("ZCARD", k) > 0 then
+    for _, m in ipairs(redis.call("ZRANGE", k, 0, -1)) do
+      redis.call("INCRBY", s, amount_of(m))
+    end
+    local left = redis.call("PTTL", k)
+    if left > 0 then
+      redis.call("PEXPIRE", s, left)
+    end
+  end
+end
+"""
+
+RESERVE = (
+    COMMON
+    + r"""
+local scratch = KEYS[1]
+local rid = ARGV[1]
+local now = ARGV[2]
+local n = (#KEYS - 1) / 2
+
+-- Bring S in line with K, then drop expired events.
+local function prune(k, s, how)
+  rebuild(k, s)
+  if how == "*" then
+    redis.call("DEL", k, s)
+  elseif how ~= "-" then
+    local old = redis.call("ZRANGEBYSCORE", k, "-inf", how)
+    for _, m in ipairs(old) do
+      redis.call("DECRBY", s, amount_of(m))
+    end
+    if #old > 0 then
+      redis.call("ZREMRANGEBYSCORE", k, "-inf", how)
+    end
+  end
+  if redis.call("ZCARD", k) == 0 then
+    redis.call("DEL", s)
+  end
+end
+
+-- With the scratch holding used + amount - limit (> 0): walk the events oldest first, taking
+-- each one's amount off, until the scratch is <= 0; that event's score.
+local function frees_at(k)
+  local last = ""
+  local start = 0
+  while true do
+    local batch = redis.call("ZRANGE", k, start, start + 127, "WITHSCORES")
+    for j = 1, #batch, 2 do
+      last = batch[j + 1]
+      if redis.call("DECRBY", scratch, amount_of(batch[j])) <= 0 then
+        return last
+      end
+    end
+    if #batch < 256 then
+      return last
+    end
+    start = start + 128
+  end
+end
+
+local refused = {}
+local add = {}
+for i = 1, n do
+  local k, s = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = 2 + 5 * (i - 1)
+  local amount, limit, how, walk = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
+  prune(k, s, how)
+  -- a counter that already holds this reservation is charged once, not again
+  if not redis.call("ZSCORE", k, rid .. "|" .. amount) then
+    local used = redis.call("GET", s) or "0"
+    redis.call("SET", scratch, used)
+    redis.call("INCRBY", scratch, amount)
+    if redis.call("DECRBY", scratch, limit) > 0 then
+      table.insert(refused, i - 1)
+      table.insert(refused, used)
+      table.insert(refused, walk == "1" and frees_at(k) or "")
+    else
+      table.insert(add, i)
+    end
+  end
+end
+redis.call("DEL", scratch)
+if #refused > 0 then
+  table.insert(refused, 1, 0)
+  return refused
+end
+for _, i in ipairs(add) do
+  local k, s = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = 2 + 5 * (i - 1)
+  local amount, ttl = ARGV[a + 1], tonumber(ARGV[a + 4])
+  redis.call("ZADD", k, now, rid .. "|" .. amount)
+  redis.call("INCRBY", s, amount)
+  local left = redis.call("PTTL", k)
+  if left > ttl then
+    ttl = left
+  end
+  redis.call("PEXPIRE", k, ttl)
+  redis.call("PEXPIRE", s, ttl)
+end
+return {1}
+"""
+)
+
+# KEYS: per counter K and S. ARGV: per counter the member and its amount. Decrements the sum only
+# when ZREM removed the member, so releasing twice frees once.
+RELEASE = (
+    COMMON
+    + r"""
+local removed = {}
+for i = 1, #KEYS / 2 do
+  local k, s = KEYS[2 * i - 1], KEYS[2 * i]
+  rebuild(k, s)
+  removed[i] = redis.call("ZREM", k, ARGV[2 * i - 1])
+  if removed[i] == 1 then
+    redis.call("DECRBY", s, ARGV[2 * i])
+  end
+  if redis.call("ZCARD", k) == 0 then
+    redis.call("DEL", s)
+  end
+end
+return removed
+"""
+)
+
+# KEYS: per counter its events K. ARGV: per counter the lowest live score ("(ms" exclusive, or
+# "-inf"). Returns per counter its live members; the caller sums their amounts (Python integers).
+USAGE = r"""
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call("ZRANGEBYSCORE", KEYS[i], ARGV[i], "+inf")
+end
+return out
+"""

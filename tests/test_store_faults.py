@@ -1,0 +1,273 @@
+"""A state store that never fails open, proven on a real `attrgate serve` process against moto's
+Cognito (signatures checked): its SQLite files truncated, overwritten, locked or deleted while it
+serves. The process stays alive, writes that send no SMS go on, SMS-triggering writes answer
+UNAVAILABLE SMS_STORE_UNAVAILABLE, and the failure shows in the log (rate-limited), the metrics
+and the health service `attrgate.SmsStore`; a restart that finds the counts gone says so."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+from support.moto_cognito import MotoCognito, free_port
+from support.policies import sms_guard, svc_policy
+from support.prometheus import metrics_text, samples_of, total
+from support.rpc import as_caller, attrs_request, rich
+from support.served import start_serve, stop_serve
+from support.waiting import wait_until
+
+POLICIES = svc_policy("[{attribute: phone_number}, {attribute: given_name}]") + sms_guard(
+    "limits:\n  - {per: global, max: 100, window: 1h}"
+)
+OK = ("OK", "")
+STORE_DOWN = ("UNAVAILABLE", "SMS_STORE_UNAVAILABLE")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_numbers = itertools.count(100)
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    output: Path
+    pool: str
+
+    def update(self, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            try:
+                pb_grpc.UserAttributesStub(channel).UpdateUserAttributes(
+                    attrs_request(self.pool, pairs), metadata=as_caller("svc"), timeout=20
+                )
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and not exc.trailing_metadata():
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        status = self.process.wait(timeout=5)
+                        raise AssertionError(f"attrgate serve died: exit status {status}") from exc
+                found = rich(exc)
+                return found.code.name, found.info.reason
+        return OK
+
+    def sms_write(self) -> tuple[str, str]:
+        return self.update([("phone_number", f"+1415555{next(_numbers):04d}")])
+
+    def plain_write(self) -> tuple[str, str]:
+        return self.update([("given_name", "Ada")])
+
+    def health(self, service: str) -> int:
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            return int(reply.status)
+
+    def err(self) -> str:
+        return (self.output / "err").read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        return total(samples_of(metrics_text(self.metrics_port)).get(name, []), **labels)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@pytest.fixture
+def sms_pool(moto: MotoCognito) -> str:
+    """A pool that auto-verifies phone numbers (writing one sends an SMS), with user ada."""
+    pool = moto.create_pool(name="faults", AutoVerifiedAttributes=["phone_number"])
+    moto.create_user(pool, "ada")
+    return pool
+
+
+@contextlib.contextmanager
+def serving_against(
+    moto: MotoCognito, pool: str, folder: Path, *flags: str, store_timeout: str = "1"
+) -> Iterator[Served]:
+    """`attrgate serve` on moto with the SmsGuard POLICIES, until SERVING; stopped after.
+    The store timeout comes through its variable (an attrgate without the flag ignores it)."""
+    (folder / "policies.yaml").write_text(POLICIES)
+    port, metrics_port = free_port(), free_port()
+    process = start_serve(
+        folder / "policies.yaml",
+        port,
+        *("--metrics-listen", f"127.0.0.1:{metrics_port}", "--decision-log", os.devnull),
+        *("--cognito-endpoint", moto.endpoint, *flags),
+        output=folder,
+        ATTRGATE_STORE_TIMEOUT=store_timeout,
+        AWS_ACCESS_KEY_ID=moto.attrgate_keys.access_key_id,
+        AWS_SECRET_ACCESS_KEY=moto.attrgate_keys.secret_access_key,
+    )
+    found = Served(process, port, metrics_port, folder, pool)
+    try:
+        assert wait_until(lambda: serving(found), seconds=60), found.err()
+        yield found
+    finally:
+        stop_serve(process)
+
+
+@pytest.fixture
+def served(moto: MotoCognito, sms_pool: str, tmp_path: Path) -> Iterator[Served]:
+    with serving_against(
+        moto, sms_pool, tmp_path, "--state", str(tmp_path / "state.sqlite")
+    ) as found:
+        yield found
+
+
+def serving(found: Served) -> bool:
+    if not found.alive():
+        return True  # the assertion after the wait reports it
+    try:
+        return found.health("") == SERVING
+    except grpc.RpcError:
+        return False
+
+
+def state_files(folder: Path) -> list[Path]:
+    """What `ls state.sqlite*` lists: the database and its journal (and -wal, -shm in WAL mode)."""
+    return sorted(folder.glob("state.sqlite*"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten", "locked"])
+def test_a_damaged_state_stops_sms_writes_only(served: Served, damage: str) -> None:
+    assert served.sms_write() == OK
+    holder = None
+    if damage == "locked":  # another process holds the file (a stuck `sms usage`, a backup)
+        holder = sqlite3.connect(served.output / "state.sqlite", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+    else:
+        for path in state_files(served.output):
+            # WAL's -shm among them: mapped into memory, a truncated one was SIGBUS
+            with path.open("r+b") as f:
+                if damage == "truncated":
+                    f.truncate(0)
+                else:
+                    f.write(b"\xa5" * 8192)
+    try:
+        assert served.sms_write() == STORE_DOWN
+        assert served.alive(), served.err()
+        assert served.plain_write() == OK
+        assert served.health("") == SERVING
+        assert wait_until(lambda: served.health("attrgate.SmsStore") == NOT_SERVING, 10)
+        assert served.metric("attrgate_sms_store_up") == 0
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+    if damage == "locked":  # the lock gone, the store answers again
+        assert wait_until(lambda: served.health("attrgate.SmsStore") == SERVING, 10)
+        assert served.sms_write() == OK
+        assert served.metric("attrgate_sms_store_failures_total", reason="locked") >= 1
+    assert served.alive(), served.err()
+
+
+def test_a_deleted_state_is_refused_logged_measured_and_reported(
+    served: Served, moto: MotoCognito
+) -> None:
+    assert served.sms_write() == OK
+    for path in state_files(served.output):  # rm state.sqlite*
+        path.unlink()
+
+    sent = len(moto.admin.list_users(UserPoolId=served.pool)["Users"])
+    outcomes = [served.sms_write() for _ in range(5)]
+    assert outcomes == [STORE_DOWN] * 5, "SMS writes counted into a deleted file"
+    assert served.plain_write() == OK
+    assert len(moto.admin.list_users(UserPoolId=served.pool)["Users"]) == sent
+    assert not (served.output / "state.sqlite").exists(), "the state was recreated from zero"
+    assert served.health("") == SERVING
+    assert wait_until(lambda: served.health("attrgate.SmsStore") == NOT_SERVING, 10)
+    assert served.metric("attrgate_sms_store_failures_total", reason="file_gone") >= 5
+    assert served.metric("attrgate_sms_store_up") == 0
+    # one ERROR line a minute, not one per request
+    logged = [line for line in served.err().splitlines() if "was deleted" in line]
+    assert len(logged) == 1, logged
+    assert "ERROR" in logged[0]
+    assert "SMS_STORE_UNAVAILABLE" in logged[0]
+    assert served.alive()
+
+
+def test_a_start_that_finds_the_state_gone_but_its_key_says_the_counts_are_gone(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path
+) -> None:
+    (tmp_path / "state.key").write_text("a key a previous start generated\n")
+    (tmp_path / "policies.yaml").write_text(POLICIES)
+    process = start_serve(
+        tmp_path / "policies.yaml",
+        free_port(),
+        *("--state", str(tmp_path / "state.sqlite"), "--cognito-endpoint", moto.endpoint),
+        output=tmp_path,
+    )
+    try:
+        assert wait_until(lambda: "serving on port" in (tmp_path / "err").read_text(), 30)
+        err = (tmp_path / "err").read_text()
+        assert "ERROR" in err
+        assert "the SMS counts made before are gone" in err
+        assert "starts again from zero" in err
+        assert process.poll() is None  # loud, not refused
+    finally:
+        stop_serve(process)
+
+
+def test_local_cognito_removes_its_temporary_state_on_exit(tmp_path: Path) -> None:
+    policies = Path(__file__).resolve().parent.parent / "policies"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
+    process = start_serve(policies, port, "--local-cognito", output=tmp_path, TMPDIR=str(scratch))
+    try:
+        assert wait_until(lambda: "SMS guard counts in a temporary file" in out(tmp_path), 60)
+        (line,) = [x for x in out(tmp_path).splitlines() if "temporary file" in x]
+        state = Path(line.rpartition(": ")[2])
+        assert state.parent.parent == scratch
+        assert wait_until(lambda: "serving on port" in (tmp_path / "err").read_text(), 60)
+        assert state.exists()
+        assert (state.parent / "state.key").exists()
+    finally:
+        assert stop_serve(process, 30) == 0
+    assert list(scratch.iterdir()) == [], "the temporary state (or its key) was left behind"
+
+
+def out(folder: Path) -> str:
+    return (folder / "out").read_text(errors="replace")
+
+
+def test_a_store_that_never_answers_fails_sms_writes_after_the_store_timeout(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path
+) -> None:
+    """--store-timeout bounds an SMS-triggering write's wait for a silent Redis."""
+    key = tmp_path / "hmac.key"
+    key.write_text("k" * 32)
+    with socket.socket() as silent:  # accepts connections (backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with serving_against(
+            moto,
+            sms_pool,
+            tmp_path,
+            "--redis-url",
+            url,
+            "--hmac-key-file",
+            str(key),
+            store_timeout="1.5",
+        ) as found:
+            assert "does not answer now (timeout)" in found.err()
+            # down from the start: reported before any SMS-triggering write asks
+            assert wait_until(lambda: found.health("attrgate.SmsStore") == NOT_SERVING, 10)
+            assert found.metric("attrgate_sms_store_failures_total", reason="timeout") >= 1
+            started = time.monotonic()
+            assert found.sms_write() == STORE_DOWN
+            assert 1.5 <= time.monotonic() - started < 20
+            assert found.plain_write() == OK
