@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 from dataclasses import replace
 from typing import Any
@@ -74,5 +75,7 @@ def settings_for(**overrides: Any) -> Settings:
         executor_threads=8,
         grace=0.5,
         drain_delay=0.0,
+        # Tests that read decisions name a file; the rest would print them among pytest's dots.
+        decision_log=os.devnull,
     )
     return replace(base, **overrides)
