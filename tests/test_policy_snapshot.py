@@ -131,9 +131,9 @@ def test_a_reload_that_overruns_its_time_is_rejected_and_the_old_set_keeps_servi
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = serve(HEAD % "px" + ALLOWS_TIER, stub.endpoint)
-    assert server.app._pipeline is not None
-    serving = server.app._pipeline.policy_set.revision
-    server.app.reload_timeout = 0.05
+    serving = server.app.policy_revision
+    assert server.app.reloader is not None
+    server.app.reloader.timeout = 0.05
     assert server.settings.policies is not None
     # ~1 MiB of policies: about a second to load, far past the 0.05 s allowed.
     many = "---\n".join(HEAD % f"p{i}" + DENIES_TIER for i in range(6000))
@@ -145,4 +145,4 @@ def test_a_reload_that_overruns_its_time_is_rejected_and_the_old_set_keeps_servi
         f"policy reload rejected; still serving revision {serving}: loading "
         f"{server.settings.policies} took longer than 0.05s"
     )
-    assert server.app._pipeline.policy_set.revision == serving
+    assert server.app.policy_revision == serving

@@ -1,47 +1,31 @@
-"""Wiring and lifecycle: load policies, build the Cognito client, start, drain, stop."""
+"""Wiring and lifecycle: load policies, build the Cognito client and the request path, start,
+reload on SIGHUP, drain and stop."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
-import grpc
-import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from attrgate.admission import Admission, calls_received, channelz_server_ids
 from attrgate.api.record import UsernameHash
-from attrgate.api.service import (
-    SERVICE_NAME,
-    UserAttributesService,
-    add_to_server,
-    header_identity,
-    mtls_identity,
-)
+from attrgate.api.service import UserAttributesService, header_identity, mtls_identity
 from attrgate.config import ConfigError, Settings, check, split_host_port
 from attrgate.decisionlog import DecisionLog
 from attrgate.domain import PoolDescription, UpstreamResult
-from attrgate.guards.counting import SmsCounting
 from attrgate.guards.sms import Hasher
 from attrgate.guards.state import SmsState
-from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito
+from attrgate.listeners import Listeners
+from attrgate.local.emulator import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalCognito, print_help
 from attrgate.lookups import LookupBudget
 from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
-from attrgate.policy.compile import PolicySet, compile_policy_set
-from attrgate.policy.load import load_policy_set
-from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
-from attrgate.tls import TlsFiles, TlsFilesError
+from attrgate.reloading import PolicyReloader, load_policies
 from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
@@ -52,62 +36,41 @@ from attrgate.users import UserSubs
 
 log = logging.getLogger("attrgate")
 LOCAL_DEFAULT_REGION = "us-east-1"
-# A set at --policy-max-bytes loads in a second or two; a reload taking far longer is rejected.
-RELOAD_TIMEOUT = 30.0
-
-
-def load_policies(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> PolicySet:
-    """Load one consistent snapshot and compile it, or raise ConfigError with the first error in
-    one line."""
-    # Loading builds many small objects and collects none: the cyclic GC's passes would only
-    # add time (a 2 MiB set: ~2x). Paused for the load, whatever thread runs it.
-    with _gc_paused():
-        result = load_policy_set(path, max_bytes)
-        if not result.ok:
-            more = len(result.errors) - 1
-            suffix = f" (and {more} more; run `attrgate check {path}`)" if more else ""
-            raise ConfigError(f"invalid policy set: {result.errors[0]}{suffix}")
-        return compile_policy_set(result.policies, result.revision)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+NO_STORE_FOR_GUARDS = (
+    "SmsGuards need a counting store: restart with --state PATH or --redis-url URL"
+)
 
 
 @dataclass
 class App:
     settings: Settings
     out: TextIO = field(default_factory=lambda: sys.stdout)
-    port: int = 0
-    admin_port: int = 0
     local: LocalCognito | None = None
-    _server: grpc.aio.Server | None = None
-    _admin: grpc.aio.Server | None = None
-    _upstream: CognitoUpstream | None = None
-    _health: health.aio.HealthServicer | None = None
-    _sms: SmsCounting | None = None
-    _sms_state: SmsState | None = None
+    pipeline: Pipeline | None = None
+    reloader: PolicyReloader | None = None
     decision_log: DecisionLog | None = None
     metrics: Metrics | None = None
     metrics_port: int = 0
-    _pipeline: Pipeline | None = None
-    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _reload_tasks: set[asyncio.Task[bool]] = field(default_factory=set)
-    _tls: TlsFiles | None = None
-    _server_id: int | None = None  # the main server in channelz, for the drain's hand-over
-    _admission: Admission = field(default_factory=Admission)
-    _hurry: asyncio.Event = field(default_factory=asyncio.Event)  # a second SIGTERM: skip the delay
+    _listeners: Listeners | None = None
+    _upstream: CognitoUpstream | None = None
+    _sms_state: SmsState | None = None
+    _reload_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _serving: bool = False
     _stopping: bool = False
     _reload_pending: bool = False  # a SIGHUP arrived while starting
-    reload_timeout: float = RELOAD_TIMEOUT
+
+    @property
+    def port(self) -> int:
+        return self._listeners.port if self._listeners else 0
+
+    @property
+    def admin_port(self) -> int:
+        return self._listeners.admin_port if self._listeners else 0
+
+    @property
+    def policy_revision(self) -> str:
+        """The revision of the set serving now."""
+        return self.pipeline.policy_set.revision if self.pipeline else ""
 
     async def start(self) -> None:
         """Bind and serve, or raise ConfigError. Health turns SERVING last."""
@@ -120,16 +83,82 @@ class App:
             from attrgate.local.emulator import start_local_cognito
 
             self.local = start_local_cognito(self._region(), settings.local_seed)
-        self.metrics = Metrics()
+        metrics = self.metrics = Metrics()
         try:
-            self._upstream = CognitoUpstream(self._cognito_settings(), self.metrics.cognito_call)
+            upstream = self._upstream = CognitoUpstream(
+                self._cognito_settings(), metrics.cognito_call
+            )
         except UpstreamConfigError as exc:
             raise ConfigError(str(exc)) from None
-        upstream = self._upstream
-        self._sms_state = await SmsState.open(
-            settings, bool(policy_set.guards), self.metrics, self.out
+        sms_state = self._sms_state = await SmsState.open(
+            settings, bool(policy_set.guards), metrics, self.out
         )
-        self._sms = self._sms_state.counting
+        pipeline = self.pipeline = self._pipeline(policy_set, upstream, sms_state, metrics)
+        self.reloader = PolicyReloader(
+            settings.policies,
+            settings.policy_max_bytes,
+            pipeline,
+            metrics.policy_reload,
+            lambda fresh: NO_STORE_FOR_GUARDS if fresh.guards and not sms_state.counting else None,
+        )
+        if settings.metrics_listen:
+            try:
+                self.metrics_port = metrics.serve(settings.metrics_listen)
+                host = split_host_port(settings.metrics_listen)[0]
+                log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}"
+                ) from None
+        decision_log = self.decision_log = DecisionLog(
+            None if settings.decision_log == "-" else settings.decision_log,
+            settings.decision_log_queue,
+            on_drop=metrics.decision_log_dropped,
+        )
+        try:
+            decision_log.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot open the decision log: {exc.strerror}") from None
+
+        def record(entry: dict[str, Any]) -> None:
+            metrics.observe(entry)
+            decision_log.record(entry)
+
+        metrics.watch_policy_set(lambda: pipeline.policy_set)
+        listeners = self._listeners = Listeners(settings)
+        listeners.bind(
+            UserAttributesService(
+                pipeline,
+                header_identity if settings.insecure else mtls_identity,
+                record,
+                self._username_hash(),
+                metrics.in_flight,
+                listeners.admission,
+            )
+        )
+        await listeners.start()
+        sms_state.follow(listeners.health)
+        self._serving = True
+        if self._reload_pending:
+            self.reopen_and_reload()
+        mode = "insecure, caller from x-attrgate-caller" if settings.insecure else "mTLS"
+        log.info(
+            "serving on port %d (%s); policies %s revision %s (%d documents)",
+            self.port,
+            mode,
+            settings.policies,
+            policy_set.revision,
+            policy_set.size,
+        )
+
+    def _pipeline(
+        self,
+        policy_set: PolicySet,
+        upstream: CognitoUpstream,
+        sms_state: SmsState,
+        metrics: Metrics,
+    ) -> Pipeline:
+        settings = self.settings
 
         async def describe(pool_id: str) -> PoolDescription | UpstreamResult:
             return await upstream.run(upstream.describe_user_pool_blocking, pool_id)
@@ -145,132 +174,24 @@ class App:
             ttl=settings.pool_cache_ttl,
             negative_ttl=settings.pool_negative_ttl,
             stale=settings.pool_cache_stale,
-            observe=self.metrics.metadata_lookup,
+            observe=metrics.metadata_lookup,
         )
-        users = UserSubs(user_sub, budget=budget, observe=self.metrics.metadata_lookup)
-        pipeline = self._pipeline = Pipeline(
+        users = UserSubs(user_sub, budget=budget, observe=metrics.metadata_lookup)
+        return Pipeline(
             policy_set,
             upstream,
             pools,
             users,
-            self._sms,
+            sms_state.counting,
             settings.pool_metadata_fail_open,
-            sms_events=self.metrics,
-        )
-        self._health = health.aio.HealthServicer()
-        options = [
-            ("grpc.max_receive_message_length", settings.max_receive_bytes),
-            # gRPC shares ports by default: a second attrgate on a busy port would silently split
-            # traffic with the first (and its older policies). Refuse to start instead.
-            ("grpc.so_reuseport", 0),
-        ]
-        known = channelz_server_ids()
-        self._server = grpc.aio.server(
-            options=options, interceptors=[self._admission.interceptor()]
-        )
-        created = channelz_server_ids() - known
-        self._server_id = created.pop() if len(created) == 1 else None
-        identify = header_identity if settings.insecure else mtls_identity
-        if settings.metrics_listen:
-            try:
-                self.metrics_port = self.metrics.serve(settings.metrics_listen)
-                host = split_host_port(settings.metrics_listen)[0]
-                log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}"
-                ) from None
-        self.decision_log = DecisionLog(
-            None if settings.decision_log == "-" else settings.decision_log,
-            settings.decision_log_queue,
-            on_drop=self.metrics.decision_log_dropped,
-        )
-        try:
-            self.decision_log.start()
-        except OSError as exc:
-            raise ConfigError(f"cannot open the decision log: {exc.strerror}") from None
-        decision_log, metrics = self.decision_log, self.metrics
-
-        def record(entry: dict[str, Any]) -> None:
-            metrics.observe(entry)
-            decision_log.record(entry)
-
-        metrics.watch_policy_set(lambda: pipeline.policy_set)
-        servicer = UserAttributesService(
-            pipeline, identify, record, self._username_hash(), metrics.in_flight, self._admission
-        )
-        add_to_server(servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
-        self.port = self._bind(self._server, settings.listen, self._credentials())
-        if settings.admin_listen:
-            self._admin = grpc.aio.server(options=options)
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._admin)
-            self.admin_port = self._bind(self._admin, settings.admin_listen, None)
-            await self._admin.start()
-        await self._server.start()
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._sms_state.follow(self._health)
-        self._serving = True
-        if self._reload_pending:
-            self.reopen_and_reload()
-        mode = "insecure, caller from x-attrgate-caller" if settings.insecure else "mTLS"
-        log.info(
-            "serving on port %d (%s); policies %s revision %s (%d documents)",
-            self.port,
-            mode,
-            settings.policies,
-            policy_set.revision,
-            policy_set.size,
+            sms_events=metrics,
         )
 
     async def reload(self) -> bool:
-        """Load the policy files again and swap the new set in whole; or, when they do not load,
-        keep serving the current set and say why in one line. Requests already deciding finish
-        under the set they started with."""
-        pipeline, metrics, path = self._pipeline, self.metrics, self.settings.policies
-        if pipeline is None or metrics is None or path is None:
+        """Reload the policies now (what SIGHUP does, without the rest)."""
+        if self.reloader is None:
             raise RuntimeError("reload() before start()")
-        async with self._reloading:
-            serving = pipeline.policy_set
-            try:
-                # Off the event loop: a large set takes a while to parse and compile. The thread
-                # cannot be stopped, but the snapshot reader opens nothing that blocks and reads
-                # at most --policy-max-bytes, so it ends; a reload still never waits past this.
-                loading = asyncio.to_thread(load_policies, path, self.settings.policy_max_bytes)
-                try:
-                    fresh = await asyncio.wait_for(loading, self.reload_timeout)
-                except TimeoutError:
-                    raise ConfigError(
-                        f"loading {path} took longer than {self.reload_timeout:g}s"
-                    ) from None
-                if fresh.guards and self._sms is None:
-                    raise ConfigError(
-                        "SmsGuards need a counting store: restart with --state PATH or "
-                        "--redis-url URL"
-                    )
-            except Exception as exc:  # whatever the files hold, the server keeps serving
-                metrics.policy_reload("rejected")
-                log.error(
-                    "policy reload rejected; still serving revision %s: %s",
-                    serving.revision,
-                    exc,
-                    # A ConfigError says all; anything else is a bug worth its traceback.
-                    exc_info=not isinstance(exc, ConfigError),
-                )
-                return False
-            pipeline.policy_set = fresh
-            metrics.policy_reload("loaded")
-            log.info(
-                "policies reloaded: revision %s (%d documents); was %s",
-                fresh.revision,
-                fresh.size,
-                serving.revision,
-            )
-            return True
+        return await self.reloader.reload()
 
     def reopen_and_reload(self) -> None:
         """SIGHUP: reopen the decision log (logrotate), re-read the TLS files and reload the
@@ -284,9 +205,9 @@ class App:
         if self.decision_log is not None:
             self.decision_log.reopen()
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self.reload())]
-        if self._tls is not None:
-            tasks.append(loop.create_task(asyncio.to_thread(self._tls.reload)))
+        tasks: list[asyncio.Task[Any]] = [loop.create_task(self.reload())]
+        if self._listeners is not None and self._listeners.follows_tls:
+            tasks.append(loop.create_task(asyncio.to_thread(self._listeners.reload_tls)))
         for task in tasks:
             self._reload_tasks.add(task)
             task.add_done_callback(self._reload_tasks.discard)
@@ -320,38 +241,10 @@ class App:
             secret_access_key=secret,
         )
 
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        """mTLS credentials that follow the files (see tls.py), or None for --insecure."""
-        files = self.settings.tls_files()
-        if files is None:
-            return None
-        try:
-            self._tls = TlsFiles(*files)
-        except TlsFilesError as exc:
-            raise ConfigError(f"cannot use the TLS files: {exc}") from None
-        return self._tls.credentials()
-
-    @staticmethod
-    def _bind(
-        server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
-    ) -> int:
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, credentials)
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise ConfigError(f"cannot listen on {address} (in use or not a local address?)")
-        return port
-
     async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
-        """The drain (README, "Stopping"): health turns NOT_SERVING on both listeners at once;
-        calls are still taken for `drain_delay` seconds (a second SIGTERM/SIGINT ends the delay);
-        then new calls are refused (UNAVAILABLE, ATTRGATE_SHUTTING_DOWN) and the calls in flight
-        get `grace` seconds to finish normally. Calls still running then are cancelled (their
-        Cognito outcome is logged when it arrives; no retry starts any more) and all closes."""
+        """The drain (README, "Stopping"; see Listeners.drain), then everything closes in the
+        order that loses nothing: the Cognito client, the SMS reservations still being given
+        back, the store, the decision log."""
         settings = self.settings
         grace = settings.grace if grace is None else grace
         drain_delay = settings.drain_delay if drain_delay is None else drain_delay
@@ -360,42 +253,18 @@ class App:
         for task in list(self._reload_tasks):
             task.cancel()
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
-        if serving and drain_delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hurry.wait(), drain_delay)
-        # gRPC's own shutdown would kill the calls it has received but not yet handed over:
-        # serve those, refuse later ones here, and shut gRPC down once nothing is owed.
-        self._admission.close(calls_received(self._server_id))
-        idle = True
-        if serving:
-            log.info(
-                "taking no new calls; %d in flight (%d more received, not yet handed over) get "
-                "up to %.1fs (--grace)",
-                self._admission.active,
-                self._admission.owed,
+        upstream = self._upstream
+        if self._listeners is not None:
+            await self._listeners.drain(
                 grace,
+                drain_delay,
+                serving,
+                grace_over=upstream.retries.stop if upstream is not None else lambda: None,
             )
-            idle = await self._admission.wait_idle(grace)
-            if not idle:
-                log.warning(
-                    "grace ended with %d calls still running: cancelling them (their Cognito "
-                    "outcome is logged when it arrives)",
-                    self._admission.active,
-                )
-        if self._upstream is not None:
-            self._upstream.retries.stop()
-        if self._server is not None:
-            # Idle: only refusals may still be answering. Else the grace is over: cancel.
-            await self._server.stop(1.0 if idle else 0)
-            await self._admission.wait_idle(1.0)  # cancelled handlers log their decision
-        if self._admin is not None:
-            await self._admin.stop(0)
-        if self._upstream is not None:
-            self._upstream.close()
-        if self._pipeline is not None:
-            await self._pipeline.settle(2.0)  # reservations given back before the store closes
+        if upstream is not None:
+            upstream.close()
+        if self.pipeline is not None:
+            await self.pipeline.settle(2.0)  # reservations given back before the store closes
         if self._sms_state is not None:
             await self._sms_state.close()
         if self.decision_log is not None:
@@ -407,7 +276,8 @@ class App:
 
     def hurry(self) -> None:
         """A second SIGTERM/SIGINT: end the drain delay now (calls in flight keep their grace)."""
-        self._hurry.set()
+        if self._listeners is not None:
+            self._listeners.hurry()
 
 
 async def serve(
@@ -427,7 +297,8 @@ async def serve(
         await app.stop(0)
         raise
     if app.local is not None:
-        _print_local_help(app, out)
+        host = settings.listen.rpartition(":")[0]
+        print_help(app.local, host, app.port, app.admin_port, out)
     stop = asyncio.Event()
 
     def stop_or_hurry() -> None:
@@ -445,32 +316,3 @@ async def serve(
         settings.grace,
     )
     await app.stop()
-
-
-def _print_local_help(app: App, out: TextIO) -> None:
-    local = app.local
-    assert local is not None
-    host = app.settings.listen.rpartition(":")[0]
-    target = f"{host}:{app.port}"
-    # The command as the user can run it from here, e.g. .venv/bin/attrgate under `make run`.
-    program = sys.argv[0] if Path(sys.argv[0]).name == "attrgate" else "attrgate"
-    user = local.users[0] if local.users else "USER"
-    print(
-        f"local Cognito (moto) at {local.endpoint}, region {local.region}\n"
-        f"  user pool: {local.pool_id}\n"
-        f"  users:     {', '.join(local.users)}\n"
-        f"attrgate listening on {target} (plaintext; the caller names itself)"
-        + (f", health on {host}:{app.admin_port}" if app.admin_port else "")
-        + "\n"
-        "try:\n"
-        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
-        f"--user {user} given_name=Augusta\n"
-        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
-        f"--user {user} custom:role=admin email_verified=true\n"
-        "read a user back (the emulator takes any credentials):\n"
-        f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --endpoint-url "
-        f"{local.endpoint} --region {local.region} cognito-idp admin-get-user "
-        f"--user-pool-id {local.pool_id} --username {user}\n",
-        file=out,
-        flush=True,
-    )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -84,3 +85,30 @@ def _start(boto3: Any, server_class: Any, region: str, seed_path: str | None) ->
         users.append(user["username"])
     client.close()
     return LocalCognito(endpoint, region, pool["Id"], users, server)
+
+
+def print_help(local: LocalCognito, host: str, port: int, admin_port: int, out: TextIO) -> None:
+    """What `make run` prints: where everything is, and commands to try."""
+    target = f"{host}:{port}"
+    # The command as the user can run it from here, e.g. .venv/bin/attrgate under `make run`.
+    program = sys.argv[0] if Path(sys.argv[0]).name == "attrgate" else "attrgate"
+    user = local.users[0] if local.users else "USER"
+    print(
+        f"local Cognito (moto) at {local.endpoint}, region {local.region}\n"
+        f"  user pool: {local.pool_id}\n"
+        f"  users:     {', '.join(local.users)}\n"
+        f"attrgate listening on {target} (plaintext; the caller names itself)"
+        + (f", health on {host}:{admin_port}" if admin_port else "")
+        + "\n"
+        "try:\n"
+        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
+        f"--user {user} given_name=Augusta\n"
+        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
+        f"--user {user} custom:role=admin email_verified=true\n"
+        "read a user back (the emulator takes any credentials):\n"
+        f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --endpoint-url "
+        f"{local.endpoint} --region {local.region} cognito-idp admin-get-user "
+        f"--user-pool-id {local.pool_id} --username {user}\n",
+        file=out,
+        flush=True,
+    )
