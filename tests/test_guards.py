@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from attrgate.domain import Attribute, PoolDescription, UpdateRequest
-from attrgate.guards.sms import Hasher, Phone, Subject, _month, parse_phone, triggers_sms
+from attrgate.guards.sms import Hasher, Subject, _month, triggers_sms
+from attrgate.phones import Phone, parse_phone
 from attrgate.policy.compile import compile_policy_set
 from attrgate.policy.load import load_policy_set
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import regex
 
 from attrgate.domain import FieldViolation, UpdateRequest
-from attrgate.guards.sms import parse_phone
+from attrgate.phones import parse_phone
 
 POOL_ID_MAX = 55
 USERNAME_MAX = 128

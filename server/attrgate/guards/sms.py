@@ -13,34 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import phonenumbers
-
-from attrgate.domain import PoolDescription, UpdateRequest
+from attrgate.domain import PoolDescription, UpdateRequest, Violation, ViolationReason
+from attrgate.phones import NON_GEOGRAPHIC, Phone
 from attrgate.policy.globs import PoolMatcher
 from attrgate.policy.model import SmsGuard, duration_ms, to_micros
 from attrgate.store.base import Counter
-
-NON_GEOGRAPHIC = "001"
-
-
-@dataclass(frozen=True, slots=True)
-class Phone:
-    e164: str
-    country: str  # ISO 3166-1 alpha-2, or 001 for non-geographic numbers
-
-
-def parse_phone(value: str) -> Phone | None:
-    """A valid E.164 number and its destination country, or None."""
-    try:
-        number = phonenumbers.parse(value, None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if e164 != value:
-        return None  # Cognito takes E.164 only: no spaces, no punctuation
-    return Phone(e164, phonenumbers.region_code_for_number(number) or NON_GEOGRAPHIC)
 
 
 def triggers_sms(pool: PoolDescription | None, request: UpdateRequest) -> bool:
@@ -221,3 +198,34 @@ class GuardSet:
 
     def __bool__(self) -> bool:
         return bool(self.guards)
+
+
+def country_findings(
+    guards: Sequence[CompiledGuard], phone: Phone
+) -> tuple[list[Violation], list[Violation]]:
+    """What the guards' country rules say of `phone`: denials (enforcing guards) and would-deny
+    findings (audit guards)."""
+    denials: list[Violation] = []
+    would_deny: list[Violation] = []
+    for guard in guards:
+        rule = guard.country_rule(phone.country)
+        if rule is None:
+            continue
+        violation = Violation(
+            "phone_number",
+            guard.name,
+            rule,
+            ViolationReason.SMS_COUNTRY_NOT_ALLOWED,
+            f"destination country {phone.country} is not allowed by SmsGuard {guard.name}",
+        )
+        (denials if guard.enforce else would_deny).append(violation)
+    return denials, would_deny
+
+
+def charges_for(
+    guards: Sequence[CompiledGuard], subject: Subject, hasher: Hasher, now_ms: int
+) -> tuple[tuple[Charge, ...], tuple[Charge, ...]]:
+    """Every counter an SMS-triggering write charges: enforcing guards' and audit guards'."""
+    enforce = tuple(c for g in guards if g.enforce for c in g.charges(subject, hasher, now_ms))
+    audit = tuple(c for g in guards if not g.enforce for c in g.charges(subject, hasher, now_ms))
+    return enforce, audit
