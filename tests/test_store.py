@@ -224,6 +224,75 @@ def test_a_fixed_period_frees_at_its_end(backend: Backend) -> None:
     backend.run(body)
 
 
+def _fill(backend: Backend, key: str, events: int, amount: int, first_ms: int) -> None:
+    """`events` events of `amount` in `key`, one per millisecond from `first_ms`, written
+    straight into the store's layout (reserving them one by one would take minutes)."""
+    rows = [(key, f"seed{i}", first_ms + i, amount) for i in range(events)]
+    if backend.kind == "sqlite":
+        asyncio.run(_touch(backend))  # the store creates its schema
+        with sqlite3.connect(backend.target) as db:
+            db.executemany(
+                "INSERT INTO events (key, reservation, ts, amount, expires) "
+                "VALUES (?, ?, ?, ?, 9223372036854775807)",
+                rows,
+            )
+        return
+    with redis.Redis.from_url(backend.target) as client:
+        client.zadd(f"{{attrgate}}:ev:{key}", {f"{r}|{a}": ts for _, r, ts, a in rows})
+        client.set(f"{{attrgate}}:sum:{key}", events * amount)
+
+
+async def _touch(backend: Backend) -> None:
+    store = backend.new()
+    try:
+        await store.ping()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize(
+    "counter",
+    [
+        fixed("budget-month", 100_000 * 8_830, period_end_ms=T0 + 10 * MINUTE, amount=8_830),
+        # a price above the whole budget never fits (a country priced at the default)
+        sliding("budget-30d", 100_000 * 8_830 + 1, amount=100_000 * 8_830 + 2, window_ms=MINUTE),
+    ],
+    ids=["spent-month", "never-fits"],
+)
+def test_refusals_stay_cheap_when_a_key_holds_a_month_of_messages(
+    kind: str, counter: Counter, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Once a budget is spent every SMS write is refused against it. A refusal used to read all
+    of the key's events (100,000 for a busy month) to say when it frees: the store ran out of
+    time for everyone, releases included."""
+    backend = (
+        Backend("sqlite", str(tmp_path / "state.db"))
+        if kind == "sqlite"
+        else request.getfixturevalue("redis_backend")
+    )
+    _fill(backend, counter.key, 100_000, 8_830, T0 - MINUTE // 2)
+
+    async def body(store: Store) -> None:
+        results = await asyncio.gather(
+            *(store.reserve(f"r{i}", [counter], T0) for i in range(64)),
+            return_exceptions=True,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert not failed, f"{len(failed)} of 64 refusals failed: {failed[0]}"
+        assert all(isinstance(r, ReserveResult) and not r.ok for r in results)
+        first = results[0]
+        assert isinstance(first, ReserveResult)
+        if counter.window_ms is None:
+            assert first.refused[0].retry_at_ms == counter.period_end_ms
+            # CheckUpdateUserAttributes reads the kept sum, not a month of events
+            assert await store.usage([counter], T0) == [100_000 * 8_830]
+        else:  # the newest event ages out last
+            assert first.refused[0].retry_at_ms == T0 - MINUTE // 2 + 99_999 + MINUTE
+
+    backend.run(body)
+
+
 # --- releasing and reading usage ------------------------------------------------------------
 
 
@@ -615,6 +684,8 @@ def test_redis_rebuilds_a_lost_sum_from_the_events(redis_backend: Backend) -> No
         assert client.get("{attrgate}:sum:k") == b"2"
         assert (await store.reserve("e", [c], T0)).ok
         assert not (await store.reserve("f", [c], T0)).ok
+        assert await store.usage([c], T0) == [3]
+        client.delete("{attrgate}:sum:k")  # usage without a kept sum reads the events
         assert await store.usage([c], T0) == [3]
 
     try:

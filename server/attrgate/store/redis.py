@@ -156,26 +156,29 @@ class RedisStore:
         return [int(flag) == 1 for flag in removed]
 
     async def usage(self, counters: Sequence[Counter], now_ms: int) -> list[int]:
-        """Summed from the events themselves (Python integers), in one script: one snapshot."""
+        """In one script (one snapshot): each key's kept sum less its expired events, or, when
+        no sum is kept, its live events summed (Python integers either way)."""
         live: list[int] = []  # positions of the counters whose window may hold events
         keys: list[str] = []
-        lowest: list[str] = []
+        bounds: list[str] = []  # per counter: the highest expired score ("": none), the lowest live
         for i, c in enumerate(counters):
             if c.window_ms is not None:
-                lowest.append(f"({now_ms - c.window_ms}")
+                bounds.extend([str(now_ms - c.window_ms), f"({now_ms - c.window_ms}"])
             elif c.period_end_ms is not None and now_ms < c.period_end_ms:
-                lowest.append("-inf")
+                bounds.extend(["", "-inf"])
             else:
                 continue
             live.append(i)
-            keys.append(self._keys(c.key)[0])
+            keys.extend(self._keys(c.key))
         used = [0] * len(counters)
         if not live:
             return used
         async with self._answer():
-            replies = await self._usage(keys=keys, args=lowest)
-        for i, members in zip(live, replies, strict=True):
-            used[i] = sum(int(_decode(m).rpartition("|")[2]) for m in members)
+            replies = await self._usage(keys=keys, args=bounds)
+        for i, (total, members) in zip(live, replies, strict=True):
+            amounts = sum(int(_decode(m).rpartition("|")[2]) for m in members)
+            kept = _decode(total)
+            used[i] = int(kept) - amounts if kept else amounts
         return used
 
     async def usage_by_prefix(self, prefix: str, window_ms: int, now_ms: int) -> dict[str, int]:

@@ -57,8 +57,15 @@ local function prune(k, s, how)
 end
 
 -- With the scratch holding used + amount - limit (> 0): walk the events oldest first, taking
--- each one's amount off, until the scratch is <= 0; that event's score.
-local function frees_at(k)
+-- each one's amount off, until the scratch is <= 0; that event's score. An amount over the limit
+-- never fits: the window empties with its newest event, read at once (a budget key may hold a
+-- month of messages; walking them all on every refusal would stall Redis).
+local function frees_at(k, used)
+  if redis.call("DECRBY", scratch, used) > 0 then
+    local newest = redis.call("ZRANGE", k, -1, -1, "WITHSCORES")
+    return newest[2] or ""
+  end
+  redis.call("INCRBY", scratch, used)
   local last = ""
   local start = 0
   while true do
@@ -91,7 +98,7 @@ for i = 1, n do
     if redis.call("DECRBY", scratch, limit) > 0 then
       table.insert(refused, i - 1)
       table.insert(refused, used)
-      table.insert(refused, walk == "1" and frees_at(k) or "")
+      table.insert(refused, walk == "1" and frees_at(k, used) or "")
     else
       table.insert(add, i)
     end
@@ -144,8 +151,18 @@ return removed
 # "-inf"). Returns per counter its live members; the caller sums their amounts (Python integers).
 USAGE = r"""
 local out = {}
-for i = 1, #KEYS do
-  out[i] = redis.call("ZRANGEBYSCORE", KEYS[i], ARGV[i], "+inf")
+for i = 1, #KEYS / 2 do
+  local k, s = KEYS[2 * i - 1], KEYS[2 * i]
+  local total = redis.call("GET", s)
+  if total and ARGV[2 * i - 1] ~= "" then
+    -- the kept sum less the events that no longer count (few: each reservation prunes them)
+    out[i] = {total, redis.call("ZRANGEBYSCORE", k, "-inf", ARGV[2 * i - 1])}
+  elseif total then
+    out[i] = {total, {}}
+  else
+    -- no sum kept (lost): the live events themselves
+    out[i] = {"", redis.call("ZRANGEBYSCORE", k, ARGV[2 * i], "+inf")}
+  end
 end
 return out
 """

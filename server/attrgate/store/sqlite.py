@@ -25,7 +25,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from attrgate.store.base import (
@@ -116,19 +116,39 @@ def _live_since(counter: Counter, now_ms: int) -> int:
     return -(2**63) if now_ms < counter.period_end_ms else 2**63 - 1
 
 
-def retry_at(counter: Counter, used: int, events: Sequence[tuple[int, int]], now_ms: int) -> int:
+def retry_at(counter: Counter, used: int, events: Iterable[tuple[int, int]], now_ms: int) -> int:
     """When a refused counter has room: for a fixed period, its end; for a sliding window, when
-    enough of the oldest events (ts, amount) have aged out. An amount larger than the limit never
-    fits; it gets the time the window empties."""
+    enough of the oldest events (ts, amount), read oldest first and only as far as needed, have
+    aged out. An amount larger than the limit never fits; it gets the time the window empties."""
     if counter.window_ms is None:
         assert counter.period_end_ms is not None
         return counter.period_end_ms
     excess = used + counter.amount - counter.limit
+    last: int | None = None
     for ts, amount in events:
+        last = ts
         excess -= amount
         if excess <= 0:
             return ts + counter.window_ms
-    return (events[-1][0] if events else now_ms) + counter.window_ms
+    return (now_ms if last is None else last) + counter.window_ms
+
+
+def _frees_at(conn: sqlite3.Connection, counter: Counter, used: int, now_ms: int) -> int:
+    """retry_at, reading no more of the key's events than it needs: none for a fixed period,
+    the newest for an amount that never fits, else the oldest few (a full limit frees with its
+    oldest event). A budget key holds a month of messages: reading them all on every refusal
+    would stall the store for every writer once the budget is spent."""
+    if counter.window_ms is None:
+        return retry_at(counter, used, (), now_ms)
+    if counter.amount > counter.limit:
+        (newest,) = conn.execute(
+            "SELECT MAX(ts) FROM events WHERE key = ?", (counter.key,)
+        ).fetchone()
+        return (now_ms if newest is None else int(newest)) + counter.window_ms
+    oldest_first = conn.execute(
+        "SELECT ts, amount FROM events WHERE key = ? ORDER BY ts", (counter.key,)
+    )
+    return retry_at(counter, used, oldest_first, now_ms)
 
 
 LOCK_SHARE = 0.8  # of the store timeout, the most a batch waits for another process's lock
@@ -274,10 +294,7 @@ class SqliteStore:
                 if held:  # this reservation is already charged here: charge it once
                     continue
                 if used + c.amount > c.limit:
-                    events = conn.execute(
-                        "SELECT ts, amount FROM events WHERE key = ? ORDER BY ts", (c.key,)
-                    ).fetchall()
-                    refused.append(Refused(index, used, retry_at(c, used, events, now_ms)))
+                    refused.append(Refused(index, used, _frees_at(conn, c, used, now_ms)))
                 else:
                     to_add.append(c)
             if refused:  # all or none: only the pruning is kept
