@@ -5,7 +5,10 @@ caller is cancelled (a release dropped keeps a count Cognito never used)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,16 @@ import redis
 
 from attrgate.guards.counting import SmsCounting
 from attrgate.guards.sms import Charge, Hasher
-from attrgate.store.base import FILE_GONE, TIMEOUT, Counter, Store, StoreUnavailable
+from attrgate.store.base import (
+    FILE_GONE,
+    LOCKED,
+    SQLITE_ERROR,
+    TIMEOUT,
+    Counter,
+    Store,
+    StoreUnavailable,
+)
+from attrgate.store.groupcommit import GroupCommitWriter
 from attrgate.store.redis import RedisStore
 from attrgate.store.sqlite import SqliteStore
 from attrgate.store.watch import LOG_EVERY, StoreWatch
@@ -91,3 +103,75 @@ def test_a_release_whose_caller_is_cancelled_still_runs(store_factory: object) -
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_release_refused_by_a_locked_store_is_asked_again_until_it_lands(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the SQLite lock past the store timeout: the release fails once,
+    then lands when the lock is gone (it used to be given up: a count Cognito never used)."""
+    state = tmp_path / "state.sqlite"
+    counter = Counter("phone", limit=5, amount=1, window_ms=60_000)
+    charge = Charge("sms", "limits[0]", "at most 5", counter)
+
+    async def main() -> None:
+        store = SqliteStore(str(state), timeout=0.4)
+        failures: list[str] = []
+        counting = SmsCounting(
+            store, Hasher(b"k" * 16), clock_ms=lambda: T0, watch=StoreWatch(failures.append)
+        )
+        try:
+            assert not await counting.reserve("r", [charge])
+            holder = sqlite3.connect(state, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # e.g. `attrgate sms usage` or a stuck replica
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.8, holder.execute, "COMMIT")
+            released = await counting.release("r", [charge])
+            holder.close()
+            assert released == [charge]
+            assert failures[:1] == [LOCKED]  # the first attempt did fail
+            assert await store.usage([counter], T0) == [0]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_one_failing_operation_does_not_fail_the_others_of_its_batch(tmp_path: Path) -> None:
+    """Group commit runs many callers' operations in one transaction: one that fails by itself
+    fails alone, and leaves nothing behind; the others are stored."""
+    path = tmp_path / "batch.sqlite"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
+        return conn
+
+    def insert(value: str) -> Callable[[sqlite3.Connection], None]:
+        return lambda conn: conn.execute("INSERT INTO t VALUES (?)", (value,)) and None
+
+    def insert_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES ('half')")
+        raise ValueError("an operation failing on its own")
+
+    async def main() -> None:
+        writer = GroupCommitWriter(
+            "test", connect, lambda: None, lambda exc: StoreUnavailable(str(exc), SQLITE_ERROR)
+        )
+        try:
+            results = await asyncio.gather(
+                *(
+                    writer.call(op, timeout=10)
+                    for op in (insert("a"), insert_then_fail, insert("b"))
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            await writer.close()
+        assert results[0] is None
+        assert results[2] is None
+        assert isinstance(results[1], StoreUnavailable)
+
+    asyncio.run(main())
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert sorted(v for (v,) in db.execute("SELECT v FROM t")) == ["a", "b"]

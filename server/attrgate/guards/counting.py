@@ -17,11 +17,22 @@ from typing import TypeVar
 from attrgate.domain import SmsRefusal
 from attrgate.guards.keys import KeyCheck
 from attrgate.guards.sms import Charge, Hasher
-from attrgate.store.base import Store, StoreUnavailable
+from attrgate.store.base import (
+    LOCKED,
+    REDIS_ERROR,
+    SQLITE_ERROR,
+    TIMEOUT,
+    Store,
+    StoreUnavailable,
+)
 from attrgate.store.watch import StoreWatch
 
 log = logging.getLogger("attrgate.sms")
 T = TypeVar("T")
+# Pauses before asking the store again to release (seconds): a lock held a while, a failover.
+RELEASE_RETRIES = (0.25, 1.0, 3.0)
+# Failures that may pass; a file deleted, a closed store or another key's counts do not.
+PASSING = (TIMEOUT, LOCKED, SQLITE_ERROR, REDIS_ERROR)
 
 
 def wall_clock_ms() -> int:
@@ -92,14 +103,12 @@ class SmsCounting:
     async def release(self, reservation_id: str, charges: Sequence[Charge]) -> list[Charge]:
         """Give back a reservation Cognito provably did not use: the charges actually given
         back (none that were never taken). The release runs to its end even when the caller is
-        cancelled (shielded). A failure keeps the count: over-counting is the safe side."""
+        cancelled (shielded), and a store that does not answer now (locked, slow, a Redis
+        failover) is asked again a few times: a release given up keeps a count that Cognito
+        never used. Failing all of that, it stays counted: over-counting is the safe side."""
         if not charges:
             return []
-        release = asyncio.ensure_future(
-            self._watched(
-                "release", self.store.release(reservation_id, [c.counter for c in charges])
-            )
-        )
+        release = asyncio.ensure_future(self._release(reservation_id, charges))
         release.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             removed = await asyncio.shield(release)
@@ -108,6 +117,18 @@ class SmsCounting:
             log.debug("could not release SMS reservation %s; it stays counted", reservation_id)
             return []
         return [c for c, gone in zip(charges, removed, strict=True) if gone]
+
+    async def _release(self, reservation_id: str, charges: Sequence[Charge]) -> list[bool]:
+        counters = [c.counter for c in charges]
+        for pause in (*RELEASE_RETRIES, None):
+            try:
+                return await self._watched("release", self.store.release(reservation_id, counters))
+            except StoreUnavailable as exc:
+                # Idempotent, so asking again is safe; a store gone for good is not asked again.
+                if pause is None or exc.reason not in PASSING:
+                    raise
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def probe(self) -> None:
         """Ask the store whether it answers, and still holds the key's fingerprint (the health

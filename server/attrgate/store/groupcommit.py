@@ -2,9 +2,10 @@
 operation queued since its last turn in ONE transaction, so a burst of reservations costs one
 lock round and one fsync instead of one each.
 
-Each operation is a function of the connection, run whole inside the batch's transaction; its
-result reaches its caller only after COMMIT. If anything in a batch fails, the batch is rolled
-back and every operation in it fails (nothing of it was stored).
+Each operation is a function of the connection, run whole inside the batch's transaction (in a
+savepoint of its own, so one that fails by itself fails alone); its result reaches its caller only
+after COMMIT. If the batch itself fails (the file, the lock, the disk), it is rolled back and
+every operation in it fails (nothing of it was stored).
 
 Operations are droppable (reservations) or not (releases). A droppable operation whose caller
 stopped waiting (timeout, cancellation) before the writer took it is never run: nobody would
@@ -187,7 +188,7 @@ class GroupCommitWriter:
                 _settle([(op, None, StoreUnavailable(f"{self._name} is closed", CLOSED))])
 
     def _run_batch(self, ops: list[_Op[Any]]) -> None:
-        results: list[tuple[_Op[Any], Any]] = []
+        results: list[tuple[_Op[Any], Any, BaseException | None]] = []
         conn = self._conn
         try:
             self._check()
@@ -198,7 +199,7 @@ class GroupCommitWriter:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             for op in ops:
                 if op.take():  # taken as late as possible: a caller gone by now drops it
-                    results.append((op, op.work(conn)))
+                    results.append(_isolated(conn, op, self._failure))
             conn.execute("COMMIT")
             # Again after: an answer is given only when the file was still there once committed.
             self._check()
@@ -215,4 +216,29 @@ class GroupCommitWriter:
             if not isinstance(exc, Exception):
                 raise
             return
-        _settle([(op, result, None) for op, result in results])
+        _settle(results)
+
+
+def _isolated(
+    conn: sqlite3.Connection,
+    op: _Op[Any],
+    failure: Callable[[BaseException], StoreUnavailable],
+) -> tuple[_Op[Any], Any, BaseException | None]:
+    """Run one operation in a savepoint of the batch's transaction: an operation that fails on
+    its own (a bug, a constraint) fails alone and leaves no trace, instead of taking the whole
+    batch, releases included, with it. A failure of the file or the transaction itself (I/O,
+    disk full, lock) ends the transaction: it is raised, and the batch fails."""
+    conn.execute("SAVEPOINT op")
+    try:
+        result = op.work(conn)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise
+        try:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        except sqlite3.Error:
+            raise exc from None
+        return op, None, failure(exc)
+    conn.execute("RELEASE op")
+    return op, result, None
