@@ -323,6 +323,22 @@ def test_a_lookup_every_caller_gave_up_on_is_cancelled() -> None:
     asyncio.run(main())
 
 
+def test_a_caller_arriving_as_the_last_one_leaves_gets_its_answer_not_a_cancellation() -> None:
+    describe = Describer(delay=0.2)
+    pools = cache(describe)
+
+    async def main() -> None:
+        first = asyncio.create_task(pools.get("p", "svc"))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await asyncio.sleep(0)  # the first caller has left; its lookup is being cancelled
+        late = await pools.get("p", "svc")  # arrives before that cancellation has landed
+        assert isinstance(late, PoolDescription)
+        assert describe.calls == ["p", "p"]
+
+    asyncio.run(main())
+
+
 # --- user subs --------------------------------------------------------------------------------
 
 

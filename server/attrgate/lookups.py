@@ -201,6 +201,10 @@ class CachedLookup(Generic[K, V]):
                 del self._waiting[key]
                 if not task.done():
                     task.cancel()
+                    # Gone from view at once: a caller arriving before the cancellation lands
+                    # must start a lookup of its own, not wait on this one and be cancelled.
+                    if self._inflight.get(key) is task:
+                        del self._inflight[key]
 
     async def _fetch(self, key: K, caller: str) -> V | UpstreamResult:
         result = await self._fetch_one(key)
