@@ -25,7 +25,7 @@ from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
-from attrgate.reloading import PolicyReloader, load_policies
+from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, load_bounded
 from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
@@ -78,7 +78,10 @@ class App:
         check(settings)
         quiet_botocore_bodies()  # before anything calls AWS, the local emulator's seeding too
         assert settings.policies is not None
-        policy_set = load_policies(settings.policies, settings.policy_max_bytes)
+        # Bounded as reloads are; the GC pause is only for this first load (nothing serves yet).
+        policy_set = await load_bounded(
+            settings.policies, settings.policy_max_bytes, RELOAD_TIMEOUT, pause_gc=True
+        )
         if settings.local_cognito:
             from attrgate.local.emulator import start_local_cognito
 

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from attrgate.config import ConfigError
@@ -20,12 +22,14 @@ log = logging.getLogger("attrgate")
 RELOAD_TIMEOUT = 30.0
 
 
-def load_policies(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> PolicySet:
+def load_policies(
+    path: str, max_bytes: int = DEFAULT_MAX_BYTES, pause_gc: bool = False
+) -> PolicySet:
     """Load one consistent snapshot and compile it, or raise ConfigError with the first error in
-    one line."""
+    one line. `pause_gc`: only before the server serves (the switch is process-wide)."""
     # Loading builds many small objects and collects none: the cyclic GC's passes would only
-    # add time (a 2 MiB set: ~2x). Paused for the load, whatever thread runs it.
-    with _gc_paused():
+    # add time (a 2 MiB set: ~2x).
+    with _gc_paused() if pause_gc else contextlib.nullcontext():
         result = load_policy_set(path, max_bytes)
         if not result.ok:
             more = len(result.errors) - 1
@@ -43,6 +47,53 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+class _Load:
+    """One load in a daemon thread of its own: a load that overruns (a hung network file
+    system) cannot be stopped, but it holds no thread of the event loop's executor, keeps
+    nobody from exiting, and is known to be still running."""
+
+    def __init__(self, path: str, max_bytes: int, pause_gc: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.result: asyncio.Future[PolicySet] = loop.create_future()
+        self.started = time.monotonic()
+
+        def settle(outcome: PolicySet | BaseException) -> None:
+            if self.result.done():
+                return
+            if isinstance(outcome, BaseException):
+                self.result.set_exception(outcome)
+            else:
+                self.result.set_result(outcome)
+
+        def run() -> None:
+            outcome: PolicySet | BaseException
+            try:
+                outcome = load_policies(path, max_bytes, pause_gc)
+            except BaseException as exc:  # handed to the awaiting side
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(settle, outcome)
+
+        self.result.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.thread = threading.Thread(target=run, name="attrgate-policy-load", daemon=True)
+        self.thread.start()
+
+
+async def load_bounded(
+    path: str, max_bytes: int, seconds: float, pause_gc: bool = False
+) -> PolicySet:
+    """load_policies in a thread of its own, waited for at most `seconds` (ConfigError past
+    it): the start-up load."""
+    return await _wait(_Load(path, max_bytes, pause_gc), path, seconds)
+
+
+async def _wait(load: _Load, path: str, seconds: float) -> PolicySet:
+    try:
+        return await asyncio.wait_for(asyncio.shield(load.result), seconds)
+    except TimeoutError:
+        raise ConfigError(f"loading {path} took longer than {seconds:g}s") from None
 
 
 class PolicyReloader:
@@ -65,6 +116,7 @@ class PolicyReloader:
         self._refuse = refuse
         self.timeout = timeout
         self._lock = asyncio.Lock()
+        self._load: _Load | None = None
 
     async def reload(self) -> bool:
         """Load the policy files again and swap the new set in whole; or, when they do not load,
@@ -74,16 +126,17 @@ class PolicyReloader:
         async with self._lock:
             serving = pipeline.policy_set
             try:
-                # Off the event loop: a large set takes a while to parse and compile. The thread
-                # cannot be stopped, but the snapshot reader opens nothing that blocks and reads
-                # at most --policy-max-bytes, so it ends; a reload still never waits past this.
-                loading = asyncio.to_thread(load_policies, path, self._max_bytes)
-                try:
-                    fresh = await asyncio.wait_for(loading, self.timeout)
-                except TimeoutError:
+                # Off the event loop, in a thread of its own; the snapshot reader opens nothing
+                # that blocks and reads at most --policy-max-bytes, but a hung file system can
+                # still hold it: then this reload is rejected, and so is every next one until
+                # that thread has ended (no pile of stuck threads).
+                if self._load is not None and self._load.thread.is_alive():
+                    running = time.monotonic() - self._load.started
                     raise ConfigError(
-                        f"loading {path} took longer than {self.timeout:g}s"
-                    ) from None
+                        f"the previous load of {path} is still running ({running:.0f}s)"
+                    )
+                self._load = _Load(path, self._max_bytes, pause_gc=False)
+                fresh = await _wait(self._load, path, self.timeout)
                 refusal = self._refuse(fresh)
                 if refusal:
                     raise ConfigError(refusal)
