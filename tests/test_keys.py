@@ -230,6 +230,25 @@ def test_a_redis_that_lost_its_counts_is_noticed_while_serving(
         )
 
 
+def test_a_fingerprint_replaced_while_serving_stops_counting(
+    serve: Serve, moto: MotoCognito, sms_pool: str, clean_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Another fleet's replica (another key) took the Redis over: counting on with this key
+    would split the counts between two keys. SMS writes fail closed until the keys agree."""
+    key = tmp_path / "a.key"
+    key.write_text("the fleet's key, long enough\n")
+    server = serve(POLICIES, moto.endpoint, redis_url=clean_redis.url, hmac_key_file=str(key))
+    assert update(server, sms_pool, PHONE) == OK
+    with redis.Redis.from_url(clean_redis.url) as client:
+        client.set("{attrgate}:secret:key-fingerprint", fingerprint(b"another fleet's key!"))
+
+    def refused() -> bool:  # the probe notices within a few seconds
+        return update(server, sms_pool, "+14155550142") == ("UNAVAILABLE", "SMS_STORE_UNAVAILABLE")
+
+    assert wait_until(refused, 15)
+    assert update(server, sms_pool, "+14155550143") == ("UNAVAILABLE", "SMS_STORE_UNAVAILABLE")
+
+
 def test_require_durable_store_refuses_a_redis_that_can_lose_counts(
     serve: Serve,
     moto: MotoCognito,

@@ -46,6 +46,7 @@ class Served:
     metrics_port: int
     output: Path
     pool: str
+    last_sent: str = ""  # the phone number of the last SMS write answered OK
 
     def update(self, pairs: list[tuple[str, str]]) -> tuple[str, str]:
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
@@ -63,7 +64,11 @@ class Served:
         return OK
 
     def sms_write(self) -> tuple[str, str]:
-        return self.update([("phone_number", f"+1415555{next(_numbers):04d}")])
+        number = f"+1415555{next(_numbers):04d}"
+        outcome = self.update([("phone_number", number)])
+        if outcome == OK:
+            self.last_sent = number
+        return outcome
 
     def plain_write(self) -> tuple[str, str]:
         return self.update([("given_name", "Ada")])
@@ -180,11 +185,11 @@ def test_a_deleted_state_is_refused_logged_measured_and_reported(
     for path in state_files(served.output):  # rm state.sqlite*
         path.unlink()
 
-    sent = len(moto.admin.list_users(UserPoolId=served.pool)["Users"])
     outcomes = [served.sms_write() for _ in range(5)]
     assert outcomes == [STORE_DOWN] * 5, "SMS writes counted into a deleted file"
     assert served.plain_write() == OK
-    assert len(moto.admin.list_users(UserPoolId=served.pool)["Users"]) == sent
+    # None of the refused numbers reached Cognito: the user still has the last one sent.
+    assert moto.attributes(served.pool, "ada")["phone_number"] == served.last_sent
     assert not (served.output / "state.sqlite").exists(), "the state was recreated from zero"
     assert served.health("") == SERVING
     assert wait_until(lambda: served.health("attrgate.SmsStore") == NOT_SERVING, 10)
@@ -198,26 +203,52 @@ def test_a_deleted_state_is_refused_logged_measured_and_reported(
     assert served.alive()
 
 
-def test_a_start_that_finds_the_state_gone_but_its_key_says_the_counts_are_gone(
-    moto: MotoCognito, sms_pool: str, tmp_path: Path
+@pytest.mark.parametrize("key", ["generated", "key-file"])
+def test_a_start_that_finds_the_state_gone_says_the_counts_are_gone(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path, key: str
 ) -> None:
-    (tmp_path / "state.key").write_text("a key a previous start generated\n")
-    (tmp_path / "policies.yaml").write_text(POLICIES)
-    process = start_serve(
-        tmp_path / "policies.yaml",
-        free_port(),
-        *("--state", str(tmp_path / "state.sqlite"), "--cognito-endpoint", moto.endpoint),
-        output=tmp_path,
-    )
-    try:
-        assert wait_until(lambda: "serving on port" in (tmp_path / "err").read_text(), 30)
-        err = (tmp_path / "err").read_text()
+    """`rm state.sqlite*` between two starts: the second says, loudly, that every limit starts
+    from zero; with a generated key (state.key stays) and with --hmac-key-file (the key's
+    fingerprint stays beside the state, in state.fingerprint)."""
+    flags = ["--state", str(tmp_path / "state.sqlite")]
+    if key == "key-file":
+        (tmp_path / "fleet.key").write_text("the fleet's key, long enough\n")
+        flags += ["--hmac-key-file", str(tmp_path / "fleet.key")]
+    with serving_against(moto, sms_pool, tmp_path, *flags) as first:
+        assert first.sms_write() == OK
+    assert "the SMS counts made before are gone" not in first.err()
+    for path in state_files(tmp_path):
+        path.unlink()
+    with serving_against(moto, sms_pool, tmp_path, *flags) as second:
+        err = second.err()
         assert "ERROR" in err
         assert "the SMS counts made before are gone" in err
         assert "starts again from zero" in err
-        assert process.poll() is None  # loud, not refused
+        assert second.alive()  # loud, not refused
+        assert second.sms_write() == OK
+
+
+def test_a_state_another_process_holds_at_start_serves_plain_writes_until_it_opens(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path
+) -> None:
+    """An older replica (or anything) holds the state's lock as a new one starts: the new one
+    serves, refuses SMS-triggering writes, and counts once the lock is gone (it used to refuse
+    to start, taking plain writes down with it)."""
+    state = tmp_path / "state.sqlite"
+    with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as first:
+        assert first.sms_write() == OK  # the state and its key exist
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as second:
+            assert second.plain_write() == OK
+            assert second.sms_write() == STORE_DOWN
+            assert second.health("attrgate.SmsStore") == NOT_SERVING
+            holder.execute("COMMIT")
+            assert wait_until(lambda: second.health("attrgate.SmsStore") == SERVING, 20)
+            assert second.sms_write() == OK
     finally:
-        stop_serve(process)
+        holder.close()
 
 
 def test_local_cognito_removes_its_temporary_state_on_exit(tmp_path: Path) -> None:

@@ -322,7 +322,7 @@ def _sms_usage(args: argparse.Namespace) -> int:
 
     async def report() -> list[str]:
         store: Store = (
-            SqliteStore(args.state, timeout=5.0)
+            SqliteStore(args.state, timeout=5.0, read_only=True)
             if args.state
             else RedisStore(args.redis_url, timeout=5.0, cluster=args.redis_cluster)
         )

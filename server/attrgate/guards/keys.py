@@ -102,16 +102,48 @@ def _sync_folder(folder: Path) -> None:
         os.close(handle)
 
 
+def marker_path_for(state: str) -> Path:
+    """Beside the state like its key: `state.sqlite` -> `state.fingerprint`, the fingerprint of
+    the key counting in it (so a lost state is noticed with --hmac-key-file too)."""
+    path = Path(state)
+    if path.suffix and path.suffix != ".fingerprint":
+        return path.with_suffix(".fingerprint")
+    return path.with_name(path.name + ".fingerprint")
+
+
+def mark_counting(state: str, key: bytes) -> None:
+    """Leave the key's fingerprint beside the state (not secret: it names the key only)."""
+    marker = marker_path_for(state)
+    text = fingerprint(key) + "\n"
+    with contextlib.suppress(OSError):  # a read-only folder: only the loud restart is lost
+        if not marker.exists() or marker.read_text() != text:
+            temporary = marker.with_name(f".{marker.name}.{os.getpid()}")
+            temporary.write_text(text)
+            temporary.replace(marker)
+
+
 def counts_lost(state: str) -> str | None:
-    """Before opening the state: an error line when the state file is missing but its generated
-    key exists, so counts existed and are gone."""
-    key = key_path_for(state)
-    if os.path.exists(state) or not key.exists():
+    """Before opening the state: an error line when the state file is missing but its key or
+    the fingerprint of the key that counted in it exists, so counts existed and are gone."""
+    if os.path.exists(state):
         return None
-    return (
-        f"the SMS state {state} is missing but its key {key} exists: the SMS counts made "
-        "before are gone, and every SMS limit and budget starts again from zero"
-    )
+    for beside in (marker_path_for(state), key_path_for(state)):
+        if beside.exists():
+            return (
+                f"the SMS state {state} is missing but {beside} exists: the SMS counts made "
+                "before are gone, and every SMS limit and budget starts again from zero"
+            )
+    return None
+
+
+def known_key(state: str, key_file: str | None, why: StoreUnavailable) -> bytes:
+    """The key of an embedded store that cannot be opened now: --hmac-key-file's or the one
+    beside the state. Without either this is a first start on a store that does not work:
+    refuse (a key generated now could not be checked against the state)."""
+    path = Path(key_file) if key_file else key_path_for(state)
+    if key_file or path.exists():
+        return read_key(path)
+    raise ConfigError(f"cannot open the SMS state {state}: {why}")
 
 
 async def embedded_key(store: Store, state: str, key_file: str | None) -> bytes:
@@ -197,6 +229,9 @@ class KeyCheck:
         stored = await self._store.secret(FINGERPRINT)
         if stored == self._fingerprint.encode():
             return
+        # Until the check passes again, every reservation fails closed: counting on with a key
+        # the store does not hold would split a fleet's counts between two keys.
+        self.passed = False
         if stored is None:
             log.error(
                 "the SMS counts in %s are gone (the key's fingerprint with them: restarted "

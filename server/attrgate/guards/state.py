@@ -19,7 +19,14 @@ from grpc_health.v1 import health, health_pb2
 
 from attrgate.config import ConfigError, Settings
 from attrgate.guards.counting import SmsCounting
-from attrgate.guards.keys import KeyCheck, counts_lost, embedded_key, read_key
+from attrgate.guards.keys import (
+    KeyCheck,
+    counts_lost,
+    embedded_key,
+    known_key,
+    mark_counting,
+    read_key,
+)
 from attrgate.guards.sms import Hasher
 from attrgate.metrics import Metrics
 from attrgate.store.base import KEY_MISMATCH, REASONS, Store, StoreUnavailable
@@ -97,14 +104,18 @@ class SmsState:
             try:
                 await store.ping()
             except StoreUnavailable as exc:
-                raise ConfigError(f"cannot open the SMS state {path}: {exc}") from None
-            key = await embedded_key(store, path, settings.hmac_key_file)
+                # Plain writes never depend on the store: serve them, and fail SMS-triggering
+                # writes until the file opens (the probe keeps trying), as with a Redis down.
+                key = known_key(path, settings.hmac_key_file, exc)
+            else:
+                key = await embedded_key(store, path, settings.hmac_key_file)
+            mark_counting(path, key)
         check = KeyCheck(store, key, where)
         down: StoreUnavailable | None = None
         try:
             await check()
         except StoreUnavailable as exc:
-            if exc.reason == KEY_MISMATCH or isinstance(store, SqliteStore):
+            if exc.reason == KEY_MISMATCH:
                 raise ConfigError(str(exc)) from None
             log.warning(
                 "could not check the HMAC key against %s now; checked before the first "

@@ -25,6 +25,7 @@ import functools
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
@@ -159,9 +160,14 @@ JOURNAL_MODE = "truncate"
 
 
 class SqliteStore:
-    def __init__(self, path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, path: str, *, timeout: float = DEFAULT_TIMEOUT, read_only: bool = False
+    ) -> None:
+        """`read_only`: for reports (`attrgate sms usage`): the file must exist, nothing in it
+        changes (no schema, no journal mode), and only reads are possible."""
         self._path = path
         self._timeout = timeout
+        self._read_only = read_only
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._gone: str | None = None  # why the file is no longer ours, once it is not
         self._writer = GroupCommitWriter(
@@ -171,6 +177,8 @@ class SqliteStore:
     # --- plumbing (the writer thread) ------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
+        if self._read_only:
+            return self._open_read_only()
         # Readable by its owner only (the journal gets the same mode). An existing file keeps
         # its mode.
         handle = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600)
@@ -206,6 +214,15 @@ class SqliteStore:
         except BaseException:
             conn.close()
             raise
+        self._identity = (opened.st_dev, opened.st_ino)
+        return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        opened = os.stat(self._path)  # missing: an error, never a new empty file
+        uri = f"file:{urllib.parse.quote(self._path)}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=LOCK_SHARE * self._timeout)
+        conn.isolation_level = None
+        conn.execute("PRAGMA mmap_size=0")
         self._identity = (opened.st_dev, opened.st_ino)
         return conn
 
