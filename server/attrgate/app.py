@@ -262,7 +262,7 @@ class App:
                 grace,
                 drain_delay,
                 serving,
-                grace_over=upstream.retries.stop if upstream is not None else lambda: None,
+                closing=upstream.retries.stop if upstream is not None else lambda: None,
             )
         if upstream is not None:
             upstream.close()

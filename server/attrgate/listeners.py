@@ -83,13 +83,13 @@ class Listeners:
         self._hurry.set()
 
     async def drain(
-        self, grace: float, drain_delay: float, serving: bool, grace_over: Callable[[], None]
+        self, grace: float, drain_delay: float, serving: bool, closing: Callable[[], None]
     ) -> None:
         """Health turns NOT_SERVING on both listeners at once; calls are still taken for
-        `drain_delay` seconds; then new calls are refused (UNAVAILABLE, ATTRGATE_SHUTTING_DOWN)
-        and the calls in flight get `grace` seconds to finish normally. `grace_over` runs when
-        they are done or the grace has ended (no retry may start after it); calls still running
-        then are cancelled. Both servers are stopped on return."""
+        `drain_delay` seconds; then new calls are refused (UNAVAILABLE, ATTRGATE_SHUTTING_DOWN),
+        `closing` runs (no retry may start after it), and the calls in flight get `grace`
+        seconds to finish. Calls still running then are cancelled. Both servers are stopped on
+        return."""
         await self.health.enter_graceful_shutdown()
         if serving and drain_delay > 0:
             with contextlib.suppress(TimeoutError):
@@ -97,7 +97,14 @@ class Listeners:
         # gRPC's own shutdown would kill the calls it has received but not yet handed over:
         # serve those, refuse later ones here, and shut gRPC down once nothing is owed.
         admission = self.admission
-        admission.close(calls_received(self._server_id))
+        received = calls_received(self._server_id)
+        if received is None and serving:
+            log.warning(
+                "gRPC's channelz cannot say how many calls it has received: calls still queued "
+                "in gRPC now are refused UNAVAILABLE (ATTRGATE_SHUTTING_DOWN) instead of served"
+            )
+        admission.close(received)
+        closing()
         idle = True
         if serving:
             log.info(
@@ -114,7 +121,6 @@ class Listeners:
                     "outcome is logged when it arrives)",
                     admission.active,
                 )
-        grace_over()
         if self._server is not None:
             # Idle: only refusals may still be answering. Else the grace is over: cancel.
             await self._server.stop(1.0 if idle else 0)
