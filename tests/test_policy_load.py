@@ -202,6 +202,7 @@ def test_links_that_lead_nowhere_or_outside_are_refused(tmp_path: Path) -> None:
     os.symlink("../outside.yaml", root / "b.yaml")
     os.symlink("missing.yaml", root / "c.yaml")
     os.symlink("missing", root / "notes")  # not a policy name: ignored
+    os.symlink("/etc/passwd", root / "README.txt")  # neither read nor a folder: ignored
     os.symlink("e.yaml", root / "d.yaml")
     os.symlink("d.yaml", root / "e.yaml")
     outside = tmp_path / "outside.yaml"
@@ -211,6 +212,21 @@ def test_links_that_lead_nowhere_or_outside_are_refused(tmp_path: Path) -> None:
         f"{root / 'd.yaml'}: symlink loop",
         f"{root / 'e.yaml'}: symlink loop",
     ]
+
+
+def test_a_folder_tree_of_any_depth_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """600 folders deep used to exhaust Python's recursion (a traceback on reload, a crash at
+    start)."""
+    root = tmp_path / "root"
+    write(root / "a.yaml", GOOD.format(name="a"))
+    deep = root
+    for _ in range(600):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    write(deep / "b.yaml", GOOD.format(name="b"))
+    found = errors(root)
+    assert len(found) == 1
+    assert found[0].endswith(": folders nested deeper than 32")
 
 
 def test_special_files_are_refused_without_being_opened(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from pathlib import Path
 POLICY_SUFFIXES = (".yaml", ".yml")
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024
 ATTEMPTS = 5
+MAX_DEPTH = 32  # folders below the root
+MAX_ENTRIES = 100_000  # names listed in all folders together
 CONFIGMAP_LINK = "..data"
 
 _Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
@@ -126,16 +128,21 @@ _Ancestors = dict[tuple[int, int], str]  # folder identity -> its path below the
 class _Walk:
     """Every policy file below the resolved root, skipping dot entries (`..data`, `..2026_…`,
     editors' swap files). Real folders first; then symlinked folders, each followed if it leads
-    to no folder read already (so the link, not the folder, is what gets refused)."""
+    to no folder read already (so the link, not the folder, is what gets refused). Iterative and
+    bounded (MAX_DEPTH folders deep, MAX_ENTRIES entries): a folder tree of any shape is a
+    problem to report, never a crash."""
 
     def __init__(self, given: Path, listing: _Listing) -> None:
         self.given, self.listing = given, listing
         self.seen: _Ancestors = {}
         self.links: list[tuple[str, str, str, tuple[int, int], _Ancestors]] = []
+        self.folders: list[tuple[str, str, _Ancestors]] = []  # still to read
+        self.entries = 0
 
     def run(self, root: tuple[int, int]) -> None:
         self.seen[root] = ""
-        self.folder(self.listing.base, "", {root: ""})
+        self.folders.append((self.listing.base, "", {root: ""}))
+        self.drain()
         while self.links:
             label, relative, real, key, ancestors = self.links.pop(0)
             if key in ancestors:
@@ -145,7 +152,8 @@ class _Walk:
                 self.refuse(label, f"symlink to a folder read already (as {self.seen[key]})")
             else:
                 self.seen[key] = relative
-                self.folder(real, relative, {**ancestors, key: relative})
+                self.folders.append((real, relative, {**ancestors, key: relative}))
+                self.drain()
         # The order the revision hashes in, and `attrgate check` prints in: by path.
         self.listing.entries.sort(key=lambda e: e.relative.split(os.sep))
         self.listing.problems.sort(key=lambda p: p.label.split(os.sep))
@@ -153,14 +161,26 @@ class _Walk:
     def refuse(self, label: str, message: str) -> None:
         self.listing.problems.append(Problem(label, message))
 
-    def folder(self, folder: str, prefix: str, ancestors: _Ancestors) -> None:
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError as exc:
-            self.refuse(str(self.given / prefix), _os_message(exc))
-            return
-        for name in names:
-            if not name.startswith("."):
+    def drain(self) -> None:
+        while self.folders:
+            folder, prefix, ancestors = self.folders.pop()
+            if len(ancestors) > MAX_DEPTH:
+                self.refuse(str(self.given / prefix), f"folders nested deeper than {MAX_DEPTH}")
+                continue
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError as exc:
+                self.refuse(str(self.given / prefix), _os_message(exc))
+                continue
+            for name in names:
+                if name.startswith("."):
+                    continue
+                self.entries += 1
+                if self.entries > MAX_ENTRIES:
+                    self.folders.clear()
+                    self.links.clear()
+                    self.refuse(str(self.given), f"more than {MAX_ENTRIES} entries in the folder")
+                    return
                 self.entry(os.path.join(folder, name), os.path.join(prefix, name), ancestors)
 
     def entry(self, path: str, relative: str, ancestors: _Ancestors) -> None:
@@ -171,22 +191,26 @@ class _Walk:
             info = os.lstat(path)
             if stat.S_ISLNK(info.st_mode):
                 real = os.path.realpath(path, strict=True)
+                info = os.stat(real)
+                # Only what would be read matters: a policy file or a folder that may hold some.
+                if not (policy_name or stat.S_ISDIR(info.st_mode)):
+                    return
                 if os.path.commonpath((base, real)) != base:
                     self.refuse(label, f"symlink leads outside the policy folder (to {real})")
                     return
-                info = os.stat(real)
         except FileNotFoundError:
             if policy_name:  # a dangling link (a file deleted since listed: the re-list sees it)
                 self.refuse(label, "no such file (a dangling symlink?)")
             return
         except OSError as exc:
-            self.refuse(label, _os_message(exc))
+            if policy_name or exc.errno == errno.ELOOP:
+                self.refuse(label, _os_message(exc))
             return
         if stat.S_ISDIR(info.st_mode):
             key = _key(info)
             if real == path:
                 self.seen[key] = relative
-                self.folder(path, relative, {**ancestors, key: relative})
+                self.folders.append((path, relative, {**ancestors, key: relative}))
             else:
                 self.links.append((label, relative, real, key, ancestors))
         elif not policy_name:
