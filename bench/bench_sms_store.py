@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -29,95 +26,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from attrgate.v1 import attrgate_pb2 as pb  # noqa: E402
-from attrgate.v1 import attrgate_pb2_grpc as pb_grpc  # noqa: E402
 from support.cognito_stub import CognitoStub, Reply, describe_reply  # noqa: E402
 from support.moto_cognito import free_port  # noqa: E402
-from support.policies import sms_guard, svc_policy  # noqa: E402
-from support.rpc import code_and_reason  # noqa: E402
 from support.served import stop_serve  # noqa: E402
-
-ALLOW_PHONES = svc_policy("[{attribute: phone_number}]")
-GUARD = sms_guard(
-    """
-limits:
-  - {per: phone_number, max: 5, window: 1h}
-  - {per: global, max: 1000000, window: 1h}
-budget: {currency: USD, amount: 100000, window: month, pricePerMessage: {default: 0.01}}
-""",
-    name="bench",
+from support.sms_load import (  # noqa: E402
+    ALLOW_PHONES,
+    GUARD,
+    STORE_UNAVAILABLE,
+    counted,
+    one_round,
 )
+
 COGNITO_DELAY = 0.1
-CHANNELS = 8
-
-
-def phone_number(n: int) -> str:
-    """A valid US number per n (exchanges 200 and up, 10,000 lines each)."""
-    return f"+1415{200 + n // 10_000:03d}{n % 10_000:04d}"
 
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
-def outcome(error: grpc.aio.AioRpcError | None) -> str:
-    return "OK" if error is None else " ".join(code_and_reason(error)).strip()
-
-
-async def one_round(
-    target: str, concurrent: int, first_phone: int
-) -> tuple[float, list[float], Counter[str]]:
-    channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
-    ]
-    try:
-        stubs = [pb_grpc.UserAttributesStub(c) for c in channels]
-        for channel in channels:
-            await channel.channel_ready()
-        latencies: list[float] = []
-        outcomes: Counter[str] = Counter()
-
-        async def call(i: int) -> None:
-            request = pb.UpdateUserAttributesRequest(
-                user_pool_id="us-east-1_Bench1",
-                username="ada",
-                user_attributes=[
-                    pb.AttributeType(name="phone_number", value=phone_number(first_phone + i))
-                ],
-            )
-            started = time.perf_counter()
-            error = None
-            try:
-                await stubs[i % CHANNELS].UpdateUserAttributes(
-                    request, metadata=(("x-attrgate-caller", "svc"),), timeout=30
-                )
-            except grpc.aio.AioRpcError as exc:
-                error = exc
-            latencies.append(time.perf_counter() - started)
-            outcomes[outcome(error)] += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(call(i) for i in range(concurrent)))
-        return time.perf_counter() - started, latencies, outcomes
-    finally:
-        for channel in channels:
-            await channel.close()
-
-
-def counted(policies: Path, store_args: list[str]) -> int:
-    """What the store's global limit holds, read as an operator would (`attrgate sms usage`)."""
-    command = [sys.executable, "-m", "attrgate", "sms", "usage", "--policies", str(policies)]
-    report = subprocess.run(
-        [*command, *store_args],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=os.environ | {"ATTRGATE_STATE": "", "ATTRGATE_REDIS_URL": ""},
-    ).stdout
-    found = re.search(r"^\s+global: (\d+)/", report, re.MULTILINE)
-    return int(found.group(1)) if found else 0
 
 
 def wait_serving(target: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
@@ -181,8 +106,7 @@ def main() -> None:
     # The stub's listen backlog (5 by default) drops connections in a burst of new ones; a write
     # whose connection dropped has an unknown outcome and stays counted, which is right but not
     # what this measures.
-    ThreadingHTTPServer.request_queue_size = 1024
-    stub = CognitoStub()
+    stub = CognitoStub(backlog=1024)
     stub.describe = describe_reply(auto_verified=("phone_number",))
     stub.default = Reply(delay=COGNITO_DELAY)
     with tempfile.TemporaryDirectory(prefix="attrgate-bench-") as name:
@@ -215,7 +139,7 @@ def main() -> None:
                     time.sleep(0.5)  # late releases land
                     sent = len(stub.calls()) - sent_before
                     held = counted(policies, store) - counted_before if store else None
-                    unavailable = outcomes.get("UNAVAILABLE SMS_STORE_UNAVAILABLE", 0)
+                    unavailable = outcomes.get(STORE_UNAVAILABLE, 0)
                     exact = "exact" if sent == held else "NOT EXACT"
                     counts = f"the store holds {held} ({exact})" if store else "nothing counted"
                     print(

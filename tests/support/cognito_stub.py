@@ -57,7 +57,9 @@ def describe_reply(
 class CognitoStub:
     """Programmed replies answer AdminUpdateUserAttributes; DescribeUserPool gets `describe`."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = 5) -> None:
+        """`backlog`: the listen queue; a burst of new connections beyond it is dropped (a
+        write whose connection dropped has an unknown outcome: load tests raise it)."""
         self.replies: deque[Reply] = deque()
         self.default = Reply()
         self.describe = describe_reply()
@@ -98,7 +100,8 @@ class CognitoStub:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_class = type("StubServer", (ThreadingHTTPServer,), {"request_queue_size": backlog})
+        self._server = server_class(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
