@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -80,11 +81,23 @@ def test_reloads_during_configmap_swaps_never_serve_a_mixed_set(
     reloads: dict[bool, int] = {True: 0, False: 0}
 
     def kubelet() -> None:
-        # As the kubelet does: a new link beside the old, renamed over it (atomic).
+        # As the kubelet does on every update: write the new version into a new timestamped
+        # folder, link ..data to it by renaming a new link over the old (atomic), then delete
+        # the old folder (so a read still in the old one finds its files gone).
+        serving = folders[0]
         while not stop.is_set():
-            os.symlink(folders[(swaps[0] + 1) % 2], mount / "..data_tmp")
-            os.replace(mount / "..data_tmp", mount / "..data")
             swaps[0] += 1
+            version = VERSIONS[folders[swaps[0] % 2]]
+            fresh = f"..2026_12_01_11_00_00.{swaps[0]:09d}"
+            (mount / fresh).mkdir()
+            for name, rules in version.items():
+                policy = "px" if name == "x.yaml" else "py"
+                (mount / fresh / name).write_text(HEAD % policy + rules)
+            os.symlink(fresh, mount / "..data_tmp")
+            os.replace(mount / "..data_tmp", mount / "..data")
+            shutil.rmtree(mount / serving)
+            serving = fresh
+            time.sleep(0.001)  # the kubelet's own pace is seconds; reloads get their turns
 
     def operator() -> None:
         while not stop.is_set():
