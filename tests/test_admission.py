@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from attrgate.admission import OWED_QUIET, Admission
+from attrgate.api.admission import OWED_QUIET, Admission
 
 
 def test_calls_never_handed_over_are_not_waited_for_once_nothing_runs() -> None:

@@ -140,7 +140,7 @@ class App:
             )
         )
         await listeners.start()
-        sms_state.follow(listeners.health)
+        sms_state.follow(listeners.report_sms_store)
         self._serving = True
         if self._reload_pending:
             self.reopen_and_reload()

@@ -14,12 +14,15 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from attrgate.admission import Admission, calls_received, channelz_server_ids
+from attrgate.api.admission import Admission, calls_received, channelz_server_ids
 from attrgate.api.service import SERVICE_NAME, UserAttributesService, add_to_server
 from attrgate.config import ConfigError, Settings
 from attrgate.tls import TlsFiles, TlsFilesError
 
 log = logging.getLogger("attrgate")
+# A health service name of its own: it turns NOT_SERVING while the SMS store fails, while the
+# server's own ("") stays SERVING (writes that send no SMS never depend on the store).
+SMS_STORE_HEALTH = "attrgate.SmsStore"
 
 
 class Listeners:
@@ -72,6 +75,15 @@ class Listeners:
     def follows_tls(self) -> bool:
         """Whether there are mTLS files to re-read."""
         return self._tls is not None
+
+    async def report_sms_store(self, up: bool) -> None:
+        """Health service `attrgate.SmsStore`: whether SMS-triggering writes can be counted."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        await self.health.set(SMS_STORE_HEALTH, status)
 
     def reload_tls(self) -> None:
         """Re-read the mTLS files now (SIGHUP); a set that does not load keeps the current one."""

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from attrgate.admission import Admission
+from attrgate.api.admission import Admission
 from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
     DECISION_ID_METADATA,

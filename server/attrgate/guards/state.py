@@ -9,13 +9,11 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
-
-from grpc_health.v1 import health, health_pb2
 
 from attrgate.config import ConfigError, Settings
 from attrgate.guards.counting import SmsCounting
@@ -35,9 +33,6 @@ from attrgate.store.sqlite import SqliteStore
 from attrgate.store.watch import StoreWatch
 
 log = logging.getLogger("attrgate.sms")
-# A health service name of its own: it turns NOT_SERVING while the store fails, while the
-# server's own ("") stays SERVING (writes that send no SMS never depend on the store).
-HEALTH_SERVICE = "attrgate.SmsStore"
 PROBE_EVERY = 2.0  # seconds between two questions to the store while nothing else asks
 
 
@@ -53,7 +48,7 @@ class SmsState:
     key: bytes | None = None  # also hashes usernames in the decision log
     store: Store | None = None
     temporary: Path | None = None  # --local-cognito's state folder, removed on close
-    _health: health.aio.HealthServicer | None = None
+    _report: Callable[[bool], Coroutine[Any, Any, None]] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _closing: bool = False
 
@@ -130,12 +125,12 @@ class SmsState:
             watch.failed(down, "start")
         self.counting = SmsCounting(store, Hasher(key), watch=watch, key_check=check)
 
-    def follow(self, servicer: health.aio.HealthServicer) -> None:
-        """Report the store's state as health service `attrgate.SmsStore` from now on, and ask
-        the store every PROBE_EVERY seconds, so a failure shows without traffic."""
+    def follow(self, report: Callable[[bool], Coroutine[Any, Any, None]]) -> None:
+        """Tell `report` whether the store answers (now, and on every change), and ask the
+        store every PROBE_EVERY seconds, so a failure shows without traffic."""
         if self.counting is None:
             return
-        self._health = servicer
+        self._report = report
         self._changed(self.counting.watch.up)
         self._spawn(self._probe(self.counting))
 
@@ -145,14 +140,9 @@ class SmsState:
             await asyncio.sleep(PROBE_EVERY)
 
     def _changed(self, up: bool) -> None:
-        if self._health is None or self._closing:
+        if self._report is None or self._closing:
             return
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if up
-            else (health_pb2.HealthCheckResponse.NOT_SERVING)
-        )
-        self._spawn(self._health.set(HEALTH_SERVICE, status))
+        self._spawn(self._report(up))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
