@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import cast
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from attrgate.files import NotRegularFile, read_regular
 
 log = logging.getLogger("attrgate.tls")
 
@@ -155,19 +156,14 @@ def _signature(paths: tuple[Path, ...], strict: bool = False) -> Signature:
 def _read(path: Path) -> bytes:
     """A regular file's bytes, bounded: a FIFO or device here must not block or flood."""
     try:
-        with open(path, "rb", opener=_nonblocking) as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise TlsFilesError(f"{path} is not a regular file")
-            if info.st_size > MAX_PEM_BYTES:
-                raise TlsFilesError(f"{path} is larger than {MAX_PEM_BYTES} bytes")
-            return handle.read(MAX_PEM_BYTES + 1)
+        _, data = read_regular(str(path), MAX_PEM_BYTES)
+    except NotRegularFile:
+        raise TlsFilesError(f"{path} is not a regular file") from None
     except OSError as exc:
         raise TlsFilesError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK)
+    if len(data) > MAX_PEM_BYTES:
+        raise TlsFilesError(f"{path} is larger than {MAX_PEM_BYTES} bytes")
+    return data
 
 
 def _certificates(path: Path, pem: bytes) -> list[x509.Certificate]:

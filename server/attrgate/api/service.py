@@ -150,8 +150,7 @@ class UserAttributesService:
             if not isinstance(outcome, Forwarded):
                 record.decision(outcome, domain_request)
                 raise _Abort(denied(outcome, domain_request, _now_ms()), outcome.decision_id)
-            decision = outcome.decision
-            record.decision(decision, domain_request, outcome.decided_at)
+            decision = outcome.decision  # recorded by the pipeline's forwarding callback
             record.upstream(outcome.upstream)
             if not outcome.upstream.ok:
                 raise _Abort(

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attrgate.files import NotRegularFile, read_regular
+
 POLICY_SUFFIXES = (".yaml", ".yml")
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024
 ATTEMPTS = 5
@@ -246,34 +248,19 @@ _LIMIT = "--policy-max-bytes limit"
 
 
 def _read(entry: _Entry, max_bytes: int) -> SourceFile | Problem:
-    """The file `entry` listed, or _Changed. O_NONBLOCK: should a FIFO have taken its place
-    since the listing, the open does not wait for a writer (and fstat refuses it)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    """The file `entry` listed, or _Changed when it is no longer that file (a FIFO put in its
+    place since the listing does not block the open, and fstat refuses it)."""
     try:
-        handle = os.open(entry.real, flags)
+        info, data = read_regular(entry.real, max_bytes, follow_links=False)
+    except NotRegularFile:
+        raise _Changed from None
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ELOOP):
             raise _Changed from None  # removed, or replaced by a symlink
         return Problem(entry.label, _os_message(exc))
-    try:
-        info = os.fstat(handle)
-        if not stat.S_ISREG(info.st_mode) or _identity(info) != entry.identity:
-            raise _Changed
-        chunks: list[bytes] = []
-        size = 0
-        while size <= max_bytes:  # bounded: a file growing since the stat cannot flood memory
-            chunk = os.read(handle, min(1 << 20, max_bytes + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        return Problem(entry.label, _os_message(exc))
-    finally:
-        os.close(handle)
-    if size != entry.identity[2]:
-        raise _Changed  # written to since the stat
-    return SourceFile(entry.label, entry.relative, b"".join(chunks))
+    if _identity(info) != entry.identity or len(data) != entry.identity[2]:
+        raise _Changed  # replaced, or written to since the listing
+    return SourceFile(entry.label, entry.relative, data)
 
 
 def _identity(info: os.stat_result) -> _Identity:

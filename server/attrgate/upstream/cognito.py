@@ -113,12 +113,6 @@ class CognitoUpstream:
         self._executor = BoundedExecutor(
             settings.threads, settings.threads * QUEUE_FACTOR, "attrgate-cognito"
         )
-        self.max_pending = self._executor.max_pending
-
-    @property
-    def pending(self) -> int:
-        """Calls running or waiting for a thread."""
-        return self._executor.pending
 
     def _update_blocking(self, request: UpdateRequest) -> UpstreamResult:
         kwargs: dict[str, Any] = {

@@ -23,12 +23,6 @@ class BoundedExecutor:
         self._pending = 0
         self._lock = threading.Lock()
 
-    @property
-    def pending(self) -> int:
-        """Jobs running or waiting for a thread."""
-        with self._lock:
-            return self._pending
-
     def submit(self, function: Callable[..., T], /, *args: Any) -> Future[T] | None:
         with self._lock:
             if self._pending >= self.max_pending:

@@ -61,12 +61,8 @@ class RetryGate:
         events.register_first(f"needs-retry.{service_id}", self.needs_retry)
 
     def stop(self) -> None:
-        """The server has given up on the calls still running: no retry starts from now on."""
+        """The server is stopping: no retry starts from now on."""
         self._stopping.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
 
     def needs_retry(
         self, response: Any = None, caught_exception: BaseException | None = None, **_: Any
