@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from attrgate.api.errors import TRAILER_BUDGET, ErrorStatus
+from attrgate.api.status import TRAILER_BUDGET, ErrorStatus
 from attrgate.reasons import Reason
 
 Violation = error_details_pb2.BadRequest.FieldViolation

@@ -18,8 +18,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from attrgate.api.admission import Admission
 from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
-    DECISION_ID_METADATA,
-    ErrorStatus,
     denied,
     internal_error,
     invalid_request,
@@ -31,6 +29,7 @@ from attrgate.api.errors import (
     upstream_failed,
 )
 from attrgate.api.record import DecisionRecord, UsernameHash
+from attrgate.api.status import DECISION_ID_METADATA, ErrorStatus
 from attrgate.domain import Caller, Forwarded, Invalid, LookupLimited, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
