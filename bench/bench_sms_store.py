@@ -19,16 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from support.cognito_stub import CognitoStub, Reply, describe_reply  # noqa: E402
+from support.environment import clean_env  # noqa: E402
 from support.moto_cognito import free_port  # noqa: E402
-from support.served import stop_serve  # noqa: E402
+from support.served import serve_command, stop_serve, wait_serving  # noqa: E402
 from support.sms_load import (  # noqa: E402
     ALLOW_PHONES,
     GUARD,
@@ -45,21 +42,6 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def wait_serving(target: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError("attrgate serve exited")
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status == 1:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.05)
-    raise RuntimeError("attrgate serve did not start")
-
-
 def serve(
     folder: Path, stub: CognitoStub, args: argparse.Namespace, store: list[str], extra: list[str]
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -67,24 +49,22 @@ def serve(
     log = folder / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "attrgate", "serve", "--insecure", "--listen", target),
+            serve_command(
+                target,
                 *("--policies", str(folder / "policies.yaml"), "--region", "us-east-1"),
                 *("--cognito-endpoint", stub.endpoint, "--decision-log", os.devnull),
                 *("--executor-threads", str(args.executor_threads), "--log-level", "WARNING"),
                 *store,
                 *extra,
-            ],
-            env=os.environ | {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"},
+            ),
+            env=clean_env(),
             stdout=out,
             stderr=out,
         )
-    try:
-        wait_serving(target, process)
-    except RuntimeError:
+    if not wait_serving(target, process, 30):
         process.kill()
         print(log.read_text()[-3000:], file=sys.stderr)
-        raise
+        raise RuntimeError("attrgate serve did not start")
     return process, target
 
 

@@ -86,7 +86,7 @@ def pool(moto: MotoCognito) -> str:
 
 @pytest.fixture
 def stub() -> Iterator[CognitoStub]:
-    server = CognitoStub()
+    server = CognitoStub(backlog=1024)  # bursts of new connections are not dropped
     yield server
     server.stop()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 import signal
@@ -20,7 +19,9 @@ import boto3
 import grpc
 import pytest
 
+from support.environment import clean_env
 from support.moto_cognito import free_port
+from support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
@@ -29,30 +30,13 @@ ATTRGATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "attrg
 ERROR_LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<where>[\w.\[\]]+): (?P<message>.+)$")
 
 
-def environment(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ATTRGATE_") and not k.startswith("AWS_")
-    }
-    env.update(
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        PYTHONUNBUFFERED="1",
-        ATTRGATE_DRAIN_DELAY="0",  # SIGTERM ends a test's server at once
-    )
-    env.update(extra)
-    return env
-
-
 def attrgate(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*ATTRGATE, *args],
         cwd=REPO,
-        env=env or environment(),
+        env=env or clean_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -186,7 +170,7 @@ def test_check_applies_the_servers_size_limit(tmp_path: Path) -> None:
     refused = f"{path}: {size} bytes, over the --policy-max-bytes limit of 1024"
     for result in (
         attrgate("check", "--policy-max-bytes", "1024", str(path)),
-        attrgate("check", str(path), env=environment(ATTRGATE_POLICY_MAX_BYTES="1024")),
+        attrgate("check", str(path), env=clean_env(ATTRGATE_POLICY_MAX_BYTES="1024")),
     ):
         assert (result.returncode, result.stderr.splitlines()) == (1, [refused])
 
@@ -205,7 +189,7 @@ def test_serve_refuses_an_invalid_policy_set_in_one_line(bad_set: BadSet) -> Non
     result = attrgate(
         *["serve", "--insecure", "--region", "us-east-1"],
         *["--policies", str(bad_set.root), "--listen", f"127.0.0.1:{port}"],
-        env=environment(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"),
+        env=clean_env(),
     )
     assert result.returncode == 2
     lines = result.stderr.splitlines()
@@ -221,7 +205,7 @@ def test_serve_refuses_insecure_on_all_interfaces() -> None:
     result = attrgate(
         *["serve", "--insecure", "--policies", "policies", "--region", "us-east-1"],
         *["--listen", f"0.0.0.0:{port}"],
-        env=environment(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"),
+        env=clean_env(),
     )
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
@@ -233,9 +217,7 @@ def test_serve_refuses_an_otlp_protocol_it_cannot_speak() -> None:
     result = attrgate(
         *["serve", "--insecure", "--policies", "policies", "--region", "us-east-1"],
         *["--listen", f"127.0.0.1:{free_port()}"],
-        env=environment(
-            AWS_ACCESS_KEY_ID="k",
-            AWS_SECRET_ACCESS_KEY="s",
+        env=clean_env(
             OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318",
             OTEL_EXPORTER_OTLP_PROTOCOL="http/json",
         ),
@@ -256,13 +238,11 @@ def test_serve_reads_attrgate_variables(bad_set: BadSet) -> None:
     """Configured only through ATTRGATE_*: the refusal names the file the variable gave."""
     result = attrgate(
         "serve",
-        env=environment(
+        env=clean_env(
             ATTRGATE_POLICIES=str(bad_set.root),
             ATTRGATE_INSECURE="true",
             ATTRGATE_REGION="us-east-1",
             ATTRGATE_LISTEN=f"127.0.0.1:{free_port()}",
-            AWS_ACCESS_KEY_ID="k",
-            AWS_SECRET_ACCESS_KEY="s",
         ),
     )
     assert result.returncode == 2
@@ -312,14 +292,11 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         _kill(served.process)
 
 
-def wait_for(served: Served, ready: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if served.process.poll() is not None:
-            pytest.fail(f"attrgate serve exited {served.process.returncode}: {served.errors()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"attrgate serve not ready in {timeout}s: {served.errors()}")
-        time.sleep(0.05)
+def wait_for_serve(served: Served, ready: Callable[[], bool], what: str) -> None:
+    try:
+        wait_for(ready, what, 30, served.process)
+    except AssertionError as exc:
+        pytest.fail(f"{exc}\n{served.errors()}")
 
 
 def healthy(target: str) -> bool:
@@ -332,9 +309,9 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     served = start(
         *["--local-cognito", "--insecure", "--policies", "policies"],
         *["--listen", target, "--admin-listen", admin_target],
-        env=environment(),
+        env=clean_env(),
     )
-    wait_for(served, lambda: served.output().count(" call --target ") >= 2)
+    wait_for_serve(served, lambda: served.output().count(" call --target ") >= 2, "the ready lines")
     text = served.output()
 
     pool = re.search(r"user pool: (\S+)", text)
@@ -440,7 +417,7 @@ def test_serve_configured_only_by_environment(start: Callable[..., Served], tmp_
     )
     port, admin = free_port(), free_port()
     served = start(
-        env=environment(
+        env=clean_env(
             ATTRGATE_POLICIES=str(policies),
             ATTRGATE_INSECURE="true",
             ATTRGATE_LISTEN=f"127.0.0.1:{port}",
@@ -449,11 +426,9 @@ def test_serve_configured_only_by_environment(start: Callable[..., Served], tmp_
             ATTRGATE_GRACE="1",
             # No Cognito behind this server: decide without the pool's schema.
             ATTRGATE_POOL_METADATA_FAIL_OPEN="true",
-            AWS_ACCESS_KEY_ID="k",
-            AWS_SECRET_ACCESS_KEY="s",
         ),
     )
-    wait_for(served, lambda: healthy(f"127.0.0.1:{admin}"))
+    wait_for_serve(served, lambda: healthy(f"127.0.0.1:{admin}"), "health SERVING")
     call = ["call", "--check", "--target", f"127.0.0.1:{port}", "--caller", "svc-a"]
     call += ["--pool", "eu-west-1_abc", "--user", "ada"]
     # NO and on stayed strings in the policy: they are the allowed values, not false/true.
@@ -482,7 +457,7 @@ def test_serve_refuses_a_port_another_grpc_server_holds(
         served = start(
             *["--insecure", "--policies", "policies", "--region", "us-east-1"],
             *["--listen", f"127.0.0.1:{port}", "--state", str(tmp_path / "state.sqlite")],
-            env=environment(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"),
+            env=clean_env(),
         )
         deadline = time.monotonic() + 20
         while served.process.poll() is None and time.monotonic() < deadline:

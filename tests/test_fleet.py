@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,15 +19,14 @@ import grpc
 import pytest
 import redis as redis_py
 
-from attrgate.v1 import attrgate_pb2 as pb
-from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.cognito_stub import CognitoStub, Reply, describe_reply
 from support.fleet import Call, ClientFleet, Outcome, Replica, replica_env, start_all
 from support.moto_cognito import MotoCognito
 from support.policies import sms_guard as support_sms_guard
 from support.policies import svc_policy
 from support.redis_server import RedisClusterServers, RedisServer
-from support.rpc import as_caller, attrs_request, rich
+from support.rpc import Answer, attrs_request, outcome, update
+from support.waiting import wait_for
 
 USERS = 200
 CLIENT_PROCESSES = 4  # x 50 calls each
@@ -259,32 +257,10 @@ def test_two_replicas_on_one_sqlite_file_forward_exactly_the_limit(
 # --- 3. a reservation held by a replica that dies ------------------------------------------------
 
 POOL = "us-east-1_Pool1"
-CALLER = as_caller("svc")
 
 
-def update(replica: Replica, pairs: list[tuple[str, str]], timeout: float = 10) -> object:
-    with grpc.insecure_channel(replica.target) as channel:
-        try:
-            return pb_grpc.UserAttributesStub(channel).UpdateUserAttributes(
-                attrs_request(POOL, pairs), metadata=CALLER, timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            return exc
-
-
-def reason_of(outcome: object) -> tuple[str, str]:
-    if isinstance(outcome, pb.UpdateUserAttributesResponse):
-        return ("OK", "")
-    assert isinstance(outcome, grpc.RpcError), outcome
-    error = rich(outcome)
-    return (error.code.name, error.info.reason)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+def send(replica: Replica, pairs: list[tuple[str, str]], timeout: float = 10) -> Answer:
+    return update(replica.target, attrs_request(POOL, pairs), timeout=timeout)
 
 
 def test_a_reservation_held_by_a_killed_replica_still_counts_after_restart(
@@ -308,13 +284,13 @@ def test_a_reservation_held_by_a_killed_replica_still_counts_after_restart(
 
     hanging: list[object] = []
     sender = threading.Thread(
-        target=lambda: hanging.append(update(first, [("phone_number", "+14155550100")], 60)),
+        target=lambda: hanging.append(send(first, [("phone_number", "+14155550100")], 60)),
         daemon=True,
     )
     sender.start()
-    wait_for(lambda: len(stub.calls()) == 1, 10, "the stub to receive the SMS-triggering update")
+    wait_for(lambda: len(stub.calls()) == 1, "the stub to receive the SMS-triggering update", 10)
     # While it hangs, its reservation already counts on this replica.
-    assert reason_of(update(first, [("phone_number", "+14155550101")])) == REFUSED
+    assert outcome(send(first, [("phone_number", "+14155550101")])) == REFUSED
     first.kill()
     sender.join(timeout=10)
     assert not sender.is_alive()
@@ -331,16 +307,16 @@ def test_a_reservation_held_by_a_killed_replica_still_counts_after_restart(
     start_all([restarted, fresh])
     assert len(stub.calls()) == 1
 
-    refused = update(restarted, [("phone_number", "+14155550102")])
-    assert reason_of(refused) == REFUSED, "the reservation of the killed replica was lost"
+    refused = send(restarted, [("phone_number", "+14155550102")])
+    assert outcome(refused) == REFUSED, "the reservation of the killed replica was lost"
     assert len(stub.calls()) == 1, "a refused SMS-triggering update was forwarded"
     # Writes that send no SMS go on.
     for pairs in (
         [("given_name", "Ada")],
         [("phone_number", "+14155550103"), ("phone_number_verified", "true")],
     ):
-        assert reason_of(update(restarted, pairs)) == ("OK", "")
+        assert outcome(send(restarted, pairs)) == ("OK", "")
     assert len(stub.calls()) == 3
 
-    assert reason_of(update(fresh, [("phone_number", "+14155550104")])) == ("OK", "")
+    assert outcome(send(fresh, [("phone_number", "+14155550104")])) == ("OK", "")
     assert len(stub.calls()) == 4

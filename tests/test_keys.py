@@ -19,17 +19,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import redis
 
 from attrgate.config import ConfigError
-from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer
 from support.moto_cognito import MotoCognito
 from support.policies import sms_guard, svc_policy
 from support.redis_server import RedisClusterServers, RedisServer
-from support.rpc import as_caller, attrs_request, rich
+from support.rpc import attrs_request, outcome
+from support.rpc import update as send
 from support.waiting import wait_until
 
 Serve = Callable[..., RunningServer]
@@ -62,17 +61,7 @@ def sms_pool(moto: MotoCognito) -> str:
 
 
 def update(server: RunningServer, pool: str, phone: str) -> tuple[str, str]:
-    with server.channel() as channel:
-        try:
-            pb_grpc.UserAttributesStub(channel).UpdateUserAttributes(
-                attrs_request(pool, [("phone_number", phone)]),
-                metadata=as_caller("svc"),
-                timeout=10,
-            )
-        except grpc.RpcError as exc:
-            found = rich(exc)
-            return found.code.name, found.info.reason
-    return OK
+    return outcome(send(server.target, attrs_request(pool, [("phone_number", phone)])))
 
 
 def rows(path: Path, query: str) -> list[tuple[object, ...]]:

@@ -21,6 +21,7 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, Reply, describe_reply, error
 from support.moto_cognito import MotoCognito
 from support.rpc import as_caller, attrs_request, rich
+from support.rpc import update as send
 from support.waiting import wait_until
 
 CALLER = as_caller("svc")
@@ -52,13 +53,7 @@ Serve = Callable[..., RunningServer]
 def update(
     server: RunningServer, pool: str, pairs: list[tuple[str, str]], user: str = "ada"
 ) -> object:
-    with server.channel() as channel:
-        try:
-            return server.stub(channel).UpdateUserAttributes(
-                attrs_request(pool, pairs, username=user), metadata=CALLER, timeout=10
-            )
-        except grpc.RpcError as exc:
-            return exc
+    return send(server.target, attrs_request(pool, pairs, username=user))
 
 
 def check(server: RunningServer, pool: str, pairs: list[tuple[str, str]]) -> pb.Decision:

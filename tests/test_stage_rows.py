@@ -27,7 +27,7 @@ from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer
 from support.moto_cognito import MotoCognito
 from support.policies import svc_policy
-from support.rpc import as_caller, attrs_request, rich
+from support.rpc import as_caller, attrs_request, rich, update
 
 CALLER = as_caller("svc")
 US = "+14155550100"
@@ -55,13 +55,7 @@ def phone_pool(moto: MotoCognito) -> str:
 
 
 def send(server: RunningServer, pool: str, pairs: list[tuple[str, str]]) -> object:
-    with server.channel() as channel:
-        try:
-            return server.stub(channel).UpdateUserAttributes(
-                attrs_request(pool, pairs), metadata=CALLER, timeout=10
-            )
-        except grpc.RpcError as error:
-            return error
+    return update(server.target, attrs_request(pool, pairs))
 
 
 def test_a_phone_write_the_pool_schema_refuses_reserves_nothing(

@@ -21,12 +21,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.moto_cognito import MotoCognito, free_port
 from support.policies import sms_guard, svc_policy
 from support.prometheus import metrics_text, samples_of, total
-from support.rpc import as_caller, attrs_request, rich
-from support.served import start_serve, stop_serve
+from support.rpc import attrs_request, outcome, update
+from support.served import start_serve, stop_serve, wait_serving
 from support.waiting import wait_until
 
 POLICIES = svc_policy("[{attribute: phone_number}, {attribute: given_name}]") + sms_guard(
@@ -49,19 +48,12 @@ class Served:
     last_sent: str = ""  # the phone number of the last SMS write answered OK
 
     def update(self, pairs: list[tuple[str, str]]) -> tuple[str, str]:
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            try:
-                pb_grpc.UserAttributesStub(channel).UpdateUserAttributes(
-                    attrs_request(self.pool, pairs), metadata=as_caller("svc"), timeout=20
-                )
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and not exc.trailing_metadata():
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        status = self.process.wait(timeout=5)
-                        raise AssertionError(f"attrgate serve died: exit status {status}") from exc
-                found = rich(exc)
-                return found.code.name, found.info.reason
-        return OK
+        answer = update(f"127.0.0.1:{self.port}", attrs_request(self.pool, pairs), timeout=20)
+        if isinstance(answer, grpc.RpcError) and outcome(answer) == ("UNAVAILABLE", ""):
+            with contextlib.suppress(subprocess.TimeoutExpired):  # no details: it died?
+                status = self.process.wait(timeout=5)
+                raise AssertionError(f"attrgate serve died: exit status {status}")
+        return outcome(answer)
 
     def sms_write(self) -> tuple[str, str]:
         number = f"+1415555{next(_numbers):04d}"
@@ -117,7 +109,7 @@ def serving_against(
     )
     found = Served(process, port, metrics_port, folder, pool)
     try:
-        assert wait_until(lambda: serving(found), seconds=60), found.err()
+        assert wait_serving(f"127.0.0.1:{port}", process, 60), found.err()
         yield found
     finally:
         stop_serve(process)
@@ -129,15 +121,6 @@ def served(moto: MotoCognito, sms_pool: str, tmp_path: Path) -> Iterator[Served]
         moto, sms_pool, tmp_path, "--state", str(tmp_path / "state.sqlite")
     ) as found:
         yield found
-
-
-def serving(found: Served) -> bool:
-    if not found.alive():
-        return True  # the assertion after the wait reports it
-    try:
-        return found.health("") == SERVING
-    except grpc.RpcError:
-        return False
 
 
 def state_files(folder: Path) -> list[Path]:

@@ -13,7 +13,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -22,31 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+from support.environment import clean_env
 from support.redis_server import free_port
 from support.rpc import code_and_reason
+from support.served import serve_command, wait_serving
 
 CALLER_HEADER = "x-attrgate-caller"
 START_TIMEOUT = 30.0
 
 
 def replica_env(access_key_id: str, secret_access_key: str) -> dict[str, str]:
-    """The environment of a replica: static credentials, no instance-metadata probing, and no
-    ATTRGATE_* setting leaking in from the test runner's environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTRGATE_", "AWS_"))}
-    env.update(
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_ACCESS_KEY_ID=access_key_id,
-        AWS_SECRET_ACCESS_KEY=secret_access_key,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        PYTHONUNBUFFERED="1",
-        ATTRGATE_DRAIN_DELAY="0",  # Replica.stop: SIGTERM ends it at once
-    )
-    return env
+    """The environment of a replica (support/environment.py) with these credentials."""
+    return clean_env(access_key_id, secret_access_key)
 
 
 class Replica:
@@ -67,16 +56,7 @@ class Replica:
             log.write(f"--- start on {self.target}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "attrgate",
-                    "serve",
-                    "--insecure",
-                    "--listen",
-                    self.target,
-                    *self.args,
-                ],
+                serve_command(self.target, *self.args),
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -96,19 +76,10 @@ class Replica:
 
     def _wait_serving(self, timeout: float) -> bool:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    return False
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return True
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.05)
+        if wait_serving(self.target, self.process, timeout):
+            return True
+        if self.process.poll() is not None:
+            return False
         self.stop()
         raise RuntimeError(f"replica {self.name} not SERVING after {timeout}s:\n{self.log_tail()}")
 

@@ -9,6 +9,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from attrgate.v1 import attrgate_pb2 as pb
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
 
 def request(
@@ -82,3 +83,33 @@ def code_and_reason(error: grpc.RpcError) -> tuple[str, str]:
         if detail.Unpack(info):
             return error.code().name, info.reason
     return error.code().name, ""
+
+
+Answer = pb.UpdateUserAttributesResponse | grpc.RpcError
+
+
+def update(
+    target: str,
+    message: pb.UpdateUserAttributesRequest,
+    caller: str | None = "svc",
+    timeout: float = 10,
+) -> Answer:
+    """Send UpdateUserAttributes over a channel of its own: the response, or the error."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response: pb.UpdateUserAttributesResponse = pb_grpc.UserAttributesStub(
+                channel
+            ).UpdateUserAttributes(
+                message, metadata=as_caller(caller) if caller else None, timeout=timeout
+            )
+        except grpc.RpcError as error:
+            return error
+    return response
+
+
+def outcome(answer: object) -> tuple[str, str]:
+    """("OK", "") for a response, else the code's name and the ErrorInfo reason."""
+    if isinstance(answer, pb.UpdateUserAttributesResponse):
+        return "OK", ""
+    assert isinstance(answer, grpc.RpcError), answer
+    return code_and_reason(answer)

@@ -4,13 +4,22 @@ with signals, files and exporters."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from support.environment import clean_env
 from support.moto_cognito import free_port
+
+
+def serve_command(listen: str, *args: str) -> list[str]:
+    """`attrgate serve` on a plaintext loopback listener (the caller names itself)."""
+    return [sys.executable, "-m", "attrgate", "serve", "--insecure", "--listen", listen, *args]
 
 
 def start_serve(
@@ -30,22 +39,40 @@ def start_serve(
     return subprocess.Popen(
         [
             *limit,
-            *(sys.executable, "-m", "attrgate", "serve", "--insecure", "--region", "us-east-1"),
-            *("--policies", str(policies), "--listen", f"127.0.0.1:{port}"),
+            *serve_command(f"127.0.0.1:{port}", "--region", "us-east-1"),
+            *("--policies", str(policies)),
             *("--pool-metadata-fail-open", "--cognito-endpoint", f"http://127.0.0.1:{free_port()}"),
             *extra,  # a later --cognito-endpoint wins
         ],
-        env={
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": "k",
-            "AWS_SECRET_ACCESS_KEY": "s",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        },
+        env=clean_env(**env),
+        stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
     )
+
+
+def serving(target: str) -> bool:
+    """Whether the server at `target` answers health checks SERVING now."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_serving(target: str, process: subprocess.Popen[bytes], seconds: float = 60) -> bool:
+    """Whether the process came to serve within `seconds` (False at once when it exited)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if serving(target):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def stop_serve(process: subprocess.Popen[bytes], timeout: float = 15) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,23 @@ def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    what: str,
+    seconds: float = 30.0,
+    process: subprocess.Popen[Any] | None = None,
+) -> None:
+    """wait_until, failing the test with `what` when it does not come, or at once when the
+    `process` that should bring it has exited."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with status {process.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g}s waiting for {what}")
+        time.sleep(0.02)
 
 
 def json_lines(path: Path, count: int) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import grpc.aio
 log = logging.getLogger("attrgate.admission")
 # While no admitted call runs, calls gRPC received but has not handed over for this long are
 # taken as never coming (gRPC hands queued calls over at once when nothing else runs).
-OWED_QUIET = 1.0
+OWED_QUIET = 3.0
 
 # The number gRPC handed the running call over with (1, 2, ...); None when not counted.
 _arrival: contextvars.ContextVar[int | None] = contextvars.ContextVar(
