@@ -397,13 +397,15 @@ def _code(future: grpc.Future) -> str:
 def test_sigterm_lets_every_call_in_flight_finish_normally(
     calls: int, served: Callable[..., Served], stub: CognitoStub
 ) -> None:
-    """SIGTERM with --grace 5 while `calls` calls are in flight against a slow Cognito, most of
+    """SIGTERM with a grace while `calls` calls are in flight against a slow Cognito, most of
     them still queued in gRPC's core (it hands calls over one at a time): gRPC's own shutdown
     killed those (CANCELLED at once, no decision-log entry). Every call must get its normal
     answer and its decision-log line, and the process exit 0 within the grace."""
     stub.default = Reply(delay=1.0)
+    # A grace that holds on a loaded machine: what is tested is that nothing is cut off within
+    # it (256 calls of 1 s each took more than 5 s with both cores busy elsewhere).
     server = served(
-        *("--grace", "5", "--drain-delay", "0", "--executor-threads", str(calls)),
+        *("--grace", "20", "--drain-delay", "0", "--executor-threads", str(calls)),
     )
     futures = [server.update(f"user{i}") for i in range(calls)]
     assert wait_until(lambda: len(stub.calls()) >= 1, 60), server.errors()
@@ -416,8 +418,8 @@ def test_sigterm_lets_every_call_in_flight_finish_normally(
     codes = [_code(f) for f in futures]
 
     assert codes == ["OK"] * calls, Counter(codes)
-    assert server.process.wait(5 + 10) == 0, server.errors()
-    assert time.monotonic() - signalled < 5 + 10
+    assert server.process.wait(20 + 10) == 0, server.errors()
+    assert time.monotonic() - signalled < 20 + 10
     entries = server.entries()
     assert len(entries) == calls
     assert {e["status"] for e in entries} == {"OK"}
@@ -496,5 +498,7 @@ def test_a_call_still_running_at_grace_end_is_cancelled_logged_and_never_retried
         server.errors(),
     )
     assert late, server.errors()
-    [entry] = server.entries()
+    entry, followed = server.entries()
     assert (entry["status"], entry["decision_id"]) == ("CANCELLED", late[1])
+    assert (followed["outcome"], followed["decision_id"]) == ("late", late[1])
+    assert followed["cognito"]["error"] == "THROTTLED"

@@ -9,7 +9,7 @@ was asked (and nothing at all when the request is denied or invalid).
 
 from __future__ import annotations
 
-import json
+import contextvars
 import logging
 import re
 import threading
@@ -18,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import botocore.session
 import grpc
 import pytest
 
 from attrgate.upstream.classify import _BY_CODE
+from attrgate.upstream.retries import AttemptWithdrawn, CallScope, RetryGate, enter_scope
 from attrgate.v1 import attrgate_pb2 as pb
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, Reply, describe_reply, error
@@ -436,6 +438,11 @@ def test_deadline_exceeded_and_late_outcome_logged(
     assert late["ok"] == "True"
     assert UUID.match(late["rid"])
     assert late["id"] == entry["decision_id"]
+    # ...and the decision log has it too, under the same decision id.
+    (_, followed) = json_lines(decisions, 2)
+    assert (followed["decision_id"], followed["outcome"]) == (entry["decision_id"], "late")
+    assert followed["cognito"]["ok"] is True
+    assert followed["cognito"]["request_id"] == late["rid"]
     assert len(stub.calls()) == 1
     # When the server's own abort wins the race with the client's timer, the caller holds the
     # decision id too; it must be the one logged.
@@ -735,11 +742,6 @@ def test_the_retry_gate_stops_what_must_not_be_retried() -> None:
     """The needs-retry hook botocore consults: for an SMS-triggering write, a failed connection
     may be retried (nothing was sent); a 5xx or a connection lost after sending may not. No
     retry at all for a caller that has gone, past its deadline, or once the server stops."""
-    import contextvars
-
-    import botocore.exceptions
-
-    from attrgate.upstream.retries import CallScope, RetryGate, enter_scope
 
     class Answer:
         def __init__(self, status: int) -> None:
@@ -769,8 +771,84 @@ def test_the_retry_gate_stops_what_must_not_be_retried() -> None:
     # ...until their caller is gone, their deadline passed, or the server stops.
     assert asks(gate, CallScope(gone=lambda: True), response=(Answer(503), {})) is False
     assert asks(gate, CallScope(deadline=time.monotonic() - 1), caught_exception=lost) is False
+    # A lookup is asked again only when its attempt never reached Cognito.
+    lookup = CallScope(lookup=True)
+    assert asks(gate, lookup, caught_exception=never_sent) is None
+    assert (
+        asks(gate, lookup, response=(Answer(400), {"Error": {"Code": "TooManyRequests"}})) is False
+    )
+    assert asks(gate, lookup, response=(Answer(503), {})) is False
     gate.stop()
     assert asks(gate, plain, response=(Answer(503), {})) is False
+
+
+def test_an_attempt_is_withdrawn_right_before_it_would_go_out() -> None:
+    """botocore decides to retry, then sleeps its backoff: whatever happened meanwhile (the
+    deadline, the caller leaving, the server stopping) withdraws the attempt."""
+
+    def sends(gate: RetryGate, scope: CallScope) -> None:
+        def inside() -> None:
+            enter_scope(scope)
+            gate.before_send()
+
+        contextvars.copy_context().run(inside)
+
+    gate = RetryGate()
+    sends(gate, CallScope(deadline=time.monotonic() + 60))  # the first attempt goes out
+    late = CallScope(deadline=time.monotonic() - 0.001)
+    with pytest.raises(AttemptWithdrawn) as withdrawn:
+        sends(gate, late)
+    assert withdrawn.value.deadline
+    assert withdrawn.value.no_effect  # nothing of it reached Cognito
+    with pytest.raises(AttemptWithdrawn):
+        sends(gate, CallScope(gone=lambda: True))
+    retrying = CallScope()
+    sends(gate, retrying)
+    gate.stop()
+    with pytest.raises(AttemptWithdrawn):
+        sends(gate, retrying)  # its second attempt, the server now stopping
+    sends(gate, CallScope())  # a first attempt of a call admitted before still goes out
+
+
+@pytest.mark.floors
+def test_no_retry_goes_out_after_the_backoff_outlasted_the_callers_deadline(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    """Cognito throttles at once; botocore backs off (up to a second, then two) before
+    retrying. Those retries used to go out after the caller had been answered
+    DEADLINE_EXCEEDED (9 of 10 calls)."""
+    stub.default = error("TooManyRequestsException", MARKER)
+    server = stub_server(cognito_max_attempts=4, executor_threads=16)
+    deadline = 0.5
+    with server.channel() as channel:
+        started = time.monotonic()
+        calls = [
+            server.stub(channel).UpdateUserAttributes.future(
+                allowed_request(), metadata=as_caller(CALLER), timeout=deadline
+            )
+            for _ in range(10)
+        ]
+        for pending in calls:
+            with pytest.raises(grpc.RpcError):
+                pending.result()
+    time.sleep(3 * deadline)  # past any backoff botocore could have chosen for a retry
+    updates = stub.calls()
+    assert len(updates) >= 10  # every call's first attempt went out
+    # One attempt in flight at the deadline may land a little after it; none starts later.
+    late = [round(c.at - started, 2) for c in updates if c.at > started + deadline + 0.25]
+    assert not late, f"attempts sent after the callers' deadline: {late}"
+
+
+def test_a_throttled_pool_lookup_is_not_asked_again(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer]
+) -> None:
+    """Each lookup the budget pays for is one call: retried, a throttled DescribeUserPool
+    cost the account's quota three times over."""
+    stub.describe = error("TooManyRequestsException", MARKER)
+    server = stub_server(cognito_max_attempts=3)
+    err = call_error(server, allowed_request())
+    assert rich(err).info.reason == "POOL_METADATA_UNAVAILABLE"
+    assert len(stub.calls("DescribeUserPool")) == 1
 
 
 @pytest.mark.floors
@@ -872,9 +950,10 @@ def test_an_undocumented_error_code_is_passed_on_as_other_everywhere(
     assert "(other)" in detail.message
     assert late.code() == S.DEADLINE_EXCEEDED
     assert wait_for_late_record(logs)["code"] == "other"
-    assert wait_until(lambda: len(decisions.read_text().splitlines()) == 2)
-    entries = [json.loads(line) for line in decisions.read_text().splitlines()]
+    # the two requests' entries, and the late outcome's
+    entries = json_lines(decisions, 3)
     assert entries[0]["cognito"]["error_code"] == "other"
+    assert [e["cognito"]["error_code"] for e in entries if e["outcome"] == "late"] == ["other"]
     finished = spans.get_finished_spans()
     by_name = {x.name.split("/")[0]: x for x in finished}
     assert by_name["cognito-idp.AdminUpdateUserAttributes"].attributes is not None

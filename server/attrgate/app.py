@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from attrgate.api.record import UsernameHash
+from attrgate.api.record import UsernameHash, late_entry
 from attrgate.api.service import UserAttributesService, header_identity, mtls_identity
 from attrgate.config import ConfigError, Settings, check, split_host_port
 from attrgate.decisionlog import DecisionLog
@@ -180,6 +180,11 @@ class App:
             observe=metrics.metadata_lookup,
         )
         users = UserSubs(user_sub, budget=budget, observe=metrics.metadata_lookup)
+
+        def late(decision_id: str, result: UpstreamResult) -> None:
+            if self.decision_log is not None:  # thread-safe: a queue
+                self.decision_log.record(late_entry("UpdateUserAttributes", decision_id, result))
+
         return Pipeline(
             policy_set,
             upstream,
@@ -188,6 +193,7 @@ class App:
             sms_state.counting,
             settings.pool_metadata_fail_open,
             sms_events=metrics,
+            late=late,
         )
 
     async def reload(self) -> bool:
@@ -246,8 +252,8 @@ class App:
 
     async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
         """The drain (README, "Stopping"; see Listeners.drain), then everything closes in the
-        order that loses nothing: the Cognito client, the SMS reservations still being given
-        back, the store, the decision log."""
+        order that loses nothing: the Cognito calls still under way (their late outcomes), the
+        SMS reservations still being given back, the store, the decision log."""
         settings = self.settings
         grace = settings.grace if grace is None else grace
         drain_delay = settings.drain_delay if drain_delay is None else drain_delay
@@ -265,7 +271,9 @@ class App:
                 closing=upstream.retries.stop if upstream is not None else lambda: None,
             )
         if upstream is not None:
-            upstream.close()
+            # Calls cancelled at the grace's end may still be at Cognito: their outcomes reach
+            # the decision log, and give their reservations back, before either closes.
+            await asyncio.to_thread(upstream.close, True)
         if self.pipeline is not None:
             await self.pipeline.settle(2.0)  # reservations given back before the store closes
         if self._sms_state is not None:

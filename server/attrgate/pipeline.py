@@ -57,6 +57,15 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
+# Told, from whatever thread it arrives in, of an outcome the caller never saw (the decision
+# log's entry for it).
+LateOutcome = Callable[[str, UpstreamResult], None]
+
+
+def _no_late(decision_id: str, result: UpstreamResult) -> None:
+    pass
+
+
 class _Call:
     """Joins a call's outcome (from the worker thread) with its caller's fate (on the loop), so
     an outcome the caller never saw is logged exactly once, even after the loop has closed, and
@@ -64,14 +73,17 @@ class _Call:
     upstream asks `gone()` before sending and before every retry: nothing more is sent for a
     caller that has given up (cancelled, or cancelled by the server at the end of its grace)."""
 
-    __slots__ = ("_abandoned", "_lock", "_on_no_effect", "_result", "decision_id")
+    __slots__ = ("_abandoned", "_lock", "_on_late", "_on_no_effect", "_result", "decision_id")
 
-    def __init__(self, decision_id: str, on_no_effect: Callable[[], None]) -> None:
+    def __init__(
+        self, decision_id: str, on_no_effect: Callable[[], None], on_late: LateOutcome
+    ) -> None:
         self.decision_id = decision_id
         self._lock = threading.Lock()
         self._result: UpstreamResult | None = None
         self._abandoned = False
         self._on_no_effect = on_no_effect
+        self._on_late = on_late
 
     def complete(self, result: UpstreamResult) -> None:
         with self._lock:
@@ -92,6 +104,7 @@ class _Call:
 
     def _late(self, result: UpstreamResult) -> None:
         _log_late(self.decision_id, result)
+        self._on_late(self.decision_id, result)
         if result.no_effect:
             self._on_no_effect()
 
@@ -116,6 +129,7 @@ class Pipeline:
         pool_metadata_fail_open: bool = False,
         new_id: Callable[[], str] = new_decision_id,
         sms_events: SmsEvents | None = None,
+        late: LateOutcome = _no_late,
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
@@ -124,6 +138,7 @@ class Pipeline:
         self._sms = SmsStage(sms, users, sms_events)
         self._fail_open = pool_metadata_fail_open
         self._new_id = new_id
+        self._late = late
 
     async def check(
         self, caller: Caller, request: UpdateRequest
@@ -183,7 +198,7 @@ class Pipeline:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self._sms.release_soon, assessed.reservation)
 
-        call = _Call(assessed.decision.decision_id, release_from_thread)
+        call = _Call(assessed.decision.decision_id, release_from_thread, self._late)
         future = self._upstream.submit(request, deadline, call, sms_write)
         assessed.submitted = True
         try:

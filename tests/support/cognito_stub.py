@@ -31,6 +31,7 @@ class Received:
     target: str
     body: dict[str, Any]
     authorization: str
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 # Custom attributes of the pool the stub describes; standard ones always exist.

@@ -21,9 +21,6 @@ import grpc
 import grpc.aio
 
 log = logging.getLogger("attrgate.admission")
-# While no admitted call runs, calls gRPC received but has not handed over for this long are
-# taken as never coming (gRPC hands queued calls over at once when nothing else runs).
-OWED_QUIET = 3.0
 
 # The number gRPC handed the running call over with (1, 2, ...); None when not counted.
 _arrival: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -77,9 +74,9 @@ class Admission:
 
     async def wait_idle(self, seconds: float) -> bool:
         """Whether, within `seconds`, every call received before the gate closed was handed
-        over and every admitted call ended. Calls gRPC counted but has not handed over while
-        nothing runs and nothing arrives for OWED_QUIET seconds are taken as never coming (a
-        client cancelled one still queued): the drain does not wait out its grace for them."""
+        over and every admitted call ended. (A call its client cancelled while it was still
+        queued in gRPC may never be handed over: then this waits out `seconds`, which is bounded
+        by --grace; refusing owed calls early would cut off calls that are only slow to come.)"""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while self._active or self.owed:
@@ -87,20 +84,9 @@ class Admission:
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            quiet = not self._active
             try:
-                await asyncio.wait_for(
-                    self._changed.wait(), min(left, OWED_QUIET) if quiet else left
-                )
+                await asyncio.wait_for(self._changed.wait(), left)
             except TimeoutError:
-                if quiet and loop.time() < deadline:
-                    log.info(
-                        "%d calls gRPC received were never handed over (cancelled while "
-                        "queued?): not waiting for them",
-                        self.owed,
-                    )
-                    self._cutoff = self._arrived
-                    return True
                 return not (self._active or self.owed)
         return True
 

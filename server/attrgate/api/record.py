@@ -126,12 +126,7 @@ class DecisionRecord:
         self.entry["unavailable"] = "shutting_down"
 
     def upstream(self, result: UpstreamResult) -> None:
-        self.entry["cognito"] = {
-            "ok": result.ok,
-            "error": result.error.value if result.error else "",
-            "error_code": result.error_code,
-            "request_id": result.request_id,
-        }
+        self.entry["cognito"] = _cognito(result)
 
     def finish(self, status: str, reason: str = "", decision_id: str = "") -> dict[str, Any]:
         entry = self.entry
@@ -142,3 +137,25 @@ class DecisionRecord:
             entry["reason"] = reason
         entry["latency_ms"] = round((time.perf_counter() - self._started) * 1000, 3)
         return entry
+
+
+def _cognito(result: UpstreamResult) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "error": result.error.value if result.error else "",
+        "error_code": result.error_code,
+        "request_id": result.request_id,
+    }
+
+
+def late_entry(method: str, decision_id: str, result: UpstreamResult) -> dict[str, Any]:
+    """The entry of a Cognito outcome that arrived after its caller had gone (a deadline, a
+    cancel, the end of a drain's grace): the request's own entry has its decision id, and
+    status DEADLINE_EXCEEDED or CANCELLED; this one says what Cognito did."""
+    return {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        "method": method,
+        "decision_id": decision_id,
+        "outcome": "late",
+        "cognito": _cognito(result),
+    }

@@ -15,6 +15,7 @@ from typing import Any
 import botocore.exceptions
 
 from attrgate.domain import UpstreamError, UpstreamResult
+from attrgate.upstream.retries import AttemptWithdrawn
 
 OTHER = "other"
 
@@ -130,6 +131,14 @@ def classify_exception(error: BaseException, documented: Collection[str]) -> Ups
     """Any failure of a call as an UpstreamResult; attrgate's own codes are class names."""
     if isinstance(error, botocore.exceptions.ClientError):
         return classify_client_error(error, documented)
+    if isinstance(error, AttemptWithdrawn):
+        # Its caller was told already (a deadline, a cancel) or the server is stopping.
+        return UpstreamResult(
+            ok=False,
+            error=UpstreamError.DEADLINE_EXCEEDED if error.deadline else UpstreamError.UNAVAILABLE,
+            error_code="DeadlineExceeded" if error.deadline else "RetryWithdrawn",
+            no_effect=error.no_effect,
+        )
     if isinstance(error, MalformedResponse):
         return UpstreamResult(
             ok=False, error=UpstreamError.UNEXPECTED, error_code="MalformedResponse"

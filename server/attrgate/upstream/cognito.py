@@ -185,7 +185,11 @@ class CognitoUpstream:
         runs."""
         gone = threading.Event()
         future = self._executor.submit(
-            contextvars.copy_context().run, _scoped, CallScope(gone=gone.is_set), function, *args
+            contextvars.copy_context().run,
+            _scoped,
+            CallScope(gone=gone.is_set, lookup=True),
+            function,
+            *args,
         )
         if future is None:
             return _overloaded()
@@ -226,11 +230,12 @@ class CognitoUpstream:
         call.complete(result)
         return result
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
         """No retry starts any more; calls still waiting for a thread are dropped (never sent);
-        running ones finish and record their outcome."""
+        running ones finish and record their outcome (`wait`: and are waited for; each is one
+        attempt at most, bounded by the connect and read timeouts)."""
         self.retries.stop()
-        self._executor.shutdown()
+        self._executor.shutdown(wait)
 
 
 def _scoped(scope: CallScope, function: Callable[..., T], *args: Any) -> T:

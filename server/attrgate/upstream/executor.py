@@ -40,6 +40,7 @@ class BoundedExecutor:
         with self._lock:
             self._pending -= 1
 
-    def shutdown(self) -> None:
-        """Cancel the jobs still waiting for a thread (never started); running ones finish."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, wait: bool = False) -> None:
+        """Cancel the jobs still waiting for a thread (never started); running ones finish
+        (`wait`: and are waited for)."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)

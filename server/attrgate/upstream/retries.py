@@ -1,12 +1,20 @@
-"""attrgate's one say in botocore's retries (the standard retry mode decides the rest): no retry
-starts for a caller that has gone, after its deadline, once the server is stopping, or, for a write
-that makes Cognito send an SMS, after an attempt that may have reached Cognito (a retry could send
-a second message under one reservation).
+"""attrgate's say in botocore's retries (the standard retry mode decides the rest).
 
-The gate answers botocore's `needs-retry` event with False for "do not retry". botocore before
-1.43.3 took any answer but None, False included, as "retry after this many seconds" (a call past
-its deadline was re-sent at once, over and over): pyproject.toml requires botocore>=1.43.3, and
-`make test-floors` runs the retry tests against the lowest versions it allows.
+No retry starts for a caller that has gone, after its deadline, once the server is stopping, or,
+for a write that makes Cognito send an SMS, after an attempt that may have reached Cognito (a
+retry could send a second message under one reservation). A metadata lookup (DescribeUserPool,
+AdminGetUser) is retried only when its attempt never reached Cognito: a throttled lookup retried
+would spend the account's quota three times for one budget token.
+
+Two hooks, because botocore decides to retry and then sleeps its backoff before sending again:
+- `needs-retry` (first, so its False, "do not retry", is seen before the retry handler's delay);
+- `before-send`, checked again right before every attempt goes out: a caller that left, a
+  deadline that passed or a server that began stopping during the backoff withdraws the attempt
+  (AttemptWithdrawn), and the withdrawal is itself never retried.
+
+botocore before 1.43.3 took any answer of a `needs-retry` handler but None, False included, as
+"retry after this many seconds" (a call past its deadline was re-sent at once, over and over):
+pyproject.toml requires botocore>=1.43.3, and `make test-floors` runs the suite on it.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import botocore.exceptions
@@ -25,6 +33,14 @@ def _never() -> bool:
     return False
 
 
+@dataclass(slots=True)
+class Attempts:
+    """What happened to one call's attempts so far (its thread alone writes them)."""
+
+    sent: int = 0
+    maybe_delivered: bool = False  # an attempt may have reached Cognito (a 5xx, a lost reply)
+
+
 @dataclass(frozen=True, slots=True)
 class CallScope:
     """What the gate knows of the call running in this thread."""
@@ -32,9 +48,22 @@ class CallScope:
     deadline: float | None = None  # time.monotonic() when the caller stops waiting
     sms_write: bool = False
     gone: Callable[[], bool] = _never  # the caller has given up (cancelled, or the server did)
+    lookup: bool = (
+        False  # DescribeUserPool, AdminGetUser: retried only when nothing reached Cognito
+    )
+    attempts: Attempts = field(default_factory=Attempts)
 
 
-_NO_SCOPE = CallScope()
+class AttemptWithdrawn(Exception):
+    """An attempt (a retry, after the backoff) not sent: its caller has gone, its deadline has
+    passed, or the server is stopping. `no_effect`: no earlier attempt can have reached Cognito."""
+
+    def __init__(self, why: str, deadline: bool, no_effect: bool) -> None:
+        super().__init__(why)
+        self.deadline = deadline
+        self.no_effect = no_effect
+
+
 _scope: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
     "attrgate_call_scope", default=None
 )
@@ -46,19 +75,17 @@ def enter_scope(scope: CallScope) -> None:
     _scope.set(scope)
 
 
-def current_scope() -> CallScope:
-    return _scope.get() or _NO_SCOPE
+def current_scope() -> CallScope | None:
+    return _scope.get()
 
 
 class RetryGate:
-    """Registered first on a client's `needs-retry` event, so its False is seen before the retry
-    handler's delay."""
-
     def __init__(self) -> None:
         self._stopping = threading.Event()
 
     def register(self, events: Any, service_id: str = "cognito-idp") -> None:
         events.register_first(f"needs-retry.{service_id}", self.needs_retry)
+        events.register_first(f"before-send.{service_id}", self.before_send)
 
     def stop(self) -> None:
         """The server is stopping: no retry starts from now on."""
@@ -67,22 +94,53 @@ class RetryGate:
     def needs_retry(
         self, response: Any = None, caught_exception: BaseException | None = None, **_: Any
     ) -> bool | None:
+        """False: do not retry; None: let the retry mode decide."""
         scope = current_scope()
-        if self._stopping.is_set() or scope.gone():
+        if scope is None:
+            return None  # a call attrgate did not scope (none does today)
+        reached = _maybe_delivered(response, caught_exception)
+        scope.attempts.maybe_delivered |= reached
+        if isinstance(caught_exception, AttemptWithdrawn) or self._stopping.is_set():
             return False
-        if scope.deadline is not None and time.monotonic() >= scope.deadline:
+        if scope.gone() or _passed(scope.deadline):
             return False
-        if scope.sms_write and _maybe_delivered(response, caught_exception):
+        if (scope.sms_write or scope.lookup) and reached:
             return False
+        if scope.lookup and response is not None:
+            return False  # Cognito answered (throttled, 5xx): a lookup is not asked again
         return None
+
+    def before_send(self, **_: Any) -> None:
+        """Right before an attempt goes out (after any backoff): withdraw it when its caller has
+        gone, its deadline has passed, or, for a retry, the server is stopping."""
+        scope = current_scope()
+        if scope is None:
+            return
+        attempts = scope.attempts
+        attempts.sent += 1
+        no_effect = not attempts.maybe_delivered
+        if _passed(scope.deadline):
+            raise AttemptWithdrawn("the caller's deadline passed", True, no_effect)
+        if scope.gone():
+            raise AttemptWithdrawn("the caller has gone", False, no_effect)
+        if attempts.sent > 1 and self._stopping.is_set():
+            raise AttemptWithdrawn("the server is stopping", False, no_effect)
+
+
+def _passed(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _maybe_delivered(response: Any, caught_exception: BaseException | None) -> bool:
-    """The attempt may have reached Cognito: a 5xx, or a connection lost after sending."""
+    """The attempt may have reached Cognito: an answer (a 5xx: nobody knows what it did), or a
+    connection lost after sending. Not: a connection never made, an attempt withdrawn, an
+    answer Cognito gave itself below 500 (it refused; nothing happened)."""
     if caught_exception is not None:
         return not isinstance(
             caught_exception,
-            botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.EndpointConnectionError
+            | botocore.exceptions.ConnectTimeoutError
+            | AttemptWithdrawn,
         )
     if response is not None:
         status = int(response[0].status_code) if response[0] is not None else 0
