@@ -156,7 +156,7 @@ def test_one_failing_operation_does_not_fail_the_others_of_its_batch(tmp_path: P
 
     async def main() -> None:
         writer = GroupCommitWriter(
-            "test", connect, lambda: None, lambda exc: StoreUnavailable(str(exc), SQLITE_ERROR)
+            "test", connect, lambda conn: None, lambda exc: StoreUnavailable(str(exc), SQLITE_ERROR)
         )
         try:
             results = await asyncio.gather(

@@ -12,6 +12,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,6 +209,88 @@ def test_a_start_that_finds_the_state_gone_says_the_counts_are_gone(
         assert "the SMS counts made before are gone" in err
         assert "starts again from zero" in err
         assert second.alive()  # loud, not refused
+        assert second.sms_write() == OK
+
+
+def test_a_state_emptied_and_rebuilt_while_serving_is_refused_not_counted_from_zero(
+    served: Served, tmp_path: Path
+) -> None:
+    """`truncate -s0 state.sqlite`, then another process opens it (a replica starting) and
+    builds a new, empty state in the same file: the serving attrgate used to count on from zero
+    in it. Its contents are no longer the ones it opened: refused until a restart."""
+    assert served.sms_write() == OK
+    state = tmp_path / "state.sqlite"
+    os.truncate(state, 0)
+    rebuilt = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys; from attrgate.store.sqlite import SqliteStore\n"
+            "async def main():\n    s = SqliteStore(sys.argv[1])\n    await s.ping()\n"
+            "    await s.close()\nasyncio.run(main())",
+            str(state),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert served.sms_write() == STORE_DOWN
+    assert served.sms_write() == STORE_DOWN
+    assert served.plain_write() == OK
+    assert any("lost its contents" in line for line in served.err().splitlines())
+
+
+def test_a_state_switched_to_wal_while_serving_never_maps_shared_memory(
+    served: Served, tmp_path: Path
+) -> None:
+    """An operator (or an older attrgate) switches the state to WAL while attrgate serves:
+    SQLite would follow and map the -shm file, which another process can truncate under it
+    (SIGBUS: the process dies, plain writes with it). attrgate refuses to count instead."""
+    assert served.sms_write() == OK
+    state = tmp_path / "state.sqlite"
+    # Another process switches the file to WAL and keeps it open (the -shm file exists); this
+    # test process never maps it (truncating a mapping of its own would kill pytest instead).
+    switcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "db = sqlite3.connect(sys.argv[1])\n"
+            "assert db.execute('PRAGMA journal_mode=WAL').fetchone()[0] == 'wal'\n"
+            "db.execute('CREATE TABLE IF NOT EXISTS touched (x)')\n"
+            "print('wal', flush=True)\n"
+            "time.sleep(60)",
+            str(state),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert switcher.stdout is not None
+        assert switcher.stdout.readline().strip() == "wal"
+        assert wait_until(lambda: served.health("attrgate.SmsStore") == NOT_SERVING, 10)
+        assert served.sms_write() == STORE_DOWN
+        os.truncate(tmp_path / "state.sqlite-shm", 0)
+        time.sleep(3)  # the store's 2 s probe, had it mapped the -shm, dies now
+        assert served.alive(), "attrgate died (SIGBUS?)"
+        assert served.plain_write() == OK
+        assert served.sms_write() == STORE_DOWN
+    finally:
+        switcher.kill()
+        switcher.wait()
+    assert any("switched to WAL mode" in line for line in served.err().splitlines())
+
+
+def test_a_state_emptied_between_two_starts_says_the_counts_are_gone(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path
+) -> None:
+    flags = ["--state", str(tmp_path / "state.sqlite")]
+    with serving_against(moto, sms_pool, tmp_path, *flags) as first:
+        assert first.sms_write() == OK
+    os.truncate(tmp_path / "state.sqlite", 0)
+    with serving_against(moto, sms_pool, tmp_path, *flags) as second:
+        assert "the SMS counts made before are gone" in second.err()
         assert second.sms_write() == OK
 
 

@@ -122,16 +122,18 @@ def mark_counting(state: str, key: bytes) -> None:
             temporary.replace(marker)
 
 
-def counts_lost(state: str) -> str | None:
-    """Before opening the state: an error line when the state file is missing but its key or
-    the fingerprint of the key that counted in it exists, so counts existed and are gone."""
-    if os.path.exists(state):
+def counts_lost(state: str, holds_counts: bool) -> str | None:
+    """An error line when the state holds no counts (missing, emptied, replaced by a new one)
+    although the key or the fingerprint of the key that counted in it lies beside it: counts
+    existed and are gone."""
+    if holds_counts:
         return None
     for beside in (marker_path_for(state), key_path_for(state)):
         if beside.exists():
             return (
-                f"the SMS state {state} is missing but {beside} exists: the SMS counts made "
-                "before are gone, and every SMS limit and budget starts again from zero"
+                f"the SMS state {state} holds no counts (missing, emptied or new) but {beside} "
+                "exists: the SMS counts made before are gone, and every SMS limit and budget "
+                "starts again from zero"
             )
     return None
 

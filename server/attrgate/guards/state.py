@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 from attrgate.config import ConfigError, Settings
 from attrgate.guards.counting import SmsCounting
 from attrgate.guards.keys import (
+    FINGERPRINT,
+    LEGACY_KEY,
     KeyCheck,
     counts_lost,
     embedded_key,
@@ -91,19 +94,21 @@ class SmsState:
                 self.temporary = Path(tempfile.mkdtemp(prefix="attrgate-state-"))
                 path = str(self.temporary / "state.sqlite")
                 print(f"SMS guard counts in a temporary file: {path}", file=out, flush=True)
-            lost = counts_lost(path)
-            if lost:
-                log.error("%s", lost)
             where = path
+            had_file = _has_contents(path)  # before the store creates it
             store = self.store = SqliteStore(path, timeout=settings.store_timeout)
             try:
                 await store.ping()
             except StoreUnavailable as exc:
                 # Plain writes never depend on the store: serve them, and fail SMS-triggering
                 # writes until the file opens (the probe keeps trying), as with a Redis down.
+                lost = counts_lost(path, had_file)
                 key = known_key(path, settings.hmac_key_file, exc)
             else:
+                lost = counts_lost(path, await _holds_counts(store))
                 key = await embedded_key(store, path, settings.hmac_key_file)
+            if lost:
+                log.error("%s", lost)
             mark_counting(path, key)
         check = KeyCheck(store, key, where)
         down: StoreUnavailable | None = None
@@ -181,3 +186,19 @@ async def _open_redis(settings: Settings, where: str) -> RedisStore:
             raise ConfigError(f"{problem}; refusing to start (--require-durable-store)")
         log.warning("%s", problem)
     return store
+
+
+async def _holds_counts(store: Store) -> bool:
+    """Whether the store was counted in before: it holds a key's fingerprint (or, made by an
+    attrgate before 0.2, the key itself)."""
+    try:
+        return await store.secret(FINGERPRINT) is not None or (
+            await store.secret(LEGACY_KEY) is not None
+        )
+    except StoreUnavailable:
+        return True  # cannot tell: no alarm (the failure is reported by itself)
+
+
+def _has_contents(path: str) -> bool:
+    """A non-empty file at `path` (one stat, at start)."""
+    return os.path.isfile(path) and os.path.getsize(path) > 0

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from attrgate.store.base import CLOSED, TIMEOUT, StoreUnavailable
+from attrgate.store.base import CLOSED, FILE_GONE, TIMEOUT, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -108,11 +108,12 @@ class GroupCommitWriter:
         self,
         name: str,
         connect: Callable[[], sqlite3.Connection],
-        check: Callable[[], None],
+        check: Callable[[sqlite3.Connection | None], None],
         failure: Callable[[BaseException], StoreUnavailable],
     ) -> None:
         """`connect` opens the connection (in the writer thread, on the first batch; retried on
-        the next batch when it fails); `check` runs before each batch and after its commit;
+        the next batch when it fails); `check` runs before each batch and after its commit, with
+        the connection (None before it is open), outside any transaction;
         `failure` turns whatever a batch raised into the StoreUnavailable its callers get."""
         self._name = name
         self._connect = connect
@@ -191,7 +192,7 @@ class GroupCommitWriter:
         results: list[tuple[_Op[Any], Any, BaseException | None]] = []
         conn = self._conn
         try:
-            self._check()
+            self._check(conn)
             if conn is None:
                 conn = self._conn = self._connect()
             # Only readers: a deferred transaction, so other processes keep writing meanwhile.
@@ -202,12 +203,16 @@ class GroupCommitWriter:
                     results.append(_isolated(conn, op, self._failure))
             conn.execute("COMMIT")
             # Again after: an answer is given only when the file was still there once committed.
-            self._check()
+            self._check(conn)
         except BaseException as exc:
             if conn is not None and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.rollback()
             error = self._failure(exc)
+            if error.reason == FILE_GONE and conn is not None:
+                # Never to be used again: let go of the file (and of any mapping of it).
+                conn.close()
+                self._conn = None
             # Every operation of the batch fails, those run too: rolled back, or committed into
             # a file no longer at the path.
             for op in ops:

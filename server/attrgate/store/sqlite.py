@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import sqlite3
 import time
 import urllib.parse
@@ -152,6 +153,27 @@ def _frees_at(conn: sqlite3.Connection, counter: Counter, used: int, now_ms: int
     return retry_at(counter, used, oldest_first, now_ms)
 
 
+STORE_ID = "store-id"
+
+
+def _wal_mode(path: str) -> str | None:
+    """Whether the database file's header says WAL (bytes 18 and 19 are 2): another process
+    (an older attrgate, an operator's `PRAGMA journal_mode=WAL`) switched it. Read with a file
+    descriptor of our own, and only between transactions: closing it drops this process's POSIX
+    locks on the file, and the one connection attrgate keeps to it holds none then."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # gone: _moved says so
+    try:
+        header = os.pread(handle, 20, 0)
+    finally:
+        os.close(handle)
+    if len(header) == 20 and 2 in (header[18], header[19]):
+        return "was switched to WAL mode by another process (an older attrgate?)"
+    return None
+
+
 LOCK_SHARE = 0.8  # of the store timeout, the most a batch waits for another process's lock
 # Measured here: TRUNCATE, DELETE and PERSIST cost the same per commit (1.3-1.5 ms with
 # synchronous=FULL; WAL 0.2 ms, amortised by group commit anyway). TRUNCATE creates no directory
@@ -170,6 +192,7 @@ class SqliteStore:
         self._read_only = read_only
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._gone: str | None = None  # why the file is no longer ours, once it is not
+        self._store_id: bytes | None = None  # the contents' name, read when opened
         self._writer = GroupCommitWriter(
             f"sqlite store {path}", self._open, self._check_file, self._unavailable
         )
@@ -207,6 +230,15 @@ class SqliteStore:
                 conn.execute(
                     "INSERT INTO sums (key, total) SELECT key, SUM(amount) FROM events GROUP BY key"
                 )
+            # The file's own name for its contents: gone or changed, the contents were replaced
+            # in place (emptied, and rebuilt by another process) and the counts with them.
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                (STORE_ID, secrets.token_bytes(16)),
+            )
+            (store_id,) = conn.execute(
+                "SELECT value FROM secrets WHERE name = ?", (STORE_ID,)
+            ).fetchone()
             conn.execute("COMMIT")
             now = os.stat(self._path)
             if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
@@ -215,6 +247,7 @@ class SqliteStore:
             conn.close()
             raise
         self._identity = (opened.st_dev, opened.st_ino)
+        self._store_id = bytes(store_id)
         return conn
 
     def _open_read_only(self) -> sqlite3.Connection:
@@ -244,22 +277,40 @@ class SqliteStore:
                     ) from e
                 time.sleep(0.005)
 
-    def _check_file(self) -> None:
-        """Before each batch: the path must still name the file opened."""
+    def _check_file(self, conn: sqlite3.Connection | None) -> None:
+        """Before each batch and after its commit: the path must still name the file opened,
+        in the rollback-journal mode attrgate set (in WAL mode SQLite would map the -shm file,
+        which another process can truncate under it: SIGBUS), with the contents it opened."""
         if self._gone is None and self._identity is not None:
-            try:
-                now = os.stat(self._path)
-            except FileNotFoundError:
-                self._gone = "was deleted"
-            else:
-                if (now.st_dev, now.st_ino) != self._identity:
-                    self._gone = "was replaced by another file"
+            self._gone = self._moved() or _wal_mode(self._path)
+            if self._gone is None and conn is not None and self._store_id is not None:
+                self._gone = self._replaced_in_place(conn)
         if self._gone is not None:
             raise StoreUnavailable(
                 f"sqlite store {self._path} {self._gone} while attrgate had it open: SMS "
                 "counting stops until a restart (the counts in the old file are lost to it)",
                 FILE_GONE,
             )
+
+    def _moved(self) -> str | None:
+        try:
+            now = os.stat(self._path)
+        except FileNotFoundError:
+            return "was deleted"
+        if (now.st_dev, now.st_ino) != self._identity:
+            return "was replaced by another file"
+        return None
+
+    def _replaced_in_place(self, conn: sqlite3.Connection) -> str | None:
+        try:
+            row = conn.execute("SELECT value FROM secrets WHERE name = ?", (STORE_ID,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise  # locked, I/O: a failure that may pass
+            row = None
+        if row is None or bytes(row[0]) != self._store_id:
+            return "lost its contents (emptied or rewritten in place)"
+        return None
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         if isinstance(exc, StoreUnavailable):
