@@ -271,10 +271,13 @@ class SqliteStore:
                 return str(row[0]).lower()
             except sqlite3.OperationalError as e:
                 if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise sqlite3.OperationalError(
-                        f"{e}: cannot leave WAL mode while another process has the file open "
-                        "(stop every attrgate older than this one that uses it)"
-                    ) from e
+                    why = (
+                        "cannot leave WAL mode while another process has the file open (stop "
+                        "every attrgate older than this one that uses it)"
+                        if _wal_mode(self._path)
+                        else "another process holds the file's lock"
+                    )
+                    raise sqlite3.OperationalError(f"{e}: {why}") from e
                 time.sleep(0.005)
 
     def _check_file(self, conn: sqlite3.Connection | None) -> None:
