@@ -90,14 +90,15 @@ class TlsFiles:
     def _try_load(self) -> Loaded | None:
         """Load and make current, or log why not (once per state of the files) and keep the
         current set. Called with the lock held."""
+        # The files as this attempt found them, taken before reading: should they change while
+        # it reads (the key landing after the certificate), the next handshake tries again.
+        # (Taken after a failure, it was the new, good state that got marked as failed.)
+        attempted = _signature(self._paths)
         try:
             loaded = self._load()
         except TlsFilesError as exc:
-            try:
-                failed = _signature(self._paths)
-            except OSError:
-                failed = None
-            if failed is None or failed != self._failed:
+            failed = attempted
+            if failed != self._failed:
                 log.warning(
                     "TLS files not reloaded; still serving certificate serial %x (expires %s): %s",
                     self.current.serial,
