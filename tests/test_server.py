@@ -489,7 +489,9 @@ def test_a_call_still_running_at_grace_end_is_cancelled_logged_and_never_retried
     assert wait_until(lambda: len(stub.calls()) == 1, 30)
     server.process.send_signal(signal.SIGTERM)
 
-    assert _code(running).split()[0] in ("CANCELLED", "UNAVAILABLE")
+    # Answered by attrgate, not cut by gRPC (UNAVAILABLE, which clients retry though the
+    # update may have reached Cognito): ABORTED, with the reason.
+    assert _code(running) == "ABORTED ATTRGATE_GRACE_ENDED"
     assert server.process.wait(20) == 0, server.errors()
     assert len(stub.calls()) == 1, "a retry reached Cognito after the caller was cancelled"
     late = re.search(
@@ -499,6 +501,7 @@ def test_a_call_still_running_at_grace_end_is_cancelled_logged_and_never_retried
     )
     assert late, server.errors()
     entry, followed = server.entries()
-    assert (entry["status"], entry["decision_id"]) == ("CANCELLED", late[1])
+    assert (entry["status"], entry["reason"]) == ("ABORTED", "ATTRGATE_GRACE_ENDED")
+    assert entry["decision_id"] == late[1]
     assert (followed["outcome"], followed["decision_id"]) == ("late", late[1])
     assert followed["cognito"]["error"] == "THROTTLED"

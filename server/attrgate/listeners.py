@@ -133,10 +133,13 @@ class Listeners:
                     "outcome is logged when it arrives)",
                     admission.active,
                 )
+        if not idle:
+            # Answered by attrgate, not cut by gRPC's shutdown (which clients see as a
+            # retryable UNAVAILABLE, though the update may have reached Cognito).
+            admission.cut_off()
+            await admission.wait_idle(2.0)
         if self._server is not None:
-            # Idle: only refusals may still be answering. Else the grace is over: cancel.
-            await self._server.stop(1.0 if idle else 0)
-            await admission.wait_idle(1.0)  # cancelled handlers log their decision
+            await self._server.stop(1.0)  # only refusals, and what the cut did not end, remain
         if self._admin is not None:
             await self._admin.stop(0)
 

@@ -34,6 +34,8 @@ class Admission:
         self._cutoff: int | None = None  # None: open; else the last arrival still admitted
         self._active = 0
         self._changed = asyncio.Event()
+        self._running: set[asyncio.Task[Any]] = set()  # the admitted calls' handler tasks
+        self.cut = False  # the grace has ended: admitted calls still running are being cut off
 
     @property
     def active(self) -> int:
@@ -56,11 +58,24 @@ class Admission:
         if self._cutoff is not None and (arrival is None or arrival > self._cutoff):
             return False
         self._active += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         return True
 
     def leave(self) -> None:
         self._active -= 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.discard(task)
         self._changed.set()
+
+    def cut_off(self) -> None:
+        """The grace has ended: cancel every admitted call still running. Its handler answers
+        ABORTED (ATTRGATE_GRACE_ENDED), seeing `cut`, before gRPC shuts down."""
+        self.cut = True
+        for task in list(self._running):
+            task.cancel()
 
     def close(self, received: int | None) -> None:
         """Admit no call beyond the `received` ones gRPC's core has taken in so far (None: it

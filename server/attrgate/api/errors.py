@@ -341,6 +341,15 @@ def shutting_down() -> ErrorStatus:
     )
 
 
+def grace_ended() -> ErrorStatus:
+    return ErrorStatus(
+        grpc.StatusCode.ABORTED,
+        Reason.ATTRGATE_GRACE_ENDED,
+        "attrgate stopped (its drain's grace ended) before Cognito answered: the update may "
+        "have been applied; check before retrying (the decision log has its late outcome)",
+    )
+
+
 def internal_error() -> ErrorStatus:
     return ErrorStatus(
         grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, "attrgate failed internally; see its logs"

@@ -19,6 +19,7 @@ from attrgate.api.admission import Admission
 from attrgate.api.convert import decision_to_proto, request_from_proto
 from attrgate.api.errors import (
     denied,
+    grace_ended,
     internal_error,
     invalid_request,
     lookup_limited,
@@ -33,6 +34,7 @@ from attrgate.api.status import DECISION_ID_METADATA, ErrorStatus
 from attrgate.domain import Caller, Forwarded, Invalid, LookupLimited, Unavailable
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
+from attrgate.reasons import Reason
 from attrgate.tracing import start_span
 from attrgate.v1 import attrgate_pb2 as pb
 
@@ -116,6 +118,9 @@ class UserAttributesService:
         self._username_hash = username_hash
         self._in_flight = in_flight or (lambda delta, method: None)
 
+    def _cut(self) -> bool:
+        return self._admission.cut
+
     async def UpdateUserAttributes(
         self, request: Request, context: Context
     ) -> pb.UpdateUserAttributesResponse:
@@ -165,7 +170,9 @@ class UserAttributesService:
 
         self._in_flight(1, "UpdateUserAttributes")
         try:
-            return await _answer(context, handle, record, self._record, "UpdateUserAttributes")
+            return await _answer(
+                context, handle, record, self._record, "UpdateUserAttributes", self._cut
+            )
         finally:
             self._in_flight(-1, "UpdateUserAttributes")
             if admitted:
@@ -200,7 +207,9 @@ class UserAttributesService:
 
         self._in_flight(1, "CheckUpdateUserAttributes")
         try:
-            return await _answer(context, handle, record, self._record, "CheckUpdateUserAttributes")
+            return await _answer(
+                context, handle, record, self._record, "CheckUpdateUserAttributes", self._cut
+            )
         finally:
             self._in_flight(-1, "CheckUpdateUserAttributes")
             if admitted:
@@ -221,6 +230,7 @@ async def _answer(
     record: DecisionRecord,
     recorder: Recorder | None,
     method: str,
+    cut: Callable[[], bool],
 ) -> T:
     """Run `handle` in a server span that continues the caller's traceparent, turning an _Abort
     or an unexpected failure into a rich status, and log the decision whatever the ending."""
@@ -235,7 +245,7 @@ async def _answer(
     with start_span(f"{SERVICE_NAME}/{method}", kind=SpanKind.SERVER, context=parent) as span:
         record.entry["trace_id"] = format(span.get_span_context().trace_id, "032x")
         try:
-            return await _handle(context, handle, record, recorder)
+            return await _handle(context, handle, record, recorder, cut)
         finally:
             _annotate(span, record.entry)
 
@@ -273,7 +283,10 @@ async def _handle(
     handle: Callable[[], Awaitable[T]],
     record: DecisionRecord,
     recorder: Recorder | None,
+    cut: Callable[[], bool],
 ) -> T:
+    """`cut`: whether a cancellation is the drain cutting the call off at the grace's end (then
+    the caller hears so, ABORTED) rather than the caller or gRPC ending it (CANCELLED)."""
     status, reason, decision_id = "OK", "", ""
     try:
         return await handle()
@@ -282,8 +295,14 @@ async def _handle(
         decision_id = abort.decision_id
         await _abort(context, abort.status, abort.decision_id)
     except asyncio.CancelledError:
-        status = "CANCELLED"
-        raise
+        task = asyncio.current_task()
+        if not cut() or task is None or context.cancelled():
+            status = "CANCELLED"
+            raise
+        task.uncancel()
+        status, reason = "ABORTED", str(Reason.ATTRGATE_GRACE_ENDED)
+        decision_id = str(record.entry.get("decision_id", "")) or new_decision_id()
+        await _abort(context, grace_ended(), decision_id)
     except grpc.aio.AbortError:
         raise
     except Exception as exc:
