@@ -24,7 +24,13 @@ import grpc
 import pytest
 
 from attrgate.upstream.classify import _BY_CODE
-from attrgate.upstream.retries import AttemptWithdrawn, CallScope, RetryGate, enter_scope
+from attrgate.upstream.retries import (
+    AttemptWithdrawn,
+    CallScope,
+    RetryGate,
+    botocore_too_old,
+    enter_scope,
+)
 from attrgate.v1 import attrgate_pb2 as pb
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, Reply, describe_reply, error
@@ -780,6 +786,18 @@ def test_the_retry_gate_stops_what_must_not_be_retried() -> None:
     assert asks(gate, lookup, response=(Answer(503), {})) is False
     gate.stop()
     assert asks(gate, plain, response=(Answer(503), {})) is False
+
+
+def test_a_botocore_below_the_floor_is_refused_at_start() -> None:
+    """pyproject.toml's floor can be bypassed (an image pinning its own botocore, PYTHONPATH):
+    on botocore 1.43.2 an SMS write after a 5xx went out 144 times in 5 s."""
+    assert botocore_too_old(botocore.__version__) is None
+    assert botocore_too_old("1.43.3") is None
+    assert botocore_too_old("1.44.0rc1") is None
+    refusal = botocore_too_old("1.43.2")
+    assert refusal is not None
+    assert "botocore 1.43.2 is older than 1.43.3" in refusal
+    assert botocore_too_old("1.9.400") is not None
 
 
 def test_an_attempt_is_withdrawn_right_before_it_would_go_out() -> None:

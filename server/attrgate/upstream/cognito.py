@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
+import botocore
 import botocore.config
 import botocore.exceptions
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -39,7 +40,7 @@ from attrgate.upstream.classify import (
 )
 from attrgate.upstream.describe import pool_description
 from attrgate.upstream.executor import BoundedExecutor
-from attrgate.upstream.retries import CallScope, RetryGate, enter_scope
+from attrgate.upstream.retries import CallScope, RetryGate, botocore_too_old, enter_scope
 
 # Told of every call sent: operation, seconds (retries included), its public error code or "".
 CallObserver = Callable[[str, float, str], None]
@@ -77,6 +78,9 @@ class CognitoUpstream:
     """One boto3 cognito-idp client and the executor its blocking calls run in."""
 
     def __init__(self, settings: CognitoSettings, observe: CallObserver | None = None) -> None:
+        too_old = botocore_too_old(botocore.__version__)
+        if too_old:
+            raise UpstreamConfigError(too_old)
         self.settings = settings
         self._observe = observe or _ignore
         config = botocore.config.Config(

@@ -20,6 +20,7 @@ pyproject.toml requires botocore>=1.43.3, and `make test-floors` runs the suite 
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import botocore.exceptions
+
+# The first botocore that reads a needs-retry handler's False as "do not retry".
+BOTOCORE_FLOOR = (1, 43, 3)
+
+
+def botocore_too_old(version: str) -> str | None:
+    """Why attrgate must not run on this botocore (pyproject.toml's floor may be bypassed: an
+    image that pins its own botocore, a PYTHONPATH), or None."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers >= BOTOCORE_FLOOR:
+        return None
+    floor = ".".join(map(str, BOTOCORE_FLOOR))
+    return (
+        f"botocore {version} is older than {floor}: it would take attrgate's 'do not retry' for "
+        "'retry at once' (a write re-sent without end); install botocore and boto3 >= "
+        f"{floor}"
+    )
 
 
 def _never() -> bool:
