@@ -15,6 +15,7 @@ from attrgate.config import ConfigError
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet, compile_policy_set
 from attrgate.policy.load import load_policy_set
+from attrgate.policy.model import pattern_scope
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 
 log = logging.getLogger("attrgate")
@@ -29,7 +30,7 @@ def load_policies(
     one line. `pause_gc`: only before the server serves (the switch is process-wide)."""
     # Loading builds many small objects and collects none: the cyclic GC's passes would only
     # add time (a 2 MiB set: ~2x).
-    with _gc_paused() if pause_gc else contextlib.nullcontext():
+    with _gc_paused() if pause_gc else contextlib.nullcontext(), pattern_scope():
         result = load_policy_set(path, max_bytes)
         if not result.ok:
             more = len(result.errors) - 1

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from attrgate.policy.model import KINDS
+from attrgate.policy.model import KINDS, pattern_scope
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, read_snapshot
 from attrgate.policy.yamlsource import Document, Path, YamlError, read_documents
 
@@ -51,6 +51,11 @@ class LoadResult:
 def load_policy_set(root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> LoadResult:
     """Read one consistent snapshot of `root` (a file, or every *.yaml/*.yml below a folder) and
     validate it. `max_bytes` bounds each file and the whole set (--policy-max-bytes)."""
+    with pattern_scope():
+        return _load(root, max_bytes)
+
+
+def _load(root: str | os.PathLike[str], max_bytes: int) -> LoadResult:
     snapshot = read_snapshot(root, max_bytes)
     result = LoadResult(errors=[PolicyError(p.label, 0, "", p.message) for p in snapshot.problems])
     digest = hashlib.sha256()
