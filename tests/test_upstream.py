@@ -1041,6 +1041,30 @@ def test_callers_giving_up_while_a_lookup_waits_for_a_thread_leak_no_queue_slot(
     assert len(results) == 1 + capacity
 
 
+def test_a_lookup_refused_by_a_full_queue_says_attrgate_is_overloaded(
+    stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """AdminGetUser (for a per-user limit) finds attrgate's own queue to Cognito full: nothing
+    was sent, and the caller hears ATTRGATE_OVERLOADED, not that Cognito is unavailable."""
+    from attrgate.upstream.cognito import QUEUE_FACTOR
+
+    stub.describe = describe_reply(auto_verified=("phone_number",))
+    server = stub_server(PER_USER_POLICY, state=str(tmp_path / "state.sqlite"), executor_threads=1)
+    call(server, request(POOL, given_name="Warm"), caller="svc")  # the pool is described
+    stub.default = Reply(delay=2.0)
+    results: list[Any] = []
+    fillers = [
+        _call_in_thread(server, 10, results, request(POOL, given_name=f"N{i}"), "svc")
+        for i in range(QUEUE_FACTOR)
+    ]
+    assert wait_until(lambda: len(stub.calls()) == 2)  # one runs, the others wait for its thread
+    err = call_error(server, request(POOL, "newcomer", phone_number="+14155550100"), "svc")
+    assert (err.code(), rich(err).info.reason) == (S.RESOURCE_EXHAUSTED, "ATTRGATE_OVERLOADED")
+    assert not stub.calls("AdminGetUser")
+    for filler in fillers:
+        filler.join(20)
+
+
 @pytest.mark.floors
 def test_no_retry_starts_after_the_caller_has_gone(
     stub: CognitoStub, stub_server: Callable[..., RunningServer], logs: Any

@@ -214,6 +214,9 @@ def unavailable(outcome: Unavailable, check: bool = False) -> ErrorStatus:
     keeps its distinct reason, and is INTERNAL (an operator must act) except for
     CheckUpdateUserAttributes, whose only dependency error is UNAVAILABLE."""
     upstream = outcome.upstream
+    if upstream is not None and upstream.error == UpstreamError.OVERLOADED:
+        # attrgate's own queue to Cognito was full: the lookup was never sent.
+        return upstream_failed(upstream, outcome.policy_revision)
     reason = _DEPENDENCY_REASONS[outcome.dependency]
     code = grpc.StatusCode.UNAVAILABLE
     if upstream is not None and upstream.error == UpstreamError.CREDENTIALS_REJECTED:

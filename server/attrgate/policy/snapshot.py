@@ -171,6 +171,8 @@ class _Walk:
                 continue
             try:
                 names = sorted(os.listdir(folder))
+            except FileNotFoundError:
+                raise _Changed from None  # listed a moment ago: deleted meanwhile (a swap)
             except OSError as exc:
                 self.refuse(str(self.given / prefix), _os_message(exc))
                 continue
@@ -191,6 +193,12 @@ class _Walk:
         real, base = path, self.listing.base
         try:
             info = os.lstat(path)
+        except FileNotFoundError:
+            raise _Changed from None  # listed a moment ago: deleted meanwhile (a swap)
+        except OSError as exc:
+            self.refuse(label, _os_message(exc))
+            return
+        try:
             if stat.S_ISLNK(info.st_mode):
                 real = os.path.realpath(path, strict=True)
                 info = os.stat(real)
