@@ -74,9 +74,11 @@ class _Load:
                 outcome = load_policies(path, max_bytes, pause_gc)
             except BaseException as exc:  # handed to the awaiting side
                 outcome = exc
+            self.finished.set()
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
                 loop.call_soon_threadsafe(settle, outcome)
 
+        self.finished = threading.Event()  # the load's work is over (its thread may linger)
         self.result.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.thread = threading.Thread(target=run, name="attrgate-policy-load", daemon=True)
         self.thread.start()
@@ -131,7 +133,7 @@ class PolicyReloader:
                 # that blocks and reads at most --policy-max-bytes, but a hung file system can
                 # still hold it: then this reload is rejected, and so is every next one until
                 # that thread has ended (no pile of stuck threads).
-                if self._load is not None and self._load.thread.is_alive():
+                if self._load is not None and not self._load.finished.is_set():
                     running = time.monotonic() - self._load.started
                     raise ConfigError(
                         f"the previous load of {path} is still running ({running:.0f}s)"
