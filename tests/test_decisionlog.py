@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, error
 from support.policies import svc_policy
 from support.rpc import as_caller, attrs_request, rich
-from support.waiting import json_lines
+from support.waiting import json_lines, wait_until
 
 POLICY = svc_policy("[{attribute: given_name}, {attribute: family_name}]", "[source]")
 MARK = "Zz9personal"
@@ -169,7 +168,9 @@ def test_sighup_reopens_the_served_decision_log(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(POLICY)
     log_file = tmp_path / "d.jsonl"
     port = free_port()
-    process = start_serve(tmp_path / "p.yaml", port, "--decision-log", str(log_file))
+    process = start_serve(
+        tmp_path / "p.yaml", port, "--decision-log", str(log_file), output=tmp_path
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=20)
@@ -184,7 +185,8 @@ def test_sighup_reopens_the_served_decision_log(tmp_path: Path) -> None:
             entries(log_file, 1)
             log_file.rename(tmp_path / "d.jsonl.1")
             process.send_signal(signal.SIGHUP)
-            time.sleep(0.3)
+            # Handled (the reopen is due) once the reload it starts says so.
+            assert wait_until(lambda: "policies reloaded" in (tmp_path / "err").read_text(), 20)
             check()
             assert len(entries(log_file, 1)) == 1
         assert len((tmp_path / "d.jsonl.1").read_text().splitlines()) == 1
