@@ -262,6 +262,8 @@ class App:
         for task in list(self._reload_tasks):
             task.cancel()
         await asyncio.gather(*self._reload_tasks, return_exceptions=True)
+        if self.reloader is not None:
+            await self.reloader.close()
         upstream = self._upstream
         if self._listeners is not None:
             await self._listeners.drain(

@@ -120,6 +120,8 @@ class PolicyReloader:
         self.timeout = timeout
         self._lock = asyncio.Lock()
         self._load: _Load | None = None
+        self._again = False  # a reload was asked for while an overrunning load still ran
+        self._later: set[asyncio.Task[bool]] = set()
 
     async def reload(self) -> bool:
         """Load the policy files again and swap the new set in whole; or, when they do not load,
@@ -134,11 +136,16 @@ class PolicyReloader:
                 # still hold it: then this reload is rejected, and so is every next one until
                 # that thread has ended (no pile of stuck threads).
                 if self._load is not None and not self._load.finished.is_set():
+                    # Not lost: the files may have changed since that load began, so one more
+                    # reload runs as soon as it ends.
+                    self._again = True
                     running = time.monotonic() - self._load.started
                     raise ConfigError(
-                        f"the previous load of {path} is still running ({running:.0f}s)"
+                        f"the previous load of {path} is still running ({running:.0f}s); "
+                        "this reload runs when it ends"
                     )
                 self._load = _Load(path, self._max_bytes, pause_gc=False)
+                self._load.result.add_done_callback(self._after_load)
                 fresh = await _wait(self._load, path, self.timeout)
                 refusal = self._refuse(fresh)
                 if refusal:
@@ -162,3 +169,18 @@ class PolicyReloader:
                 serving.revision,
             )
             return True
+
+    def _after_load(self, _: object) -> None:
+        if not self._again:
+            return
+        self._again = False
+        task = asyncio.ensure_future(self.reload())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def close(self) -> None:
+        """Stopping: no reload asked for earlier starts any more."""
+        self._again = False
+        for task in list(self._later):
+            task.cancel()
+        await asyncio.gather(*self._later, return_exceptions=True)
