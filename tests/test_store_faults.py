@@ -282,6 +282,23 @@ def test_a_state_switched_to_wal_while_serving_never_maps_shared_memory(
     assert any("switched to WAL mode" in line for line in served.err().splitlines())
 
 
+def test_a_backup_copied_over_the_state_while_serving_is_refused(
+    served: Served, tmp_path: Path
+) -> None:
+    """`cp backup.sqlite state.sqlite` while attrgate serves: same file, same contents' name,
+    older counts. The file's change counter went back: refused, not counted on from the past."""
+    state = tmp_path / "state.sqlite"
+    assert served.sms_write() == OK
+    backup = tmp_path / "backup.sqlite"
+    backup.write_bytes(state.read_bytes())
+    for _ in range(3):
+        assert served.sms_write() == OK
+    state.write_bytes(backup.read_bytes())  # in place: the same inode
+    assert served.sms_write() == STORE_DOWN
+    assert served.plain_write() == OK
+    assert any("rolled back to an older copy" in line for line in served.err().splitlines())
+
+
 def test_a_state_emptied_between_two_starts_says_the_counts_are_gone(
     moto: MotoCognito, sms_pool: str, tmp_path: Path
 ) -> None:
@@ -313,6 +330,30 @@ def test_a_state_another_process_holds_at_start_serves_plain_writes_until_it_ope
             holder.execute("COMMIT")
             assert wait_until(lambda: second.health("attrgate.SmsStore") == SERVING, 20)
             assert second.sms_write() == OK
+    finally:
+        holder.close()
+
+
+def test_a_state_removed_while_a_start_waits_for_it_is_not_made_anew(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path
+) -> None:
+    """The state cannot be opened at start (locked), then goes away: a new empty file would
+    count every limit from zero without a word. attrgate never creates it after its first try."""
+    state = tmp_path / "state.sqlite"
+    with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as first:
+        assert first.sms_write() == OK
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as second:
+            assert second.sms_write() == STORE_DOWN
+            state.unlink()
+            holder.execute("COMMIT")
+            holder.close()
+            time.sleep(3)  # the store's 2 s probe tries to open it again meanwhile
+            assert second.sms_write() == STORE_DOWN
+            assert not state.exists(), "the state was made anew, counting from zero"
+            assert second.plain_write() == OK
     finally:
         holder.close()
 

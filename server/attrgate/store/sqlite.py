@@ -156,22 +156,32 @@ def _frees_at(conn: sqlite3.Connection, counter: Counter, used: int, now_ms: int
 STORE_ID = "store-id"
 
 
-def _wal_mode(path: str) -> str | None:
-    """Whether the database file's header says WAL (bytes 18 and 19 are 2): another process
-    (an older attrgate, an operator's `PRAGMA journal_mode=WAL`) switched it. Read with a file
-    descriptor of our own, and only between transactions: closing it drops this process's POSIX
-    locks on the file, and the one connection attrgate keeps to it holds none then."""
+def _header(path: str) -> tuple[bool, int] | None:
+    """From the database file's header: whether it is in WAL mode (bytes 18 and 19 are 2:
+    another process, an older attrgate or an operator's `PRAGMA journal_mode=WAL`, switched it)
+    and its change counter (bytes 24-27, raised by every commit in rollback-journal mode). Read
+    with a file descriptor of our own, and only between transactions: closing it drops this
+    process's POSIX locks on the file, and the one connection attrgate keeps to it holds none
+    then. None: no header (gone, or empty)."""
     try:
         handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return None  # gone: _moved says so
+        return None
     try:
-        header = os.pread(handle, 20, 0)
+        header = os.pread(handle, 28, 0)
     finally:
         os.close(handle)
-    if len(header) == 20 and 2 in (header[18], header[19]):
-        return "was switched to WAL mode by another process (an older attrgate?)"
-    return None
+    if len(header) < 28:
+        return None
+    return 2 in (header[18], header[19]), int.from_bytes(header[24:28], "big")
+
+
+_WAL_SWITCHED = "was switched to WAL mode by another process (an older attrgate?)"
+
+
+def _wal_mode(path: str) -> bool:
+    found = _header(path)
+    return found is not None and found[0]
 
 
 LOCK_SHARE = 0.8  # of the store timeout, the most a batch waits for another process's lock
@@ -193,6 +203,8 @@ class SqliteStore:
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self._gone: str | None = None  # why the file is no longer ours, once it is not
         self._store_id: bytes | None = None  # the contents' name, read when opened
+        self._counter: int | None = None  # the file's change counter as last seen
+        self._may_create = True  # only the first open may create the file
         self._writer = GroupCommitWriter(
             f"sqlite store {path}", self._open, self._check_file, self._unavailable
         )
@@ -203,8 +215,16 @@ class SqliteStore:
         if self._read_only:
             return self._open_read_only()
         # Readable by its owner only (the journal gets the same mode). An existing file keeps
-        # its mode.
-        handle = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600)
+        # its mode. Only the first attempt creates it: a file that is gone when the store tries
+        # again (it could not open at start) is gone, and a new one would count from zero.
+        create, self._may_create = self._may_create, False
+        try:
+            handle = os.open(self._path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            if create:
+                raise
+            self._gone = "was deleted"
+            self._check_file(None)  # raises: file_gone, for good
         try:
             opened = os.fstat(handle)
         finally:
@@ -285,15 +305,26 @@ class SqliteStore:
         in the rollback-journal mode attrgate set (in WAL mode SQLite would map the -shm file,
         which another process can truncate under it: SIGBUS), with the contents it opened."""
         if self._gone is None and self._identity is not None:
-            self._gone = self._moved() or _wal_mode(self._path)
+            header = _header(self._path)
+            # WAL first: reading the contents of a WAL-mode file would map the -shm file.
+            self._gone = self._moved() or (_WAL_SWITCHED if header and header[0] else None)
             if self._gone is None and conn is not None and self._store_id is not None:
                 self._gone = self._replaced_in_place(conn)
+            if self._gone is None and header is not None:
+                self._gone = self._rolled_back(header[1])
         if self._gone is not None:
             raise StoreUnavailable(
                 f"sqlite store {self._path} {self._gone} while attrgate had it open: SMS "
                 "counting stops until a restart (the counts in the old file are lost to it)",
                 FILE_GONE,
             )
+
+    def _rolled_back(self, counter: int) -> str | None:
+        if self._counter is not None and 0 < self._counter - counter < 2**31:
+            # Commits only ever raise it: lower means an older copy was put back in place.
+            return "was rolled back to an older copy (a backup copied over it?)"
+        self._counter = counter
+        return None
 
     def _moved(self) -> str | None:
         try:
