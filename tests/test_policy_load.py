@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.model import AttributePolicy
 from support.deadline import deadline
@@ -230,6 +232,22 @@ def test_a_folder_tree_of_any_depth_is_a_problem_not_a_crash(tmp_path: Path) -> 
     assert found[0].endswith(": folders nested deeper than 32")
 
 
+@pytest.mark.parametrize(("depth", "refused"), [(32, False), (33, True)])
+def test_folders_32_deep_load_and_33_deep_are_refused(
+    tmp_path: Path, depth: int, refused: bool
+) -> None:
+    """The limit the README states: "nested more than 32 deep"."""
+    root = tmp_path / "root"
+    deep = root
+    for _ in range(depth):
+        deep = deep / "d"
+    write(deep / "b.yaml", GOOD.format(name="b"))
+    found = errors(root)
+    assert [e.endswith(": folders nested deeper than 32") for e in found] == (
+        [True] if refused else []
+    )
+
+
 def test_special_files_are_refused_without_being_opened(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", GOOD.format(name="a"))
     os.mkfifo(tmp_path / "f.yaml")  # opening it would wait for a writer
@@ -317,6 +335,26 @@ def test_patterns_are_bounded_one_by_one_and_for_the_whole_set(tmp_path: Path) -
     assert all("more than 2000000 RE2 instructions together" in e for e in found), found[:2]
     # 2,000,000 instructions compile in a few seconds; the 600 patterns would have taken more.
     assert took < 45
+
+
+def test_patterns_far_too_large_stop_compiling_once_the_set_budget_is_spent(
+    tmp_path: Path,
+) -> None:
+    """A refused pattern used to be compiled whole (`\\p{L}{1,400}`: 480,000 instructions,
+    0.25 s) and then not counted, so a file of them ran for minutes. Each refusal now counts
+    against the set's budget, and once it is spent nothing more is compiled."""
+    entries = "".join(
+        f"    - attribute: 'custom:a{i}'\n      pattern: '\\p{{L}}{{1,{200 + i}}}'\n"
+        for i in range(150)
+    )
+    path = write(tmp_path / "p.yaml", GOOD.format(name="p") + entries)
+    found = errors(path)
+    assert len(found) == 150
+    one_by_one = [e for e in found if "pattern too large: it compiles to more than 100000" in e]
+    together = [e for e in found if "more than 2000000 RE2 instructions together" in e]
+    # 20 refusals spend the 2,000,000; the other 130 are refused without compiling.
+    assert len(one_by_one) == 20
+    assert len(together) == 130
 
 
 def test_anchors_and_aliases_are_refused(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ class _Walk:
     def drain(self) -> None:
         while self.folders:
             folder, prefix, ancestors = self.folders.pop()
-            if len(ancestors) > MAX_DEPTH:
+            if len(ancestors) - 1 > MAX_DEPTH:  # the root is one of them, at depth 0
                 self.refuse(str(self.given / prefix), f"folders nested deeper than {MAX_DEPTH}")
                 continue
             try:
