@@ -130,7 +130,8 @@ def test_unknown_kind_and_api_version(tmp_path: Path) -> None:
     )
     found = errors(path)
     assert (
-        found[0] == f"{path}:2: kind: unknown kind 'AttrPolicy' (known: AttributePolicy, SmsGuard)"
+        found[0] == f"{path}:2: kind: unknown kind 'AttrPolicy' "
+        "(known: AttributePolicy, PolicyTest, SmsGuard)"
     )
     assert found[1].startswith(f"{path}:11: apiVersion: ")
     assert len(found) == 2
@@ -370,3 +371,29 @@ def test_anchors_and_aliases_are_refused(tmp_path: Path) -> None:
     bomb = write(tmp_path / "b" / "p.yaml", laughs)
     (error,) = errors(bomb)
     assert error.endswith("YAML anchors and aliases are not supported")
+
+
+def test_policy_tests_beside_the_policies_are_not_policies(tmp_path: Path) -> None:
+    """`*_test.yaml` suites and `testdata/` fixtures live in the policy folder: a policy read
+    skips them (a fixture is no policy document), a test read takes the suites, and the
+    revision is the same either way."""
+    write(tmp_path / "p.yaml", GOOD.format(name="p"))
+    suite = (
+        "apiVersion: attrgate/v1\nkind: PolicyTest\nmetadata: {name: p}\nspec:\n  cases:\n"
+        "    - {name: c, caller: svc, userPool: us-east-1_A, attributes: {a: b}, expect: deny}\n"
+    )
+    write(tmp_path / "p_test.yaml", suite)
+    write(tmp_path / "testdata" / "pool.yaml", "UserPool: {Id: us-east-1_A}\n")
+    os.mkfifo(tmp_path / "testdata" / "f.yaml")  # never opened by either read
+    policies = load_policy_set(tmp_path)
+    with_tests = load_policy_set(tmp_path, tests=True)
+    assert policies.ok, policies.errors
+    assert with_tests.ok, with_tests.errors
+    assert [p.document.metadata.name for p in with_tests.tests] == ["p"]  # type: ignore[attr-defined]
+    assert policies.tests == []
+    assert policies.revision == with_tests.revision
+    write(tmp_path / "p_test.yaml", suite.replace("PolicyTest", "SmsGuard"))
+    (error,) = load_policy_set(tmp_path, tests=True).errors
+    assert str(error).endswith(
+        "p_test.yaml:2: kind: a *_test.yaml file holds PolicyTest documents only"
+    )

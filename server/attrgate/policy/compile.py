@@ -20,7 +20,17 @@ APPLICABLE_CACHE_SIZE = 4096
 
 
 class CompiledPolicy:
-    __slots__ = ("_allow", "_deny", "enforce", "file", "metadata_keys", "name", "pools")
+    __slots__ = (
+        "_allow",
+        "_callers",
+        "_deny",
+        "deny_patterns",
+        "enforce",
+        "file",
+        "metadata_keys",
+        "name",
+        "pools",
+    )
 
     def __init__(self, policy: AttributePolicy, file: str) -> None:
         spec = policy.spec
@@ -28,6 +38,7 @@ class CompiledPolicy:
         self.file = file
         self.enforce = spec.mode == "enforce"
         self.pools = PoolMatcher(spec.user_pools)
+        self._callers: GlobIndex[None] = GlobIndex((c, None) for c in spec.callers)
         self._allow: GlobIndex[CompiledAllow] = GlobIndex(
             (entry.attribute, CompiledAllow(entry, index)) for index, entry in enumerate(spec.allow)
         )
@@ -36,7 +47,18 @@ class CompiledPolicy:
         self._deny: GlobIndex[str] = GlobIndex(
             (entry.attribute.casefold(), f"deny[{index}]") for index, entry in enumerate(spec.deny)
         )
+        self.deny_patterns = {f"deny[{i}]": entry.attribute for i, entry in enumerate(spec.deny)}
         self.metadata_keys = frozenset(spec.client_metadata.allow_keys)
+
+    def caller_pattern(self, caller: str) -> str | None:
+        """The callers entry that matches `caller` (for explanations; the request path asks the
+        set's index)."""
+        return self._callers.pattern_of(caller)
+
+    def all_allows_for(self, name: str) -> list[CompiledAllow]:
+        """Every allow entry whose name or glob matches `name`, verified flags included (for
+        explanations: `allows_for` is what decides)."""
+        return self._allow.match(name)[0]
 
     def allows_for(self, name: str) -> tuple[list[CompiledAllow], bool]:
         """Allow entries matching `name`, and whether a glob matched a verified flag (which only

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from attrgate.domain import ViolationReason
 from attrgate.policy.model import AllowEntry, compile_pattern
+from attrgate.policy.trace import ConstraintResult
 
 # ASCII addresses only: RFC 5322 atoms in the local part and LDH labels in the domain, so no
 # control, bidi or zero-width character makes a look-alike address.
@@ -53,6 +54,7 @@ class CompiledAllow:
 
     __slots__ = (
         "allow_empty",
+        "attribute",
         "enum",
         "format",
         "label",
@@ -64,6 +66,7 @@ class CompiledAllow:
 
     def __init__(self, entry: AllowEntry, index: int) -> None:
         self.label = f"allow[{index}]"
+        self.attribute = entry.attribute  # the name or glob it matches
         self.allow_empty = entry.allow_empty
         self.max_length = entry.max_length
         self.min_length = entry.min_length
@@ -72,32 +75,78 @@ class CompiledAllow:
         self.pattern_text = entry.pattern
         self.pattern = compile_pattern(entry.pattern) if entry.pattern is not None else None
 
-    def check(self, value: str) -> list[Failure]:
-        """Every constraint `value` fails; empty when the entry accepts it."""
+    def check(self, value: str, record: list[ConstraintResult] | None = None) -> list[Failure]:
+        """Every constraint `value` fails; empty when the entry accepts it. `record` (a trace)
+        gets every constraint tried, passed or not."""
         if not value:
             if self.allow_empty:
+                _passed(record, "allowEmpty", "an empty value, and the entry sets allowEmpty")
                 return []
-            return [
-                Failure(
-                    ViolationReason.EMPTY_VALUE_NOT_ALLOWED,
-                    "an empty value deletes the attribute; the entry does not set allowEmpty",
-                )
-            ]
+            failure = Failure(
+                ViolationReason.EMPTY_VALUE_NOT_ALLOWED,
+                "an empty value deletes the attribute; the entry does not set allowEmpty",
+            )
+            _failed(record, failure)
+            return [failure]
         failures: list[Failure] = []
-        if self.max_length is not None and len(value) > self.max_length:
-            failures.append(
-                Failure(ViolationReason.MAX_LENGTH, f"longer than maxLength {self.max_length}")
-            )
-        if self.min_length is not None and len(value) < self.min_length:
-            failures.append(
-                Failure(ViolationReason.MIN_LENGTH, f"shorter than minLength {self.min_length}")
-            )
-        if self.enum is not None and value not in self.enum:
-            failures.append(Failure(ViolationReason.ENUM, "not one of the allowed values"))
-        if self.format is not None and not FORMAT_CHECKS[self.format](value):
-            failures.append(Failure(ViolationReason.FORMAT, f"not a valid {self.format}"))
-        if self.pattern is not None and self.pattern.fullmatch(value) is None:
-            failures.append(
-                Failure(ViolationReason.PATTERN, f"does not match {self.pattern_text!r}")
-            )
+        if self.max_length is not None:
+            if len(value) > self.max_length:
+                failures.append(
+                    Failure(ViolationReason.MAX_LENGTH, f"longer than maxLength {self.max_length}")
+                )
+            else:
+                _passed(record, "maxLength", f"{len(value)} characters, at most {self.max_length}")
+        if self.min_length is not None:
+            if len(value) < self.min_length:
+                failures.append(
+                    Failure(ViolationReason.MIN_LENGTH, f"shorter than minLength {self.min_length}")
+                )
+            else:
+                _passed(record, "minLength", f"{len(value)} characters, at least {self.min_length}")
+        if self.enum is not None:
+            if value not in self.enum:
+                failures.append(Failure(ViolationReason.ENUM, "not one of the allowed values"))
+            else:
+                _passed(record, "enum", "one of the allowed values")
+        if self.format is not None:
+            if not FORMAT_CHECKS[self.format](value):
+                failures.append(Failure(ViolationReason.FORMAT, f"not a valid {self.format}"))
+            else:
+                _passed(record, "format", f"a valid {self.format}")
+        if self.pattern is not None:
+            if self.pattern.fullmatch(value) is None:
+                failures.append(
+                    Failure(ViolationReason.PATTERN, f"does not match {self.pattern_text!r}")
+                )
+            else:
+                _passed(record, "pattern", f"matches {self.pattern_text!r}")
+        if record is not None:
+            record.extend(_failed_result(f) for f in failures)
+            if not record:
+                record.append(ConstraintResult("(none)", True, "the entry sets no constraint"))
         return failures
+
+
+# The constraint each failure reason belongs to, as the policy spells it.
+CONSTRAINT_OF = {
+    ViolationReason.EMPTY_VALUE_NOT_ALLOWED: "allowEmpty",
+    ViolationReason.MAX_LENGTH: "maxLength",
+    ViolationReason.MIN_LENGTH: "minLength",
+    ViolationReason.ENUM: "enum",
+    ViolationReason.FORMAT: "format",
+    ViolationReason.PATTERN: "pattern",
+}
+
+
+def _passed(record: list[ConstraintResult] | None, name: str, why: str) -> None:
+    if record is not None:
+        record.append(ConstraintResult(name, True, why))
+
+
+def _failed_result(failure: Failure) -> ConstraintResult:
+    return ConstraintResult(CONSTRAINT_OF[failure.reason], False, failure.message)
+
+
+def _failed(record: list[ConstraintResult] | None, failure: Failure) -> None:
+    if record is not None:
+        record.append(_failed_result(failure))

@@ -9,11 +9,26 @@ from collections.abc import Sequence
 
 from attrgate.domain import Attribute, UpdateRequest, Verdict, Violation, ViolationReason
 from attrgate.policy.compile import CompiledPolicy, PolicySet
+from attrgate.policy.model import VERIFIED_FLAGS
+from attrgate.policy.trace import (
+    AttributeTrace,
+    EntryTrace,
+    MetadataTrace,
+    Outcome,
+    PolicyTrace,
+    Trace,
+)
 
 
-def evaluate(policy_set: PolicySet, caller: str, request: UpdateRequest) -> Verdict:
+def evaluate(
+    policy_set: PolicySet, caller: str, request: UpdateRequest, trace: Trace | None = None
+) -> Verdict:
+    """The verdict on `request` from `caller`. `trace`, when given, records every step (which
+    policies applied and why, each entry tried, each constraint) for explain and coverage."""
     applicable = policy_set.applicable(caller, request.user_pool_id)
     matched, enforce, audit = applicable.names, applicable.enforce, applicable.audit
+    if trace is not None:
+        _trace_policies(trace, policy_set, caller, request.user_pool_id, matched)
     if not enforce:
         reason = (
             "only audit-mode policies apply to this caller and pool; audit never grants"
@@ -26,7 +41,8 @@ def evaluate(policy_set: PolicySet, caller: str, request: UpdateRequest) -> Verd
     violations: list[Violation] = []
     would_deny: list[Violation] = []
     for attribute in request.attributes:
-        findings = attribute_findings(enforce, attribute)
+        record = trace.attribute(attribute.name) if trace is not None else None
+        findings = attribute_findings(enforce, attribute, record)
         if findings:
             violations.extend(findings)
         else:
@@ -34,9 +50,15 @@ def evaluate(policy_set: PolicySet, caller: str, request: UpdateRequest) -> Verd
             # and denies, so what it would deny among allowed attributes is what its deny
             # entries match.
             for policy in audit:
-                would_deny.extend(_denials(policy, attribute.name))
+                found = _denials(policy, attribute.name)
+                would_deny.extend(found)
+                if record is not None:
+                    record.audit.extend(_denied(policy, v.entry) for v in found)
     for key in request.client_metadata:
-        if not any(key in p.metadata_keys for p in enforce):
+        granting = next((p for p in enforce if key in p.metadata_keys), None)
+        if trace is not None:
+            trace.metadata.append(MetadataTrace(key, granting.name if granting else None))
+        if granting is None:
             violations.append(
                 Violation(
                     "",
@@ -50,15 +72,19 @@ def evaluate(policy_set: PolicySet, caller: str, request: UpdateRequest) -> Verd
     return Verdict(not violations, tuple(violations), matched, tuple(would_deny))
 
 
-def attribute_findings(policies: Sequence[CompiledPolicy], attribute: Attribute) -> list[Violation]:
+def attribute_findings(
+    policies: Sequence[CompiledPolicy], attribute: Attribute, record: AttributeTrace | None = None
+) -> list[Violation]:
     """Why `policies` (all enforcing) deny `attribute`; empty when they allow it.
 
     A matching deny entry in any policy wins. Otherwise allows add up: one allow entry that
-    matches the name and accepts the value is enough.
+    matches the name and accepts the value is enough. `record` (a trace) gets every entry.
     """
     name = attribute.name
     denied = [v for p in policies for v in _denials(p, name)]
     if denied:
+        if record is not None:
+            _trace_denied(record, policies, name, denied)
         return denied
     failures: list[Violation] = []
     glob_hit_on_flag = False
@@ -66,13 +92,18 @@ def attribute_findings(policies: Sequence[CompiledPolicy], attribute: Attribute)
         entries, flag_glob = policy.allows_for(name)
         glob_hit_on_flag = glob_hit_on_flag or flag_glob
         for entry in entries:
-            problems = entry.check(attribute.value)
+            tried = _tried(record, policy, entry.label, entry.attribute)
+            problems = entry.check(attribute.value, tried.constraints if tried else None)
             if not problems:
+                if record is not None and tried is not None:
+                    _trace_accepted(record, policies, name, tried)
                 return []
             failures.extend(
                 Violation(name, policy.name, entry.label, problem.reason, problem.message)
                 for problem in problems
             )
+    if record is not None:
+        _trace_refused(record, policies, name)
     if failures:
         return failures
     if glob_hit_on_flag:
@@ -97,3 +128,76 @@ def _denials(policy: CompiledPolicy, name: str) -> list[Violation]:
         Violation(name, policy.name, entry, ViolationReason.ATTRIBUTE_DENIED, "denied by policy")
         for entry in policy.denies(name)
     ]
+
+
+# --- the trace: recorded only when asked for, from what the code above did -------------------
+
+
+def _trace_policies(
+    trace: Trace, policy_set: PolicySet, caller: str, pool: str, matched: Sequence[str]
+) -> None:
+    for policy in policy_set.policies:
+        trace.policies.append(
+            PolicyTrace(
+                policy.name,
+                policy.file,
+                "enforce" if policy.enforce else "audit",
+                policy.caller_pattern(caller),
+                policy.pools.pattern_of(pool),
+            )
+        )
+    applied = [p.name for p in trace.policies if p.applied]
+    assert applied == list(matched), "the trace disagrees with the set's index"
+
+
+def _tried(
+    record: AttributeTrace | None, policy: CompiledPolicy, label: str, matched: str
+) -> EntryTrace | None:
+    if record is None:
+        return None
+    entry = EntryTrace(policy.name, label, matched, "refused")
+    record.entries.append(entry)
+    return entry
+
+
+def _denied(policy: CompiledPolicy, label: str) -> EntryTrace:
+    return EntryTrace(policy.name, label, policy.deny_patterns[label], "denied")
+
+
+def _untried(record: AttributeTrace, policies: Sequence[CompiledPolicy], name: str) -> None:
+    """Every allow entry whose name matched but that the loop did not try (or may not grant)."""
+    seen = {(e.policy, e.entry) for e in record.entries}
+    flag = name.casefold() in VERIFIED_FLAGS
+    for policy in policies:
+        exact = {id(e) for e in policy.allows_for(name)[0]}
+        for entry in policy.all_allows_for(name):
+            if (policy.name, entry.label) in seen:
+                continue
+            outcome: Outcome = "excluded" if flag and id(entry) not in exact else "skipped"
+            record.entries.append(EntryTrace(policy.name, entry.label, entry.attribute, outcome))
+
+
+def _trace_denied(
+    record: AttributeTrace,
+    policies: Sequence[CompiledPolicy],
+    name: str,
+    denied: Sequence[Violation],
+) -> None:
+    by_name = {p.name: p for p in policies}
+    record.entries.extend(_denied(by_name[v.policy], v.entry) for v in denied)
+    record.determining = list(record.entries)
+    _untried(record, policies, name)
+
+
+def _trace_accepted(
+    record: AttributeTrace, policies: Sequence[CompiledPolicy], name: str, accepted: EntryTrace
+) -> None:
+    accepted.outcome = "accepted"
+    record.allowed = True
+    record.determining = [accepted]
+    _untried(record, policies, name)
+
+
+def _trace_refused(record: AttributeTrace, policies: Sequence[CompiledPolicy], name: str) -> None:
+    record.determining = [e for e in record.entries if e.outcome == "refused"]
+    _untried(record, policies, name)

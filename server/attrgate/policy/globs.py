@@ -121,11 +121,19 @@ class GlobIndex(Generic[T]):
 class PoolMatcher:
     """A policy's userPools: exact ids by set, then globs."""
 
-    __slots__ = ("_exact", "_globs")
+    __slots__ = ("_exact", "_globs", "patterns")
 
     def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = tuple(patterns)
         self._exact = frozenset(p for p in patterns if not is_glob(p))
-        self._globs = tuple(compile_glob(p) for p in dict.fromkeys(patterns) if is_glob(p))
+        self._globs = tuple((p, compile_glob(p)) for p in dict.fromkeys(patterns) if is_glob(p))
 
     def __call__(self, pool_id: str) -> bool:
-        return pool_id in self._exact or any(g(pool_id) for g in self._globs)
+        return pool_id in self._exact or any(g(pool_id) for _, g in self._globs)
+
+    def pattern_of(self, pool_id: str) -> str | None:
+        """The pattern that matches `pool_id`: the id itself when listed exactly, else the
+        first glob that matches it."""
+        if pool_id in self._exact:
+            return pool_id
+        return next((p for p, g in self._globs if g(pool_id)), None)

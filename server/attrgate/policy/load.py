@@ -11,8 +11,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from attrgate.policy.model import KINDS, pattern_scope
-from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, read_snapshot
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, is_test_file, read_snapshot
+from attrgate.policy.testmodel import PolicyTest
 from attrgate.policy.yamlsource import Document, Path, YamlError, read_documents
+
+# Every kind a document may have: the policy kinds, and the tests of a set.
+ALL_KINDS: dict[str, type[BaseModel]] = {**KINDS, "PolicyTest": PolicyTest}
 
 
 @dataclass(frozen=True)
@@ -42,29 +46,38 @@ class LoadResult:
     policies: list[LoadedPolicy] = field(default_factory=list)
     errors: list[PolicyError] = field(default_factory=list)
     revision: str = ""
+    # PolicyTest documents: found in any file; those in `*_test.yaml` files only when asked.
+    tests: list[LoadedPolicy] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
-def load_policy_set(root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> LoadResult:
+def load_policy_set(
+    root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES, tests: bool = False
+) -> LoadResult:
     """Read one consistent snapshot of `root` (a file, or every *.yaml/*.yml below a folder) and
-    validate it. `max_bytes` bounds each file and the whole set (--policy-max-bytes)."""
+    validate it. `max_bytes` bounds each file and the whole set (--policy-max-bytes). `tests`:
+    read the `*_test.yaml` files too (they never change the revision: a set's revision is the
+    same whether its tests were read or not)."""
     with pattern_scope():
-        return _load(root, max_bytes)
+        return _load(root, max_bytes, tests)
 
 
-def _load(root: str | os.PathLike[str], max_bytes: int) -> LoadResult:
-    snapshot = read_snapshot(root, max_bytes)
+def _load(root: str | os.PathLike[str], max_bytes: int, tests: bool) -> LoadResult:
+    snapshot = read_snapshot(root, max_bytes, tests)
     result = LoadResult(errors=[PolicyError(p.label, 0, "", p.message) for p in snapshot.problems])
     digest = hashlib.sha256()
     names: dict[str, str] = {}
+    test_names: dict[str, str] = {}
     for source in snapshot.files:
         label = source.label
-        for part in (source.relative.encode(), source.data):
-            digest.update(part)
-            digest.update(b"\0")
+        test_file = tests and is_test_file(os.path.basename(source.relative))
+        if not test_file:
+            for part in (source.relative.encode(), source.data):
+                digest.update(part)
+                digest.update(b"\0")
         try:
             text = source.data.decode("utf-8")
         except UnicodeDecodeError:
@@ -76,38 +89,46 @@ def _load(root: str | os.PathLike[str], max_bytes: int) -> LoadResult:
             result.errors.append(PolicyError(label, exc.line, "", exc.message))
             continue
         for document in documents:
-            loaded, errors = _validate(document, label)
+            loaded, errors = _validate(document, label, test_file)
             result.errors.extend(errors)
             if loaded is None:
                 continue
+            is_test = isinstance(loaded.document, PolicyTest)
             name = loaded.document.metadata.name  # type: ignore[attr-defined]
-            first = names.get(name)
+            seen = test_names if is_test else names
+            first = seen.get(name)
             if first is not None:
                 result.errors.append(
                     PolicyError(
                         label,
                         document.line_of(("metadata", "name")),
                         "metadata.name",
-                        f"duplicate policy name {name!r} (first defined at {first})",
+                        f"duplicate {'test' if is_test else 'policy'} name {name!r} "
+                        f"(first defined at {first})",
                     )
                 )
                 continue
-            names[name] = f"{label}:{document.line_of(('metadata', 'name'))}"
-            result.policies.append(loaded)
+            seen[name] = f"{label}:{document.line_of(('metadata', 'name'))}"
+            (result.tests if is_test else result.policies).append(loaded)
     if not result.policies and not result.errors:
         result.errors.append(PolicyError(str(root), 0, "", "no policy documents found"))
     result.revision = "sha256:" + digest.hexdigest()[:16]
     return result
 
 
-def _validate(document: Document, label: str) -> tuple[LoadedPolicy | None, list[PolicyError]]:
+def _validate(
+    document: Document, label: str, test_file: bool
+) -> tuple[LoadedPolicy | None, list[PolicyError]]:
     value = document.value
     if not isinstance(value, dict):
         return None, [PolicyError(label, document.line, "", "a policy document must be a mapping")]
     kind = value.get("kind")
-    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if test_file and kind != "PolicyTest":
+        message = "a *_test.yaml file holds PolicyTest documents only"
+        return None, [PolicyError(label, document.line_of(("kind",)), "kind", message)]
+    model = ALL_KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        known = ", ".join(sorted(KINDS))
+        known = ", ".join(sorted(ALL_KINDS))
         return None, [
             PolicyError(
                 label,

@@ -134,11 +134,11 @@ def _charge(scope: _Patterns | None, size: int) -> None:
         scope.size += size
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class AllowEntry(_Strict):
+class AllowEntry(StrictModel):
     attribute: AttributeGlob
     max_length: Annotated[int, Field(ge=0, le=2048)] | None = Field(None, alias="maxLength")
     min_length: Annotated[int, Field(ge=0, le=2048)] | None = Field(None, alias="minLength")
@@ -155,17 +155,17 @@ class AllowEntry(_Strict):
         return value
 
 
-class DenyEntry(_Strict):
+class DenyEntry(StrictModel):
     attribute: AttributeGlob
 
 
-class ClientMetadataRules(_Strict):
+class ClientMetadataRules(StrictModel):
     allow_keys: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
         default_factory=list, alias="allowKeys"
     )
 
 
-class AttributePolicySpec(_Strict):
+class AttributePolicySpec(StrictModel):
     mode: Literal["enforce", "audit"] = "enforce"
     callers: Annotated[list[Glob], Field(min_length=1)]
     user_pools: Annotated[list[Glob], Field(min_length=1)] = Field(alias="userPools")
@@ -176,13 +176,13 @@ class AttributePolicySpec(_Strict):
     )
 
 
-class Metadata(_Strict):
+class Metadata(StrictModel):
     name: PolicyName
     description: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class AttributePolicy(_Strict):
+class AttributePolicy(StrictModel):
     api_version: Literal["attrgate/v1"] = Field(alias="apiVersion")
     kind: Literal["AttributePolicy"]
     metadata: Metadata
@@ -231,7 +231,7 @@ Duration = Annotated[str, AfterValidator(lambda v: duration_ms(v) and v)]
 Money = Annotated[Decimal, BeforeValidator(_money), Field(ge=0, le=Decimal(10**12), max_digits=19)]
 
 
-class SmsCountries(_Strict):
+class SmsCountries(StrictModel):
     allow: list[Country] | None = None
     deny: list[Country] | None = None
 
@@ -242,13 +242,13 @@ class SmsCountries(_Strict):
         return self
 
 
-class SmsLimit(_Strict):
+class SmsLimit(StrictModel):
     per: Literal["phone_number", "user", "caller", "user_pool", "country", "global"]
     max: Annotated[int, Field(ge=1, le=10_000_000)]
     window: Duration
 
 
-class SmsBudget(_Strict):
+class SmsBudget(StrictModel):
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
     amount: Money
     window: Annotated[str, AfterValidator(lambda v: v if v == "month" else duration_ms(v) and v)]
@@ -272,7 +272,7 @@ class SmsBudget(_Strict):
         return value
 
 
-class SmsGuardSpec(_Strict):
+class SmsGuardSpec(StrictModel):
     mode: Literal["enforce", "audit"] = "enforce"
     user_pools: Annotated[list[Glob], Field(min_length=1)] = Field(alias="userPools")
     countries: SmsCountries | None = None
@@ -280,7 +280,7 @@ class SmsGuardSpec(_Strict):
     budget: SmsBudget | None = None
 
 
-class SmsGuard(_Strict):
+class SmsGuard(StrictModel):
     api_version: Literal["attrgate/v1"] = Field(alias="apiVersion")
     kind: Literal["SmsGuard"]
     metadata: Metadata

@@ -29,6 +29,15 @@ ATTEMPTS = 5
 MAX_DEPTH = 32  # folders below the root
 MAX_ENTRIES = 100_000  # names listed in all folders together
 CONFIGMAP_LINK = "..data"
+# Policy tests live beside the policies: `*_test.yaml` suites, fixtures in `testdata/` folders.
+# A policy read (serve, check) skips both; a test read (attrgate test) takes the suites too.
+TEST_SUFFIXES = ("_test.yaml", "_test.yml")
+TEST_DATA = "testdata"
+
+
+def is_test_file(name: str) -> bool:
+    return name.endswith(TEST_SUFFIXES)
+
 
 _Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
@@ -74,13 +83,16 @@ class _Listing:
     oversized: bool = False
 
 
-def read_snapshot(root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> Snapshot:
-    """Every policy file below `root` (or `root` itself), read from one version of the folder.
+def read_snapshot(
+    root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES, tests: bool = False
+) -> Snapshot:
+    """Every policy file below `root` (or `root` itself), read from one version of the folder;
+    with `tests`, the `*_test.yaml` files below it too (never `testdata/` folders: fixtures).
     Problems name the file by the path the operator knows; none needs a traceback."""
     given = Path(root)
     for attempt in range(ATTEMPTS):
         try:
-            listing = _list(given, max_bytes)
+            listing = _list(given, max_bytes, tests)
             if listing.oversized:
                 return Snapshot([], listing.problems)  # refused before reading anything
             files: list[SourceFile] = []
@@ -91,7 +103,7 @@ def read_snapshot(root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYT
                     files.append(read)
                 else:
                     problems.append(read)
-            if _list(given, max_bytes) != listing:
+            if _list(given, max_bytes, tests) != listing:
                 raise _Changed
         except _Changed:
             time.sleep(0.01 * (attempt + 1))  # let a writer finish its rename or copy
@@ -104,7 +116,7 @@ def read_snapshot(root: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYT
     return Snapshot([], [Problem(str(given), message)])
 
 
-def _list(given: Path, max_bytes: int) -> _Listing:
+def _list(given: Path, max_bytes: int, tests: bool) -> _Listing:
     """What a read would open (resolved paths and identities) and what it refuses."""
     try:
         base = os.path.realpath(given, strict=True)
@@ -115,7 +127,7 @@ def _list(given: Path, max_bytes: int) -> _Listing:
         return _Listing("", problems=[Problem(str(given), _os_message(exc))])
     listing = _Listing(base)
     if stat.S_ISDIR(info.st_mode):
-        _Walk(given, listing).run(_key(info))
+        _Walk(given, listing, tests).run(_key(info))
     elif stat.S_ISREG(info.st_mode):
         listing.entries.append(_Entry(str(given), given.name, base, _identity(info)))
     else:
@@ -134,8 +146,8 @@ class _Walk:
     bounded (MAX_DEPTH folders deep, MAX_ENTRIES entries): a folder tree of any shape is a
     problem to report, never a crash."""
 
-    def __init__(self, given: Path, listing: _Listing) -> None:
-        self.given, self.listing = given, listing
+    def __init__(self, given: Path, listing: _Listing, tests: bool) -> None:
+        self.given, self.listing, self.tests = given, listing, tests
         self.seen: _Ancestors = {}
         self.links: list[tuple[str, str, str, tuple[int, int], _Ancestors]] = []
         self.folders: list[tuple[str, str, _Ancestors]] = []  # still to read
@@ -177,7 +189,9 @@ class _Walk:
                 self.refuse(str(self.given / prefix), _os_message(exc))
                 continue
             for name in names:
-                if name.startswith("."):
+                if name.startswith(".") or name == TEST_DATA:
+                    continue
+                if is_test_file(name) and not self.tests:
                     continue
                 self.entries += 1
                 if self.entries > MAX_ENTRIES:
