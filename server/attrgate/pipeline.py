@@ -38,13 +38,21 @@ from attrgate.lookups import OverBudget
 from attrgate.phones import Phone, parse_phone
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.engine import evaluate
-from attrgate.pools import PoolCache
+from attrgate.policy.trace import Trace
 from attrgate.schema import pending_verification, schema_violations
 from attrgate.tracing import start_span
 from attrgate.users import UserSubs
 from attrgate.validate import validate_request
 
 log = logging.getLogger("attrgate.pipeline")
+
+
+class Pools(Protocol):
+    """DescribeUserPool answers: the server's PoolCache, or fixtures (attrgate test, explain)."""
+
+    async def get(
+        self, pool_id: str, caller: str
+    ) -> PoolDescription | UpstreamResult | OverBudget: ...
 
 
 class Upstream(Protocol):
@@ -123,8 +131,8 @@ class Pipeline:
         self,
         policy_set: PolicySet,
         upstream: Upstream,
-        pools: PoolCache,
-        users: UserSubs,
+        pools: Pools,
+        users: UserSubs | None,
         sms: SmsCounting | None = None,
         pool_metadata_fail_open: bool = False,
         new_id: Callable[[], str] = new_decision_id,
@@ -141,10 +149,11 @@ class Pipeline:
         self._late = late
 
     async def check(
-        self, caller: Caller, request: UpdateRequest
+        self, caller: Caller, request: UpdateRequest, trace: Trace | None = None
     ) -> Invalid | Unavailable | LookupLimited | Decision:
-        """Decide without forwarding or consuming anything (CheckUpdateUserAttributes)."""
-        assessed = await self._assess(caller, request, consume=False)
+        """Decide without forwarding or consuming anything (CheckUpdateUserAttributes).
+        `trace`: the engine records what it did in it (explain, test coverage)."""
+        assessed = await self._assess(caller, request, consume=False, trace=trace)
         return assessed.decision if isinstance(assessed, _Allowed) else assessed
 
     async def update(
@@ -212,7 +221,7 @@ class Pipeline:
             return _deadline_result(no_effect=False)
 
     async def _assess(
-        self, caller: Caller, request: UpdateRequest, consume: bool
+        self, caller: Caller, request: UpdateRequest, consume: bool, trace: Trace | None = None
     ) -> Invalid | Unavailable | LookupLimited | Decision | _Allowed:
         policy_set = self.policy_set
         decision_id = self._new_id()
@@ -223,7 +232,7 @@ class Pipeline:
         if problems:
             return Invalid(decision_id, revision, problems)
         with start_span("attrgate.policy") as span:
-            verdict = evaluate(policy_set, caller.name, request)
+            verdict = evaluate(policy_set, caller.name, request, trace)
             span.set_attribute("attrgate.allowed", verdict.allowed)
             span.set_attribute("attrgate.matched_policies", list(verdict.matched_policies))
         decision = Decision(

@@ -79,7 +79,10 @@ Passed = tuple[Decision, Reservation | None]
 
 class SmsStage:
     def __init__(
-        self, sms: SmsCounting | None, users: UserSubs, events: SmsEvents | None = None
+        self,
+        sms: SmsCounting | None,
+        users: UserSubs | None,
+        events: SmsEvents | None = None,
     ) -> None:
         self._sms = sms
         self._users = users
@@ -114,6 +117,7 @@ class SmsStage:
 
         user_sub = None
         if any(g.needs_user for g in guards):
+            assert self._users is not None, "counting SMS needs the user lookups"
             found = await self._users.get((request.user_pool_id, request.username), caller.name)
             if isinstance(found, OverBudget):
                 return LookupLimited(

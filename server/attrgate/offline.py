@@ -1,0 +1,111 @@
+"""Deciding without Cognito or a store: the server's own pipeline, with DescribeUserPool answers
+read from fixture files. `attrgate test` and `attrgate explain` decide through this, so what
+they report is what CheckUpdateUserAttributes answers for the same policies and pool.
+
+What needs I/O is left out: counted SMS limits and budgets (they need a store), and pools
+without a fixture (the pool stage is skipped, as a server with --pool-metadata-fail-open would:
+no schema check, no pending verification, and a phone_number write is assumed to send an SMS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from attrgate.domain import (
+    Caller,
+    Decision,
+    Invalid,
+    LookupLimited,
+    PendingCall,
+    PoolDescription,
+    Unavailable,
+    UpdateRequest,
+    UpstreamError,
+    UpstreamResult,
+)
+from attrgate.files import NotRegularFile, read_regular
+from attrgate.lookups import OverBudget
+from attrgate.pipeline import Pipeline
+from attrgate.policy.compile import PolicySet
+from attrgate.policy.trace import Trace
+from attrgate.upstream.describe import pool_description
+
+MAX_FIXTURE_BYTES = 1024 * 1024
+_NO_FIXTURE = UpstreamResult(ok=False, error=UpstreamError.UNAVAILABLE, error_code="NoFixture")
+
+
+class FixtureError(Exception):
+    """A pool fixture that cannot be read or is not a DescribeUserPool answer."""
+
+
+def read_pool_fixture(path: str, pool_id: str) -> PoolDescription:
+    """A DescribeUserPool answer from a JSON or YAML file: `{"UserPool": {...}}` as Cognito
+    returns it (the bare UserPool object is accepted too)."""
+    try:
+        _, data = read_regular(path, MAX_FIXTURE_BYTES)
+    except NotRegularFile:
+        raise FixtureError(f"{path}: not a regular file") from None
+    except OSError as exc:
+        raise FixtureError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FIXTURE_BYTES:
+        raise FixtureError(f"{path}: larger than {MAX_FIXTURE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+        answer: Any = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise FixtureError(f"{path}: not JSON or YAML ({type(exc).__name__})") from None
+    if isinstance(answer, dict) and isinstance(answer.get("UserPool"), dict):
+        answer = answer["UserPool"]
+    if not isinstance(answer, dict):
+        raise FixtureError(f"{path}: not a DescribeUserPool answer (a mapping with UserPool)")
+    try:
+        return pool_description(pool_id, answer)
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise FixtureError(f"{path}: not a DescribeUserPool answer ({exc})") from None
+
+
+class FixturePools:
+    """The pipeline's pool source: fixtures by pool id; any other pool has no description."""
+
+    def __init__(self, pools: Mapping[str, PoolDescription]) -> None:
+        self._pools = dict(pools)
+
+    async def get(self, pool_id: str, caller: str) -> PoolDescription | UpstreamResult | OverBudget:
+        return self._pools.get(pool_id, _NO_FIXTURE)
+
+
+class _NoUpstream:
+    def submit(
+        self, request: UpdateRequest, deadline: float | None, call: PendingCall, sms_write: bool
+    ) -> asyncio.Future[UpstreamResult]:
+        raise RuntimeError("an offline pipeline never forwards")
+
+
+def offline_pipeline(
+    policy_set: PolicySet, pools: Mapping[str, PoolDescription] | None = None
+) -> Pipeline:
+    """The server's pipeline over `policy_set`, deciding only (Pipeline.check)."""
+    return Pipeline(
+        policy_set,
+        _NoUpstream(),
+        FixturePools(pools or {}),
+        users=None,
+        sms=None,
+        pool_metadata_fail_open=True,
+        new_id=lambda: "offline",
+    )
+
+
+async def decide(
+    pipeline: Pipeline, caller: str, request: UpdateRequest, trace: Trace | None = None
+) -> Invalid | Decision:
+    """What CheckUpdateUserAttributes answers (offline, nothing is ever unavailable)."""
+    found = await pipeline.check(Caller(caller, "offline"), request, trace)
+    if isinstance(found, Unavailable | LookupLimited):
+        raise RuntimeError(f"an offline decision needed {type(found).__name__}")  # never
+    return found
