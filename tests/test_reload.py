@@ -22,7 +22,7 @@ from support.moto_cognito import free_port
 from support.policies import svc_policy
 from support.prometheus import metrics_text, samples_of
 from support.rpc import as_caller, attrs_request
-from support.served import start_serve
+from support.served import serving, start_serve, stop_serve, wait_serving
 from support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -264,3 +264,22 @@ def test_a_sighup_while_spans_are_flushed_at_exit_is_not_fatal(tmp_path: Path) -
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_sigquit_prints_every_threads_stack_and_keeps_serving(tmp_path: Path) -> None:
+    """`kill -QUIT` is how an operator (and stop_serve, before it kills) sees what a stuck
+    server waits for: every thread's stack on stderr, and the server serves on."""
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(GIVEN_ONLY)
+    port = free_port()
+    process = start_serve(folder, port, output=tmp_path)
+    err = tmp_path / "err"
+    try:
+        assert wait_serving(f"127.0.0.1:{port}", process)
+        process.send_signal(signal.SIGQUIT)
+        assert wait_until(lambda: "most recent call first" in err.read_text(), seconds=20)
+        assert "Thread 0x" in err.read_text()
+        assert serving(f"127.0.0.1:{port}")
+    finally:
+        assert stop_serve(process, 30) == 0

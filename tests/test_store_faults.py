@@ -373,7 +373,8 @@ def test_local_cognito_removes_its_temporary_state_on_exit(tmp_path: Path) -> No
         assert state.exists()
         assert (state.parent / "state.key").exists()
     finally:
-        assert stop_serve(process, 30) == 0
+        status = stop_serve(process, 30)
+        assert status == 0, (tmp_path / "err").read_text()[-6000:]
     assert list(scratch.iterdir()) == [], "the temporary state (or its key) was left behind"
 
 

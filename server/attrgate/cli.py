@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -146,6 +147,10 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings_from(args)
     except ConfigError as exc:
         return _refuse(exc)
+    # A fatal signal (SIGSEGV, SIGBUS, SIGABRT) leaves every thread's stack on stderr, and
+    # `kill -QUIT` prints them without stopping the server: what a stuck drain is waiting for.
+    faulthandler.enable()
+    faulthandler.register(signal.SIGQUIT, all_threads=True)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

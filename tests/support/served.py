@@ -76,10 +76,13 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], seconds: float =
 
 
 def stop_serve(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
-    """SIGTERM (a drain), then SIGKILL if it does not end in time; the exit status."""
+    """SIGTERM (a drain), then SIGKILL if it does not end in time; the exit status. Before the
+    kill, SIGQUIT has the server print every thread's stack to its stderr: what it waited for."""
     process.send_signal(signal.SIGTERM)
     try:
         return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGQUIT)
+        time.sleep(1)
         process.kill()
         return process.wait()
