@@ -251,6 +251,7 @@ VALID = [
         {"spec.countries": {"allow": ["US", "NO", "001"], "deny": None}},
     ),
     case("guard: an empty deny list", GUARD, {"spec.countries.deny": []}),
+    case("guard: a null allow, a deny list", GUARD, {"spec.countries.allow": None}),
     case(
         "guard: a calendar month, whole amounts",
         GUARD,
@@ -283,6 +284,15 @@ VALID = [
         {"spec.cases.2.clientMetadata": {}, "spec.cases.2.matrix.clientMetadata": [{"a": "b"}]},
     ),
     case("suite: null violations on an allow case", SUITE, {"spec.cases.0.violations": None}),
+    case(
+        "suite: every key listed in the matrix",
+        SUITE,
+        {
+            "spec.cases.2.userPool": DROP,
+            "spec.cases.2.matrix.userPool": ["us-east-1_Example1", "us-east-1_Example2"],
+            "spec.cases.2.matrix.clientMetadata": [{}, {"source": "web"}],
+        },
+    ),
     case("suite: a skipped suite", SUITE, {"spec.skip": "the pool fixture is being rewritten"}),
 ]
 

@@ -41,7 +41,16 @@ VERIFIED_FLAGS = frozenset({"email_verified", "phone_number_verified"})
 
 # Names are what operators grep for in decision logs: keep them plain.
 PolicyName = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*)$")
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*)$"),
+    # patternErrorMessage and errorMessage: what yaml-language-server (VS Code's YAML extension)
+    # says instead of its generic text; other JSON Schema tools ignore them.
+    Field(
+        json_schema_extra={
+            "patternErrorMessage": "letters, digits, `.`, `_` and `-`, starting with a letter or "
+            "a digit"
+        }
+    ),
 ]
 # An attribute name, or a glob over names where `*` matches any run of characters.
 AttributeGlob = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -252,6 +261,7 @@ MAX_MONEY = 10**12
 _DURATION = re.compile(r"([1-9][0-9]{0,5})([smhd])")
 # The same durations as a JSON Schema pattern (anchored: a JSON Schema pattern may match anywhere).
 _DURATION_PATTERN = f"^{_DURATION.pattern}$"
+_NOT_DURATION = "not a duration such as 90s, 15m, 24h or 30d"
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -259,7 +269,7 @@ def duration_ms(text: str) -> int:
     """`90s`, `15m`, `24h`, `30d` in milliseconds."""
     found = _DURATION.fullmatch(text)
     if found is None:
-        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 24h or 30d")
+        raise ValueError(f"{text!r} is {_NOT_DURATION}")
     return int(found[1]) * _UNIT_MS[found[2]]
 
 
@@ -294,6 +304,7 @@ Country = TypeAliasType(
                 "enum": sorted(COUNTRY_CODES),
                 "description": "An ISO 3166-1 alpha-2 country code in capitals (US, GB), or 001 "
                 "for non-geographic numbers (+800 and the like).",
+                "errorMessage": "not an ISO 3166-1 alpha-2 country code (or 001)",
             }
         ),
     ],
@@ -301,7 +312,7 @@ Country = TypeAliasType(
 Duration = Annotated[
     str,
     AfterValidator(lambda v: duration_ms(v) and v),
-    Field(json_schema_extra={"pattern": _DURATION_PATTERN}),
+    Field(json_schema_extra={"pattern": _DURATION_PATTERN, "patternErrorMessage": _NOT_DURATION}),
 ]
 # At most 10^12 units: micro-units then stay far below 2^63, exact in every store. A JSON Schema
 # cannot hold "at most 6 decimal places" faithfully (validators compute multipleOf in binary
@@ -343,17 +354,26 @@ class _PriceKeySchema:
         )
 
 
-def _one_of_lists(*names: str) -> dict[str, Any]:
-    """JSON Schema: exactly one of `names` is given as a list (null counts as not given)."""
+def _exactly_one_list(first: str, second: str) -> dict[str, Any]:
+    """JSON Schema: exactly one of `first` and `second` is given as a list (null counts as not
+    given). Said with if/then/else rather than oneOf so that an editor can show the validator's
+    words (`errorMessage`: yaml-language-server's, ignored by other tools)."""
+    message = f"give exactly one of {first} or {second}"
     return {
-        "oneOf": [{"required": [name], "properties": {name: {"type": "array"}}} for name in names]
+        "if": {"required": [first], "properties": {first: {"type": "array"}}},
+        "then": {"properties": {second: {"type": "null", "errorMessage": message}}},
+        "else": {
+            "required": [second],
+            "properties": {second: {"type": "array", "errorMessage": message}},
+            "errorMessage": message,
+        },
     }
 
 
 class SmsCountries(StrictModel):
     """Countries that phone numbers may be in: give exactly one of allow or deny."""
 
-    model_config = ConfigDict(json_schema_extra=_one_of_lists("allow", "deny"))
+    model_config = ConfigDict(json_schema_extra=_exactly_one_list("allow", "deny"))
 
     allow: list[Country] | None = None
     """Only these countries (the destination of the phone number written)."""
@@ -363,7 +383,7 @@ class SmsCountries(StrictModel):
     @model_validator(mode="after")
     def _one_list(self) -> SmsCountries:
         if (self.allow is None) == (self.deny is None):
-            raise ValueError("give exactly one of allow or deny")
+            raise ValueError("give exactly one of allow or deny")  # as _exactly_one_list says
         return self
 
 
@@ -389,7 +409,12 @@ class SmsBudget(StrictModel):
     window: Annotated[
         str,
         AfterValidator(lambda v: v if v == "month" else duration_ms(v) and v),
-        Field(json_schema_extra={"pattern": f"^(month|{_DURATION.pattern})$"}),
+        Field(
+            json_schema_extra={
+                "pattern": f"^(month|{_DURATION.pattern})$",
+                "patternErrorMessage": "neither month nor a duration such as 24h or 30d",
+            }
+        ),
     ]
     """month (the calendar month, UTC) or a sliding duration such as 24h or 30d."""
     price_per_message: dict[Annotated[str, _PriceKeySchema], Money] = Field(

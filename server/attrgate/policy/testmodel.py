@@ -61,19 +61,46 @@ class ExpectedSms(StrictModel):
     """The destination country of the phone_number written."""
 
 
-def _listed(name: str) -> dict[str, Any]:
-    """JSON Schema: `name` is given as a list (null counts as not given)."""
-    return {"required": [name], "properties": {name: {"type": "array"}}}
+# The cross-field rules of Matrix and TestCase, for the JSON Schema. `errorMessage` is
+# yaml-language-server's (VS Code's YAML extension): it shows the validator's own words instead of
+# "Missing property"; other JSON Schema tools ignore it.
 
 
-def _in_matrix(name: str) -> dict[str, Any]:
-    """JSON Schema: the case's matrix lists `name`."""
-    return {"required": ["matrix"], "properties": {"matrix": {"type": "object", **_listed(name)}}}
+def _listed(name: str, message: str) -> dict[str, Any]:
+    """`name` is given as a list (null counts as not given)."""
+    return {"required": [name], "properties": {name: {"type": "array"}}, "errorMessage": message}
 
 
 def _given(name: str) -> dict[str, Any]:
-    """JSON Schema: `name` is given and not null."""
+    """`name` is given and not null."""
     return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def _absent(name: str, message: str) -> dict[str, Any]:
+    """`name` is not given, or null."""
+    return {"properties": {name: {"type": "null", "errorMessage": message}}}
+
+
+def _in_case_or_matrix(key: str) -> dict[str, Any]:
+    """`key` is given in the case or listed in its matrix, not both."""
+    return {
+        "if": _given(key),
+        "then": {
+            "properties": {
+                "matrix": _absent(key, f"{key} is given both in the case and in its matrix")
+            }
+        },
+        "else": {
+            "required": ["matrix"],
+            "properties": {
+                "matrix": {
+                    "type": "object",
+                    **_listed(key, f"give {key}, in the case or in its matrix"),
+                }
+            },
+            "errorMessage": f"give {key}, in the case or in its matrix",
+        },
+    }
 
 
 _MATRIX_KEYS = ("caller", "userPool", "attributes", "clientMetadata")
@@ -85,8 +112,18 @@ class Matrix(StrictModel):
     # Matrix._not_empty, for the JSON Schema.
     model_config = ConfigDict(
         json_schema_extra={
-            "anyOf": [_listed(key) for key in _MATRIX_KEYS],
-            "allOf": [{"properties": {key: {"minItems": 1} for key in _MATRIX_KEYS}}],
+            "anyOf": [
+                _listed(key, "a matrix needs at least one of caller, userPool, attributes")
+                for key in _MATRIX_KEYS
+            ],
+            "allOf": [
+                {
+                    "properties": {
+                        key: {"minItems": 1, "errorMessage": "a matrix list must not be empty"}
+                        for key in _MATRIX_KEYS
+                    }
+                }
+            ],
         }
     )
 
@@ -111,27 +148,33 @@ class Matrix(StrictModel):
 
 def _case_rules() -> dict[str, Any]:
     """TestCase._complete, for the JSON Schema."""
+    deny_only = "violations and deniedBy belong to a case that expects deny"
     return {
         "allOf": [
-            *({"oneOf": [_given(key), _in_matrix(key)]} for key in _MATRIX_KEYS[:3]),
+            *(_in_case_or_matrix(key) for key in _MATRIX_KEYS[:3]),
             {
-                "not": {
-                    "allOf": [
-                        {"required": ["clientMetadata"]},
-                        {"properties": {"clientMetadata": {"minProperties": 1}}},
-                        _in_matrix("clientMetadata"),
-                    ]
-                }
+                "if": {
+                    "required": ["clientMetadata"],
+                    "properties": {"clientMetadata": {"minProperties": 1}},
+                },
+                "then": {
+                    "properties": {
+                        "matrix": _absent(
+                            "clientMetadata",
+                            "clientMetadata is given both in the case and in its matrix",
+                        )
+                    }
+                },
             },
             {
                 "if": {"properties": {"expect": {"const": "deny"}}},
                 "else": {
-                    "properties": {"violations": {"type": "null"}, "deniedBy": {"type": "null"}}
+                    "allOf": [_absent("violations", deny_only), _absent("deniedBy", deny_only)]
                 },
             },
             {
                 "if": {"properties": {"expect": {"const": "invalid"}}},
-                "else": {"properties": {"invalid": {"type": "null"}}},
+                "else": _absent("invalid", "invalid belongs to a case that expects invalid"),
             },
         ]
     }
