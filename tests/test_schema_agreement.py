@@ -573,13 +573,18 @@ def test_every_shipped_document_names_its_schema() -> None:
     shipped = list(_shipped())
     assert {p.name for p in shipped} >= {"profile-service.yaml", "sms-guard.yaml"}
     for path in shipped:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
+        lines = text.splitlines()
         is_test = path.name.endswith(("_test.yaml", "_test.yml"))
         expected = SCHEMAS / ("policytest.json" if is_test else "attrgate.json")
         for head in _document_heads(lines):
             found = MODELINE.fullmatch(lines[head]) if head < len(lines) else None
             assert found, f"{path}:{head + 1}: start the document with a modeline"
             assert (path.parent / found[1]).resolve() == expected, f"{path}:{head + 1}"
+        # and the schema it names accepts every document of the file
+        named = _validator(expected.name)
+        for document in read_documents(text):
+            assert named.is_valid(document.value), f"{path}:{document.line}"
 
 
 def test_modelines_leave_the_set_and_its_revision_as_they_were(tmp_path: Path) -> None:
