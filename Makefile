@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 LISTEN ?= 127.0.0.1:50051
 ADMIN ?= 127.0.0.1:50052
 
-.PHONY: run test test-floors lint typecheck unit proto bench clean
+.PHONY: run test test-floors lint typecheck unit proto schemas bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,8 @@ test: lint typecheck unit
 
 # The whole suite against the lowest version pyproject.toml allows of every direct dependency
 # with a lower bound (scripts/floors.py asks the package index), in a venv of its own: a floor is
-# a promise. Not the Dockerfile replay and the stub-staleness check, which need the dev tools.
+# a promise. Not the Dockerfile replay and the stub-staleness check, which need the dev tools, nor
+# the schema-staleness check (another pydantic may word the same JSON Schema otherwise).
 # .ci/run runs it after `make test` (about ten minutes).
 FLOORS := .venv-floors
 test-floors: $(STAMP)
@@ -32,10 +33,12 @@ test-floors: $(STAMP)
 	$(PYTHON) -m venv $(FLOORS)
 	$(BIN)/python scripts/floors.py > $(FLOORS)/floors.txt
 	$(FLOORS)/bin/python -m pip install -q -c $(FLOORS)/floors.txt -e '.[local]' \
-		"$$(grep '^pytest==' constraints.txt)" "$$(grep '^hypothesis==' constraints.txt)"
+		"$$(grep '^pytest==' constraints.txt)" "$$(grep '^hypothesis==' constraints.txt)" \
+		"$$(grep '^jsonschema==' constraints.txt)"
 	$(FLOORS)/bin/python -m pip list 2>/dev/null | grep -E '^(boto3|botocore|protobuf|pydantic) '
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider \
-		--ignore=tests/test_dockerfile.py --ignore=tests/test_proto_stubs.py
+		--ignore=tests/test_dockerfile.py --ignore=tests/test_proto_stubs.py \
+		--ignore=tests/test_schema_files.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check server tests bench scripts
@@ -51,6 +54,10 @@ unit: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=server --pyi_out=server \
 		--grpc_python_out=server proto/attrgate/v1/attrgate.proto
+
+# Regenerate the committed JSON Schemas from the policy models (a test fails when they are stale).
+schemas: $(STAMP)
+	$(BIN)/attrgate schema --output-dir schemas/v1
 
 clean:
 	rm -rf $(VENV) $(FLOORS) .pytest_cache .mypy_cache .ruff_cache

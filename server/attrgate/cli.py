@@ -1,4 +1,4 @@
-"""attrgate serve | check | call | health."""
+"""attrgate serve | check | schema | call | sms usage | health."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from attrgate import __version__
 from attrgate.config import ConfigError, add_serve_arguments, settings_from
 from attrgate.identity import CALLER_HEADER
+from attrgate.policy.jsonschema import add_schema_command
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.v1 import attrgate_pb2 as pb
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     _add_policy_max_bytes(check)
     check.set_defaults(handler=_check)
+
+    add_schema_command(commands)
 
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
     call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")

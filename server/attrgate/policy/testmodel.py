@@ -6,9 +6,9 @@ any document of this kind. Strict like every policy model: a typo in a key is an
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from attrgate.policy.model import Metadata, StrictModel
 
@@ -25,37 +25,116 @@ class PoolFixture(StrictModel):
     read from `file`, relative to the test file."""
 
     file: Annotated[str, StringConstraints(min_length=1)]
+    """The fixture's path, relative to the test file."""
 
 
 class ExpectedFinding(StrictModel):
     """One violation or would-deny finding. Only the keys given are compared."""
 
     attribute: str | None = None
+    """The attribute name."""
     policy: str | None = None
+    """The policy's metadata.name."""
     entry: str | None = None
+    """The entry, as decisions name it (`allow[0]`, `deny[1]`)."""
     reason: str | None = None
+    """The reason code, such as ATTRIBUTE_DENIED or ENUM."""
     client_metadata_key: str | None = Field(default=None, alias="clientMetadataKey")
+    """The client metadata key, for a finding about one."""
 
 
 class ExpectedInvalid(StrictModel):
     """One malformed field (expect: invalid). Only the keys given are compared."""
 
     field: str | None = None
+    """The request field, as the BadRequest detail names it."""
     reason: str | None = None
+    """Why it is malformed."""
 
 
 class ExpectedSms(StrictModel):
+    """The SMS assessment of the request. Only the keys given are compared."""
+
     triggers_sms: bool | None = Field(default=None, alias="triggersSms")
-    country: str | None = None  # the destination country of the phone_number written
+    """Whether the write would make Cognito send an SMS."""
+    country: str | None = None
+    """The destination country of the phone_number written."""
+
+
+# The cross-field rules of Matrix and TestCase, for the JSON Schema. `errorMessage` is
+# yaml-language-server's (VS Code's YAML extension): it shows the validator's own words instead of
+# "Missing property"; other JSON Schema tools ignore it.
+
+
+def _listed(name: str, message: str) -> dict[str, Any]:
+    """`name` is given as a list (null counts as not given)."""
+    return {"required": [name], "properties": {name: {"type": "array"}}, "errorMessage": message}
+
+
+def _given(name: str) -> dict[str, Any]:
+    """`name` is given and not null."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def _absent(name: str, message: str) -> dict[str, Any]:
+    """`name` is not given, or null."""
+    return {"properties": {name: {"type": "null", "errorMessage": message}}}
+
+
+def _in_case_or_matrix(key: str) -> dict[str, Any]:
+    """`key` is given in the case or listed in its matrix, not both."""
+    return {
+        "if": _given(key),
+        "then": {
+            "properties": {
+                "matrix": _absent(key, f"{key} is given both in the case and in its matrix")
+            }
+        },
+        "else": {
+            "required": ["matrix"],
+            "properties": {
+                "matrix": {
+                    "type": "object",
+                    **_listed(key, f"give {key}, in the case or in its matrix"),
+                }
+            },
+            "errorMessage": f"give {key}, in the case or in its matrix",
+        },
+    }
+
+
+_MATRIX_KEYS = ("caller", "userPool", "attributes", "clientMetadata")
 
 
 class Matrix(StrictModel):
     """Lists whose cross product expands the case: one case per combination, named after it."""
 
+    # Matrix._not_empty, for the JSON Schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                _listed(key, "a matrix needs at least one of caller, userPool, attributes")
+                for key in _MATRIX_KEYS
+            ],
+            "allOf": [
+                {
+                    "properties": {
+                        key: {"minItems": 1, "errorMessage": "a matrix list must not be empty"}
+                        for key in _MATRIX_KEYS
+                    }
+                }
+            ],
+        }
+    )
+
     caller: list[str] | None = None
+    """Callers to try."""
     user_pool: list[str] | None = Field(default=None, alias="userPool")
+    """User pools to try."""
     attributes: list[Attributes] | None = None
+    """Attribute sets to try, each a mapping of names to string values."""
     client_metadata: list[Attributes] | None = Field(default=None, alias="clientMetadata")
+    """Client metadata mappings to try."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> Matrix:
@@ -67,24 +146,78 @@ class Matrix(StrictModel):
         return self
 
 
+def _case_rules() -> dict[str, Any]:
+    """TestCase._complete, for the JSON Schema."""
+    deny_only = "violations and deniedBy belong to a case that expects deny"
+    return {
+        "allOf": [
+            *(_in_case_or_matrix(key) for key in _MATRIX_KEYS[:3]),
+            {
+                "if": {
+                    "required": ["clientMetadata"],
+                    "properties": {"clientMetadata": {"minProperties": 1}},
+                },
+                "then": {
+                    "properties": {
+                        "matrix": _absent(
+                            "clientMetadata",
+                            "clientMetadata is given both in the case and in its matrix",
+                        )
+                    }
+                },
+            },
+            {
+                "if": {"properties": {"expect": {"const": "deny"}}},
+                "else": {
+                    "allOf": [_absent("violations", deny_only), _absent("deniedBy", deny_only)]
+                },
+            },
+            {
+                "if": {"properties": {"expect": {"const": "invalid"}}},
+                "else": _absent("invalid", "invalid belongs to a case that expects invalid"),
+            },
+        ]
+    }
+
+
 class TestCase(StrictModel):
+    """One request and the decision it must get: caller, userPool and attributes each in the
+    case or in its matrix."""
+
     __test__ = False  # not a pytest class
 
+    model_config = ConfigDict(json_schema_extra=_case_rules())
+
     name: CaseName
-    skip: str | None = None  # the reason
+    """What the case shows; expanded matrix cases add their values to it."""
+    skip: str | None = None
+    """Skip the case, giving the reason."""
     caller: str | None = None
+    """The caller's name, as the server identifies it."""
     user_pool: str | None = Field(default=None, alias="userPool")
+    """The user pool id."""
     username: str = "policy-test-user"
+    """The user to write (only validation looks at it)."""
     attributes: Attributes | None = None
+    """The attributes to write: names to string values (quote `"true"`)."""
     client_metadata: Attributes = Field(default_factory=dict, alias="clientMetadata")
+    """Client metadata sent with the request."""
     matrix: Matrix | None = None
+    """Lists to expand the case over: one case per combination."""
     expect: Expectation
+    """allow, deny, or invalid (refused as malformed before any policy is asked)."""
     violations: list[ExpectedFinding] | None = None
+    """The violations of a denied request (every one, in any order)."""
     would_deny: list[ExpectedFinding] | None = Field(default=None, alias="wouldDeny")
+    """What audit policies would deny (every finding, in any order)."""
     denied_by: DeniedBy | None = Field(default=None, alias="deniedBy")
+    """The stage that denies."""
     pending_verification: list[str] | None = Field(default=None, alias="pendingVerification")
+    """Attributes Cognito would hold back until the user verifies them."""
     sms: ExpectedSms | None = None
+    """The SMS assessment."""
     invalid: list[ExpectedInvalid] | None = None
+    """The malformed fields of a request expected invalid."""
 
     @model_validator(mode="after")
     def _complete(self) -> TestCase:
@@ -107,15 +240,26 @@ class TestCase(StrictModel):
 
 
 class PolicyTestSpec(StrictModel):
-    skip: str | None = None  # the reason: every case of the suite is skipped
+    """The suite: pool fixtures and cases."""
+
+    skip: str | None = None
+    """Skip every case of the suite, giving the reason."""
     pools: dict[str, PoolFixture] = Field(default_factory=dict)
+    """DescribeUserPool answers by user pool id, for schema checks and pending verification."""
     cases: Annotated[list[TestCase], Field(min_length=1)]
+    """The cases."""
 
 
 class PolicyTest(StrictModel):
+    """A table-driven test suite for the policy set (`attrgate test`)."""
+
     __test__ = False
 
     api_version: Literal["attrgate/v1"] = Field(alias="apiVersion")
+    """The policy format's version: attrgate/v1."""
     kind: Literal["PolicyTest"]
+    """The kind of document."""
     metadata: Metadata
+    """Name, description and labels."""
     spec: PolicyTestSpec
+    """The suite."""
