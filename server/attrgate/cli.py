@@ -1,4 +1,4 @@
-"""attrgate serve | check | call | health."""
+"""attrgate serve | check | test | call | health."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from attrgate.config import ConfigError, add_serve_arguments, settings_from
 from attrgate.identity import CALLER_HEADER
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.policytest.command import add_arguments as add_test_arguments
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
@@ -67,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     _add_policy_max_bytes(check)
     check.set_defaults(handler=_check)
+
+    test = commands.add_parser("test", help="run PolicyTest suites against a policy set")
+    _add_policy_max_bytes(test)
+    add_test_arguments(test)
 
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
     call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")

@@ -8,16 +8,58 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
+from attrgate.domain import ViolationReason
 from attrgate.policy.model import Metadata, StrictModel
 
 # Names a test may set: strings only (quote `"true"`), as the RPC carries them.
 Attributes = dict[str, str]
 CaseName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Expectation = Literal["allow", "deny", "invalid"]
-# The stage that denies, as CheckUpdateUserAttributes reports it (Decision.denied_by).
-DeniedBy = Literal["policy", "pool", "pool_schema", "sms_country"]
+# The stage that denies, as CheckUpdateUserAttributes reports it (Decision.denied_by), among
+# those a test can reach: without Cognito no pool is ever "not found" (a suite with pools must
+# give every case's pool a fixture) and no user is looked up; without a store nothing is counted.
+DeniedBy = Literal["policy", "pool_schema", "sms_country"]
+
+# Violation reasons an offline decision can give; the others need Cognito or a store.
+_OFFLINE_ONLY_NOT = {
+    ViolationReason.POOL_NOT_FOUND: "no pool is ever not found without Cognito",
+    ViolationReason.USER_NOT_FOUND: "attrgate test looks no user up",
+    ViolationReason.SMS_LIMIT_EXCEEDED: "attrgate test counts no SMS (that needs a store)",
+}
+VIOLATION_REASONS = tuple(r.value for r in ViolationReason if r not in _OFFLINE_ONLY_NOT)
+# The reasons validate.py gives a malformed field (expect: invalid).
+INVALID_REASONS = (
+    "REQUIRED",
+    "TOO_LONG",
+    "TOO_MANY",
+    "BAD_FORMAT",
+    "RESERVED_ATTRIBUTE",
+    "DUPLICATE",
+    "INVALID_PHONE_NUMBER",
+)
+
+
+def _known(known: tuple[str, ...], why: dict[str, str]) -> AfterValidator:
+    def check(value: str) -> str:
+        if value in why:
+            raise ValueError(f"{value} cannot happen in attrgate test: {why[value]}")
+        if value not in known:
+            raise ValueError(f"unknown reason {value!r} (known: {', '.join(known)})")
+        return value
+
+    return AfterValidator(check)
+
+
+ViolationReasonName = Annotated[
+    str,
+    _known(VIOLATION_REASONS, {r.value: w for r, w in _OFFLINE_ONLY_NOT.items()}),
+    Field(json_schema_extra={"enum": list(VIOLATION_REASONS)}),
+]
+InvalidReasonName = Annotated[
+    str, _known(INVALID_REASONS, {}), Field(json_schema_extra={"enum": list(INVALID_REASONS)})
+]
 
 
 class PoolFixture(StrictModel):
@@ -33,7 +75,7 @@ class ExpectedFinding(StrictModel):
     attribute: str | None = None
     policy: str | None = None
     entry: str | None = None
-    reason: str | None = None
+    reason: ViolationReasonName | None = None
     client_metadata_key: str | None = Field(default=None, alias="clientMetadataKey")
 
 
@@ -41,12 +83,18 @@ class ExpectedInvalid(StrictModel):
     """One malformed field (expect: invalid). Only the keys given are compared."""
 
     field: str | None = None
-    reason: str | None = None
+    reason: InvalidReasonName | None = None
 
 
 class ExpectedSms(StrictModel):
+    """The SMS assessment of a write of phone_number. Only the keys given are compared; a
+    request that writes no phone_number (or is denied before the SMS guard) sends no SMS."""
+
     triggers_sms: bool | None = Field(default=None, alias="triggersSms")
-    country: str | None = None  # the destination country of the phone_number written
+    # The destination country of the phone_number written (ISO 3166-1 alpha-2, or 001).
+    country: Annotated[str, StringConstraints(pattern=r"^([A-Z]{2}|001)$")] | None = None
+    # An enforcing SmsGuard's country rule refuses it (deniedBy: sms_country).
+    refused: bool | None = None
 
 
 class Matrix(StrictModel):
@@ -82,7 +130,9 @@ class TestCase(StrictModel):
     violations: list[ExpectedFinding] | None = None
     would_deny: list[ExpectedFinding] | None = Field(default=None, alias="wouldDeny")
     denied_by: DeniedBy | None = Field(default=None, alias="deniedBy")
-    pending_verification: list[str] | None = Field(default=None, alias="pendingVerification")
+    pending_verification: list[Literal["email", "phone_number"]] | None = Field(
+        default=None, alias="pendingVerification"
+    )
     sms: ExpectedSms | None = None
     invalid: list[ExpectedInvalid] | None = None
 

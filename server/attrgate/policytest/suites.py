@@ -1,0 +1,279 @@
+"""What `attrgate test` runs: the policy set under test, compiled as `serve` compiles it, and the
+PolicyTest suites, their fixtures read and every reference in them checked, their cases
+expanded.
+
+A suite refers to something unknown (and the run stops with exit 3, FILE:LINE as `check`
+prints) when an expected finding names a policy (AttributePolicy or SmsGuard) the set does not
+have, or an entry that policy does not have; when a pool fixture cannot be read, is not a
+DescribeUserPool answer, or lies outside the folder given on the command line; and when the
+suite declares pools and a case's userPool is not one of them (it would silently skip the
+pool's checks). A kind the loader does not know is its error already.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from attrgate.domain import PoolDescription
+from attrgate.offline import FixtureError, read_pool_fixture
+from attrgate.policy.compile import PolicySet, compile_policy_set
+from attrgate.policy.load import LoadedPolicy, LoadResult, PolicyError, load_policy_set
+from attrgate.policy.model import AttributePolicy, SmsGuard, pattern_scope
+from attrgate.policy.testmodel import ExpectedFinding, PolicyTest, TestCase
+from attrgate.policy.yamlsource import Path
+from attrgate.policytest.expand import MAX_CASES, Case, TooManyCases, Where, expand_case
+
+# Entries a finding names that belong to no policy: the pool's schema, client metadata (a key
+# no policy allows), and none (no policy applies).
+_NO_POLICY_ENTRIES = frozenset({"userPool.schema", "clientMetadata.allowKeys", ""})
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be run (exit 2)."""
+
+
+class InvalidFiles(Exception):
+    """The policy set or a test file is invalid (exit 3): every error, with file and line."""
+
+    def __init__(self, errors: Sequence[PolicyError]) -> None:
+        super().__init__(f"{len(errors)} errors")
+        self.errors = list(dict.fromkeys(errors))  # a file read twice reports once
+
+
+@dataclass
+class Suite:
+    name: str
+    file: str
+    line: int
+    skip: str | None
+    cases: list[Case]
+    pools: dict[str, PoolDescription] = field(default_factory=dict)
+
+
+@dataclass
+class Workspace:
+    policy_set: PolicySet
+    policies: list[LoadedPolicy]  # the documents of the set, for coverage
+    suites: list[Suite]
+    source: str  # where the policies came from, for the report
+
+
+def load_workspace(paths: Sequence[str], policies: str | None, max_bytes: int) -> Workspace:
+    """The set under test and its suites. Without `policies`, the PATHs are the set too: one
+    PATH is read exactly as `serve --policies PATH` reads it; several are one set together
+    (names unique across them, none inside another). Raises UsageError or InvalidFiles."""
+    if policies is None:
+        _refuse_nested(paths)
+    with pattern_scope():  # patterns compile once, for loading and compiling alike
+        read = [(path, load_policy_set(path, max_bytes, tests=True)) for path in paths]
+        errors = [error for _, result in read for error in result.errors]
+        if policies is not None:
+            policy_read = load_policy_set(policies, max_bytes)
+            errors.extend(policy_read.errors)
+            loaded, revision = policy_read.policies, policy_read.revision
+            source = policies
+        else:
+            loaded, revision = _merged(read, errors)
+            source = ", ".join(paths)
+        tests = _unique_tests(read, errors)
+        if errors:
+            raise InvalidFiles(errors)
+        if not loaded:
+            raise UsageError(f"no policies in {source}: give the policy set with --policies")
+        if not tests:
+            raise UsageError(f"no PolicyTest documents in {', '.join(paths)}")
+        policy_set = compile_policy_set(loaded, revision)
+    suites = _suites(tests, _Known(loaded), errors)
+    if errors:
+        raise InvalidFiles(errors)
+    return Workspace(policy_set, loaded, suites, source)
+
+
+def _refuse_nested(paths: Sequence[str]) -> None:
+    real = [os.path.realpath(p) for p in paths]
+    for i, outer in enumerate(real):
+        for j, inner in enumerate(real):
+            if i != j and (outer == inner or inner.startswith(outer.rstrip(os.sep) + os.sep)):
+                raise UsageError(
+                    f"{paths[j]} lies inside {paths[i]} (or is it): give each file once"
+                )
+
+
+def _merged(
+    read: Sequence[tuple[str, LoadResult]], errors: list[PolicyError]
+) -> tuple[list[LoadedPolicy], str]:
+    """Several PATHs as one set: their policies together, names unique across them. Its
+    revision: one PATH's is what `serve` would report; several hash theirs together."""
+    if len(read) == 1:
+        return read[0][1].policies, read[0][1].revision
+    loaded = _unique([r.policies for _, r in read], "policy", errors)
+    digest = hashlib.sha256("\0".join(r.revision for _, r in read).encode())
+    return loaded, "sha256:" + digest.hexdigest()[:16]
+
+
+def _unique_tests(
+    read: Sequence[tuple[str, LoadResult]], errors: list[PolicyError]
+) -> list[tuple[str, LoadedPolicy]]:
+    roots = {id(t): path for path, result in read for t in result.tests}
+    tests = _unique([r.tests for _, r in read], "test", errors)
+    return [(roots[id(t)], t) for t in tests]
+
+
+def _unique(
+    groups: Sequence[Sequence[LoadedPolicy]], what: str, errors: list[PolicyError]
+) -> list[LoadedPolicy]:
+    """Documents of several PATHs together; a name defined in two of them is an error (within
+    one, the loader said so already)."""
+    first: dict[str, LoadedPolicy] = {}
+    kept = []
+    for group in groups:
+        for item in group:
+            name = item.document.metadata.name  # type: ignore[attr-defined]
+            seen = first.get(name)
+            if seen is None:
+                first[name] = item
+                kept.append(item)
+                continue
+            path: Path = ("metadata", "name")
+            where = f"{seen.file}:{seen.source.line_of(path) if seen.source else seen.line}"
+            errors.append(
+                PolicyError(
+                    item.file,
+                    item.source.line_of(path) if item.source else item.line,
+                    "metadata.name",
+                    f"duplicate {what} name {name!r} (first defined at {where})",
+                )
+            )
+    return kept
+
+
+class _Known:
+    """The entries of every policy in the set, by the labels decisions give them."""
+
+    def __init__(self, loaded: Sequence[LoadedPolicy]) -> None:
+        self.entries: dict[str, frozenset[str]] = {}
+        for item in loaded:
+            document = item.document
+            if isinstance(document, AttributePolicy):
+                spec = document.spec
+                labels = [f"allow[{i}]" for i in range(len(spec.allow))]
+                labels += [f"deny[{i}]" for i in range(len(spec.deny))]
+                labels.append("clientMetadata.allowKeys")
+                self.entries[document.metadata.name] = frozenset(labels)
+            elif isinstance(document, SmsGuard):
+                guard = document.spec
+                labels = [f"limits[{i}]" for i in range(len(guard.limits))]
+                if guard.countries is not None:
+                    labels += [f"countries.{k}" for k in ("allow", "deny")]
+                if guard.budget is not None:
+                    labels.append("budget")
+                self.entries[document.metadata.name] = frozenset(labels)
+        self.any_entry = frozenset().union(*self.entries.values(), _NO_POLICY_ENTRIES)
+
+
+def _suites(
+    tests: Sequence[tuple[str, LoadedPolicy]], known: _Known, errors: list[PolicyError]
+) -> list[Suite]:
+    suites = []
+    budget = MAX_CASES
+    for root, item in tests:
+        assert isinstance(item.document, PolicyTest)
+        spec = item.document.spec
+        where = Where(item.file, item.source, item.line)
+        suite = Suite(item.document.metadata.name, item.file, item.line, spec.skip, [])
+        for pool_id, fixture in spec.pools.items():
+            found = _fixture(item.file, root, pool_id, fixture.file)
+            if isinstance(found, str):
+                errors.append(where.error(("spec", "pools", pool_id, "file"), found))
+            else:
+                suite.pools[pool_id] = found
+        for index, case in enumerate(spec.cases):
+            at: Path = ("spec", "cases", index)
+            errors.extend(_references(case, known, list(spec.pools), where, at))
+            try:
+                cases, problems = expand_case(suite.name, case, spec.skip, where, at, budget)
+            except TooManyCases as exc:
+                raise InvalidFiles([*errors, exc.error]) from None
+            errors.extend(problems)
+            budget -= len(cases)
+            suite.cases.extend(cases)
+        errors.extend(_twice(suite, where))
+        suites.append(suite)
+    return suites
+
+
+def _twice(suite: Suite, where: Where) -> list[PolicyError]:
+    """Case names used twice in a suite (--filter, JUnit and reports tell cases by name)."""
+    first: dict[str, int] = {}
+    found = []
+    for case in suite.cases:
+        if case.name in first:
+            message = (
+                f"case name {case.name!r} is used twice in the suite "
+                f"(first at line {first[case.name]})"
+            )
+            found.append(PolicyError(where.file, case.line, "name", message))
+        first.setdefault(case.name, case.line)
+    return found
+
+
+def _fixture(test_file: str, root: str, pool_id: str, name: str) -> PoolDescription | str:
+    """The pool a fixture file describes, or why it cannot be read. Fixtures are read relative
+    to the test file, and only from inside the folder given on the command line."""
+    if os.path.isabs(name):
+        return f"{name}: give the fixture's path relative to the test file"
+    path = os.path.join(os.path.dirname(test_file), name)
+    real_root = os.path.realpath(root)
+    base = real_root if os.path.isdir(real_root) else os.path.dirname(real_root)
+    if os.path.commonpath((base, os.path.realpath(path))) != base:
+        return f"{path}: the fixture lies outside {root}"
+    try:
+        return read_pool_fixture(path, pool_id)
+    except FixtureError as exc:
+        return str(exc)
+
+
+def _references(
+    case: TestCase, known: _Known, pools: list[str], where: Where, at: Path
+) -> list[PolicyError]:
+    found: list[PolicyError] = []
+    for key, items in (("violations", case.violations), ("wouldDeny", case.would_deny)):
+        for index, finding in enumerate(items or ()):
+            problem = _unknown(finding, known)
+            if problem is not None:
+                found.append(where.error((*at, key, index, problem[0]), problem[1]))
+    if not pools:
+        return found
+    listed: list[tuple[Path, str]] = []
+    if case.user_pool is not None:
+        listed.append(((*at, "userPool"), case.user_pool))
+    if case.matrix is not None and case.matrix.user_pool is not None:
+        listed.extend(
+            ((*at, "matrix", "userPool", i), p) for i, p in enumerate(case.matrix.user_pool)
+        )
+    for path, pool in listed:
+        if pool not in pools:
+            message = (
+                f"no fixture for pool {pool!r}: the suite declares pools ({', '.join(pools)}), "
+                "so each case's pool needs one (without it the pool's checks would be skipped)"
+            )
+            found.append(where.error(path, message))
+    return found
+
+
+def _unknown(finding: ExpectedFinding, known: _Known) -> tuple[str, str] | None:
+    """The key of `finding` that names something the set does not have, and why."""
+    if finding.policy:
+        entries = known.entries.get(finding.policy)
+        if entries is None:
+            names = ", ".join(sorted(known.entries)) or "none"
+            return "policy", f"no policy named {finding.policy!r} in the set (it has: {names})"
+        if finding.entry is not None and finding.entry not in entries:
+            listed = ", ".join(sorted(entries))
+            return "entry", f"policy {finding.policy} has no entry {finding.entry!r} ({listed})"
+    elif finding.entry is not None and finding.entry not in known.any_entry:
+        return "entry", f"no policy in the set has an entry {finding.entry!r}"
+    return None
