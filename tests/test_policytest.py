@@ -636,6 +636,9 @@ def test_an_invalid_policy_or_test_file_exits_3_with_file_and_line(
 def test_a_test_naming_what_the_set_lacks_exits_3(
     tmp_path: Path, attrgate_test: Callable[..., Ran]
 ) -> None:
+    """A policy the set does not define, or an entry no decision could name, is an error in the
+    test file; an entry position the policy lacks (allow[7]) is a failing case: positions move
+    as a policy is edited, and the diff shows the entry that decided."""
     cases = """\
     - name: unknown things
       caller: svc-a
@@ -645,22 +648,29 @@ def test_a_test_naming_what_the_set_lacks_exits_3(
       violations:
         - {policy: profil}
         - {policy: profile, entry: "allow[7]"}
-        - {entry: "deny[3]"}
+        - {entry: "alow[0]"}
         - {policy: profile, entry: "deny[0]"}
         - {entry: userPool.schema}
       wouldDeny: [{policy: nobody}]
 """
     test_file = tmp_path / "profile_test.yaml"
+    (loader,) = invalid(tmp_path, attrgate_test, cases)
+    assert loader.startswith(
+        f"{test_file}:14: spec.cases[0].violations[2].entry: 'alow[0]' is no entry a decision "
+        "names (allow[N], deny[N], clientMetadata.allowKeys"
+    )
+    cases = cases.replace("alow[0]", "allow[0]")
     assert invalid(tmp_path, attrgate_test, cases) == [
         f"{test_file}:12: spec.cases[0].violations[0].policy: no policy named 'profil' in the set "
         "(it has: profile)",
-        f"{test_file}:13: spec.cases[0].violations[1].entry: policy profile has no entry "
-        "'allow[7]' (allow[0], allow[1], clientMetadata.allowKeys, deny[0])",
-        f"{test_file}:14: spec.cases[0].violations[2].entry: no policy in the set has an entry "
-        "'deny[3]'",
         f"{test_file}:17: spec.cases[0].wouldDeny[0].policy: no policy named 'nobody' in the set "
         "(it has: profile)",
     ]
+    positions = cases.replace("{policy: profil}", "{policy: profile}").replace(
+        "wouldDeny: [{policy: nobody}]", "wouldDeny: []"
+    )
+    ran = attrgate_test(folder(tmp_path, positions))
+    assert ran.code == 4
 
 
 def test_pool_fixtures_that_cannot_be_used_exit_3(

@@ -6,6 +6,7 @@ any document of this kind. Strict like every policy model: a typo in a key is an
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
@@ -69,12 +70,32 @@ class PoolFixture(StrictModel):
     file: Annotated[str, StringConstraints(min_length=1)]
 
 
+# An entry as decisions name it: a position in a policy (allow[2], deny[0], limits[1]), a part
+# of one, the pool's schema, or "" (no policy applies).
+_ENTRY = (
+    r"^((allow|deny|limits)\[[0-9]+\]|clientMetadata\.allowKeys|countries\.(allow|deny)|budget"
+    r"|userPool\.schema|)$"
+)
+
+
+def _entry(value: str) -> str:
+    if re.fullmatch(_ENTRY, value) is None:
+        raise ValueError(
+            f"{value!r} is no entry a decision names (allow[N], deny[N], clientMetadata.allowKeys, "
+            "userPool.schema, countries.allow, countries.deny, limits[N], budget)"
+        )
+    return value
+
+
+Entry = Annotated[str, AfterValidator(_entry), Field(json_schema_extra={"pattern": _ENTRY})]
+
+
 class ExpectedFinding(StrictModel):
     """One violation or would-deny finding. Only the keys given are compared."""
 
     attribute: str | None = None
     policy: str | None = None
-    entry: str | None = None
+    entry: Entry | None = None
     reason: ViolationReasonName | None = None
     client_metadata_key: str | None = Field(default=None, alias="clientMetadataKey")
 

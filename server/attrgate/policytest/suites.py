@@ -2,12 +2,14 @@
 PolicyTest suites, their fixtures read and every reference in them checked, their cases
 expanded.
 
-A suite refers to something unknown (and the run stops with exit 3, FILE:LINE as `check`
-prints) when an expected finding names a policy (AttributePolicy or SmsGuard) the set does not
-have, or an entry that policy does not have; when a pool fixture cannot be read, is not a
-DescribeUserPool answer, or lies outside the folder given on the command line; and when the
-suite declares pools and a case's userPool is not one of them (it would silently skip the
-pool's checks). A kind the loader does not know is its error already.
+A suite refers to something unknown, and the run stops with exit 3 and FILE:LINE as `check`
+prints, when an expected finding names a policy (AttributePolicy or SmsGuard) the set does not
+define; when a pool fixture cannot be read, is not a DescribeUserPool answer, or lies outside
+the folder given on the command line; and when the suite declares pools and a case's userPool is
+not one of them (its pool checks would be skipped unnoticed). Unknown kinds, keys, reasons,
+stages and malformed entry names are the loader's errors already. An entry's position
+(`allow[3]`) is not checked here: positions move as a policy is edited, and a wrong one is a
+failing case whose diff shows the entry that decided.
 """
 
 from __future__ import annotations
@@ -21,14 +23,10 @@ from attrgate.domain import PoolDescription
 from attrgate.offline import FixtureError, read_pool_fixture
 from attrgate.policy.compile import PolicySet, compile_policy_set
 from attrgate.policy.load import LoadedPolicy, LoadResult, PolicyError, load_policy_set
-from attrgate.policy.model import AttributePolicy, SmsGuard, pattern_scope
-from attrgate.policy.testmodel import ExpectedFinding, PolicyTest, TestCase
+from attrgate.policy.model import pattern_scope
+from attrgate.policy.testmodel import PolicyTest, TestCase
 from attrgate.policy.yamlsource import Path
 from attrgate.policytest.expand import MAX_CASES, Case, TooManyCases, Where, expand_case
-
-# Entries a finding names that belong to no policy: the pool's schema, client metadata (a key
-# no policy allows), and none (no policy applies).
-_NO_POLICY_ENTRIES = frozenset({"userPool.schema", "clientMetadata.allowKeys", ""})
 
 
 class UsageError(Exception):
@@ -86,7 +84,7 @@ def load_workspace(paths: Sequence[str], policies: str | None, max_bytes: int) -
         if not tests:
             raise UsageError(f"no PolicyTest documents in {', '.join(paths)}")
         policy_set = compile_policy_set(loaded, revision)
-    suites = _suites(tests, _Known(loaded), errors)
+    suites = _suites(tests, _policy_names(loaded), errors)
     if errors:
         raise InvalidFiles(errors)
     return Workspace(policy_set, loaded, suites, source)
@@ -150,32 +148,12 @@ def _unique(
     return kept
 
 
-class _Known:
-    """The entries of every policy in the set, by the labels decisions give them."""
-
-    def __init__(self, loaded: Sequence[LoadedPolicy]) -> None:
-        self.entries: dict[str, frozenset[str]] = {}
-        for item in loaded:
-            document = item.document
-            if isinstance(document, AttributePolicy):
-                spec = document.spec
-                labels = [f"allow[{i}]" for i in range(len(spec.allow))]
-                labels += [f"deny[{i}]" for i in range(len(spec.deny))]
-                labels.append("clientMetadata.allowKeys")
-                self.entries[document.metadata.name] = frozenset(labels)
-            elif isinstance(document, SmsGuard):
-                guard = document.spec
-                labels = [f"limits[{i}]" for i in range(len(guard.limits))]
-                if guard.countries is not None:
-                    labels += [f"countries.{k}" for k in ("allow", "deny")]
-                if guard.budget is not None:
-                    labels.append("budget")
-                self.entries[document.metadata.name] = frozenset(labels)
-        self.any_entry = frozenset().union(*self.entries.values(), _NO_POLICY_ENTRIES)
+def _policy_names(loaded: Sequence[LoadedPolicy]) -> frozenset[str]:
+    return frozenset(item.document.metadata.name for item in loaded)  # type: ignore[attr-defined]
 
 
 def _suites(
-    tests: Sequence[tuple[str, LoadedPolicy]], known: _Known, errors: list[PolicyError]
+    tests: Sequence[tuple[str, LoadedPolicy]], known: frozenset[str], errors: list[PolicyError]
 ) -> list[Suite]:
     suites = []
     budget = MAX_CASES
@@ -237,14 +215,15 @@ def _fixture(test_file: str, root: str, pool_id: str, name: str) -> PoolDescript
 
 
 def _references(
-    case: TestCase, known: _Known, pools: list[str], where: Where, at: Path
+    case: TestCase, known: frozenset[str], pools: list[str], where: Where, at: Path
 ) -> list[PolicyError]:
     found: list[PolicyError] = []
     for key, items in (("violations", case.violations), ("wouldDeny", case.would_deny)):
         for index, finding in enumerate(items or ()):
-            problem = _unknown(finding, known)
-            if problem is not None:
-                found.append(where.error((*at, key, index, problem[0]), problem[1]))
+            if finding.policy and finding.policy not in known:
+                names = ", ".join(sorted(known))
+                message = f"no policy named {finding.policy!r} in the set (it has: {names})"
+                found.append(where.error((*at, key, index, "policy"), message))
     if not pools:
         return found
     listed: list[tuple[Path, str]] = []
@@ -262,18 +241,3 @@ def _references(
             )
             found.append(where.error(path, message))
     return found
-
-
-def _unknown(finding: ExpectedFinding, known: _Known) -> tuple[str, str] | None:
-    """The key of `finding` that names something the set does not have, and why."""
-    if finding.policy:
-        entries = known.entries.get(finding.policy)
-        if entries is None:
-            names = ", ".join(sorted(known.entries)) or "none"
-            return "policy", f"no policy named {finding.policy!r} in the set (it has: {names})"
-        if finding.entry is not None and finding.entry not in entries:
-            listed = ", ".join(sorted(entries))
-            return "entry", f"policy {finding.policy} has no entry {finding.entry!r} ({listed})"
-    elif finding.entry is not None and finding.entry not in known.any_entry:
-        return "entry", f"no policy in the set has an entry {finding.entry!r}"
-    return None
