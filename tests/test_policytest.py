@@ -21,8 +21,12 @@ from typing import Any
 import pytest
 
 from attrgate.cli import main
+from attrgate.domain import Attribute, UpdateRequest
+from attrgate.policy.compile import compile_policy_set
+from attrgate.policy.engine import evaluate
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.testmodel import INVALID_REASONS, PolicyTest
+from attrgate.policy.trace import Trace
 from attrgate.policytest.expand import MAX_CASES
 from support.environment import clean_env
 
@@ -776,3 +780,20 @@ def test_invalid_reasons_are_those_validation_gives() -> None:
     given |= set(re.findall(r'_check_string.*\n?.*"([A-Z_]+)"', source))
     given |= {"REQUIRED", "TOO_LONG", "BAD_FORMAT"}  # _check_string's own
     assert given == set(INVALID_REASONS)
+
+
+def test_coverage_traces_leave_out_which_policies_applied() -> None:
+    """`Trace(record_policies=False)` (what coverage uses) records the same decisions, without
+    the per-policy glob matches explain prints."""
+    loaded = load_policy_set(EXAMPLES)
+    policy_set = compile_policy_set(loaded.policies, loaded.revision)
+    request = UpdateRequest(
+        "us-east-1_A", "u", (Attribute("family_name", "L"), Attribute("custom:role", "x")), {}
+    )
+    full, lean = Trace(), Trace(record_policies=False)
+    assert evaluate(policy_set, "profile-web", request, full) == evaluate(
+        policy_set, "profile-web", request, lean
+    )
+    assert lean.policies == []
+    assert len(full.policies) == 3
+    assert lean.attributes == full.attributes
