@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from attrgate.policytest.coverage import Coverage
 from attrgate.policytest.expand import Case
-from attrgate.policytest.report import to_json, to_junit, write_coverage, write_tree
+from attrgate.policytest.report import count, to_json, to_junit, write_coverage, write_tree
 from attrgate.policytest.run import run_suites
 from attrgate.policytest.suites import InvalidFiles, Suite, UsageError, load_workspace
 from attrgate.reloading import gc_paused
@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - began
     cases = sum(len(cases) for _, cases in selected)
     header = (
-        f"attrgate test: {_count(len(selected), 'suite')}, {_count(cases, 'case')} against "
+        f"attrgate test: {count(len(selected), 'suite')}, {count(cases, 'case')} against "
         f"revision {workspace.policy_set.revision} of {workspace.source}"
     )
     junit = to_junit(results, coverage, seconds) if args.junit or args.format == "junit" else b""
@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     if low:
         # On stderr: stdout may be JSON or XML.
         print(
-            f"attrgate test: coverage {coverage.percent:.1f} % is below --min-coverage "
+            f"attrgate test: coverage {coverage.shown(1):.1f} % is below --min-coverage "
             f"{args.min_coverage:g}; not exercised:",
             file=sys.stderr,
         )
@@ -157,7 +157,3 @@ def _select(suites: Sequence[Suite], globs: Sequence[str]) -> list[tuple[Suite, 
     if not selected:
         raise UsageError(f"--filter {' '.join(globs)} selects no suite and no case")
     return selected
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"

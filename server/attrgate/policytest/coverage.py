@@ -81,3 +81,10 @@ class Coverage:
     def percent(self) -> float:
         done, total = self.counts
         return 100.0 * done / total if total else 100.0
+
+    def shown(self, places: int) -> float:
+        """The percentage rounded down: 99.96 % is no 100 % (--min-coverage compares the exact
+        value, and a report must not say it met a minimum it missed)."""
+        done, total = self.counts
+        scale = 10**places
+        return (done * 100 * scale // total) / scale if total else 100.0

@@ -31,6 +31,10 @@ def summary(results: Sequence[SuiteResult]) -> dict[str, int]:
     }
 
 
+def count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def printable(text: str) -> str:
     """`text` safe for a terminal: control characters (an escape sequence in a case name)
     shown escaped."""
@@ -56,8 +60,8 @@ def write_tree(
             _tree_case(out, case)
     counts = summary(results)
     print(
-        f"\n{counts['cases']} cases: {counts['passed']} passed, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped in {seconds:.2f} s",
+        f"\n{count(counts['cases'], 'case')}: {counts['passed']} passed, {counts['failed']} "
+        f"failed, {counts['skipped']} skipped in {seconds:.2f} s",
         file=out,
     )
     done, total = coverage.counts
@@ -65,7 +69,7 @@ def write_tree(
         write_coverage(out, coverage)
     else:
         print(
-            f"coverage: {coverage.percent:.1f} % ({done} of {total} entries exercised; "
+            f"coverage: {coverage.shown(1):.1f} % ({done} of {total} entries exercised; "
             "--coverage lists them)",
             file=out,
         )
@@ -90,7 +94,9 @@ def _tree_case(out: TextIO, result: CaseResult) -> None:
 def write_coverage(out: TextIO, coverage: Coverage, only_missed: bool = False) -> None:
     done, total = coverage.counts
     if not only_missed:
-        print(f"coverage: {coverage.percent:.1f} % ({done} of {total} entries exercised)", file=out)
+        print(
+            f"coverage: {coverage.shown(1):.1f} % ({done} of {total} entries exercised)", file=out
+        )
     rows = [
         (
             "exercised" if coverage.exercised(e) else "MISSED",
@@ -131,7 +137,7 @@ def to_json(results: Sequence[SuiteResult], coverage: Coverage) -> dict[str, Any
             for r in results
         ],
         "coverage": {
-            "percent": round(coverage.percent, 2),
+            "percent": coverage.shown(2),
             "entries": [
                 {
                     "policy": e.policy,
@@ -174,7 +180,7 @@ def to_junit(results: Sequence[SuiteResult], coverage: Coverage, seconds: float)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     done, total = coverage.counts
     properties = [
-        ("attrgate.coverage.percent", f"{coverage.percent:.2f}"),
+        ("attrgate.coverage.percent", f"{coverage.shown(2):.2f}"),
         ("attrgate.coverage.exercised", str(done)),
         ("attrgate.coverage.entries", str(total)),
     ]

@@ -14,6 +14,7 @@ failing case whose diff shows the entry that decided.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -168,6 +169,7 @@ def _suites(
                 errors.append(where.error(("spec", "pools", pool_id, "file"), found))
             else:
                 suite.pools[pool_id] = found
+        named: dict[str, int] = {}  # --filter, JUnit and reports tell cases by name
         for index, case in enumerate(spec.cases):
             at: Path = ("spec", "cases", index)
             errors.extend(_references(case, known, list(spec.pools), where, at))
@@ -177,25 +179,14 @@ def _suites(
                 raise InvalidFiles([*errors, exc.error]) from None
             errors.extend(problems)
             budget -= len(cases)
+            for expanded in cases:
+                first = named.setdefault(expanded.name, expanded.line)
+                if first != expanded.line:
+                    message = f"case name {expanded.name!r} is used twice (first at line {first})"
+                    errors.append(where.error((*at, "name"), message))
             suite.cases.extend(cases)
-        errors.extend(_twice(suite, where))
         suites.append(suite)
     return suites
-
-
-def _twice(suite: Suite, where: Where) -> list[PolicyError]:
-    """Case names used twice in a suite (--filter, JUnit and reports tell cases by name)."""
-    first: dict[str, int] = {}
-    found = []
-    for case in suite.cases:
-        if case.name in first:
-            message = (
-                f"case name {case.name!r} is used twice in the suite "
-                f"(first at line {first[case.name]})"
-            )
-            found.append(PolicyError(where.file, case.line, "name", message))
-        first.setdefault(case.name, case.line)
-    return found
 
 
 def _fixture(test_file: str, root: str, pool_id: str, name: str) -> PoolDescription | str:
@@ -221,8 +212,9 @@ def _references(
     for key, items in (("violations", case.violations), ("wouldDeny", case.would_deny)):
         for index, finding in enumerate(items or ()):
             if finding.policy and finding.policy not in known:
-                names = ", ".join(sorted(known))
-                message = f"no policy named {finding.policy!r} in the set (it has: {names})"
+                close = difflib.get_close_matches(finding.policy, known, 3)
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                message = f"no policy named {finding.policy!r} in the set{hint}"
                 found.append(where.error((*at, key, index, "policy"), message))
     if not pools:
         return found
