@@ -18,17 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+import yaml
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from attrgate.cli import main
 from attrgate.domain import Attribute, UpdateRequest
 from attrgate.policy.compile import compile_policy_set
 from attrgate.policy.engine import evaluate
 from attrgate.policy.load import load_policy_set
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.policy.testmodel import INVALID_REASONS, PolicyTest
 from attrgate.policy.trace import Trace
-from attrgate.policytest.expand import MAX_CASES
+from attrgate.policytest.coverage import Coverage
+from attrgate.policytest.expand import MAX_CASES, Case
+from attrgate.policytest.run import run_suites
+from attrgate.policytest.suites import load_workspace
+from attrgate.v1 import attrgate_pb2 as pb
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
+from support.attrgate_server import RunningServer, settings_for
+from support.cognito_stub import CognitoStub, Reply, error
 from support.environment import clean_env
+from support.rpc import as_caller
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "policies"
@@ -796,3 +809,110 @@ def test_coverage_traces_leave_out_which_policies_applied() -> None:
     assert lean.policies == []
     assert len(full.policies) == 3
     assert lean.attributes == full.attributes
+
+
+# -- the same decisions as a served attrgate -----------------------------------------------------
+
+
+@pytest.mark.usefixtures("stub_credentials")
+def test_the_shipped_cases_are_decided_as_a_served_attrgate_decides(tmp_path: Path) -> None:
+    """Every case of the shipped suites, sent to CheckUpdateUserAttributes of a real server
+    with the same policies, whose Cognito describes each pool with the suite's fixture (and
+    fails for a pool without one, the server failing open): the same outcome, stage, findings
+    and SMS assessment. (Pending verification is not in the Check RPC's answer.) A server per
+    suite: a suite without a fixture for a pool another suite describes must not see its
+    description cached."""
+    workspace = load_workspace([str(EXAMPLES)], None, DEFAULT_MAX_BYTES)
+    selected = [(s, s.cases) for s in workspace.suites]
+    results = run_suites(workspace.policy_set, selected, Coverage(workspace.policies))
+    fixtures = {
+        t.document.metadata.name: {  # type: ignore[attr-defined]
+            pool: _answer(Path(t.file).parent / fixture.file)
+            for pool, fixture in t.document.spec.pools.items()  # type: ignore[attr-defined]
+        }
+        for t in load_policy_set(EXAMPLES, tests=True).tests
+    }
+    compared = 0
+    for result in results:
+        stub = CognitoStub()
+        server = RunningServer(
+            settings_for(
+                policies=str(EXAMPLES),
+                cognito_endpoint=stub.endpoint,
+                state=str(tmp_path / f"{result.suite.name}.sqlite"),
+                pool_metadata_fail_open=True,
+                metadata_lookup_burst=1000,
+            )
+        )
+        try:
+            with server.channel() as channel:
+                rpc = server.stub(channel)
+                for case in result.cases:
+                    answer = fixtures[result.suite.name].get(case.case.request.user_pool_id)
+                    stub.describe = Reply(body=answer) if answer else error("Internal", status=500)
+                    served = _served(rpc, case.case)
+                    offline = {k: v for k, v in (case.actual or {}).items() if k in served}
+                    assert served == offline, case.case.name
+                    compared += 1
+        finally:
+            server.stop()
+            stub.stop()
+    assert compared == sum(len(r.cases) for r in results) > 40
+
+
+def _answer(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    answer: dict[str, Any] = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    return answer
+
+
+def _served(rpc: pb_grpc.UserAttributesStub, case: Case) -> dict[str, Any]:
+    request = pb.UpdateUserAttributesRequest(
+        user_pool_id=case.request.user_pool_id,
+        username=case.request.username,
+        user_attributes=[
+            pb.AttributeType(name=a.name, value=a.value) for a in case.request.attributes
+        ],
+        client_metadata=dict(case.request.client_metadata),
+    )
+    caller = as_caller(case.caller)
+    if case.spec.expect == "invalid":
+        with pytest.raises(grpc.RpcError) as refused:
+            rpc.CheckUpdateUserAttributes(request, metadata=caller, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+        assert status is not None
+        bad = error_details_pb2.BadRequest()
+        next(d for d in status.details if d.Unpack(bad))
+        return {
+            "outcome": "invalid",
+            "invalid": [{"field": v.field, "reason": v.reason} for v in bad.field_violations],
+        }
+    decision = rpc.CheckUpdateUserAttributes(request, metadata=caller, timeout=10)
+
+    def findings(items: Any) -> list[dict[str, str]]:
+        out = []
+        for v in items:
+            found = {
+                "attribute": v.attribute,
+                "policy": v.policy,
+                "entry": v.entry,
+                "reason": v.reason,
+            }
+            if v.client_metadata_key:
+                found["clientMetadataKey"] = v.client_metadata_key
+            out.append(found)
+        return out
+
+    sms = decision.sms if decision.HasField("sms") else None
+    return {
+        "outcome": "allow" if decision.allowed else "deny",
+        "deniedBy": decision.denied_by or None,
+        "violations": findings(decision.violations),
+        "wouldDeny": findings(decision.would_deny),
+        "sms": {
+            "triggersSms": bool(sms and sms.triggers_sms),
+            "country": sms.country if sms is not None and sms.country else None,
+            "refused": decision.denied_by == "sms_country",
+        },
+    }
