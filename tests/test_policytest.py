@@ -767,9 +767,17 @@ def test_hostile_test_files_are_refused_cheaply(
     )
     (error,) = invalid(tmp_path, attrgate_test, PASSING + huge)
     assert error == (
-        f"{test_file}:14: spec.cases[1].matrix: the matrix expands to 160,000 cases, past the "
-        f"{MAX_CASES:,} one run may hold (all suites together): split it, or select fewer "
-        "suites with --filter"
+        f"{test_file}:14: spec.cases[1].matrix: the matrix expands to 160,000 cases, more than "
+        f"the {MAX_CASES:,} one run may hold: split it"
+    )
+    # Below the bound each, above it together: refused at the case that crosses it.
+    half = huge.replace(callers, ", ".join(f"svc-{i}" for i in range(150)))
+    more = half.replace("name: huge", "name: more")
+    (error,) = invalid(tmp_path, attrgate_test, PASSING + half + more)
+    assert error == (
+        f"{test_file}:20: spec.cases[2].matrix: with this case's 60,000 the run holds more than "
+        f"the {MAX_CASES:,} cases one run may hold (all suites together): test the PATHs in "
+        "separate runs"
     )
     twice = (
         PASSING

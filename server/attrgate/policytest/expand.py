@@ -89,11 +89,17 @@ def expand_case(
                 count *= len(values)
                 errors.extend(_duplicates(labelled, where, (*at, "matrix", key)))
     if count > budget:
-        message = (
-            f"the matrix expands to {count:,} cases, past the {MAX_CASES:,} one run may hold "
-            "(all suites together): split it, or select fewer suites with --filter"
-        )
-        raise TooManyCases(where.error((*at, "matrix"), message))
+        if count > MAX_CASES:
+            message = (
+                f"the matrix expands to {count:,} cases, more than the {MAX_CASES:,} one run "
+                "may hold: split it"
+            )
+        else:
+            message = (
+                f"with this case's {count:,} the run holds more than the {MAX_CASES:,} cases "
+                "one run may hold (all suites together): test the PATHs in separate runs"
+            )
+        raise TooManyCases(where.error((*at, "matrix") if axes else at, message))
     if errors:
         return [], errors
     line = where.line_of(at)
