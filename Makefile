@@ -67,3 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_observability.py
 	$(BIN)/python bench/bench_sms_store.py
+	$(BIN)/python bench/bench_policytest.py

@@ -3,6 +3,8 @@ the Cognito call parented correctly from its executor thread, and no values anyw
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -148,6 +150,31 @@ def test_service_name_defaults_to_attrgate(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OTEL_SERVICE_NAME", "attrgate-eu")
     assert service_resource().attributes["service.name"] == "attrgate-eu"
     assert service_resource().attributes["team"] == "id"
+
+
+def test_spans_cost_nothing_until_a_provider_is_installed() -> None:
+    """Without a TracerProvider a span is the current span again (what OpenTelemetry's no-op
+    tracer would make, minus its cost); once one is installed, spans are recorded. In a process
+    of its own: this one has a provider from the start (conftest)."""
+    script = (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import "
+        "InMemorySpanExporter\n"
+        "from attrgate.tracing import start_span\n"
+        "with start_span('a') as span:\n"
+        "    assert span is trace.get_current_span()\n"
+        "    assert not span.is_recording()\n"
+        "spans = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(spans))\n"
+        "trace.set_tracer_provider(provider)\n"
+        "with start_span('outer') as outer, start_span('inner') as inner:\n"
+        "    assert inner.is_recording() and inner is trace.get_current_span()\n"
+        "assert [s.name for s in spans.get_finished_spans()] == ['inner', 'outer']\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
 
 class GrpcCollector:

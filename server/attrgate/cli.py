@@ -1,4 +1,4 @@
-"""attrgate serve | check | schema | call | sms usage | health."""
+"""attrgate serve | check | test | schema | call | sms usage | health."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from attrgate.identity import CALLER_HEADER
 from attrgate.policy.jsonschema import add_schema_command
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.policytest.command import add_arguments as add_test_arguments
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
@@ -71,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
 
     add_schema_command(commands)
+
+    test = commands.add_parser("test", help="run PolicyTest suites against a policy set")
+    _add_policy_max_bytes(test)
+    add_test_arguments(test)
 
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
     call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")

@@ -14,8 +14,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
 from attrgate.domain import (
     Caller,
     Decision,
@@ -33,6 +31,7 @@ from attrgate.lookups import OverBudget
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.trace import Trace
+from attrgate.policy.yamlsource import YamlError, read_documents
 from attrgate.upstream.describe import pool_description
 
 MAX_FIXTURE_BYTES = 1024 * 1024
@@ -56,9 +55,11 @@ def read_pool_fixture(path: str, pool_id: str) -> PoolDescription:
         raise FixtureError(f"{path}: larger than {MAX_FIXTURE_BYTES} bytes")
     try:
         text = data.decode("utf-8")
-        answer: Any = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        answer: Any = json.loads(text) if path.endswith(".json") else _yaml(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FixtureError(f"{path}: not JSON or YAML ({type(exc).__name__})") from None
+    except YamlError as exc:
+        raise FixtureError(f"{path}:{exc.line}: {exc.message}") from None
     if isinstance(answer, dict) and isinstance(answer.get("UserPool"), dict):
         answer = answer["UserPool"]
     if not isinstance(answer, dict):
@@ -67,6 +68,15 @@ def read_pool_fixture(path: str, pool_id: str) -> PoolDescription:
         return pool_description(pool_id, answer)
     except (TypeError, AttributeError, ValueError) as exc:
         raise FixtureError(f"{path}: not a DescribeUserPool answer ({exc})") from None
+
+
+def _yaml(text: str) -> Any:
+    """One YAML document, read as policies are (YAML 1.2 core schema; no anchors, so no
+    exponential expansion)."""
+    documents = list(read_documents(text))
+    if len(documents) != 1:
+        raise YamlError(1, f"expected one YAML document, found {len(documents)}")
+    return documents[0].value
 
 
 class FixturePools:

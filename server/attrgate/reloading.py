@@ -30,7 +30,7 @@ def load_policies(
     one line. `pause_gc`: only before the server serves (the switch is process-wide)."""
     # Loading builds many small objects and collects none: the cyclic GC's passes would only
     # add time (a 2 MiB set: ~2x).
-    with _gc_paused() if pause_gc else contextlib.nullcontext(), pattern_scope():
+    with gc_paused() if pause_gc else contextlib.nullcontext(), pattern_scope():
         result = load_policy_set(path, max_bytes)
         if not result.ok:
             more = len(result.errors) - 1
@@ -40,7 +40,7 @@ def load_policies(
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -13,7 +13,7 @@ import logging
 import os
 import urllib.parse
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -32,7 +32,15 @@ def start_span(
     attributes: Mapping[str, str] | None = None,
 ) -> AbstractContextManager[Span]:
     """A span of attrgate's, made current. Exceptions are neither recorded as events nor put in
-    the status: their text may carry request values."""
+    the status: their text may carry request values.
+
+    With no TracerProvider installed, OpenTelemetry's no-op tracer would only make the current
+    span current again, at ~40 µs a span (3 per decision: ~40 % of an offline decision in
+    `attrgate test`); a span without an explicit parent then costs nothing instead. A span
+    with one (the server's, continuing the caller's traceparent) still goes through the
+    tracer, so the decision log's trace_id is the same either way."""
+    if context is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return nullcontext(trace.get_current_span())
     return tracer.start_as_current_span(
         name,
         context=context,

@@ -27,7 +27,7 @@ def evaluate(
     policies applied and why, each entry tried, each constraint) for explain and coverage."""
     applicable = policy_set.applicable(caller, request.user_pool_id)
     matched, enforce, audit = applicable.names, applicable.enforce, applicable.audit
-    if trace is not None:
+    if trace is not None and trace.record_policies:
         _trace_policies(trace, policy_set, caller, request.user_pool_id, matched)
     if not enforce:
         reason = (

@@ -39,6 +39,9 @@ class LoadedPolicy:
     document: BaseModel
     file: str
     line: int
+    # The YAML it came from: the line of any key in it (`source.line_of(("spec", "allow", 2))`),
+    # for reports that point at an entry (test coverage) or a case.
+    source: Document | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -110,7 +113,9 @@ def _load(root: str | os.PathLike[str], max_bytes: int, tests: bool) -> LoadResu
                 continue
             seen[name] = f"{label}:{document.line_of(('metadata', 'name'))}"
             (result.tests if is_test else result.policies).append(loaded)
-    if not result.policies and not result.errors:
+    # A folder of suites alone is no policy set, but it is what `attrgate test PATH --policies
+    # SET` reads the suites from.
+    if not result.policies and not (tests and result.tests) and not result.errors:
         result.errors.append(PolicyError(str(root), 0, "", "no policy documents found"))
     result.revision = "sha256:" + digest.hexdigest()[:16]
     return result
@@ -141,7 +146,7 @@ def _validate(
         parsed = model.model_validate(value)
     except ValidationError as exc:
         return None, [_error(label, document, error) for error in exc.errors()]
-    return LoadedPolicy(parsed, label, document.line), []
+    return LoadedPolicy(parsed, label, document.line, document), []
 
 
 def _error(label: str, document: Document, error: Any) -> PolicyError:

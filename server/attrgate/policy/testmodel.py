@@ -6,18 +6,61 @@ any document of this kind. Strict like every policy model: a typo in a key is an
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from attrgate.domain import ViolationReason
 from attrgate.policy.model import Metadata, StrictModel
 
 # Names a test may set: strings only (quote `"true"`), as the RPC carries them.
 Attributes = dict[str, str]
 CaseName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Expectation = Literal["allow", "deny", "invalid"]
-# The stage that denies, as CheckUpdateUserAttributes reports it (Decision.denied_by).
-DeniedBy = Literal["policy", "pool", "pool_schema", "sms_country"]
+# The stage that denies, as CheckUpdateUserAttributes reports it (Decision.denied_by), among
+# those a test can reach: without Cognito no pool is ever "not found" (a suite with pools must
+# give every case's pool a fixture) and no user is looked up; without a store nothing is counted.
+DeniedBy = Literal["policy", "pool_schema", "sms_country"]
+
+# Violation reasons an offline decision can give; the others need Cognito or a store.
+_OFFLINE_ONLY_NOT = {
+    ViolationReason.POOL_NOT_FOUND: "no pool is ever not found without Cognito",
+    ViolationReason.USER_NOT_FOUND: "attrgate test looks no user up",
+    ViolationReason.SMS_LIMIT_EXCEEDED: "attrgate test counts no SMS (that needs a store)",
+}
+VIOLATION_REASONS = tuple(r.value for r in ViolationReason if r not in _OFFLINE_ONLY_NOT)
+# The reasons validate.py gives a malformed field (expect: invalid).
+INVALID_REASONS = (
+    "REQUIRED",
+    "TOO_LONG",
+    "TOO_MANY",
+    "BAD_FORMAT",
+    "RESERVED_ATTRIBUTE",
+    "DUPLICATE",
+    "INVALID_PHONE_NUMBER",
+)
+
+
+def _known(known: tuple[str, ...], why: dict[str, str]) -> AfterValidator:
+    def check(value: str) -> str:
+        if value in why:
+            raise ValueError(f"{value} cannot happen in attrgate test: {why[value]}")
+        if value not in known:
+            raise ValueError(f"unknown reason {value!r} (known: {', '.join(known)})")
+        return value
+
+    return AfterValidator(check)
+
+
+ViolationReasonName = Annotated[
+    str,
+    _known(VIOLATION_REASONS, {r.value: w for r, w in _OFFLINE_ONLY_NOT.items()}),
+    Field(json_schema_extra={"enum": list(VIOLATION_REASONS)}),
+]
+InvalidReasonName = Annotated[
+    str, _known(INVALID_REASONS, {}), Field(json_schema_extra={"enum": list(INVALID_REASONS)})
+]
 
 
 class PoolFixture(StrictModel):
@@ -28,6 +71,26 @@ class PoolFixture(StrictModel):
     """The fixture's path, relative to the test file."""
 
 
+# An entry as decisions name it: a position in a policy (allow[2], deny[0], limits[1]), a part
+# of one, the pool's schema, or "" (no policy applies).
+_ENTRY = (
+    r"^((allow|deny|limits)\[[0-9]+\]|clientMetadata\.allowKeys|countries\.(allow|deny)|budget"
+    r"|userPool\.schema|)$"
+)
+
+
+def _entry(value: str) -> str:
+    if re.fullmatch(_ENTRY, value) is None:
+        raise ValueError(
+            f"{value!r} is no entry a decision names (allow[N], deny[N], clientMetadata.allowKeys, "
+            "userPool.schema, countries.allow, countries.deny, limits[N], budget)"
+        )
+    return value
+
+
+Entry = Annotated[str, AfterValidator(_entry), Field(json_schema_extra={"pattern": _ENTRY})]
+
+
 class ExpectedFinding(StrictModel):
     """One violation or would-deny finding. Only the keys given are compared."""
 
@@ -35,9 +98,9 @@ class ExpectedFinding(StrictModel):
     """The attribute name."""
     policy: str | None = None
     """The policy's metadata.name."""
-    entry: str | None = None
+    entry: Entry | None = None
     """The entry, as decisions name it (`allow[0]`, `deny[1]`)."""
-    reason: str | None = None
+    reason: ViolationReasonName | None = None
     """The reason code, such as ATTRIBUTE_DENIED or ENUM."""
     client_metadata_key: str | None = Field(default=None, alias="clientMetadataKey")
     """The client metadata key, for a finding about one."""
@@ -48,17 +111,20 @@ class ExpectedInvalid(StrictModel):
 
     field: str | None = None
     """The request field, as the BadRequest detail names it."""
-    reason: str | None = None
+    reason: InvalidReasonName | None = None
     """Why it is malformed."""
 
 
 class ExpectedSms(StrictModel):
-    """The SMS assessment of the request. Only the keys given are compared."""
+    """The SMS assessment of a write of phone_number. Only the keys given are compared; a
+    request that writes no phone_number (or is denied before the SMS guard) sends no SMS."""
 
     triggers_sms: bool | None = Field(default=None, alias="triggersSms")
     """Whether the write would make Cognito send an SMS."""
-    country: str | None = None
-    """The destination country of the phone_number written."""
+    country: Annotated[str, StringConstraints(pattern=r"^([A-Z]{2}|001)$")] | None = None
+    """The destination country of the phone_number written (ISO 3166-1 alpha-2, or 001)."""
+    refused: bool | None = None
+    """An enforcing SmsGuard's country rule refuses it (deniedBy: sms_country)."""
 
 
 # The cross-field rules of Matrix and TestCase, for the JSON Schema. `errorMessage` is
@@ -212,7 +278,9 @@ class TestCase(StrictModel):
     """What audit policies would deny (every finding, in any order)."""
     denied_by: DeniedBy | None = Field(default=None, alias="deniedBy")
     """The stage that denies."""
-    pending_verification: list[str] | None = Field(default=None, alias="pendingVerification")
+    pending_verification: list[Literal["email", "phone_number"]] | None = Field(
+        default=None, alias="pendingVerification"
+    )
     """Attributes Cognito would hold back until the user verifies them."""
     sms: ExpectedSms | None = None
     """The SMS assessment."""
