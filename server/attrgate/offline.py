@@ -57,7 +57,15 @@ def read_pool_fixture(path: str, pool_id: str) -> PoolDescription:
     try:
         text = data.decode("utf-8")
         answer: Any = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+    except UnicodeDecodeError:
+        raise FixtureError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise FixtureError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    except yaml.MarkedYAMLError as exc:
+        line = f":{exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise FixtureError(f"{path}{line}: not YAML ({exc.problem})") from None
+    # Nesting deeper than the parsers recurse is a RecursionError.
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
         raise FixtureError(f"{path}: not JSON or YAML ({type(exc).__name__})") from None
     if isinstance(answer, dict) and isinstance(answer.get("UserPool"), dict):
         answer = answer["UserPool"]
