@@ -207,7 +207,10 @@ def test_without_a_pool_file_the_pool_stage_is_skipped_and_the_sms_country_rule_
     assert "Pool stage: skipped (no --pool-file)" in out
     assert "SMS guard: the write sends a verification SMS; destination country FR" in out
     assert "  countries (enforce): countries.allow [CA, US]: REFUSES FR (countries.allow)" in out
-    assert "not checked offline (counted in the servers' store): limits[0]: at most 3 SMS" in out
+    assert (
+        "      not checked offline (counted in the servers' store):\n"
+        "        limits[0]: at most 3 SMS per phone_number in 24h\n" in out
+    )
     assert "Decision: DENIED (denied by sms_country)" in out
 
     status, out, _ = explain(

@@ -17,6 +17,7 @@ from attrgate.domain import (
     Decision,
     Invalid,
     SmsRefusal,
+    Stage,
     Violation,
     ViolationReason,
 )
@@ -328,8 +329,9 @@ def _pool_text(e: Explanation) -> list[str]:
     decision = e.decision
     assert decision is not None
     out = [f"Pool stage: checked against {e.pool_file}"]
-    if decision.denied_by == "pool_schema":
+    if decision.denied_by == Stage.POOL_SCHEMA:
         out.append("  the pool's schema refuses the request (see the attributes above)")
+        return out
     pending = ", ".join(decision.pending_verification) or "none"
     out.append(f"  pending verification (held back until the user verifies): {pending}")
     return out
@@ -355,9 +357,8 @@ def _sms_text(e: Explanation) -> list[str]:
         )
         uncounted = _uncounted(guard)
         if uncounted:
-            out.append(
-                "      not checked offline (counted in the servers' store): " + "; ".join(uncounted)
-            )
+            out.append("      not checked offline (counted in the servers' store):")
+            out += [f"        {rule}" for rule in uncounted]
     return out
 
 
