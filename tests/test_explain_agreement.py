@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from attrgate.config import Settings
 from attrgate.domain import Attribute, PoolDescription, UpdateRequest
 from attrgate.explain.collect import LoadedSet, explain, load
-from attrgate.explain.render import to_json
+from attrgate.explain.render_json import to_json
 from attrgate.offline import read_pool_fixture
 from attrgate.v1 import attrgate_pb2 as pb
 from support.attrgate_server import RunningServer, settings_for

@@ -16,6 +16,7 @@ from attrgate.domain import (
     Stage,
     UpdateRequest,
     Violation,
+    ViolationReason,
 )
 from attrgate.guards.sms import CompiledGuard
 from attrgate.offline import decide, offline_pipeline
@@ -187,3 +188,27 @@ def _attributes(
 def schema_violations_of(attribute: AttributeExplanation) -> tuple[Violation, ...]:
     """The pool-schema findings of the final decision about `attribute`."""
     return tuple(v for v in attribute.violations if v.entry == SCHEMA_ENTRY)
+
+
+def country_finding(decision: Decision, guard: CompiledGuard) -> str | None:
+    """The guard's country rule that refused (or would refuse) the number; None: it passed."""
+    found = (*decision.violations, *decision.would_deny)
+    return next(
+        (
+            v.entry
+            for v in found
+            if v.policy == guard.name and v.reason == ViolationReason.SMS_COUNTRY_NOT_ALLOWED
+        ),
+        None,
+    )
+
+
+def uncounted(guard: CompiledGuard) -> list[str]:
+    """The guard's limits and budget: counted in the servers' store, never offline."""
+    found = [
+        f"limits[{index}]: at most {most} SMS per {per} in {window}"
+        for index, per, most, _, window in guard.limits
+    ]
+    if guard.budget_text:
+        found.append(guard.budget_text)
+    return found

@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only for this command.
     from attrgate.domain import Attribute, UpdateRequest
     from attrgate.explain.collect import explain, load
-    from attrgate.explain.render import to_json, to_text
+    from attrgate.explain.render_json import to_json
+    from attrgate.explain.render_text import to_text
     from attrgate.offline import FixtureError, read_pool_fixture
 
     if not args.policies:

@@ -1,4 +1,4 @@
-"""An Explanation as text for a reviewer, or as the JSON object other tools read.
+"""An Explanation as text for a reviewer (in a terminal or a pull request).
 
 What is printed comes from the command line (caller, pool, attribute names and values,
 metadata keys), from the policies (names, globs, constraints as the policy spells them) and from
@@ -10,175 +10,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from attrgate.domain import (
-    AttributeSchema,
-    Decision,
-    Invalid,
-    SmsRefusal,
-    Stage,
-    Violation,
-    ViolationReason,
-)
+from attrgate.domain import AttributeSchema, Decision, Invalid, Stage, Violation
 from attrgate.explain.collect import (
     AttributeExplanation,
     Explanation,
     PolicyWhy,
+    country_finding,
     schema_violations_of,
+    uncounted,
 )
 from attrgate.guards.sms import CompiledGuard
 from attrgate.policy.trace import EntryTrace
-
-# --- JSON -------------------------------------------------------------------------------------
-
-
-def to_json(explanation: Explanation, all_policies: bool = False) -> dict[str, Any]:
-    """The `--output json` object. The keys of the issue's contract (allowed, policyRevision,
-    violations, wouldDeny, attributes[].name/policies/entries/determining) are never renamed."""
-    e = explanation
-    decision = e.decision
-    applied = [p for p in e.policies if p.applied]
-    return {
-        "allowed": e.allowed,
-        "outcome": e.outcome,
-        "policyRevision": e.revision,
-        "deniedBy": (decision.denied_by or None) if decision is not None else None,
-        "violations": [_violation(v) for v in decision.violations] if decision else [],
-        "wouldDeny": [_violation(v) for v in decision.would_deny] if decision else [],
-        "invalid": [
-            {"field": f.field, "reason": f.reason, "description": f.description}
-            for f in (e.answer.violations if isinstance(e.answer, Invalid) else ())
-        ],
-        "caller": e.caller,
-        "userPool": e.pool_id,
-        "policies": [_policy(p) for p in (e.policies if all_policies else applied)],
-        "attributes": [_attribute(a, applied) for a in e.attributes],
-        "clientMetadata": [{"key": m.key, "policy": m.policy} for m in e.metadata],
-        "pool": {"file": e.pool_file, "stage": e.pool_stage},
-        "pendingVerification": list(decision.pending_verification) if decision else [],
-        "sms": _sms(e),
-    }
-
-
-def _violation(v: Violation) -> dict[str, str]:
-    return {
-        "attribute": v.attribute,
-        "policy": v.policy,
-        "entry": v.entry,
-        "reason": str(v.reason),
-        "message": v.message,
-        "clientMetadataKey": v.client_metadata_key,
-    }
-
-
-def _why(p: PolicyWhy) -> dict[str, Any]:
-    """A policy and the globs that applied it (None: that side did not match)."""
-    return {
-        "name": p.name,
-        "mode": p.mode,
-        "callerGlob": p.caller_glob,
-        "userPoolGlob": p.pool_glob,
-    }
-
-
-def _policy(p: PolicyWhy) -> dict[str, Any]:
-    return {**_why(p), "applied": p.applied, "file": p.file, "line": p.line}
-
-
-def _entry(entry: EntryTrace, audit: bool) -> dict[str, Any]:
-    outcome = "wouldDeny" if audit and entry.outcome == "denied" else entry.outcome
-    return {
-        "policy": entry.policy,
-        "entry": entry.entry,
-        "matched": entry.matched,
-        "outcome": outcome,
-        "constraints": [
-            {"name": c.name, "passed": c.passed, "why": c.why} for c in entry.constraints
-        ],
-    }
-
-
-def _attribute(a: AttributeExplanation, applied: Sequence[PolicyWhy]) -> dict[str, Any]:
-    return {
-        "name": a.name,
-        "policies": [_why(p) for p in applied],
-        "entries": [
-            *(_entry(entry, audit=False) for entry in a.entries),
-            *(_entry(entry, audit=True) for entry in a.audit),
-        ],
-        "determining": [
-            {"policy": d.policy, "entry": d.entry, "outcome": d.outcome} for d in a.determining
-        ],
-        "allowedByPolicy": a.allowed,
-        "schema": _schema(a.schema),
-    }
-
-
-def _schema(schema: AttributeSchema | None) -> dict[str, Any] | None:
-    if schema is None:
-        return None
-    return {
-        "dataType": schema.data_type,
-        "mutable": schema.mutable,
-        "minLength": schema.min_length,
-        "maxLength": schema.max_length,
-        "minValue": schema.min_value,
-        "maxValue": schema.max_value,
-    }
-
-
-def _refusal(r: SmsRefusal) -> dict[str, str]:
-    return {"guard": r.guard, "rule": r.rule, "description": r.description}
-
-
-def _sms(e: Explanation) -> dict[str, Any] | None:
-    decision = e.decision
-    if decision is None or decision.sms is None:
-        return None
-    sms = decision.sms
-    return {
-        "triggersSms": sms.triggers_sms,
-        "country": sms.country,
-        "refusals": [_refusal(r) for r in sms.refusals],
-        "wouldRefuse": [_refusal(r) for r in sms.would_refuse],
-        "guards": [
-            {
-                "name": g.name,
-                "mode": "enforce" if g.enforce else "audit",
-                "countryRule": _country_finding(decision, g),
-                "uncounted": _uncounted(g),
-            }
-            for g in e.guards
-        ],
-    }
-
-
-def _country_finding(decision: Decision, guard: CompiledGuard) -> str | None:
-    """The guard's country rule that refused (or would refuse) the number; None: it passed."""
-    found = (*decision.violations, *decision.would_deny)
-    return next(
-        (
-            v.entry
-            for v in found
-            if v.policy == guard.name and v.reason == ViolationReason.SMS_COUNTRY_NOT_ALLOWED
-        ),
-        None,
-    )
-
-
-def _uncounted(guard: CompiledGuard) -> list[str]:
-    """The guard's limits and budget: counted in the servers' store, never offline."""
-    found = [
-        f"limits[{index}]: at most {most} SMS per {per} in {window}"
-        for index, per, most, _, window in guard.limits
-    ]
-    if guard.budget_text:
-        found.append(guard.budget_text)
-    return found
-
-
-# --- text -------------------------------------------------------------------------------------
 
 _SHOWN = 60  # characters of a long value shown before it is cut
 
@@ -350,15 +193,15 @@ def _sms_text(e: Explanation) -> list[str]:
         out.append("  no SmsGuard applies to this pool")
     for guard in e.guards:
         mode = "enforce" if guard.enforce else "audit"
-        refused = _country_finding(decision, guard)
+        refused = country_finding(decision, guard)
         out.append(
             f"  {guard.name} ({mode}): {_country_rule(guard)}: "
             + (f"REFUSES {sms.country} ({refused})" if refused else "passes")
         )
-        uncounted = _uncounted(guard)
-        if uncounted:
+        rules = uncounted(guard)
+        if rules:
             out.append("      not checked offline (counted in the servers' store):")
-            out += [f"        {rule}" for rule in uncounted]
+            out += [f"        {rule}" for rule in rules]
     return out
 
 
