@@ -281,6 +281,17 @@ def test_client_metadata_keys_must_be_allowed(tmp_path: Path) -> None:
     assert verdict.violations[0].client_metadata_key == "debug"
 
 
+def test_client_metadata_findings_come_in_key_order_whatever_order_the_keys_came_in(
+    tmp_path: Path,
+) -> None:
+    """A protobuf map has no order: the same request gets the same answer."""
+    policy_set = compile_set(tmp_path, PROFILE)
+    keys = ["zeta", "alpha", "mid"]
+    for order in (keys, keys[::-1]):
+        verdict = decide(policy_set, ("given_name", "Ada"), metadata=dict.fromkeys(order, "x"))
+        assert [v.client_metadata_key for v in verdict.violations] == ["alpha", "mid", "zeta"]
+
+
 def test_patterns_run_in_linear_time(tmp_path: Path) -> None:
     # (x+x+)+y backtracks exponentially in a backtracking engine: 2,000 characters would never
     # finish. RE2 answers at once, so a bad pattern cannot stall the event loop.

@@ -1,4 +1,4 @@
-"""attrgate serve | check | test | schema | call | sms usage | health."""
+"""attrgate serve | check | test | explain | schema | call | sms usage | health."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from attrgate import __version__
 from attrgate.config import ConfigError, add_serve_arguments, settings_from
+from attrgate.explain import command as explain
 from attrgate.identity import CALLER_HEADER
 from attrgate.policy.jsonschema import add_schema_command
 from attrgate.policy.load import load_policy_set
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_client_arguments(call)
     call.add_argument("attributes", nargs="+", metavar="NAME=VALUE")
     call.set_defaults(handler=_call)
+
+    explain.add_parser(commands, _add_policy_max_bytes)
 
     sms = commands.add_parser("sms", help="the SMS cost guard")
     sms_commands = sms.add_subparsers(title="sms commands")

@@ -56,7 +56,12 @@ def read_pool_fixture(path: str, pool_id: str) -> PoolDescription:
     try:
         text = data.decode("utf-8")
         answer: Any = json.loads(text) if path.endswith(".json") else _yaml(text)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except UnicodeDecodeError:
+        raise FixtureError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise FixtureError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    # Nesting deeper than the parsers recurse is a RecursionError.
+    except (ValueError, RecursionError) as exc:
         raise FixtureError(f"{path}: not JSON or YAML ({type(exc).__name__})") from None
     except YamlError as exc:
         raise FixtureError(f"{path}:{exc.line}: {exc.message}") from None

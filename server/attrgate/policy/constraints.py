@@ -91,39 +91,36 @@ class CompiledAllow:
         failures: list[Failure] = []
         if self.max_length is not None:
             if len(value) > self.max_length:
-                failures.append(
-                    Failure(ViolationReason.MAX_LENGTH, f"longer than maxLength {self.max_length}")
-                )
+                why = f"longer than maxLength {self.max_length}"
+                _fail(failures, record, Failure(ViolationReason.MAX_LENGTH, why))
             else:
                 _passed(record, "maxLength", f"{len(value)} characters, at most {self.max_length}")
         if self.min_length is not None:
             if len(value) < self.min_length:
-                failures.append(
-                    Failure(ViolationReason.MIN_LENGTH, f"shorter than minLength {self.min_length}")
-                )
+                why = f"shorter than minLength {self.min_length}"
+                _fail(failures, record, Failure(ViolationReason.MIN_LENGTH, why))
             else:
                 _passed(record, "minLength", f"{len(value)} characters, at least {self.min_length}")
         if self.enum is not None:
             if value not in self.enum:
-                failures.append(Failure(ViolationReason.ENUM, "not one of the allowed values"))
+                why = "not one of the allowed values"
+                _fail(failures, record, Failure(ViolationReason.ENUM, why))
             else:
                 _passed(record, "enum", "one of the allowed values")
         if self.format is not None:
             if not FORMAT_CHECKS[self.format](value):
-                failures.append(Failure(ViolationReason.FORMAT, f"not a valid {self.format}"))
+                why = f"not a valid {self.format}"
+                _fail(failures, record, Failure(ViolationReason.FORMAT, why))
             else:
                 _passed(record, "format", f"a valid {self.format}")
         if self.pattern is not None:
             if self.pattern.fullmatch(value) is None:
-                failures.append(
-                    Failure(ViolationReason.PATTERN, f"does not match {self.pattern_text!r}")
-                )
+                why = f"does not match {self.pattern_text!r}"
+                _fail(failures, record, Failure(ViolationReason.PATTERN, why))
             else:
                 _passed(record, "pattern", f"matches {self.pattern_text!r}")
-        if record is not None:
-            record.extend(_failed_result(f) for f in failures)
-            if not record:
-                record.append(ConstraintResult("(none)", True, "the entry sets no constraint"))
+        if record is not None and not record:
+            record.append(ConstraintResult("(none)", True, "the entry sets no constraint"))
         return failures
 
 
@@ -150,3 +147,10 @@ def _failed_result(failure: Failure) -> ConstraintResult:
 def _failed(record: list[ConstraintResult] | None, failure: Failure) -> None:
     if record is not None:
         record.append(_failed_result(failure))
+
+
+def _fail(failures: list[Failure], record: list[ConstraintResult] | None, failure: Failure) -> None:
+    """A failed constraint, recorded (when tracing) where it was tried: the trace lists the
+    constraints in the order the entry runs them, passed or not."""
+    failures.append(failure)
+    _failed(record, failure)

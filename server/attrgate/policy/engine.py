@@ -45,6 +45,8 @@ def evaluate(
         findings = attribute_findings(enforce, attribute, record)
         if findings:
             violations.extend(findings)
+            if record is not None:
+                _trace_audit_unasked(record, audit, attribute.name)
         else:
             # Audit policies only tighten: making one enforcing adds allows (which cannot deny)
             # and denies, so what it would deny among allowed attributes is what its deny
@@ -54,7 +56,9 @@ def evaluate(
                 would_deny.extend(found)
                 if record is not None:
                     record.audit.extend(_denied(policy, v.entry) for v in found)
-    for key in request.client_metadata:
+    # Sorted: a protobuf map arrives in no particular order, and the same request must get the
+    # same answer (and explain the server's) whatever order its keys came in.
+    for key in sorted(request.client_metadata):
         granting = next((p for p in enforce if key in p.metadata_keys), None)
         if trace is not None:
             trace.metadata.append(MetadataTrace(key, granting.name if granting else None))
@@ -162,6 +166,17 @@ def _tried(
 
 def _denied(policy: CompiledPolicy, label: str) -> EntryTrace:
     return EntryTrace(policy.name, label, policy.deny_patterns[label], "denied")
+
+
+def _trace_audit_unasked(
+    record: AttributeTrace, audit: Sequence[CompiledPolicy], name: str
+) -> None:
+    """Audit deny entries that match an attribute the enforcing policies deny: audit findings are
+    about allowed attributes only, so these were not asked."""
+    for policy in audit:
+        for label in policy.denies(name):
+            pattern = policy.deny_patterns[label]
+            record.audit.append(EntryTrace(policy.name, label, pattern, "skipped"))
 
 
 def _untried(record: AttributeTrace, policies: Sequence[CompiledPolicy], name: str) -> None:

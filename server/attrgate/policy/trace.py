@@ -16,7 +16,8 @@ from typing import Literal
 #           another entry accepted
 # denied    a deny entry that matched: it decided the attribute (denied)
 # skipped   an allow entry whose name matched but was not tried (an earlier one accepted, or a
-#           deny entry decided first)
+#           deny entry decided first); an audit policy's deny entry matching an attribute the
+#           enforcing policies deny (audit findings are about allowed attributes only)
 # excluded  a glob allow entry that matched a verified flag: only an exact entry grants one
 Outcome = Literal["accepted", "refused", "denied", "skipped", "excluded"]
 
@@ -49,7 +50,8 @@ class AttributeTrace:
     # The entries that decided: the one allow entry that accepted, or every deny entry that
     # matched, or every allow entry that refused. Empty: no entry matched the name.
     determining: list[EntryTrace] = field(default_factory=list)
-    audit: list[EntryTrace] = field(default_factory=list)  # audit deny entries that matched
+    # Deny entries of audit policies that matched: denied (a would-deny finding) or skipped.
+    audit: list[EntryTrace] = field(default_factory=list)
 
 
 @dataclass(slots=True)
