@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_policy_max_bytes(check)
     check.set_defaults(handler=_check)
 
+    analyze = commands.add_parser("analyze", help="find dead, shadowed and conflicting entries")
+    _add_analyze_arguments(analyze)
+    _add_policy_max_bytes(analyze)
+    analyze.set_defaults(handler=_analyze)
+
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
     call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")
     call.add_argument("--caller", help=f"caller name for an --insecure server ({CALLER_HEADER})")
@@ -117,6 +122,18 @@ def _add_policy_max_bytes(parser: argparse.ArgumentParser) -> None:
         help="the limit `serve` applies to each policy file and to all together "
         "[env ATTRGATE_POLICY_MAX_BYTES]",
     )
+
+
+def _add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    from attrgate.analyze.report import add_arguments
+
+    add_arguments(parser)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from attrgate.analyze.report import run
+
+    return run(args)
 
 
 def _add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:

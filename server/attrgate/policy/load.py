@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,8 @@ class LoadedPolicy:
     document: BaseModel
     file: str
     line: int
+    # The line of every key and list item, by key path (`Document.lines`): where an entry is.
+    lines: Mapping[Path, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -141,7 +143,7 @@ def _validate(
         parsed = model.model_validate(value)
     except ValidationError as exc:
         return None, [_error(label, document, error) for error in exc.errors()]
-    return LoadedPolicy(parsed, label, document.line), []
+    return LoadedPolicy(parsed, label, document.line, document.lines), []
 
 
 def _error(label: str, document: Document, error: Any) -> PolicyError:
