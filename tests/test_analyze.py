@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from itertools import product
@@ -33,15 +31,13 @@ from support.analyze_sets import (
     NAMES,
     POOL_SCHEMA,
     POOLS,
+    REPO,
     SHADOWS,
+    analyze_command,
     describe_answer,
     expected,
 )
-from support.environment import clean_env
 
-REPO = Path(__file__).resolve().parent.parent
-_SCRIPT = Path(sys.executable).parent / "attrgate"
-ATTRGATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "attrgate"]
 POOL_ID = "us-east-1_Fixture1"
 # Findings about one allow entry: their counterexample writes a value that entry accepts.
 ABOUT_AN_ALLOW = {
@@ -168,19 +164,6 @@ def test_a_deny_covering_only_with_two_policies_together_is_found(tmp_path: Path
 # --- the command -------------------------------------------------------------------------------
 
 
-def attrgate(*args: str) -> subprocess.CompletedProcess[str]:
-    """The installed command, in a process of its own."""
-    return subprocess.run(
-        [*ATTRGATE, "analyze", *args],
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """`attrgate analyze ARGS` in this process (the same code, without a start-up each)."""
     try:
@@ -193,7 +176,9 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def test_json_output_has_exactly_the_published_shape(tmp_path: Path) -> None:
     folder = write(tmp_path, POOLS)
-    result = attrgate(str(folder), "--pool-file", str(pool_file(tmp_path)), "--output", "json")
+    result = analyze_command(
+        str(folder), "--pool-file", str(pool_file(tmp_path)), "--output", "json"
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert list(document) == ["findings"]
@@ -245,7 +230,7 @@ def test_text_output_reads_like_check(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    clean = attrgate("policies", "--strict")
+    clean = analyze_command("policies", "--strict")
     assert (clean.returncode, clean.stdout.split(":")[0]) == (0, "ok"), clean.stderr
     seeded = str(write(tmp_path, SHADOWS))
     assert cli(capsys, seeded)[0] == 0  # warnings

@@ -11,13 +11,15 @@ from itertools import product
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attrgate.analyze.domains import Names, PoolDomain
+from attrgate.analyze.domains import Names, PoolDomain, Words
 from attrgate.analyze.globalgebra import (
     Globs,
+    Neighbours,
     alphabet_of,
     contains,
     difference,
     intersection,
+    may_meet,
     run,
     search,
     signatures,
@@ -117,6 +119,31 @@ def test_signatures_are_every_combination_and_its_shortest_word(
     assert set(brute) <= set(found)
 
 
+@settings(max_examples=400, deadline=None)
+@given(globs, globs)
+def test_the_quick_test_never_rules_out_globs_that_meet(a: str, b: str) -> None:
+    if intersection(a, b) is not None:
+        assert may_meet(a, b)
+    index = Neighbours([(a, "a")])
+    assert list(index.near(b)) == (["a"] if may_meet(b, a) else [])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(globs, min_size=1, max_size=2), st.lists(globs, max_size=2))
+def test_caller_searches_on_their_own_alphabet_are_exact(
+    require: list[str], exclude: list[str]
+) -> None:
+    words = Words(pools=False)
+    found = words.find([Globs([g]) for g in require], [Globs(exclude)] if exclude else [])
+    ins = [compile_glob(g) for g in require]
+    outs = [compile_glob(g) for g in exclude]
+
+    def brute(w: str) -> bool:
+        return bool(w) and all(m(w) for m in ins) and not any(m(w) for m in outs)
+
+    agrees(found, brute, WORDS, BOUND)
+
+
 # --- the domains: what validate.py lets through --------------------------------------------
 
 
@@ -128,6 +155,17 @@ def test_pool_ids_are_what_validation_takes() -> None:
         assert run(domain, word) is takes, repr(word)
 
 
+POOL_WORDS = list(strings("a1_-:", 6))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("a_-:*", min_size=1, max_size=5), st.text("a_-:*", min_size=1, max_size=5))
+def test_pool_searches_are_exact_over_pool_ids(inside: str, outside: str) -> None:
+    domain, within, without = PoolDomain(), compile_glob(inside), compile_glob(outside)
+    found = Words(pools=True).find([Globs([inside])], [Globs([outside])])
+    agrees(found, lambda w: run(domain, w) and within(w) and not without(w), POOL_WORDS, 6)
+
+
 NAME_CHARS = "aSub \té\x00ſ"
 
 
@@ -137,7 +175,7 @@ def _valid_name(name: str) -> bool:
 
 
 def test_attribute_names_are_what_validation_takes() -> None:
-    names = Names([], [])
+    names = Names()
     for word in strings(NAME_CHARS, 4):
         assert names.valid(word) is _valid_name(word), repr(word)
     assert names.valid("x" * 32)
@@ -150,7 +188,7 @@ NAME_WORDS = [w for w in strings("subSßſ x", 4) if _valid_name(w)]
 @settings(max_examples=300, deadline=None)
 @given(st.text("subS*", min_size=1, max_size=4), st.text("subSß*", min_size=1, max_size=4))
 def test_name_searches_are_exact_over_valid_names(allow: str, deny: str) -> None:
-    names = Names([allow], [deny])
+    names = Names()
     allows, denies = compile_glob(allow), compile_glob(deny.casefold())
     escapes = names.find([Globs([allow])], [Globs([deny], fold=True)])
     agrees(escapes, lambda w: allows(w) and not denies(w.casefold()), NAME_WORDS, 4)
@@ -160,7 +198,7 @@ def test_name_searches_are_exact_over_valid_names(allow: str, deny: str) -> None
 
 def test_a_name_longer_once_casefolded_still_counts() -> None:
     # 17 characters, 34 once folded: `ßßß...` is a valid name a deny of `ssss...` catches.
-    names = Names([], ["s" * 34])
+    names = Names()
     assert names.find([Globs(["s" * 34], fold=True)]) == "ß" * 17
     assert names.find([Globs(["x" * 33])]) is None
     assert names.find([Globs(["x" * 33])], any_length=True) == "x" * 33

@@ -5,7 +5,30 @@ other line must have none (the near misses say why in their comments)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+from support.environment import clean_env
+
+REPO = Path(__file__).resolve().parent.parent.parent
+_SCRIPT = Path(sys.executable).parent / "attrgate"
+ATTRGATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "attrgate"]
+
+
+def analyze_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """`attrgate analyze ARGS`, the installed command in a process of its own."""
+    return subprocess.run(
+        [*ATTRGATE, "analyze", *args],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
 
 NAMES = """\
 apiVersion: attrgate/v1

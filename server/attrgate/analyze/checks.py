@@ -23,7 +23,15 @@ from attrgate.analyze.counterexample import (
     refused_for,
 )
 from attrgate.analyze.findings import Code, Finding
-from attrgate.analyze.globalgebra import Automaton, Difference, Globs, Undecided, run
+from attrgate.analyze.globalgebra import (
+    Automaton,
+    Difference,
+    Globs,
+    Undecided,
+    globs,
+    may_meet,
+    run,
+)
 from attrgate.analyze.values import NAME_EXAMPLES, accepts_nothing, value_for, within
 from attrgate.analyze.world import Allow, Cell, Deny, Entry, PolicyView, World
 from attrgate.domain import PoolDescription
@@ -44,7 +52,7 @@ class Analysis:
         self.irrelevant: set[int] = set()  # policies another one makes irrelevant
         self.dead: set[Allow] = set()  # allow entries that never grant anything
         self.undecided: list[str] = []  # checks left open (see guarded)
-        self._grants: dict[Allow, Automaton] = {}
+        self._grants: dict[str, Automaton] = {}  # by the entry's name or glob
         self._denies: dict[frozenset[int], Globs] = {}
 
     def run(self) -> list[Finding]:
@@ -91,10 +99,10 @@ class Analysis:
 
     def grant(self, allow: Allow) -> Automaton:
         """The names `allow` may grant: its glob, but for the verified flags when a glob."""
-        found = self._grants.get(allow)
+        found = self._grants.get(allow.attribute)
         if found is None:
-            glob = Globs([allow.attribute])
-            found = self._grants[allow] = (
+            glob = globs((allow.attribute,))
+            found = self._grants[allow.attribute] = (
                 Difference(glob, self.names.flags) if allow.is_glob else glob
             )
         return found
@@ -103,8 +111,8 @@ class Analysis:
         """Every deny entry of the enforce policies applying in `cell`, as one automaton."""
         found = self._denies.get(cell.applicable)
         if found is None:
-            found = self._denies[cell.applicable] = Globs(
-                [d.attribute for p in self.world.enforcing(cell) for d in p.denies], fold=True
+            found = self._denies[cell.applicable] = globs(
+                tuple(d.attribute for p in self.world.enforcing(cell) for d in p.denies), True
             )
         return found
 
@@ -112,12 +120,11 @@ class Analysis:
         """The enforce policies sharing a (caller, pool) with `allow`'s policy whose deny
         entries match a name it may grant."""
         policy = allow.policy
+        folded = allow.attribute.casefold()
         return [
             q
-            for q in self.world.enforce
-            if q.denies
-            and q.index not in self.unreachable
-            and (q is policy or self.world.overlap(policy, q))
+            for q in sorted([policy, *self.world.neighbours(policy)], key=lambda p: p.index)
+            if any(may_meet(folded, d.attribute.casefold()) for d in q.denies)
             and self.names.find([self.grant(allow), q.deny_globs]) is not None
         ]
 
@@ -183,9 +190,7 @@ class Analysis:
             )
 
     def _irrelevant(self, policy: PolicyView) -> None:
-        for other in self.world.enforce:
-            if other is policy or other.index in self.unreachable:
-                continue
+        for other in self.world.neighbours(policy):
             if not self._redundant(policy, other):
                 continue
             if other.index < policy.index and self._redundant(other, policy):
@@ -207,7 +212,7 @@ class Analysis:
             self.world.covers(other, policy)
             and policy.keys <= other.keys
             and all(
-                self.names.find([Globs([d.attribute], fold=True)], [other.deny_globs]) is None
+                self.names.find([globs((d.attribute,), True)], [other.deny_globs]) is None
                 for d in policy.denies
             )
             and all(
@@ -218,9 +223,7 @@ class Analysis:
 
     def _audit(self, audit: PolicyView) -> None:
         world = self.world
-        relevant = [
-            q for q in world.enforce if q.index not in self.unreachable and world.overlap(audit, q)
-        ]
+        relevant = world.neighbours(audit)
         if not relevant:
             self._audit_alone(audit)
             return
@@ -275,9 +278,9 @@ class Analysis:
         enforcing = self.world.enforcing(cell)
         denied = self.denies_in(cell)
         allows = [a for p in enforcing for a in p.allows if not accepts_nothing(a.compiled)]
-        globs = [a.attribute for a in allows if a.is_glob]
-        if globs and (
-            self.names.find([audit.deny_globs, Globs(globs)], [denied, self.names.flags])
+        patterns = [a.attribute for a in allows if a.is_glob]
+        if patterns and (
+            self.names.find([audit.deny_globs, globs(tuple(patterns))], [denied, self.names.flags])
             is not None
         ):
             return True
@@ -292,7 +295,7 @@ class Analysis:
     # --- entries -------------------------------------------------------------------------------
 
     def _deny_name(self, deny: Deny) -> None:
-        glob = Globs([deny.attribute], fold=True)
+        glob = globs((deny.attribute,), True)
         if self.names.find([glob]) is not None:
             return
         self.add(
@@ -333,7 +336,7 @@ class Analysis:
             d
             for q in relevant
             for d in q.denies
-            if self.names.find([grant, Globs([d.attribute], fold=True)]) is not None
+            if self.names.find([grant, globs((d.attribute,), True)]) is not None
         ]
         cell = cells[0]
         name = self.names.find([grant], prefer=self.preferred_names(allow, cell.pool))
@@ -375,9 +378,9 @@ class Analysis:
 
     def _flag_left_to_glob(self, allow: Allow, flag: str) -> Cell | None:
         """A cell where no applicable enforce policy denies `flag` or names it exactly."""
-        decided = [q for q in self.world.enforce if self._decides_flag(q, flag)]
-        relevant = [q for q in decided if self.world.overlap(allow.policy, q)]
-        for cell in self.world.cells(allow.policy, relevant):
+        policy = allow.policy
+        relevant = [q for q in self.world.neighbours(policy) if self._decides_flag(q, flag)]
+        for cell in self.world.cells(policy, relevant):
             if not any(self._decides_flag(q, flag) for q in self.world.enforcing(cell)):
                 return cell
         return None
@@ -413,8 +416,8 @@ class Analysis:
         policy = allow.policy
         others = [b for b in policy.allows if b is not allow] + [
             b
-            for q in self.world.enforce
-            if q is not policy and q.index not in self.unreachable and self.world.covers(q, policy)
+            for q in self.world.neighbours(policy)
+            if self.world.covers(q, policy)
             for b in q.allows
         ]
         # Name an entry that stays (not one of a policy reported as changing nothing) first.

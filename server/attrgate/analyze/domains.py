@@ -16,15 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from attrgate.analyze.globalgebra import (
-    Automaton,
-    Globs,
-    folding_onto,
-    fresh_char,
-    preferred,
-    run,
-    search,
-)
+from attrgate.analyze.globalgebra import Automaton, Globs, alphabet_for, run, search
 from attrgate.identity import CALLER_MAX
 from attrgate.policy.model import VERIFIED_FLAGS
 from attrgate.validate import (
@@ -35,7 +27,8 @@ from attrgate.validate import (
     RESERVED_PREFIX,
 )
 
-_WHITE_SPACE = " \t\n\r"  # the only white space Cognito's name characters include
+_WHITE_SPACE = " \t\n\r"  # the only white space Cognito's name characters include (see tests)
+_POOL_FRESH = "xyzqjkw0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _POOL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -103,22 +96,15 @@ RESERVED = (*sorted(RESERVED_NAMES), RESERVED_PREFIX + "*")
 
 
 class Names:
-    """Searches over valid attribute names, on one alphabet for a whole policy set: every
-    character its allow globs name, its deny globs name once casefolded, the reserved names
-    and verified flags name, every character that casefolds onto one of those, white space,
-    and a fresh character."""
+    """Searches over valid attribute names. Each search runs on its own alphabet (see
+    globalgebra.alphabet_for): what its automata need, and a fresh lowercase letter or digit
+    that none of them (nor the reserved names) names."""
 
-    def __init__(self, allow_globs: Iterable[str], deny_globs: Iterable[str]) -> None:
+    def __init__(self) -> None:
         self.domain = NameDomain()
         self.reserved = Globs(RESERVED, fold=True)
         self.flags = Globs(sorted(VERIFIED_FLAGS), fold=True)
-        folded = set(Globs(deny_globs, fold=True).literals())
-        folded |= self.reserved.literals() | self.flags.literals()
-        named = set(Globs(allow_globs).literals()) | folded | set(_WHITE_SPACE)
-        named |= folding_onto(folded)
-        named = {c for c in named if self.domain.valid_char(c)}
-        fresh = fresh_char(named | {c.casefold() for c in named})
-        self.alphabet = [*preferred(named), fresh]
+        self._found: dict[tuple[object, ...], str | None] = {}
 
     def valid(self, name: str) -> bool:
         """Whether a request may name `name` (validate.py's rules)."""
@@ -147,34 +133,47 @@ class Names:
                 and not any(run(a, name) for a in exclude)
             ):
                 return name
-        found = search(
-            self.alphabet,
-            [self.domain, *require],
-            [*exclude] if reserved else [self.reserved, *exclude],
-        )
+        key = (tuple(require), tuple(exclude), reserved)
+        if key in self._found:
+            found = self._found[key]
+        else:
+            excluded = [*exclude] if reserved else [self.reserved, *exclude]
+            alphabet = alphabet_for(require, [self.reserved, *excluded], self.domain.valid_char)
+            found = self._found[key] = search(alphabet, [self.domain, *require], excluded)
         if found is None or (len(found) > ATTRIBUTE_NAME_MAX and not any_length):
             return None
         return found
 
 
 class Words:
-    """Searches over user pool ids or callers for one policy set: the characters their globs
-    name and a fresh one."""
+    """Searches over user pool ids or callers, each on its own alphabet (see Names)."""
 
-    def __init__(self, globs: Iterable[str], pools: bool) -> None:
+    def __init__(self, pools: bool) -> None:
         self.domain: Automaton = PoolDomain() if pools else CallerDomain()
         self.longest = POOL_ID_MAX if pools else CALLER_MAX
-        named = Globs(globs).literals()
-        if pools:
-            named = (named & _POOL_CHARS) | {"_", "-"}
-            fresh = fresh_char(named, "xyzqjkw0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-        else:
-            fresh = fresh_char(named)
-        self.alphabet = [*preferred(named), fresh]
+        self._pools = pools
+        self._found: dict[tuple[object, ...], str | None] = {}
 
     def valid(self, word: str) -> bool:
         return len(word) <= self.longest and run(self.domain, word)
 
+    def alphabet(self, require: Sequence[Automaton], others: Sequence[Automaton] = ()) -> list[str]:
+        if not self._pools:
+            return alphabet_for(require, others)
+        # A pool id tells apart `_`, `-` and the rest; one fresh letter or digit stands for all
+        # the letters and digits no glob names.
+        return alphabet_for(
+            require,
+            others,
+            _POOL_CHARS.__contains__,
+            "_-",
+            "xyzqjkw0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        )
+
     def find(self, require: Sequence[Automaton], exclude: Sequence[Automaton] = ()) -> str | None:
-        found = search(self.alphabet, [self.domain, *require], exclude)
+        key = (tuple(require), tuple(exclude))
+        if key not in self._found:
+            alphabet = self.alphabet(require, exclude)
+            self._found[key] = search(alphabet, [self.domain, *require], exclude)
+        found = self._found[key]
         return found if found is not None and len(found) <= self.longest else None

@@ -9,14 +9,17 @@ and compares it with the casefolded glob, which is exactly what the engine does 
 `name.casefold()` (casefolding works character by character).
 
 The alphabet is infinite, but an automaton only tells apart the characters its globs name. A
-search therefore runs over a finite alphabet: the characters the globs (and the domain) name,
-plus one fresh character that none names. That loses no witness: in any word, a character no
-automaton names was consumed by a star wherever it was accepted, and a star consumes the fresh
-character as well; where it had to be avoided (an excluded glob), the fresh character is as easy
-to avoid, since an excluded glob accepting the word with the fresh character there consumed it
-with a star and so accepts the word with any other character there too. Callers of `search`
-choose the alphabet (domains.py), and every conclusion drawn from a witness is checked again on
-the concrete word by the engine itself.
+search therefore runs over a finite alphabet (`alphabet_for`): the characters the automata that
+must accept name (for a folding one, also the characters that fold onto those), plus one fresh
+character that no automaton of the question names. That loses no witness: take any witness and
+replace each character outside that alphabet with the fresh one. An automaton that must accept
+consumed such a character with a star (it names neither it nor anything it folds onto), and a
+star consumes the fresh character as well. An automaton that must not accept (an excluded glob)
+still does not: had it accepted the new word, it consumed the fresh character with a star, and
+would have accepted the old word too. An observed automaton (`signatures`) must name its
+characters in the alphabet, and then accepts the new word exactly when it accepted the old.
+Domains (domains.py) add what they tell apart: white space, the characters of a pool id.
+Every conclusion drawn from a witness is checked again on the concrete word by the engine.
 
 `search` is a breadth-first walk of the product of the automata (the NFAs determinised on the
 fly), so it finds a shortest word that every `require` automaton accepts and no `exclude`
@@ -26,10 +29,13 @@ turns pathological inputs into `Undecided`, and nothing is reported from an unde
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
-from collections.abc import Iterable, Sequence
-from functools import cache
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cache, lru_cache
+from typing import Any, Generic, Protocol, TypeVar
+
+from attrgate.policy.globs import compile_glob
 
 STAR = "*"
 # Product states a single question may visit before it is left undecided.
@@ -37,6 +43,7 @@ DEFAULT_LIMIT = 200_000
 _ASCII_FRESH = "xyzqjkwvbcdfghlmnprstaeiou0123456789"
 
 State = Any  # each automaton's own hashable state; None is the dead state
+T = TypeVar("T")
 
 
 class Undecided(Exception):
@@ -58,17 +65,18 @@ class Globs:
     """The union of `patterns` as one NFA. `fold`: casefolded text against casefolded globs,
     as deny entries match."""
 
-    __slots__ = ("_cache", "_tokens", "folds", "patterns")
+    __slots__ = ("_cache", "_literals", "_tokens", "folds", "patterns")
 
     def __init__(self, patterns: Iterable[str], fold: bool = False) -> None:
         self.patterns = tuple(dict.fromkeys(patterns))
         self.folds = fold
         self._tokens = tuple(p.casefold() if fold else p for p in self.patterns)
+        self._literals = frozenset(c for token in self._tokens for c in token if c != STAR)
         self._cache: dict[tuple[_Positions, str], _Positions | None] = {}
 
-    def literals(self) -> set[str]:
+    def literals(self) -> frozenset[str]:
         """The characters the globs name (casefolded for a folding automaton)."""
-        return {c for token in self._tokens for c in token if c != STAR}
+        return self._literals
 
     def start(self) -> _Positions | None:
         return self._close({(k, 0) for k in range(len(self._tokens))})
@@ -131,6 +139,54 @@ class Difference:
         return self.first.accepts(state[0]) and not (
             state[1] is not None and self.second.accepts(state[1])
         )
+
+
+def may_meet(first: str, second: str) -> bool:
+    """A quick test that two globs may share a string (when False, they share none): their
+    literal prefixes agree as far as both go, and so do their literal suffixes; a glob without
+    a star must match the other."""
+    if STAR not in first or STAR not in second:
+        exact, other = (first, second) if STAR not in first else (second, first)
+        return _matches(other, exact)
+    head, tail = first.split(STAR, 1)[0], first.rsplit(STAR, 1)[1]
+    other_head, other_tail = second.split(STAR, 1)[0], second.rsplit(STAR, 1)[1]
+    return (head.startswith(other_head) or other_head.startswith(head)) and (
+        tail.endswith(other_tail) or other_tail.endswith(tail)
+    )
+
+
+def _matches(pattern: str, text: str) -> bool:
+    return compile_glob(pattern)(text)
+
+
+class Neighbours(Generic[T]):
+    """Items keyed by globs, looked up by a glob: the items whose glob `may_meet` it, found
+    through the literal prefixes (one must start with the other) without trying them all."""
+
+    def __init__(self, items: Iterable[tuple[str, T]]) -> None:
+        self._by_prefix: dict[str, list[tuple[str, T]]] = {}
+        for pattern, item in items:
+            self._by_prefix.setdefault(pattern.split(STAR, 1)[0], []).append((pattern, item))
+        self._prefixes = sorted(self._by_prefix)
+
+    def near(self, pattern: str) -> Iterator[T]:
+        head = pattern.split(STAR, 1)[0]
+        groups = [self._by_prefix.get(head[:n], []) for n in range(len(head))]
+        position = bisect.bisect_left(self._prefixes, head)
+        while position < len(self._prefixes) and self._prefixes[position].startswith(head):
+            groups.append(self._by_prefix[self._prefixes[position]])
+            position += 1
+        for group in groups:
+            for other, item in group:
+                if may_meet(pattern, other):
+                    yield item
+
+
+@lru_cache(maxsize=1 << 16)
+def globs(patterns: Iterable[str], fold: bool = False) -> Globs:
+    """One shared automaton per list of globs (`patterns` a tuple): its caches, and the
+    searches' memos keyed by it, serve every policy that repeats the list."""
+    return Globs(patterns, fold)
 
 
 def run(automaton: Automaton, word: str) -> bool:
@@ -282,12 +338,53 @@ def preferred(chars: Iterable[str]) -> list[str]:
     return sorted(set(chars), key=rank)
 
 
-def folding_onto(chars: Iterable[str]) -> set[str]:
+def folding_onto(chars: Iterable[str]) -> frozenset[str]:
     """The characters whose casefold differs from them and contains one of `chars` (`R` for
     `r`, `ß` for `s`, the Kelvin sign for `k`): the ones a folding automaton tells apart beyond
     its own characters."""
-    wanted = set(chars)
-    return {c for c, folded in _changed_by_casefold() if wanted.intersection(folded)}
+    return _folding_onto(frozenset(chars))
+
+
+@cache
+def _folding_onto(wanted: frozenset[str]) -> frozenset[str]:
+    return frozenset(c for c, folded in _changed_by_casefold() if wanted.intersection(folded))
+
+
+def needed(automaton: Automaton) -> frozenset[str]:
+    """The characters a search must try for `automaton` to accept: those it names and, when it
+    folds, those that fold onto them. (Other characters it consumes with a star, as it does
+    the fresh character.)"""
+    if isinstance(automaton, Globs):
+        named = automaton.literals()
+        return named | folding_onto(named) if automaton.folds else named
+    if isinstance(automaton, Difference):
+        return needed(automaton.first)
+    return frozenset()
+
+
+def mentioned(automaton: Automaton) -> frozenset[str]:
+    """Every character `automaton` names: the fresh character must be none of them."""
+    if isinstance(automaton, Globs):
+        return automaton.literals()
+    if isinstance(automaton, Difference):
+        return mentioned(automaton.first) | mentioned(automaton.second)
+    return frozenset()
+
+
+def alphabet_for(
+    require: Iterable[Automaton],
+    others: Iterable[Automaton] = (),
+    keep: Callable[[str], bool] = lambda char: True,
+    extra: Iterable[str] = (),
+    fresh_from: str = _ASCII_FRESH,
+) -> list[str]:
+    """The alphabet of a search: what the `require` automata need (those `keep` takes), `extra`
+    characters, and one fresh character none of the automata names. Complete for any question
+    whose other automata only exclude or observe (see the module's docstring)."""
+    require = list(require)
+    chars = {c for a in require for c in needed(a) if keep(c)} | set(extra)
+    named = set(chars).union(*(mentioned(a) for a in (*require, *others)))
+    return [*preferred(chars), fresh_char(named, fresh_from)]
 
 
 @cache

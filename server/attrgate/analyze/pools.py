@@ -15,7 +15,7 @@ from functools import partial
 from attrgate.analyze.checks import Analysis
 from attrgate.analyze.counterexample import USERNAME, Counterexample, refused_for
 from attrgate.analyze.findings import Code
-from attrgate.analyze.globalgebra import Globs, run
+from attrgate.analyze.globalgebra import globs, run
 from attrgate.analyze.values import finite_values, value_for
 from attrgate.analyze.world import Allow
 from attrgate.domain import Attribute, AttributeSchema, PoolDescription, UpdateRequest, Violation
@@ -65,7 +65,7 @@ class _PoolCheck:
                 self._immutable(allow, immutable)
                 return
             unknown = names.find(
-                [grant], [Globs(list(schema))], prefer=[allow.attribute.replace("*", "x")]
+                [grant], [globs(tuple(sorted(schema)))], prefer=[allow.attribute.replace("*", "x")]
             )
             if unknown is not None:
                 self._unknown(allow, [unknown], f"{allow.ref} matches no attribute")

@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import ClassVar
 
 from attrgate.analyze.domains import Names, Words
-from attrgate.analyze.globalgebra import Globs, run, signatures
+from attrgate.analyze.globalgebra import Globs, Neighbours, globs, may_meet, run, signatures
 from attrgate.domain import PoolDescription
 from attrgate.policy.constraints import CompiledAllow
 from attrgate.policy.globs import compile_glob, is_glob
@@ -75,15 +75,15 @@ class PolicyView:
 
     @cached_property
     def caller_globs(self) -> Globs:
-        return Globs(self.callers)
+        return globs(self.callers)
 
     @cached_property
     def pool_globs(self) -> Globs:
-        return Globs(self.pools)
+        return globs(self.pools)
 
     @cached_property
     def deny_globs(self) -> Globs:
-        return Globs([d.attribute for d in self.denies], fold=True)
+        return globs(tuple(d.attribute for d in self.denies), True)
 
     def applies_to_pool(self, pool: str) -> bool:
         return any(compile_glob(p)(pool) for p in self.pools)
@@ -150,12 +150,11 @@ class World:
         # pools of counterexamples.
         self.described = dict(pools or {})
         self.known_pools = tuple(self.described)
-        self.names = Names(
-            (a.attribute for p in policies for a in p.allows),
-            (d.attribute for p in policies for d in p.denies),
-        )
-        self.callers = Words((c for p in policies for c in p.callers), pools=False)
-        self.pools = Words((u for p in policies for u in p.pools), pools=True)
+        self.names = Names()
+        self.callers = Words(pools=False)
+        self.pools = Words(pools=True)
+        self._by_caller = Neighbours((c, p) for p in policies for c in p.callers)
+        self._neighbours: dict[int, tuple[PolicyView, ...]] = {}
         self._pairs: dict[tuple[int, int], bool] = {}
         self._covers: dict[tuple[int, int], bool] = {}
         self._cells: dict[tuple[int, frozenset[int]], list[Cell]] = {}
@@ -164,12 +163,23 @@ class World:
 
     def pool_reachable(self, pattern: str) -> str | None:
         """A valid pool id `pattern` matches (a known pool first), or None."""
-        glob = Globs([pattern])
+        glob = globs((pattern,))
         known = next((p for p in self.known_pools if run(glob, p)), None)
         return known or self.pools.find([glob])
 
     def reachable(self, policy: PolicyView) -> bool:
         return any(self.pool_reachable(p) is not None for p in policy.pools)
+
+    def neighbours(self, policy: PolicyView, enforce: bool = True) -> list[PolicyView]:
+        """The other policies (the enforce ones, unless `enforce` is False) that apply to some
+        (caller, pool) `policy` applies to, in load order."""
+        found = self._neighbours.get(policy.index)
+        if found is None:
+            near = {q.index: q for c in policy.callers for q in self._by_caller.near(c)}
+            found = self._neighbours[policy.index] = tuple(
+                near[i] for i in sorted(near) if i != policy.index and self.overlap(policy, near[i])
+            )
+        return [q for q in found if q.enforce or not enforce]
 
     def overlap(self, first: PolicyView, second: PolicyView) -> bool:
         """Whether some valid (caller, pool) lies in both regions."""
@@ -177,7 +187,9 @@ class World:
         found = self._pairs.get(key)
         if found is None:
             found = self._pairs[key] = (
-                self.callers.find([first.caller_globs, second.caller_globs]) is not None
+                _may_meet(first.callers, second.callers)
+                and _may_meet(first.pools, second.pools)
+                and self.callers.find([first.caller_globs, second.caller_globs]) is not None
                 and self.pools.find([first.pool_globs, second.pool_globs]) is not None
             )
         return found
@@ -188,7 +200,8 @@ class World:
         found = self._covers.get(key)
         if found is None:
             found = self._covers[key] = (
-                self.callers.find([inner.caller_globs], [outer.caller_globs]) is None
+                self.overlap(outer, inner)
+                and self.callers.find([inner.caller_globs], [outer.caller_globs]) is None
                 and self.pools.find([inner.pool_globs], [outer.pool_globs]) is None
             )
         return found
@@ -229,8 +242,9 @@ class World:
         self, words: Words, within: Globs, members: Sequence[PolicyView], callers: bool
     ) -> list[tuple[frozenset[int], str]]:
         automata = [m.caller_globs if callers else m.pool_globs for m in members]
-        found = signatures(words.alphabet, [words.domain, within], automata)
-        fresh = words.alphabet[-1]
+        alphabet = words.alphabet([within, *automata])
+        found = signatures(alphabet, [words.domain, within], automata)
+        fresh = alphabet[-1]
         fillers: tuple[str, ...] = _CALLER_LOOKS if callers else _POOL_LOOKS[:2]
         typical: tuple[str, ...] = () if callers else _POOL_LOOKS[2:]
         spelled = [p.replace("*", f) for f in fillers for p in within.patterns]
@@ -254,3 +268,7 @@ class World:
     def enforcing(self, cell: Cell) -> list[PolicyView]:
         """The enforce policies that apply in `cell`, in load order."""
         return [self.policies[i] for i in sorted(cell.applicable) if self.policies[i].enforce]
+
+
+def _may_meet(first: Sequence[str], second: Sequence[str]) -> bool:
+    return any(may_meet(a, b) for a in first for b in second)
