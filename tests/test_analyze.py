@@ -226,7 +226,7 @@ def test_text_output_reads_like_check(tmp_path: Path, capsys: pytest.CaptureFixt
     assert first["file"] == str(folder / "policies.yaml")
     assert lines[1].startswith("  counterexample: {")
     assert json.loads(lines[1].removeprefix("  counterexample: "))["caller"] == "svc-api"
-    assert lines[-1].startswith(f"{len(expected(SHADOWS))} findings (1 warning, 4 info) in 4")
+    assert lines[-1].startswith(f"{len(expected(SHADOWS))} findings (2 warning, 4 info) in 5")
 
 
 def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -349,9 +349,33 @@ def _without(text: str, finding: Finding) -> str:
     """The set without the entry (or the policy) a finding says changes nothing."""
     if finding.code is Code.ALLOW_SHADOWED:
         lines = text.splitlines()
-        return "\n".join(lines[: finding.line - 1] + lines[finding.line :]) + "\n"
+        rest = "\n".join(lines[: finding.line - 1] + lines[finding.line :]) + "\n"
+        return re.sub(r"  allow:\n(?!    - )", "  allow: []\n", rest)
     name = finding.message.split()[1]
     return (
         "\n---\n".join(d for d in text.split("\n---\n") if f"metadata: {{name: {name}}}" not in d)
         + "\n"
     )
+
+
+def test_the_documented_example_prints_what_the_docs_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = (REPO / "docs" / "policy-testing.md").read_text()
+    section = docs[docs.index("## attrgate analyze") :]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
+    policies = next(body for kind, body in blocks if kind == "yaml")
+    pool = next(body for kind, body in blocks if kind == "json" and '"UserPool"' in body)
+    run_block = next(body for kind, body in blocks if "$ attrgate analyze policies" in body)
+    shown = run_block.split("\n", 1)[1].split("$ echo $?")[0]
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "profile.yaml").write_text(policies)
+    (tmp_path / "pool.json").write_text(pool)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "policies", "--pool-file", "pool.json")
+    assert (code, err) == (0, "")
+    assert out == shown
+    code, out, _ = cli(capsys, "policies", "--pool-file", "pool.json", "--output", "json")
+    documented = json.loads(next(b for k, b in blocks if k == "json" and '"findings"' in b))
+    printed = json.loads(out)["findings"]
+    assert all(finding in printed for finding in documented["findings"])

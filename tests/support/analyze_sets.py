@@ -203,6 +203,15 @@ spec:
 ---
 apiVersion: attrgate/v1
 kind: AttributePolicy
+metadata: {name: prefs-again}  # expect: POLICY_UNREACHABLE (prefs again: the later one)
+spec:
+  callers: ["svc-*", "*"]  # the same callers as prefs, said otherwise
+  userPools: ["*_*"]  # every pool id has a _
+  allow:
+    - {attribute: "custom:pref_*", allowEmpty: false}
+---
+apiVersion: attrgate/v1
+kind: AttributePolicy
 metadata: {name: flags}
 spec:
   callers: ["svc-a*"]

@@ -193,7 +193,7 @@ class Analysis:
         for other in self.world.neighbours(policy):
             if not self._redundant(policy, other):
                 continue
-            if other.index < policy.index and self._redundant(other, policy):
+            if other.index > policy.index and self._redundant(other, policy):
                 continue  # the same policy twice: the later one is reported
             self.irrelevant.add(policy.index)
             self.add(

@@ -68,7 +68,7 @@ class _PoolCheck:
                 [grant], [globs(tuple(sorted(schema)))], prefer=[allow.attribute.replace("*", "x")]
             )
             if unknown is not None:
-                self._unknown(allow, [unknown], f"{allow.ref} matches no attribute")
+                self._unknown(allow, [unknown], f"{allow.ref} grants no attribute")
             return
         if allow.attribute not in schema:
             self._unknown(allow, [allow.attribute], f"{allow.attribute} is not an attribute")

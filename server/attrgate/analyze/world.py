@@ -149,10 +149,10 @@ class World:
         # Pools described by --pool-file: their schema is checked, and they are the preferred
         # pools of counterexamples.
         self.described = dict(pools or {})
-        self.known_pools = tuple(self.described)
         self.names = Names()
         self.callers = Words(pools=False)
         self.pools = Words(pools=True)
+        self.known_pools = tuple(p for p in self.described if self.pools.valid(p))
         self._by_caller = Neighbours((c, p) for p in policies for c in p.callers)
         self._neighbours: dict[int, tuple[PolicyView, ...]] = {}
         self._pairs: dict[tuple[int, int], bool] = {}
