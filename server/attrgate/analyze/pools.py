@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 
-from attrgate.analyze.checks import Analysis
+from attrgate.analyze.analysis import Analysis
 from attrgate.analyze.counterexample import USERNAME, Counterexample, refused_for
 from attrgate.analyze.findings import Code
 from attrgate.analyze.globalgebra import globs, run
@@ -39,7 +39,7 @@ def pool_findings(analysis: Analysis, files: Mapping[str, str]) -> None:
             check = _PoolCheck(analysis, pool_id, files[pool_id], description)
             for allow in policy.allows:
                 if allow not in analysis.dead:
-                    analysis.guarded(check.entry, allow)
+                    analysis.guarded(check.pool_entry, allow)
 
 
 class _PoolCheck:
@@ -51,7 +51,7 @@ class _PoolCheck:
         self.where = f"pool {pool_id} ({file})"
         self.description = description
 
-    def entry(self, allow: Allow) -> None:
+    def pool_entry(self, analysis: Analysis, allow: Allow) -> None:
         names = self.analysis.names
         grant = self.analysis.grant(allow)
         schema = self.description.attributes

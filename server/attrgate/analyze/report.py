@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from attrgate.analyze.checks import Analysis
+from attrgate.analyze.analysis import Analysis
 from attrgate.analyze.counterexample import Confirmer
 from attrgate.analyze.findings import Finding
 from attrgate.analyze.pools import pool_findings
