@@ -15,7 +15,7 @@ from attrgate.analyze.domains import Names, PoolDomain, Words
 from attrgate.analyze.globalgebra import (
     Globs,
     Neighbours,
-    alphabet_of,
+    alphabet_for,
     contains,
     difference,
     intersection,
@@ -90,9 +90,9 @@ def test_casefolding_globs_match_as_the_engine_folds(deny: str, allow: str) -> N
     for word in FOLD_WORDS:
         assert run(folded, word) is denies(word.casefold())
     # An allowed name that escapes the deny, and one it catches.
-    escapes = search(alphabet_of(raw, folded), [raw], [folded])
+    escapes = search(alphabet_for([raw], [folded]), [raw], [folded])
     agrees(escapes, lambda w: allows(w) and not denies(w.casefold()), FOLD_WORDS, 4)
-    caught = search(alphabet_of(raw, folded), [raw, folded])
+    caught = search(alphabet_for([raw, folded]), [raw, folded])
     agrees(caught, lambda w: allows(w) and denies(w.casefold()), FOLD_WORDS, 4)
 
 
@@ -103,7 +103,7 @@ def test_signatures_are_every_combination_and_its_shortest_word(
 ) -> None:
     automata = [Globs([m]) for m in members]
     inside = Globs([within])
-    found = signatures(alphabet_of(inside, *automata), [inside], automata)
+    found = signatures(alphabet_for([inside, *automata]), [inside], automata)
     matchers = [compile_glob(m) for m in members]
     brute: dict[frozenset[int], str] = {}
     for word in WORDS:
@@ -202,3 +202,7 @@ def test_a_name_longer_once_casefolded_still_counts() -> None:
     assert names.find([Globs(["s" * 34], fold=True)]) == "ß" * 17
     assert names.find([Globs(["x" * 33])]) is None
     assert names.find([Globs(["x" * 33])], any_length=True) == "x" * 33
+
+
+def test_casefolding_changes_nothing_past_the_characters_the_table_holds() -> None:
+    assert not [c for c in map(chr, range(0x20000, 0x110000)) if c.casefold() != c]

@@ -291,6 +291,9 @@ def _word(
     return "".join(reversed(chars))
 
 
+# --- alphabets (see the module's docstring) ----------------------------------------------------
+
+
 def fresh_char(used: Iterable[str], candidates: str = _ASCII_FRESH) -> str:
     """A character not in `used`: ASCII letters and digits first."""
     taken = set(used)
@@ -301,19 +304,6 @@ def fresh_char(used: Iterable[str], candidates: str = _ASCII_FRESH) -> str:
     while chr(code) in taken or not chr(code).isalpha() or chr(code).casefold() != chr(code):
         code += 1
     return chr(code)
-
-
-# --- plain globs over all strings: what the property tests check against brute force --------
-
-
-def alphabet_of(*automata: Globs) -> list[str]:
-    """The characters `automata` name, every character whose casefold involves one of them
-    when some automaton folds, and one fresh character: enough for any question about them
-    over all strings (see the module's docstring)."""
-    named = set().union(*(a.literals() for a in automata))
-    if any(a.folds for a in automata):
-        named |= folding_onto(named)
-    return [*preferred(named), fresh_char(named | {c.casefold() for c in named})]
 
 
 def preferred(chars: Iterable[str]) -> list[str]:
@@ -389,20 +379,23 @@ def alphabet_for(
 
 @cache
 def _changed_by_casefold() -> tuple[tuple[str, str], ...]:
-    # Casefolding changes characters only in the first two planes (about 1,500 of them).
+    # Casefolding changes characters only below U+20000 (about 1,500 of them; a test checks).
     return tuple((c, c.casefold()) for c in map(chr, range(0x20000)) if c.casefold() != c)
+
+
+# --- plain globs over all strings (what the property tests check against brute force) ---------
 
 
 def intersection(first: str, second: str) -> str | None:
     """A shortest string both globs match, or None."""
     a, b = Globs([first]), Globs([second])
-    return search(alphabet_of(a, b), [a, b])
+    return search(alphabet_for([a, b]), [a, b])
 
 
 def difference(inner: Sequence[str], outer: Sequence[str]) -> str | None:
     """A shortest string some glob of `inner` matches and no glob of `outer` does, or None."""
     a, b = Globs(inner), Globs(outer)
-    return search(alphabet_of(a, b), [a], [b])
+    return search(alphabet_for([a], [b]), [a], [b])
 
 
 def contains(outer: Sequence[str], inner: Sequence[str]) -> bool:

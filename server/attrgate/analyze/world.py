@@ -167,19 +167,16 @@ class World:
         known = next((p for p in self.known_pools if run(glob, p)), None)
         return known or self.pools.find([glob])
 
-    def reachable(self, policy: PolicyView) -> bool:
-        return any(self.pool_reachable(p) is not None for p in policy.pools)
-
-    def neighbours(self, policy: PolicyView, enforce: bool = True) -> list[PolicyView]:
-        """The other policies (the enforce ones, unless `enforce` is False) that apply to some
-        (caller, pool) `policy` applies to, in load order."""
+    def neighbours(self, policy: PolicyView) -> list[PolicyView]:
+        """The other enforce policies that apply to some (caller, pool) `policy` applies to, in
+        load order."""
         found = self._neighbours.get(policy.index)
         if found is None:
             near = {q.index: q for c in policy.callers for q in self._by_caller.near(c)}
             found = self._neighbours[policy.index] = tuple(
                 near[i] for i in sorted(near) if i != policy.index and self.overlap(policy, near[i])
             )
-        return [q for q in found if q.enforce or not enforce]
+        return [q for q in found if q.enforce]
 
     def overlap(self, first: PolicyView, second: PolicyView) -> bool:
         """Whether some valid (caller, pool) lies in both regions."""
