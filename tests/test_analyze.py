@@ -233,7 +233,8 @@ def test_text_output_reads_like_check(tmp_path: Path, capsys: pytest.CaptureFixt
     assert first["file"] == str(folder / "policies.yaml")
     assert lines[1].startswith("  counterexample: {")
     assert json.loads(lines[1].removeprefix("  counterexample: "))["caller"] == "svc-api"
-    assert lines[-1].startswith(f"{len(expected(SHADOWS))} findings (2 warning, 4 info) in 5")
+    summary = f"{len(expected(SHADOWS))} findings (2 warning, 4 info) in 5 attribute policies"
+    assert lines[-1].startswith(summary)
 
 
 def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

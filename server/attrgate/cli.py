@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from attrgate import __version__
+from attrgate.analyze import add_arguments as add_analyze_arguments
 from attrgate.config import ConfigError, add_serve_arguments, settings_from
 from attrgate.identity import CALLER_HEADER
 from attrgate.policy.load import load_policy_set
@@ -69,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
 
     analyze = commands.add_parser("analyze", help="find dead, shadowed and conflicting entries")
-    _add_analyze_arguments(analyze)
+    add_analyze_arguments(analyze)
     _add_policy_max_bytes(analyze)
     analyze.set_defaults(handler=_analyze)
 
@@ -122,12 +123,6 @@ def _add_policy_max_bytes(parser: argparse.ArgumentParser) -> None:
         help="the limit `serve` applies to each policy file and to all together "
         "[env ATTRGATE_POLICY_MAX_BYTES]",
     )
-
-
-def _add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
-    from attrgate.analyze.report import add_arguments
-
-    add_arguments(parser)
 
 
 def _analyze(args: argparse.Namespace) -> int:

@@ -31,21 +31,6 @@ EXIT_USAGE = 2
 EXIT_INVALID = 3
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="policy file or folder (as `serve --policies`)")
-    parser.add_argument(
-        "--pool-file",
-        action="append",
-        default=[],
-        metavar="DESCRIBE.json",
-        help="a DescribeUserPool answer (JSON or YAML); check entries against its schema",
-    )
-    parser.add_argument("--output", choices=("text", "json"), default="text")
-    parser.add_argument(
-        "--strict", action="store_true", help="exit 1 when anything is found (for CI)"
-    )
-
-
 @dataclass
 class Report:
     findings: list[Finding] = field(default_factory=list)
@@ -125,7 +110,7 @@ def print_text(report: Report, out: TextIO) -> None:
             example = json.dumps(finding.counterexample.as_json(), ensure_ascii=False)
             print(f"  counterexample: {example}", file=out)
     count = len(report.findings)
-    policies = f"{report.policies} {'policy' if report.policies == 1 else 'policies'}"
+    policies = f"{report.policies} attribute {'policy' if report.policies == 1 else 'policies'}"
     if count:
         by = Counter(f.severity.value for f in report.findings)
         kinds = ", ".join(f"{by[s]} {s}" for s in ("warning", "info") if by[s])
