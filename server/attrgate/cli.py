@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from attrgate import __version__
+from attrgate.analyze import add_arguments as add_analyze_arguments
 from attrgate.config import ConfigError, add_serve_arguments, settings_from
 from attrgate.explain import command as explain
 from attrgate.identity import CALLER_HEADER
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_policy_max_bytes(test)
     add_test_arguments(test)
 
+    analyze = commands.add_parser("analyze", help="find dead, shadowed and conflicting entries")
+    add_analyze_arguments(analyze)
+    _add_policy_max_bytes(analyze)
+    analyze.set_defaults(handler=_analyze)
+
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
     call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")
     call.add_argument("--caller", help=f"caller name for an --insecure server ({CALLER_HEADER})")
@@ -129,6 +135,12 @@ def _add_policy_max_bytes(parser: argparse.ArgumentParser) -> None:
         help="the limit `serve` applies to each policy file and to all together "
         "[env ATTRGATE_POLICY_MAX_BYTES]",
     )
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from attrgate.analyze.report import run
+
+    return run(args)
 
 
 def _add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:

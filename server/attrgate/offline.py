@@ -42,9 +42,10 @@ class FixtureError(Exception):
     """A pool fixture that cannot be read or is not a DescribeUserPool answer."""
 
 
-def read_pool_fixture(path: str, pool_id: str) -> PoolDescription:
+def read_pool_fixture(path: str, pool_id: str | None = None) -> PoolDescription:
     """A DescribeUserPool answer from a JSON or YAML file: `{"UserPool": {...}}` as Cognito
-    returns it (the bare UserPool object is accepted too)."""
+    returns it (the bare UserPool object is accepted too). `pool_id`: the pool it describes;
+    None for the answer's own `Id`."""
     try:
         _, data = read_regular(path, MAX_FIXTURE_BYTES)
     except NotRegularFile:
@@ -69,6 +70,9 @@ def read_pool_fixture(path: str, pool_id: str) -> PoolDescription:
         answer = answer["UserPool"]
     if not isinstance(answer, dict):
         raise FixtureError(f"{path}: not a DescribeUserPool answer (a mapping with UserPool)")
+    pool_id = pool_id if pool_id is not None else answer.get("Id")
+    if not isinstance(pool_id, str) or not pool_id:
+        raise FixtureError(f"{path}: the DescribeUserPool answer has no UserPool.Id")
     try:
         return pool_description(pool_id, answer)
     except (TypeError, AttributeError, ValueError) as exc:
