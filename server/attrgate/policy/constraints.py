@@ -77,10 +77,13 @@ class CompiledAllow:
 
     def check(self, value: str, record: list[ConstraintResult] | None = None) -> list[Failure]:
         """Every constraint `value` fails; empty when the entry accepts it. `record` (a trace)
-        gets every constraint tried, passed or not."""
+        gets every constraint tried, passed or not; without one, no message is built for a
+        constraint that passes (the request path)."""
         if not value:
             if self.allow_empty:
-                _passed(record, "allowEmpty", "an empty value, and the entry sets allowEmpty")
+                if record is not None:
+                    why = "an empty value, and the entry sets allowEmpty"
+                    record.append(ConstraintResult("allowEmpty", True, why))
                 return []
             failure = Failure(
                 ViolationReason.EMPTY_VALUE_NOT_ALLOWED,
@@ -93,32 +96,40 @@ class CompiledAllow:
             if len(value) > self.max_length:
                 why = f"longer than maxLength {self.max_length}"
                 _fail(failures, record, Failure(ViolationReason.MAX_LENGTH, why))
-            else:
-                _passed(record, "maxLength", f"{len(value)} characters, at most {self.max_length}")
+            elif record is not None:
+                record.append(
+                    ConstraintResult(
+                        "maxLength", True, f"{len(value)} characters, at most {self.max_length}"
+                    )
+                )
         if self.min_length is not None:
             if len(value) < self.min_length:
                 why = f"shorter than minLength {self.min_length}"
                 _fail(failures, record, Failure(ViolationReason.MIN_LENGTH, why))
-            else:
-                _passed(record, "minLength", f"{len(value)} characters, at least {self.min_length}")
+            elif record is not None:
+                record.append(
+                    ConstraintResult(
+                        "minLength", True, f"{len(value)} characters, at least {self.min_length}"
+                    )
+                )
         if self.enum is not None:
             if value not in self.enum:
                 why = "not one of the allowed values"
                 _fail(failures, record, Failure(ViolationReason.ENUM, why))
-            else:
-                _passed(record, "enum", "one of the allowed values")
+            elif record is not None:
+                record.append(ConstraintResult("enum", True, "one of the allowed values"))
         if self.format is not None:
             if not FORMAT_CHECKS[self.format](value):
                 why = f"not a valid {self.format}"
                 _fail(failures, record, Failure(ViolationReason.FORMAT, why))
-            else:
-                _passed(record, "format", f"a valid {self.format}")
+            elif record is not None:
+                record.append(ConstraintResult("format", True, f"a valid {self.format}"))
         if self.pattern is not None:
             if self.pattern.fullmatch(value) is None:
                 why = f"does not match {self.pattern_text!r}"
                 _fail(failures, record, Failure(ViolationReason.PATTERN, why))
-            else:
-                _passed(record, "pattern", f"matches {self.pattern_text!r}")
+            elif record is not None:
+                record.append(ConstraintResult("pattern", True, f"matches {self.pattern_text!r}"))
         if record is not None and not record:
             record.append(ConstraintResult("(none)", True, "the entry sets no constraint"))
         return failures
@@ -135,9 +146,11 @@ CONSTRAINT_OF = {
 }
 
 
-def _passed(record: list[ConstraintResult] | None, name: str, why: str) -> None:
-    if record is not None:
-        record.append(ConstraintResult(name, True, why))
+# Passed constraints are recorded only when tracing (`elif record is not None`): the request
+# path builds no message for them.
+_PASSED_EMPTY = ConstraintResult(
+    "allowEmpty", True, "an empty value, and the entry sets allowEmpty"
+)
 
 
 def _failed_result(failure: Failure) -> ConstraintResult:

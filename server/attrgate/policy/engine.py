@@ -96,8 +96,11 @@ def attribute_findings(
         entries, flag_glob = policy.allows_for(name)
         glob_hit_on_flag = glob_hit_on_flag or flag_glob
         for entry in entries:
-            tried = _tried(record, policy, entry.label, entry.attribute)
-            problems = entry.check(attribute.value, tried.constraints if tried else None)
+            if record is None:  # the request path: no trace
+                tried, problems = None, entry.check(attribute.value)
+            else:
+                tried = _tried(record, policy, entry.label, entry.attribute)
+                problems = entry.check(attribute.value, tried.constraints)
             if not problems:
                 if record is not None and tried is not None:
                     _trace_accepted(record, policies, name, tried)
@@ -154,11 +157,7 @@ def _trace_policies(
     assert applied == list(matched), "the trace disagrees with the set's index"
 
 
-def _tried(
-    record: AttributeTrace | None, policy: CompiledPolicy, label: str, matched: str
-) -> EntryTrace | None:
-    if record is None:
-        return None
+def _tried(record: AttributeTrace, policy: CompiledPolicy, label: str, matched: str) -> EntryTrace:
     entry = EntryTrace(policy.name, label, matched, "refused")
     record.entries.append(entry)
     return entry
