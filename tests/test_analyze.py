@@ -254,6 +254,13 @@ def test_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     no_id = tmp_path / "no-id.json"
     no_id.write_text('{"UserPool": {"Name": "x"}}')
     assert cli(capsys, seeded, "--pool-file", str(no_id))[0] == 2
+    # Two answers for one pool: which one would the findings be about?
+    one, other = tmp_path / "one.json", tmp_path / "other.json"
+    for path in (one, other):
+        path.write_text('{"UserPool": {"Id": "us-east-1_AbCdEf123"}}')
+    code, _, err = cli(capsys, seeded, "--pool-file", str(one), "--pool-file", str(other))
+    assert code == 2
+    assert err.endswith(f"{other}: describes us-east-1_AbCdEf123, as {one} does\n"), err
     assert cli(capsys, seeded, "--output", "xml")[0] == 2
 
 

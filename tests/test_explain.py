@@ -593,6 +593,11 @@ def test_a_pool_file_that_is_no_describe_user_pool_answer_is_refused_with_its_li
     assert err == f"{tmp_path / 'none.json'}: No such file or directory\n"
     status, _, err = explain(capsys, policies, "--caller", "c", "--pool-file", str(tmp_path), "a=b")
     assert (status, err) == (3, f"{tmp_path}: not a regular file\n")
+    # Another pool's answer would explain this pool's writes against the wrong schema.
+    other = tmp_path / "other.json"
+    other.write_text('{"UserPool": {"Id": "eu-west-1_Other"}}')
+    status, _, err = explain(capsys, policies, "--caller", "c", "--pool-file", str(other), "a=b")
+    assert (status, err) == (3, f"{other}: describes user pool eu-west-1_Other, not {POOL}\n")
 
 
 def test_the_shipped_examples_explain_through_the_command() -> None:

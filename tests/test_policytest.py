@@ -454,7 +454,9 @@ def test_coverage_counts_every_entry_and_reports_the_missed_with_file_and_line(
     audit = (
         "---\napiVersion: attrgate/v1\nkind: AttributePolicy\nmetadata: {name: freeze}\n"
         "spec:\n  mode: audit\n  callers: ['svc-*']\n  userPools: ['*']\n"
-        "  allow: [{attribute: nickname}]\n  deny: [{attribute: given_name}]\n"
+        "  allow: [{attribute: nickname}]\n"
+        "  deny:\n    - {attribute: given_name}\n    - {attribute: 'custom:tier'}\n"
+        "  clientMetadata: {allowKeys: [source]}\n"
     )
     cases = (
         PASSING
@@ -487,9 +489,11 @@ def test_coverage_counts_every_entry_and_reports_the_missed_with_file_and_line(
         ("profile", "allow[1]"): (line_of(path, 'attribute: "custom:tier"'), True),
         ("profile", "deny[0]"): (line_of(path, 'attribute: "custom:role"'), False),
         ("profile", "clientMetadata.allowKeys[0]"): (line_of(path, "allowKeys"), True),
-        # the audit policy's deny found given_name; its allow entry can never decide anything
-        ("freeze", "allow[0]"): (line_of(path, "attribute: nickname"), False),
-        ("freeze", "deny[0]"): (line_of(path, "deny: [{attribute: given_name}]"), True),
+        # The audit policy's deny found given_name; its custom:tier deny was never asked (the
+        # enforce policy denied the tier anyway); its allow entry and allowKeys can never
+        # decide anything, so they are not counted.
+        ("freeze", "deny[0]"): (line_of(path, "- {attribute: given_name}"), True),
+        ("freeze", "deny[1]"): (line_of(path, "- {attribute: 'custom:tier'}"), False),
     }
     assert {e["file"] for e in entries} == {policy_file}
     assert ran.json()["coverage"]["percent"] == 66.66  # rounded down: never shows a minimum met
@@ -792,6 +796,10 @@ def test_hostile_test_files_are_refused_cheaply(
         f"{test_file}:17: spec.cases[2].matrix.caller[2]: caller=a is listed twice: each "
         "expanded case needs a name of its own",
     ]
+    # Two cases on one line (flow style) are two cases all the same.
+    case = "{name: same, caller: svc-a, userPool: us-east-1_A, attributes: {a: b}, expect: deny}"
+    (error,) = invalid(tmp_path, attrgate_test, f"    [{case}, {case}]\n")
+    assert error.endswith("case name 'same' is used twice (first at line 6)"), error
 
 
 def test_invalid_reasons_are_those_validation_gives() -> None:

@@ -70,7 +70,11 @@ def read_pool_fixture(path: str, pool_id: str | None = None) -> PoolDescription:
         answer = answer["UserPool"]
     if not isinstance(answer, dict):
         raise FixtureError(f"{path}: not a DescribeUserPool answer (a mapping with UserPool)")
-    pool_id = pool_id if pool_id is not None else answer.get("Id")
+    own = answer.get("Id")
+    if pool_id is not None and isinstance(own, str) and own and own != pool_id:
+        # One pool's schema judging another's writes would explain (or test) the wrong pool.
+        raise FixtureError(f"{path}: describes user pool {own}, not {pool_id}")
+    pool_id = pool_id if pool_id is not None else own
     if not isinstance(pool_id, str) or not pool_id:
         raise FixtureError(f"{path}: the DescribeUserPool answer has no UserPool.Id")
     try:

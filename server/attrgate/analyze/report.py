@@ -29,6 +29,7 @@ EXIT_OK = 0
 EXIT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_INVALID = 3
+EXIT_INTERNAL = 5  # a counterexample did not decide as its finding claims: a bug in analyze
 
 
 @dataclass
@@ -48,6 +49,9 @@ def analyze(path: str, max_bytes: int, pool_files: Sequence[str] = ()) -> Report
     files: dict[str, str] = {}
     for pool_file in pool_files:
         description = read_pool_fixture(pool_file)
+        if description.pool_id in files:
+            first = files[description.pool_id]
+            raise FixtureError(f"{pool_file}: describes {description.pool_id}, as {first} does")
         pools[description.pool_id] = description
         files[description.pool_id] = pool_file
     with pattern_scope():
@@ -97,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print()
     else:
         print_text(found, sys.stdout)
+    if found.unconfirmed:
+        return EXIT_INTERNAL  # CI must notice an analysis it cannot trust
     return EXIT_FOUND if args.strict and found.findings else EXIT_OK
 
 

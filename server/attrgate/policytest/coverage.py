@@ -38,15 +38,22 @@ class Coverage:
             if not isinstance(document, AttributePolicy):
                 continue
             name, spec = document.metadata.name, document.spec
+            # An audit policy never grants: only its deny entries can decide anything (a
+            # would-deny finding), so its allows and allowKeys are not counted.
+            enforce = spec.mode == "enforce"
             listed: list[tuple[str, str, Path]] = [
-                (f"allow[{i}]", a.attribute, ("spec", "allow", i)) for i, a in enumerate(spec.allow)
+                (f"allow[{i}]", a.attribute, ("spec", "allow", i))
+                for i, a in enumerate(spec.allow)
+                if enforce
             ]
             listed += [
                 (f"deny[{i}]", d.attribute, ("spec", "deny", i)) for i, d in enumerate(spec.deny)
             ]
-            for i, key in enumerate(spec.client_metadata.allow_keys):
+            for i, key in enumerate(spec.client_metadata.allow_keys if enforce else ()):
                 label = f"clientMetadata.allowKeys[{i}]"
-                self._keys.setdefault((name, key), label)
+                if (name, key) in self._keys:
+                    continue  # listed twice: the first names it
+                self._keys[(name, key)] = label
                 listed.append((label, key, ("spec", "clientMetadata", "allowKeys", i)))
             for label, shown, path in listed:
                 line = item.source.line_of(path) if item.source is not None else item.line
@@ -62,7 +69,8 @@ class Coverage:
             for found in attribute.determining:
                 exercised.add((found.policy, found.entry))
             for found in attribute.audit:
-                exercised.add((found.policy, found.entry))
+                if found.outcome == "denied":  # "skipped": denied anyway, never asked
+                    exercised.add((found.policy, found.entry))
         for key in trace.metadata:
             if key.policy is not None:
                 label = self._keys.get((key.policy, key.key))

@@ -180,10 +180,13 @@ def _suites(
             errors.extend(problems)
             budget -= len(cases)
             for expanded in cases:
-                first = named.setdefault(expanded.name, expanded.line)
-                if first != expanded.line:
+                # Seen before, in this case's matrix or another case (on another line or not).
+                first = named.get(expanded.name)
+                if first is not None:
                     message = f"case name {expanded.name!r} is used twice (first at line {first})"
                     errors.append(where.error((*at, "name"), message))
+                else:
+                    named[expanded.name] = expanded.line
             suite.cases.extend(cases)
         suites.append(suite)
     return suites
