@@ -234,7 +234,7 @@ def test_text_output_reads_like_check(tmp_path: Path, capsys: pytest.CaptureFixt
     assert first["file"] == str(folder / "policies.yaml")
     assert lines[1].startswith("  counterexample: {")
     assert json.loads(lines[1].removeprefix("  counterexample: "))["caller"] == "svc-api"
-    summary = f"{len(expected(SHADOWS))} findings (2 warning, 4 info) in 5 attribute policies"
+    summary = f"{len(expected(SHADOWS))} findings (2 warning, 3 info) in 5 attribute policies"
     assert lines[-1].startswith(summary)
 
 

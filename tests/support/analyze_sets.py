@@ -187,10 +187,13 @@ spec:
     - {attribute: "custom:tier", enum: [free, pro]}  # expect: ALLOW_SHADOWED (an enum subset)
     - {attribute: nickname, pattern: '^[a-z]+$'}
     - {attribute: nickname, pattern: '^[a-z]{1,8}$'}  # near miss: patterns are not compared
-    - {attribute: "custom:pref_*", maxLength: 10}  # expect: ALLOW_SHADOWED (prefs covers it)
+    - {attribute: "custom:pref_*", maxLength: 10}  # near miss: tried first
+    # (prefs covers it, but this entry decides first: redundant, not shadowed)
     - {attribute: "custom:flag_*", maxLength: 10}  # near miss: flags covers svc-a* only
     - {attribute: middle_name}
     - {attribute: middle_name}  # expect: ALLOW_SHADOWED (the same entry twice: the first stays)
+    - {attribute: locale, maxLength: 32}  # near miss: tried before the wider one, it decides
+    - {attribute: locale, maxLength: 64}  # near miss: decides what the narrower one refuses
 ---
 apiVersion: attrgate/v1
 kind: AttributePolicy

@@ -18,6 +18,7 @@ from typing import Any
 from attrgate.domain import Attribute, Decision, Invalid, PoolDescription, UpdateRequest
 from attrgate.offline import decide, offline_pipeline
 from attrgate.policy.compile import PolicySet
+from attrgate.policy.trace import Trace
 
 # The username of every counterexample: the JSON carries none, any valid one decides the same.
 USERNAME = "ada"
@@ -48,7 +49,26 @@ class Counterexample:
 
 
 # What a finding claims its counterexample shows, as a test of the decision.
-Claim = Callable[[Decision], bool]
+@dataclass(frozen=True)
+class DecidedBy:
+    """The policy stage lets `name` through, and the entry that decided it (the engine's
+    trace says so) is `entry` of `policy`, and no other."""
+
+    name: str
+    policy: str
+    entry: str
+
+    def __call__(self, decision: Decision, trace: Trace) -> bool:
+        return policy_allows(decision) and any(
+            a.name == self.name
+            and [(e.policy, e.entry) for e in a.determining] == [(self.policy, self.entry)]
+            for a in trace.attributes
+        )
+
+
+# What a finding claims of its counterexample's decision (DecidedBy: and of the engine's trace).
+DecisionClaim = Callable[[Decision], bool]
+Claim = DecisionClaim | DecidedBy
 
 
 class Confirmer:
@@ -58,20 +78,23 @@ class Confirmer:
         self._pipeline = offline_pipeline(policy_set, pools)
         self._loop = asyncio.new_event_loop()
 
-    def decide(self, example: Counterexample) -> Decision | Invalid:
+    def decide(self, example: Counterexample, trace: Trace | None = None) -> Decision | Invalid:
         return self._loop.run_until_complete(
-            decide(self._pipeline, example.caller, example.request())
+            decide(self._pipeline, example.caller, example.request(), trace)
         )
 
     def confirms(self, example: Counterexample, claim: Claim) -> bool:
-        decision = self.decide(example)
-        return isinstance(decision, Decision) and claim(decision)
+        trace = Trace(record_policies=False)
+        decision = self.decide(example, trace)
+        if not isinstance(decision, Decision):
+            return False
+        return claim(decision, trace) if isinstance(claim, DecidedBy) else claim(decision)
 
     def close(self) -> None:
         self._loop.close()
 
 
-def denied_by_entries(name: str, entries: set[tuple[str, str]]) -> Claim:
+def denied_by_entries(name: str, entries: set[tuple[str, str]]) -> DecisionClaim:
     """`name` is denied, only ATTRIBUTE_DENIED, each by one of `entries` (policy, entry)."""
 
     def claim(decision: Decision) -> bool:
@@ -83,7 +106,7 @@ def denied_by_entries(name: str, entries: set[tuple[str, str]]) -> Claim:
     return claim
 
 
-def refused_for(name: str, reasons: set[str]) -> Claim:
+def refused_for(name: str, reasons: set[str]) -> DecisionClaim:
     """`name` is refused (by the policy stage or the pool's schema) for one of `reasons` and
     for no other."""
 
@@ -99,7 +122,7 @@ def policy_allows(decision: Decision) -> bool:
     return decision.allowed or decision.denied_by not in ("", "policy")
 
 
-def nothing_found_by(policy: str, applies: bool = True) -> Claim:
+def nothing_found_by(policy: str, applies: bool = True) -> DecisionClaim:
     """`policy` applies and has no audit finding in the decision."""
 
     def claim(decision: Decision) -> bool:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from attrgate.analyze.counterexample import (
     Counterexample,
+    DecidedBy,
     denied_by_entries,
-    policy_allows,
     refused_for,
 )
 from attrgate.analyze.findings import Code
@@ -147,13 +147,13 @@ def shadowed(analysis: Analysis, allow: Allow) -> None:
         f"{allow.ref} never decides: {shadow.ref} accepts every value it accepts for every "
         f"name it matches{where}",
         Counterexample(cell.caller, cell.pool, ((name, value),)),
-        policy_allows,
+        DecidedBy(name, shadow.policy.name, shadow.label),
     )
 
 
 def _shadow(analysis: Analysis, allow: Allow) -> Allow | None:
-    """The first entry that accepts whatever `allow` grants, wherever it applies; of
-    entries equivalent to each other, the first one shadows the later ones."""
+    """An entry the engine tries before `allow`, for every name `allow` matches, that accepts
+    whatever `allow` grants wherever it applies: `allow` then never decides."""
     policy = allow.policy
     others = [b for b in policy.allows if b is not allow] + [
         b
@@ -164,14 +164,27 @@ def _shadow(analysis: Analysis, allow: Allow) -> Allow | None:
     # Name an entry that stays (not one of a policy reported as changing nothing) first.
     others.sort(key=lambda b: b.policy.index in analysis.irrelevant)
     for other in others:
-        if not analysis.within(allow, other):
-            continue
-        same_place = other.policy is policy or analysis.world.covers(policy, other.policy)
-        later = (other.policy.index, other.index) > (policy.index, allow.index)
-        if later and same_place and analysis.within(other, allow):
-            continue
-        return other
+        if _tried_before(other, allow) and analysis.within(allow, other):
+            return other
     return None
+
+
+def _tried_before(other: Allow, allow: Allow) -> bool:
+    """Whether the engine tries `other` before `allow` for every name both match: enforce
+    policies in load order; in one policy, entries naming the attribute exactly first (in
+    order), then globs by the length of their literal prefix, each glob's entries in the order
+    its first entry was written (compile.CompiledPolicy.allows_for, globs.GlobIndex.match)."""
+    if other.policy.index != allow.policy.index:
+        return other.policy.index < allow.policy.index
+    if not allow.is_glob:
+        return not other.is_glob and other.index < allow.index
+    if not other.is_glob:
+        return True
+    mine, theirs = allow.attribute.split("*", 1)[0], other.attribute.split("*", 1)[0]
+    if len(mine) != len(theirs):
+        return len(theirs) < len(mine)
+    first = {e.attribute: e.index for e in reversed(allow.policy.allows)}
+    return (first[other.attribute], other.index) < (first[allow.attribute], allow.index)
 
 
 def schema_takes(pool: PoolDescription, cell: Cell, name: str) -> Callable[[str], bool]:

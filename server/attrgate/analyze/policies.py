@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attrgate.analyze.counterexample import Claim, Counterexample, nothing_found_by
+from attrgate.analyze.counterexample import Counterexample, DecisionClaim, nothing_found_by
 from attrgate.analyze.findings import Code
 from attrgate.analyze.globalgebra import globs, run
 from attrgate.analyze.values import NAME_EXAMPLES, accepts_nothing
@@ -147,13 +147,13 @@ def _audit_finds(analysis: Analysis, audit: PolicyView, cell: Cell) -> bool:
     )
 
 
-def _no_policy_and_nothing_found(policy: str) -> Claim:
+def _no_policy_and_nothing_found(policy: str) -> DecisionClaim:
     found = nothing_found_by(policy)
     return lambda decision: (
         found(decision) and any(v.reason == "NO_APPLICABLE_POLICY" for v in decision.violations)
     )
 
 
-def _denied_and_nothing_found(policy: str) -> Claim:
+def _denied_and_nothing_found(policy: str) -> DecisionClaim:
     found = nothing_found_by(policy)
     return lambda decision: found(decision) and not decision.allowed
