@@ -294,6 +294,11 @@ VALID = [
         },
     ),
     case("suite: a skipped suite", SUITE, {"spec.skip": "the pool fixture is being rewritten"}),
+    case(
+        "suite: triggersSms and country on the case itself",
+        SUITE,
+        {"spec.cases.0.sms": DROP, "spec.cases.0.triggersSms": False, "spec.cases.0.country": "US"},
+    ),
 ]
 
 
@@ -431,6 +436,9 @@ BROKEN = [
     case("suite: an unknown deniedBy", SUITE, {"spec.cases.1.deniedBy": "engine"}),
     case("suite: a boolean attribute value", SUITE, {"spec.cases.0.attributes.given_name": True}),
     case("suite: triggersSms as a string", SUITE, {"spec.cases.0.sms.triggersSms": "no"}),
+    case("suite: triggersSms in the case and in sms", SUITE, {"spec.cases.0.triggersSms": False}),
+    case("suite: a country in the case and sms", SUITE, {"spec.cases.0.country": "US"}),
+    case("suite: a country that is no code", SUITE, {"spec.cases.0.country": "usa"}),
     case("suite: another apiVersion", SUITE, {"apiVersion": "attrgate/v1beta1"}),
 ]
 

@@ -242,8 +242,21 @@ def _case_rules() -> dict[str, Any]:
                 "if": {"properties": {"expect": {"const": "invalid"}}},
                 "else": _absent("invalid", "invalid belongs to a case that expects invalid"),
             },
+            {
+                "if": {
+                    "anyOf": [
+                        {"required": ["triggersSms"], "properties": {"triggersSms": _NOT_NULL}},
+                        {"required": ["country"], "properties": {"country": _NOT_NULL}},
+                    ]
+                },
+                "then": _absent("sms", _SMS_TWICE),
+            },
         ]
     }
+
+
+_SMS_TWICE = "give triggersSms and country in the case or in its sms mapping, not both"
+_NOT_NULL = {"not": {"type": "null"}}
 
 
 class TestCase(StrictModel):
@@ -282,8 +295,13 @@ class TestCase(StrictModel):
         default=None, alias="pendingVerification"
     )
     """Attributes Cognito would hold back until the user verifies them."""
+    triggers_sms: bool | None = Field(default=None, alias="triggersSms")
+    """Whether the write would make Cognito send an SMS (or give it under `sms`)."""
+    country: Annotated[str, StringConstraints(pattern=r"^([A-Z]{2}|001)$")] | None = None
+    """The destination country of the phone_number written (or give it under `sms`)."""
     sms: ExpectedSms | None = None
-    """The SMS assessment."""
+    """The SMS assessment as one mapping: triggersSms, country, and refused (a country rule
+    refuses it)."""
     invalid: list[ExpectedInvalid] | None = None
     """The malformed fields of a request expected invalid."""
 
@@ -304,7 +322,17 @@ class TestCase(StrictModel):
             raise ValueError("violations and deniedBy belong to a case that expects deny")
         if self.expect != "invalid" and self.invalid is not None:
             raise ValueError("invalid belongs to a case that expects invalid")
+        if self.sms is not None and (self.triggers_sms is not None or self.country is not None):
+            raise ValueError(_SMS_TWICE)
         return self
+
+    @property
+    def expected_sms(self) -> ExpectedSms | None:
+        """The SMS expectation, from `sms` or from the case's own triggersSms and country."""
+        if self.triggers_sms is None and self.country is None:
+            return self.sms
+        given = {"triggersSms": self.triggers_sms, "country": self.country}
+        return ExpectedSms.model_validate({k: v for k, v in given.items() if v is not None})
 
 
 class PolicyTestSpec(StrictModel):

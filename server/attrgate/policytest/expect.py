@@ -38,8 +38,9 @@ def expected_of(spec: TestCase) -> Result:
             out[key] = [i.model_dump(by_alias=True, exclude_none=True) for i in items]
     if spec.pending_verification is not None:
         out["pendingVerification"] = list(spec.pending_verification)
-    if spec.sms is not None:
-        out["sms"] = spec.sms.model_dump(by_alias=True, exclude_none=True)
+    sms = spec.expected_sms
+    if sms is not None:
+        out["sms"] = sms.model_dump(by_alias=True, exclude_none=True)
     return out
 
 
