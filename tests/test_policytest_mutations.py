@@ -8,6 +8,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from attrgate.policy.yamlsource import read_documents
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "policies"
 POLICY_FILES = ("profile-service.yaml", "verification-service.yaml")
+GUARD_FILES = ("sms-guard.yaml",)  # the country rule; counted limits need a store
 # Loosening these changes nothing any request can show: validation already refuses every
 # phone_number that is not E.164, so the entry's `format: e164` never decides.
 EQUIVALENT = {("profile-service", "allow", "phone_number", "format")}
@@ -75,22 +77,45 @@ def mutations() -> Iterator[Mutation]:
                 what = f"{name} allowKeys {key} removed"
                 path = ("clientMetadata", "allowKeys", i)
                 yield Mutation(file, index, name, what, path, "remove")
+    for file in GUARD_FILES:
+        for index, document in enumerate(read_documents((EXAMPLES / file).read_text())):
+            name, spec = document.value["metadata"]["name"], document.value["spec"]
+            if "countries" not in spec:
+                continue
+            yield Mutation(file, index, name, f"{name} countries removed", ("countries",), "remove")
+            for rule, listed in spec["countries"].items():
+                for i, country in enumerate(listed):
+                    what = f"{name} countries.{rule} {country} removed"
+                    path = ("countries", rule, i)
+                    yield Mutation(file, index, name, what, path, "remove")
 
 
 ALL = list(mutations())
+
+
+class _Dumper(yaml.SafeDumper):
+    """Money stays exact: the loader reads 0.00883 back as the same Decimal."""
+
+
+_Dumper.add_representer(
+    Decimal, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:float", str(value))
+)
 
 
 def test_every_entry_of_the_examples_is_mutated() -> None:
     """Every allow and deny entry and every allowKeys key of every example policy (the audit
     one too) is removed by one mutation, and every constraint changed by another."""
     removed = {(m.policy, m.path) for m in ALL if m.change == "remove"}
-    assert len(removed) == 12  # the 12 entries `attrgate test --coverage` lists
+    # The 12 entries `attrgate test --coverage` lists, and the SmsGuard's country rule and
+    # each of its countries.
+    assert len(removed) == 16
     assert {m.policy for m in ALL} == {
         "profile-service",
         "verification-service",
         "profile-family-name-freeze",
+        "default",
     }
-    assert len(ALL) == 24  # and 12 that change a constraint
+    assert len(ALL) == 28  # and 12 that change a constraint
 
 
 @pytest.mark.parametrize("mutation", ALL, ids=[m.what for m in ALL])
@@ -101,7 +126,7 @@ def test_a_broken_entry_fails_a_case_with_a_readable_diff(
     shutil.copytree(EXAMPLES, folder)
     documents = [d.value for d in read_documents((EXAMPLES / mutation.file).read_text())]
     mutation.apply(documents)
-    (folder / mutation.file).write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    (folder / mutation.file).write_text(yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False))
 
     code = main(["test", str(folder)])
     out, err = capsys.readouterr()
