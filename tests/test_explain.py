@@ -140,7 +140,9 @@ def test_text_names_each_constraint_tried_and_why_and_the_determining_entry(
     )
     assert status == 1
     lines = out.splitlines()
-    assert "  profile (enforce) " + str(policies / "set.yaml") + ":1" in lines
+    assert (
+        "  profile (enforce) " + str(policies / "set.yaml") + ":3" in lines
+    )  # the line of its metadata.name
     assert (
         '      callers glob "profile-*" matches the caller, userPools glob "us-east-1_*" matches'
         " the pool" in lines

@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterator
 
 from attrgate.config import ConfigError
 from attrgate.pipeline import Pipeline
-from attrgate.policy.compile import PolicySet, compile_policy_set
-from attrgate.policy.load import load_policy_set
-from attrgate.policy.model import pattern_scope
+from attrgate.policy.compile import PolicySet, load_and_compile
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 
 log = logging.getLogger("attrgate")
@@ -30,13 +28,13 @@ def load_policies(
     one line. `pause_gc`: only before the server serves (the switch is process-wide)."""
     # Loading builds many small objects and collects none: the cyclic GC's passes would only
     # add time (a 2 MiB set: ~2x).
-    with gc_paused() if pause_gc else contextlib.nullcontext(), pattern_scope():
-        result = load_policy_set(path, max_bytes)
-        if not result.ok:
-            more = len(result.errors) - 1
-            suffix = f" (and {more} more; run `attrgate check {path}`)" if more else ""
-            raise ConfigError(f"invalid policy set: {result.errors[0]}{suffix}")
-        return compile_policy_set(result.policies, result.revision)
+    with gc_paused() if pause_gc else contextlib.nullcontext():
+        result, policy_set = load_and_compile(path, max_bytes)
+    if policy_set is None:
+        more = len(result.errors) - 1
+        suffix = f" (and {more} more; run `attrgate check {path}`)" if more else ""
+        raise ConfigError(f"invalid policy set: {result.errors[0]}{suffix}")
+    return policy_set
 
 
 @contextlib.contextmanager

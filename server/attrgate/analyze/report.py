@@ -21,9 +21,7 @@ from attrgate.analyze.pools import pool_findings
 from attrgate.analyze.world import World, policy_views
 from attrgate.domain import PoolDescription
 from attrgate.offline import FixtureError, read_pool_fixture
-from attrgate.policy.compile import compile_policy_set
-from attrgate.policy.load import load_policy_set
-from attrgate.policy.model import pattern_scope
+from attrgate.policy.compile import load_and_compile
 
 EXIT_OK = 0
 EXIT_FOUND = 1
@@ -54,12 +52,10 @@ def analyze(path: str, max_bytes: int, pool_files: Sequence[str] = ()) -> Report
             raise FixtureError(f"{pool_file}: describes {description.pool_id}, as {first} does")
         pools[description.pool_id] = description
         files[description.pool_id] = pool_file
-    with pattern_scope():
-        loaded = load_policy_set(path, max_bytes)
-        if not loaded.ok:
-            return [str(error) for error in loaded.errors]
-        policy_set = compile_policy_set(loaded.policies, loaded.revision)
-        views = policy_views(loaded.policies)
+    loaded, policy_set = load_and_compile(path, max_bytes)
+    if policy_set is None:
+        return [str(error) for error in loaded.errors]
+    views = policy_views(loaded.policies)
     analysis = Analysis(World(views, pools))
     analysis.run()
     pool_findings(analysis, files)

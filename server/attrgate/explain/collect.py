@@ -20,9 +20,8 @@ from attrgate.domain import (
 )
 from attrgate.guards.sms import CompiledGuard
 from attrgate.offline import decide, offline_pipeline
-from attrgate.policy.compile import PolicySet, compile_policy_set
-from attrgate.policy.load import PolicyError, load_policy_set
-from attrgate.policy.model import pattern_scope
+from attrgate.policy.compile import PolicySet, load_and_compile
+from attrgate.policy.load import PolicyError
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.policy.trace import AttributeTrace, EntryTrace, MetadataTrace, Trace
 from attrgate.schema import SCHEMA_ENTRY
@@ -36,13 +35,13 @@ class LoadedSet:
 
 def load(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> LoadedSet | list[PolicyError]:
     """The policy set at `path` compiled as `serve` compiles it, or every error in it."""
-    with pattern_scope():  # load and compile share the patterns and their budget
-        loaded = load_policy_set(path, max_bytes)
-        if not loaded.ok:
-            return loaded.errors
-        policy_set = compile_policy_set(loaded.policies, loaded.revision)
-    lines = {
-        p.document.metadata.name: p.line  # type: ignore[attr-defined]
+    loaded, policy_set = load_and_compile(path, max_bytes)
+    if policy_set is None:
+        return loaded.errors
+    lines = {  # the line of its name, as analyze and test coverage point at a policy
+        p.document.metadata.name: (  # type: ignore[attr-defined]
+            p.source.line_of(("metadata", "name")) if p.source is not None else p.line
+        )
         for p in loaded.policies
     }
     return LoadedSet(policy_set, lines)

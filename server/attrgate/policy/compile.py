@@ -6,6 +6,7 @@ for the request path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -13,8 +14,9 @@ from functools import lru_cache
 from attrgate.guards.sms import GuardSet
 from attrgate.policy.constraints import CompiledAllow
 from attrgate.policy.globs import GlobIndex, PoolMatcher
-from attrgate.policy.load import LoadedPolicy
-from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy, SmsGuard
+from attrgate.policy.load import LoadedPolicy, LoadResult, load_policy_set
+from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy, SmsGuard, pattern_scope
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 
 APPLICABLE_CACHE_SIZE = 4096
 
@@ -132,3 +134,16 @@ class PolicySet:
 
 def compile_policy_set(loaded: Sequence[LoadedPolicy], revision: str) -> PolicySet:
     return PolicySet(loaded, revision)
+
+
+def load_and_compile(
+    path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[LoadResult, PolicySet | None]:
+    """One snapshot of the set at `path`, loaded and compiled as `serve` does (its patterns
+    compiled once, for validation and compilation alike, within one budget); the compiled set
+    is None when the load found errors. Serve, explain and analyze all load through this."""
+    with pattern_scope():
+        result = load_policy_set(path, max_bytes)
+        if not result.ok:
+            return result, None
+        return result, compile_policy_set(result.policies, result.revision)
