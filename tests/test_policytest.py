@@ -932,3 +932,24 @@ def _served(rpc: pb_grpc.UserAttributesStub, case: Case) -> dict[str, Any]:
             "refused": decision.denied_by == "sms_country",
         },
     }
+
+
+def test_junit_goes_into_a_folder_made_for_it_and_never_leaves_an_earlier_report(
+    tmp_path: Path, attrgate_test: Callable[..., Ran]
+) -> None:
+    """`--junit reports/policy-tests.xml` in a fresh CI checkout (no reports/ yet) used to exit
+    2 without running; and a run that found invalid files left the previous run's report in
+    place, for CI to publish as this run's."""
+    report = tmp_path / "reports" / "policy-tests.xml"
+    suites = folder(tmp_path / "set")
+    ran = attrgate_test(suites, "--junit", report)
+    assert ran.code == 0, ran.err
+    assert ET.parse(report).getroot().get("tests") == "1"
+    (suites / "profile.yaml").write_text("apiVersion: attrgate/v1\nkind: AttributePolicy\n")
+    ran = attrgate_test(suites, "--junit", report)
+    assert ran.code == 3
+    root = ET.parse(report).getroot()
+    assert (root.get("tests"), root.get("errors"), root.get("failures")) == ("1", "1", "0")
+    error = root.find("testsuite/testcase/error")
+    assert error is not None and error.text is not None
+    assert f"{suites / 'profile.yaml'}:1: metadata: missing required key" in error.text

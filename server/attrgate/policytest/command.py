@@ -10,15 +10,24 @@ below --min-coverage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 from attrgate.policytest.coverage import Coverage
 from attrgate.policytest.expand import Case
-from attrgate.policytest.report import count, to_json, to_junit, write_coverage, write_tree
+from attrgate.policytest.report import (
+    count,
+    invalid_junit,
+    to_json,
+    to_junit,
+    write_coverage,
+    write_tree,
+)
 from attrgate.policytest.run import run_suites
 from attrgate.policytest.suites import InvalidFiles, Suite, UsageError, load_workspace
 from attrgate.reloading import gc_paused
@@ -65,6 +74,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_command)
 
 
+def _write(path: str, report: bytes) -> bool:
+    """Write the JUnit report, its folder made if missing (`--junit reports/x.xml` in a fresh
+    CI checkout); False (said on stderr) when it cannot be written."""
+    try:
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        with open(path, "wb") as file:
+            file.write(report)
+    except OSError as exc:
+        print(f"attrgate test: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    return True
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text)
@@ -84,6 +108,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
+    if args.junit:
+        # Never leave an earlier run's report behind for CI to publish as this run's.
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(args.junit)
     try:
         workspace = load_workspace(args.paths, args.policies, args.policy_max_bytes)
         selected = _select(workspace.suites, args.filter)
@@ -93,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
     except InvalidFiles as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
+        if args.junit and not _write(args.junit, invalid_junit(exc.errors)):
+            return EXIT_USAGE
         return EXIT_INVALID
     coverage = Coverage(workspace.policies)
     results = run_suites(workspace.policy_set, selected, coverage)
@@ -103,13 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         f"revision {workspace.policy_set.revision} of {workspace.source}"
     )
     junit = to_junit(results, coverage, seconds) if args.junit or args.format == "junit" else b""
-    if args.junit:
-        try:
-            with open(args.junit, "wb") as file:
-                file.write(junit)
-        except OSError as exc:
-            print(f"attrgate test: cannot write {args.junit}: {exc.strerror}", file=sys.stderr)
-            return EXIT_USAGE
+    if args.junit and not _write(args.junit, junit):
+        return EXIT_USAGE
     out = sys.stdout
     if args.format == "json":
         # One line: the C encoder (an indent makes json use its Python one, 10x slower).

@@ -212,6 +212,22 @@ def to_junit(results: Sequence[SuiteResult], coverage: Coverage, seconds: float)
     return text + b"\n"
 
 
+def invalid_junit(errors: Sequence[object]) -> bytes:
+    """The report of a run that found invalid files (exit 3): one errored case holding every
+    FILE:LINE error, so CI shows why nothing ran instead of an earlier run's report."""
+    attributes = {"tests": "1", "failures": "0", "errors": "1", "skipped": "0", "time": "0.000"}
+    root = ET.Element("testsuites", {"name": "attrgate test", **attributes})
+    suite = ET.SubElement(root, "testsuite", {"name": "attrgate test", **attributes})
+    case = ET.SubElement(suite, "testcase", name="policy and test files", classname="attrgate")
+    error = ET.SubElement(
+        case, "error", message=f"{count(len(errors), 'invalid file error')}: nothing ran"
+    )
+    error.text = _xml("\n".join(str(e) for e in errors))
+    ET.indent(root)
+    text: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return text + b"\n"
+
+
 def _junit_case(suite: ET.Element, result: CaseResult) -> None:
     case = result.case
     element = ET.SubElement(
