@@ -571,7 +571,17 @@ def test_a_pool_file_that_is_no_describe_user_pool_answer_is_refused_with_its_li
         "broken.json": ('{"UserPool": {\n  "Id": "x",\n  oops\n}}', ":3: not JSON ("),
         "broken.yaml": ("UserPool:\n  Id: x\n  - oops\n", ":3: invalid YAML: "),
         "list.json": ("[1, 2]", ": not a DescribeUserPool answer"),
-        "schema.json": ('{"UserPool": {"SchemaAttributes": 5}}', ": not a DescribeUserPool"),
+        "schema.json": ('{"UserPool": {"SchemaAttributes": 5}}', ": UserPool.SchemaAttributes: "),
+        "empty.json": ("{}", ": not a DescribeUserPool answer (a mapping with UserPool)"),
+        "typo.json": (
+            '{"UserPool": {"SchemaAttributes": [{"Name": "custom:a", "AttributeDataType": "Strin"}]}}',
+            ": UserPool.SchemaAttributes[0].AttributeDataType: 'Strin' is not one of String, ",
+        ),
+        "bound.json": (
+            '{"UserPool": {"SchemaAttributes": [{"Name": "custom:a", '
+            '"StringAttributeConstraints": {"MaxLength": "ten"}}]}}',
+            ": UserPool.SchemaAttributes[0].StringAttributeConstraints.MaxLength: 'ten' is not ",
+        ),
         "binary.json": (b"\xff\xfe{}", ": not UTF-8 text"),
         "deep.json": ("[" * 100_000 + "]" * 100_000, ": not JSON or YAML (RecursionError)"),
         "large.json": (" " * (1024 * 1024 + 1), ": larger than 1048576 bytes"),

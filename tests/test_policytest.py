@@ -585,7 +585,8 @@ def test_usage_errors_exit_2(tmp_path: Path, attrgate_test: Callable[..., Ran]) 
         assert (ran.code, ran.err) == (2, f"attrgate test: {message}\n"), args
     # --policies names the set, so a folder of suites alone is fine then.
     assert attrgate_test(only_tests, "--policies", suites / "profile.yaml").code == 0
-    ran = attrgate_test(suites, "--junit", tmp_path / "missing" / "junit.xml")
+    (tmp_path / "a-file").write_text("")
+    ran = attrgate_test(suites, "--junit", tmp_path / "a-file" / "junit.xml")
     assert ran.code == 2
     assert "cannot write" in ran.err
     for flags in (("--min-coverage", "101"), ("--min-coverage", "all"), ("--format", "yaml")):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,8 +69,11 @@ def read_pool_fixture(path: str, pool_id: str | None = None) -> PoolDescription:
         raise FixtureError(f"{path}:{exc.line}: {exc.message}") from None
     if isinstance(answer, dict) and isinstance(answer.get("UserPool"), dict):
         answer = answer["UserPool"]
-    if not isinstance(answer, dict):
+    elif not (isinstance(answer, dict) and "Id" in answer):
         raise FixtureError(f"{path}: not a DescribeUserPool answer (a mapping with UserPool)")
+    problem = _answer_problem(answer)
+    if problem is not None:
+        raise FixtureError(f"{path}: UserPool.{problem}")
     own = answer.get("Id")
     if pool_id is not None and isinstance(own, str) and own and own != pool_id:
         # One pool's schema judging another's writes would explain (or test) the wrong pool.
@@ -81,6 +85,54 @@ def read_pool_fixture(path: str, pool_id: str | None = None) -> PoolDescription:
         return pool_description(pool_id, answer)
     except (TypeError, AttributeError, ValueError) as exc:
         raise FixtureError(f"{path}: not a DescribeUserPool answer ({exc})") from None
+
+
+_DATA_TYPES = ("String", "Number", "DateTime", "Boolean")
+_BOUNDS = {
+    "StringAttributeConstraints": ("MinLength", "MaxLength"),
+    "NumberAttributeConstraints": ("MinValue", "MaxValue"),
+}
+
+
+def _answer_problem(pool: dict[str, Any]) -> str | None:
+    """What in the keys attrgate reads is not as DescribeUserPool gives it (a typo such as
+    `"Strin"` would otherwise be read as no constraint at all), or None."""
+    attributes = pool.get("SchemaAttributes", [])
+    if not isinstance(attributes, list):
+        return "SchemaAttributes: expected a list"
+    for index, raw in enumerate(attributes):
+        at = f"SchemaAttributes[{index}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("Name"), str) or not raw["Name"]:
+            return f"{at}: expected a mapping with a Name"
+        kind = raw.get("AttributeDataType", "String")
+        if kind not in _DATA_TYPES:
+            return f"{at}.AttributeDataType: {kind!r} is not one of {', '.join(_DATA_TYPES)}"
+        if not isinstance(raw.get("Mutable", True), bool):
+            return f"{at}.Mutable: expected true or false"
+        for group, keys in _BOUNDS.items():
+            bounds = raw.get(group, {})
+            if not isinstance(bounds, dict):
+                return f"{at}.{group}: expected a mapping"
+            for key in keys:
+                value = bounds.get(key)
+                if value is not None and not re.fullmatch(r"-?[0-9]+", str(value)):
+                    return f"{at}.{group}.{key}: {value!r} is not an integer"
+    for key in ("AutoVerifiedAttributes",):
+        listed = pool.get(key, [])
+        if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
+            return f"{key}: expected a list of attribute names"
+    settings = pool.get("UserAttributeUpdateSettings", {})
+    listed = (
+        settings.get("AttributesRequireVerificationBeforeUpdate", [])
+        if isinstance(settings, dict)
+        else None
+    )
+    if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
+        return (
+            "UserAttributeUpdateSettings.AttributesRequireVerificationBeforeUpdate: expected a "
+            "list of attribute names"
+        )
+    return None
 
 
 def _yaml(text: str) -> Any:
