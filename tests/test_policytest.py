@@ -954,3 +954,16 @@ def test_junit_goes_into_a_folder_made_for_it_and_never_leaves_an_earlier_report
     error = root.find("testsuite/testcase/error")
     assert error is not None and error.text is not None
     assert f"{suites / 'profile.yaml'}:1: metadata: missing required key" in error.text
+
+
+def test_pending_verification_without_a_pool_fixture_is_refused(
+    tmp_path: Path, attrgate_test: Callable[..., Ran]
+) -> None:
+    """Without the pool's DescribeUserPool answer nothing is ever pending: such an expectation
+    could only fail, with a diff that does not say why (or pass, proving nothing)."""
+    (error,) = invalid(tmp_path, attrgate_test, PASSING + "      pendingVerification: [email]\n")
+    assert error == (
+        f"{tmp_path / 'profile_test.yaml'}:11: spec.cases[0].pendingVerification: "
+        "pendingVerification needs the pool's DescribeUserPool answer: give it in spec.pools "
+        "(without one, nothing is ever pending)"
+    )

@@ -27,7 +27,7 @@ from attrgate.identity import CALLER_HEADER
 from attrgate.policy.jsonschema import add_schema_command
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
-from attrgate.policytest.command import add_arguments as add_test_arguments
+from attrgate.policytest.arguments import add_arguments as add_test_arguments
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 

@@ -58,7 +58,8 @@ def evaluate(
                     record.audit.extend(_denied(policy, v.entry) for v in found)
     # Sorted: a protobuf map arrives in no particular order, and the same request must get the
     # same answer (and explain the server's) whatever order its keys came in.
-    for key in sorted(request.client_metadata):
+    metadata = request.client_metadata
+    for key in sorted(metadata) if len(metadata) > 1 else metadata:
         granting = next((p for p in enforce if key in p.metadata_keys), None)
         if trace is not None:
             trace.metadata.append(MetadataTrace(key, granting.name if granting else None))

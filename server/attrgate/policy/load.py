@@ -19,6 +19,9 @@ from attrgate.policy.yamlsource import Document, Path, YamlError, read_documents
 ALL_KINDS: dict[str, type[BaseModel]] = {**KINDS, "PolicyTest": PolicyTest}
 
 
+NO_POLICIES = "no policy documents found"
+
+
 @dataclass(frozen=True)
 class PolicyError:
     file: str
@@ -116,7 +119,7 @@ def _load(root: str | os.PathLike[str], max_bytes: int, tests: bool) -> LoadResu
     # A folder of suites alone is no policy set, but it is what `attrgate test PATH --policies
     # SET` reads the suites from.
     if not result.policies and not (tests and result.tests) and not result.errors:
-        result.errors.append(PolicyError(str(root), 0, "", "no policy documents found"))
+        result.errors.append(PolicyError(str(root), 0, "", NO_POLICIES))
     result.revision = "sha256:" + digest.hexdigest()[:16]
     return result
 

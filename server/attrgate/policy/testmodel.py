@@ -172,6 +172,9 @@ def _in_case_or_matrix(key: str) -> dict[str, Any]:
 _MATRIX_KEYS = ("caller", "userPool", "attributes", "clientMetadata")
 
 
+_MATRIX_EMPTY = "a matrix needs at least one of caller, userPool, attributes, clientMetadata"
+
+
 class Matrix(StrictModel):
     """Lists whose cross product expands the case: one case per combination, named after it."""
 
@@ -179,7 +182,10 @@ class Matrix(StrictModel):
     model_config = ConfigDict(
         json_schema_extra={
             "anyOf": [
-                _listed(key, "a matrix needs at least one of caller, userPool, attributes")
+                _listed(
+                    key,
+                    "a matrix needs at least one of caller, userPool, attributes, clientMetadata",
+                )
                 for key in _MATRIX_KEYS
             ],
             "allOf": [
@@ -206,7 +212,9 @@ class Matrix(StrictModel):
     def _not_empty(self) -> Matrix:
         lists = [self.caller, self.user_pool, self.attributes, self.client_metadata]
         if all(v is None for v in lists):
-            raise ValueError("a matrix needs at least one of caller, userPool, attributes")
+            raise ValueError(
+                "a matrix needs at least one of caller, userPool, attributes, clientMetadata"
+            )
         if any(v is not None and not v for v in lists):
             raise ValueError("a matrix list must not be empty")
         return self

@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from attrgate.domain import PoolDescription
 from attrgate.offline import FixtureError, read_pool_fixture
 from attrgate.policy.compile import PolicySet, compile_policy_set
-from attrgate.policy.load import LoadedPolicy, LoadResult, PolicyError, load_policy_set
+from attrgate.policy.load import (
+    NO_POLICIES,
+    LoadedPolicy,
+    LoadResult,
+    PolicyError,
+    load_policy_set,
+)
 from attrgate.policy.model import pattern_scope
 from attrgate.policy.testmodel import PolicyTest, TestCase
 from attrgate.policy.yamlsource import Path
@@ -68,7 +74,13 @@ def load_workspace(paths: Sequence[str], policies: str | None, max_bytes: int) -
         _refuse_nested(paths)
     with pattern_scope():  # patterns compile once, for loading and compiling alike
         read = [(path, load_policy_set(path, max_bytes, tests=True)) for path in paths]
-        errors = [error for _, result in read for error in result.errors]
+        errors = [
+            error
+            for _, result in read
+            for error in result.errors
+            # With --policies, the PATHs hold suites only: no policies in them is no error.
+            if policies is None or error.message != NO_POLICIES
+        ]
         if policies is not None:
             policy_read = load_policy_set(policies, max_bytes)
             errors.extend(policy_read.errors)
@@ -220,6 +232,13 @@ def _references(
                 message = f"no policy named {finding.policy!r} in the set{hint}"
                 found.append(where.error((*at, key, index, "policy"), message))
     if not pools:
+        if case.pending_verification is not None:
+            # Without a pool's answer nothing is ever pending: the expectation could not fail.
+            message = (
+                "pendingVerification needs the pool's DescribeUserPool answer: give it in "
+                "spec.pools (without one, nothing is ever pending)"
+            )
+            found.append(where.error((*at, "pendingVerification"), message))
         return found
     listed: list[tuple[Path, str]] = []
     if case.user_pool is not None:
