@@ -574,7 +574,8 @@ def test_a_pool_file_that_is_no_describe_user_pool_answer_is_refused_with_its_li
         "schema.json": ('{"UserPool": {"SchemaAttributes": 5}}', ": UserPool.SchemaAttributes: "),
         "empty.json": ("{}", ": not a DescribeUserPool answer (a mapping with UserPool)"),
         "typo.json": (
-            '{"UserPool": {"SchemaAttributes": [{"Name": "custom:a", "AttributeDataType": "Strin"}]}}',
+            '{"UserPool": {"SchemaAttributes": '
+            '[{"Name": "custom:a", "AttributeDataType": "Strin"}]}}',
             ": UserPool.SchemaAttributes[0].AttributeDataType: 'Strin' is not one of String, ",
         ),
         "bound.json": (
