@@ -19,9 +19,14 @@ ATTRGATE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "attrg
 
 def analyze_command(*args: str) -> subprocess.CompletedProcess[str]:
     """`attrgate analyze ARGS`, the installed command in a process of its own."""
+    return attrgate_command("analyze", *args)
+
+
+def attrgate_command(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`attrgate ARGS` in a process of its own, from the repository root unless told."""
     return subprocess.run(
-        [*ATTRGATE, "analyze", *args],
-        cwd=REPO,
+        [*ATTRGATE, *args],
+        cwd=cwd,
         env=clean_env(),
         capture_output=True,
         text=True,
