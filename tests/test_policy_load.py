@@ -395,5 +395,6 @@ def test_policy_tests_beside_the_policies_are_not_policies(tmp_path: Path) -> No
     write(tmp_path / "p_test.yaml", suite.replace("PolicyTest", "SmsGuard"))
     (error,) = load_policy_set(tmp_path, tests=True).errors
     assert str(error).endswith(
-        "p_test.yaml:2: kind: a *_test.yaml file holds PolicyTest documents only"
+        "p_test.yaml:2: kind: a *_test.yaml file holds PolicyTest documents only, "
+        "not kind 'SmsGuard'"
     )

@@ -652,7 +652,9 @@ def test_an_invalid_policy_or_test_file_exits_3_with_file_and_line(
     )
     ran = attrgate_test(tmp_path)
     assert ran.code == 3
-    assert "kind: a *_test.yaml file holds PolicyTest documents only" in ran.err
+    assert "kind: a *_test.yaml file holds PolicyTest documents only, not kind 'PolicyTst'" in (
+        ran.err
+    )
 
 
 def test_a_test_naming_what_the_set_lacks_exits_3(
@@ -968,3 +970,25 @@ def test_pending_verification_without_a_pool_fixture_is_refused(
         "pendingVerification needs the pool's DescribeUserPool answer: give it in spec.pools "
         "(without one, nothing is ever pending)"
     )
+
+
+def test_an_unexpected_allow_shows_what_audit_policies_would_deny(
+    tmp_path: Path, attrgate_test: Callable[..., Ran]
+) -> None:
+    """A case that expected a denial the policies no longer make: the diff shows the audit
+    findings on the allowed request too (often the hint: the deny was moved to audit)."""
+    audit = (
+        "---\napiVersion: attrgate/v1\nkind: AttributePolicy\nmetadata: {name: freeze}\n"
+        "spec:\n  mode: audit\n  callers: ['svc-*']\n  userPools: ['*']\n"
+        "  deny: [{attribute: given_name}]\n"
+    )
+    cases = PASSING.replace("expect: allow", "expect: deny")
+    ran = attrgate_test(folder(tmp_path, cases, POLICY + audit))
+    assert ran.code == 4
+    assert (
+        "        - outcome: deny\n"
+        "        + outcome: allow\n"
+        "        + wouldDeny:\n"
+        '        +   - {attribute: given_name, policy: freeze, entry: "deny[0]", '
+        "reason: ATTRIBUTE_DENIED}\n"
+    ) in ran.out, ran.out

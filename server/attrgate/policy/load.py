@@ -132,7 +132,7 @@ def _validate(
         return None, [PolicyError(label, document.line, "", "a policy document must be a mapping")]
     kind = value.get("kind")
     if test_file and kind != "PolicyTest":
-        message = "a *_test.yaml file holds PolicyTest documents only"
+        message = f"a *_test.yaml file holds PolicyTest documents only, not kind {kind!r}"
         return None, [PolicyError(label, document.line_of(("kind",)), "kind", message)]
     model = ALL_KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:

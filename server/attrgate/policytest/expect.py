@@ -122,7 +122,11 @@ def diff(expected: Result, actual: Result) -> list[str]:
     explains the actual one (its stage and findings)."""
     shown = [k for k in _ORDER if k in expected]
     if expected["outcome"] != actual["outcome"]:
-        explain = {"deny": ("deniedBy", "violations"), "invalid": ("invalid",)}
+        explain = {
+            "deny": ("deniedBy", "violations"),
+            "invalid": ("invalid",),
+            "allow": ("wouldDeny",) if actual.get("wouldDeny") else (),
+        }
         shown += [k for k in explain.get(actual["outcome"], ()) if k not in shown]
         shown.sort(key=_ORDER.index)
     left: list[str] = []
