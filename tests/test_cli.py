@@ -126,7 +126,7 @@ def test_check_reports_every_error_with_file_line_and_key(bad_set: BadSet) -> No
         (other, line_of(bad_set.other, "name: first"), "metadata.name"),
     }
     by_where = {m["where"]: m["message"] for m in parsed if m}
-    assert by_where["spec.allow[1].maxLenght"] == "unknown key"
+    assert by_where["spec.allow[1].maxLenght"] == "unknown key (did you mean maxLength?)"
     assert "invalid regular expression" in by_where["spec.allow[2].pattern"]
     assert "duplicate policy name 'first'" in by_where["metadata.name"]
     # ... and it says where the first one is.
@@ -149,6 +149,7 @@ def test_check_yaml_booleans_do_not_bite(tmp_path: Path) -> None:
     (line,) = failed.stderr.splitlines()
     assert line == (
         f"{path}:{line_of(path, 'allowEmpty')}: spec.allow[0].allowEmpty: expected true or false"
+        " (yes, no, on and off are strings in YAML 1.2)"
     )
 
 

@@ -508,6 +508,11 @@ def test_exit_codes(capsys: pytest.CaptureFixture[str], policies: Path, tmp_path
     status, _, err = explain(capsys, policies, "--caller", "c", "--metadata", "k", "a=b")
     assert status == 2
     assert "metadata 'k' is not KEY=VALUE" in err
+    status, _, err = explain(capsys, policies, "--caller", " ", "a=b")
+    assert (status, err) == (
+        2,
+        "attrgate explain: give --caller: the identity the server would see (a SPIFFE id, ...)\n",
+    )
     for missing in (["--pool", POOL, "a=b"], ["--caller", "c", "a=b"], ["--caller", "c"]):
         with pytest.raises(SystemExit) as exited:
             main(["explain", "--policies", str(policies), *missing])
@@ -519,7 +524,9 @@ def test_exit_codes(capsys: pytest.CaptureFixture[str], policies: Path, tmp_path
     (broken / "p.yaml").write_text(POLICIES.replace("maxLength: 10", "maxLenght: 10"))
     status, out, err = explain(capsys, broken, "--caller", "profile-api", "given_name=Ada")
     assert (status, out) == (3, "")
-    assert err == f"{broken / 'p.yaml'}:8: spec.allow[0].maxLenght: unknown key\n"
+    assert err == (
+        f"{broken / 'p.yaml'}:8: spec.allow[0].maxLenght: unknown key (did you mean maxLength?)\n"
+    )
 
 
 def test_the_policy_size_limit_applies(capsys: pytest.CaptureFixture[str], policies: Path) -> None:

@@ -46,7 +46,9 @@ def test_unknown_key_in_second_document_points_at_its_line(tmp_path: Path) -> No
     path = write(tmp_path / "set.yaml", text)
     # The typo is on the last line of the file.
     line = len(text.splitlines())
-    assert errors(path) == [f"{path}:{line}: spec.allow[0].maxLenght: unknown key"]
+    assert errors(path) == [
+        f"{path}:{line}: spec.allow[0].maxLenght: unknown key (did you mean maxLength?)"
+    ]
 
 
 def test_wrong_type_invalid_regex_and_missing_key(tmp_path: Path) -> None:
@@ -87,7 +89,10 @@ def test_yaml_11_booleans_stay_strings_or_fail_clearly(tmp_path: Path) -> None:
         "- attribute: given_name", "- attribute: nickname\n      allowEmpty: yes"
     )
     path = write(tmp_path / "bad" / "p.yaml", bad)
-    assert errors(path) == [f"{path}:10: spec.allow[0].allowEmpty: expected true or false"]
+    assert errors(path) == [
+        f"{path}:10: spec.allow[0].allowEmpty: expected true or false (yes, no, on and off are "
+        "strings in YAML 1.2)"
+    ]
 
 
 def test_numbers_where_strings_are_expected_fail(tmp_path: Path) -> None:

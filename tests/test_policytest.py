@@ -626,7 +626,8 @@ def test_an_invalid_policy_or_test_file_exits_3_with_file_and_line(
     test_file = tmp_path / "profile_test.yaml"
     typo = PASSING.replace("expect: allow", "expect: allow\n      violation: []")
     assert invalid(tmp_path, attrgate_test, typo) == [
-        f"{test_file}:{SUITE_HEAD.count(chr(10)) + 6}: spec.cases[0].violation: unknown key"
+        f"{test_file}:{SUITE_HEAD.count(chr(10)) + 6}: spec.cases[0].violation: unknown key "
+        "(did you mean violations?)"
     ]
     reason = PASSING.replace("expect: allow", "expect: deny\n      violations: [{reason: ENUMM}]")
     (error,) = invalid(tmp_path, attrgate_test, reason)
@@ -645,7 +646,10 @@ def test_an_invalid_policy_or_test_file_exits_3_with_file_and_line(
     policy_file = tmp_path / "profile.yaml"
     folder(tmp_path, PASSING, POLICY.replace("maxLength: 8", "maxLenght: 8"))
     ran = attrgate_test(tmp_path)
-    assert (ran.code, ran.err) == (3, f"{policy_file}:9: spec.allow[0].maxLenght: unknown key\n")
+    assert (ran.code, ran.err) == (
+        3,
+        f"{policy_file}:9: spec.allow[0].maxLenght: unknown key (did you mean maxLength?)\n",
+    )
     policy_file.write_text(POLICY)
     (tmp_path / "profile_test.yaml").write_text(
         SUITE_HEAD.replace("PolicyTest", "PolicyTst") + PASSING

@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.policies:
         return _usage("give --policies PATH (or ATTRGATE_POLICIES)")
+    if not args.caller.strip():
+        # No server decides for a caller it could not identify (it answers UNAUTHENTICATED).
+        return _usage("give --caller: the identity the server would see (a SPIFFE id, ...)")
     attributes = _pairs(args.attributes, "attribute")
     metadata = _pairs(args.metadata, "metadata")
     if isinstance(attributes, str):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,15 +151,56 @@ def _validate(
     try:
         parsed = model.model_validate(value)
     except ValidationError as exc:
-        return None, [_error(label, document, error) for error in exc.errors()]
+        return None, [_error(label, document, error, model) for error in exc.errors()]
     return LoadedPolicy(parsed, label, document.line, document), []
 
 
-def _error(label: str, document: Document, error: Any) -> PolicyError:
+def _error(label: str, document: Document, error: Any, model: type[BaseModel]) -> PolicyError:
     loc: Path = tuple(error["loc"])
-    return PolicyError(
-        label, document.line_of(loc), _dotted(loc), _message(error["type"], error["msg"])
-    )
+    message = _message(error["type"], error["msg"], error.get("ctx") or {})
+    if error["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        close = difflib.get_close_matches(loc[-1], _keys_at(model, loc[:-1]), 1)
+        if close:
+            message += f" (did you mean {close[0]}?)"
+    return PolicyError(label, document.line_of(loc), _dotted(loc), message)
+
+
+def _keys_at(model: type[BaseModel], path: Path) -> list[str]:
+    """The keys a mapping at `path` in a `model` document may have (for "did you mean")."""
+    kind: Any = model
+    for part in path:
+        kind = _inner(kind, part)
+        if kind is None:
+            return []
+    if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+        return []
+    return [f.alias or name for name, f in kind.model_fields.items()]
+
+
+def _inner(kind: Any, part: str | int) -> Any:
+    """The type found at `part` inside a value of type `kind` (a model's field, a list's item,
+    a dict's value), looking through Optional and Annotated."""
+    for candidate in _alternatives(kind):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if isinstance(part, str):
+                for name, info in candidate.model_fields.items():
+                    if part in (name, info.alias):
+                        return info.annotation
+            continue
+        origin, args = typing.get_origin(candidate), typing.get_args(candidate)
+        if origin is list and args and isinstance(part, int):
+            return args[0]
+        if origin is dict and len(args) == 2 and isinstance(part, str):
+            return args[1]
+    return None
+
+
+def _alternatives(kind: Any) -> list[Any]:
+    while typing.get_origin(kind) is typing.Annotated:
+        kind = typing.get_args(kind)[0]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return [a for arg in typing.get_args(kind) for a in _alternatives(arg)]
+    return [kind]
 
 
 def _dotted(loc: Iterable[str | int]) -> str:
@@ -171,14 +215,17 @@ _MESSAGES = {
     "missing": "missing required key",
     "string_type": "expected a string (quote values such as 123 or true to keep them strings)",
     "int_type": "expected an integer",
-    "bool_type": "expected true or false",
+    "bool_type": "expected true or false (yes, no, on and off are strings in YAML 1.2)",
     "list_type": "expected a list",
     "dict_type": "expected a mapping",
     "model_type": "expected a mapping",
 }
 
 
-def _message(kind: str, default: str) -> str:
+def _message(kind: str, default: str, ctx: dict[str, Any]) -> str:
     if kind == "value_error":
         return default.removeprefix("Value error, ")
+    if kind == "too_short" and "min_length" in ctx:
+        least = ctx["min_length"]
+        return f"needs at least {least} {'item' if least == 1 else 'items'}"
     return _MESSAGES.get(kind, default)
