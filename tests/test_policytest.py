@@ -996,3 +996,12 @@ def test_an_unexpected_allow_shows_what_audit_policies_would_deny(
         '        +   - {attribute: given_name, policy: freeze, entry: "deny[0]", '
         "reason: ATTRIBUTE_DENIED}\n"
     ) in ran.out, ran.out
+
+
+def test_names_keep_what_prints_and_escape_what_would_mislead() -> None:
+    """An emoji stays an emoji (it used to become \\ud83d\\ude00); a right-to-left override or a
+    control character is escaped, once."""
+    from attrgate.policytest.expand import render_value
+
+    assert render_value({"given_name": "A😀"}) == "{given_name=A😀}"
+    assert render_value("a\u202eb\u0001") == '"a\\u202eb\\u0001"'

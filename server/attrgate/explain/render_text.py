@@ -8,9 +8,9 @@ username are not printed at all.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 
+from attrgate.display import quote
 from attrgate.domain import AttributeSchema, Decision, Invalid, Stage, Violation
 from attrgate.explain.collect import (
     AttributeExplanation,
@@ -236,14 +236,7 @@ def _violations_text(title: str, items: Iterable[Violation]) -> list[str]:
 
 
 def _quote(text: str | None) -> str:
-    """A string as a JSON literal, with whatever would not print plainly (controls, bidi and
-    zero-width characters) escaped, so a terminal or a pull request shows what is there."""
-    if text is None:
-        return "-"
-    return "".join(
-        ch if ch.isprintable() else f"\\u{ord(ch):04x}"
-        for ch in json.dumps(text, ensure_ascii=False)
-    )
+    return "-" if text is None else quote(text)
 
 
 def _plain(text: str) -> str:

@@ -4,11 +4,11 @@ expanded case named after its values, in a deterministic order."""
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from attrgate.display import quote
 from attrgate.domain import Attribute, UpdateRequest
 from attrgate.policy.load import PolicyError
 from attrgate.policy.testmodel import TestCase
@@ -145,4 +145,4 @@ def render_value(value: Any) -> str:
             "{" + ", ".join(f"{render_value(k)}={render_value(v)}" for k, v in value.items()) + "}"
         )
     text = str(value)
-    return text if _PLAIN.fullmatch(text) and text.isprintable() else json.dumps(text)
+    return text if _PLAIN.fullmatch(text) and text.isprintable() else quote(text)

@@ -8,12 +8,12 @@ attribute value that a test file did not hold, and nothing else personal.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from attrgate.display import printable
 from attrgate.policytest.coverage import Coverage
 from attrgate.policytest.expect import failure_message
 from attrgate.policytest.run import CaseResult, SuiteResult
@@ -35,12 +35,6 @@ def count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-def printable(text: str) -> str:
-    """`text` safe for a terminal: control characters (an escape sequence in a case name)
-    shown escaped."""
-    return text if text.isprintable() else json.dumps(text)[1:-1]
-
-
 # -- tree ----------------------------------------------------------------------------------------
 
 
@@ -55,7 +49,7 @@ def write_tree(
     print(header, file=out)
     for result in results:
         suite = result.suite
-        print(f"\n{printable(suite.name)}  {suite.file}", file=out)
+        print(f"\n{printable(suite.name)}  {printable(suite.file)}", file=out)
         for case in result.cases:
             _tree_case(out, case)
     counts = summary(results)
