@@ -29,7 +29,7 @@ from jsonschema.protocols import Validator
 
 from attrgate.cli import main
 from attrgate.policy.load import ALL_KINDS, load_policy_set
-from attrgate.policy.model import MAX_PATTERN_PROGRAM, MAX_SET_PROGRAM
+from attrgate.policy.patterns import MAX_PATTERN_PROGRAM, MAX_SET_PROGRAM
 from attrgate.policy.yamlsource import read_documents
 
 REPO = Path(__file__).resolve().parent.parent

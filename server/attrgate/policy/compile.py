@@ -15,7 +15,8 @@ from attrgate.guards.sms import GuardSet
 from attrgate.policy.constraints import CompiledAllow
 from attrgate.policy.globs import GlobIndex, PoolMatcher
 from attrgate.policy.load import LoadedPolicy, LoadResult, load_policy_set
-from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy, SmsGuard, pattern_scope
+from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy, SmsGuard
+from attrgate.policy.patterns import pattern_scope
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 
 APPLICABLE_CACHE_SIZE = 4096

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from attrgate.domain import ViolationReason
-from attrgate.policy.model import AllowEntry, compile_pattern
+from attrgate.policy.model import AllowEntry
+from attrgate.policy.patterns import compile_pattern
 from attrgate.policy.trace import ConstraintResult
 
 # ASCII addresses only: RFC 5322 atoms in the local part and LDH labels in the domain, so no

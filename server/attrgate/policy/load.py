@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from attrgate.policy.model import KINDS, pattern_scope
+from attrgate.policy.model import KINDS
+from attrgate.policy.patterns import pattern_scope
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, is_test_file, read_snapshot
 from attrgate.policy.testmodel import PolicyTest
 from attrgate.policy.yamlsource import Document, Path, YamlError, read_documents

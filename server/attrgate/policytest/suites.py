@@ -30,7 +30,7 @@ from attrgate.policy.load import (
     PolicyError,
     load_policy_set,
 )
-from attrgate.policy.model import pattern_scope
+from attrgate.policy.patterns import pattern_scope
 from attrgate.policy.testmodel import PolicyTest, TestCase
 from attrgate.policy.yamlsource import Path
 from attrgate.policytest.expand import MAX_CASES, Case, TooManyCases, Where, expand_case
