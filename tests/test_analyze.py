@@ -412,3 +412,51 @@ def test_value_claims_hold_for_every_value_tried(inner: dict, outer: dict) -> No
         assert all(not a.check(v) for v in finite)
     sample = value_for(a, "custom:x")
     assert sample is None or a.check(sample) == []
+
+
+HEAD = (
+    "apiVersion: attrgate/v1\nkind: AttributePolicy\nmetadata: {{name: {name}}}\n"
+    "spec:\n  callers: ['svc-*']\n  userPools: ['us-east-1_*']\n  allow:\n"
+)
+SHADOW_ORDERS = {
+    # A shorter literal prefix is tried first: custom:* decides before custom:n*.
+    "prefix length": (
+        HEAD.format(name="p")
+        + "    - {attribute: 'custom:n*'}\n    - {attribute: 'custom:*'}\n"
+        + "    - {attribute: 'custom:nick*', maxLength: 5}\n    - {attribute: given_name}\n",
+        {"allow[0]", "allow[2]"},
+    ),
+    # An earlier policy decides first, even one that changes nothing.
+    "load order": (
+        HEAD.format(name="first")
+        + "    - {attribute: 'custom:*'}\n---\n"
+        + HEAD.format(name="second")
+        + "    - {attribute: 'custom:*'}\n    - {attribute: 'custom:*', maxLength: 5}\n"
+        + "    - {attribute: given_name}\n",
+        {"allow[0]", "allow[1]"},
+    ),
+    # The value shown may be decided by a third entry: the flagged one still does not decide.
+    "value": (
+        HEAD.format(name="p")
+        + "    - {attribute: 'custom:*', enum: [x, y]}\n    - {attribute: 'custom:*'}\n"
+        + "    - {attribute: 'custom:*', maxLength: 5}\n",
+        {"allow[2]"},
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", SHADOW_ORDERS)
+def test_shadowed_entries_are_confirmed_whatever_decides_first(
+    shape: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each of these once named a shadow that was not what the engine tried first: the
+    counterexample did not confirm, the finding was dropped and analyze exited 5."""
+    text, flagged = SHADOW_ORDERS[shape]
+    code, out, err = cli(capsys, str(write(tmp_path, text)), "--output", "json")
+    assert (code, err) == (0, "")
+    shadowed = {
+        f["message"].split()[1]
+        for f in json.loads(out)["findings"]
+        if f["code"] == "ALLOW_SHADOWED"
+    }
+    assert shadowed == flagged

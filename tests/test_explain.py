@@ -585,6 +585,11 @@ def test_a_pool_file_that_is_no_describe_user_pool_answer_is_refused_with_its_li
             '[{"Name": "custom:a", "AttributeDataType": "Strin"}]}}',
             ": UserPool.SchemaAttributes[0].AttributeDataType: 'Strin' is not one of String, ",
         ),
+        "huge.json": (
+            '{"UserPool": {"SchemaAttributes": [{"Name": "custom:a", '
+            '"StringAttributeConstraints": {"MaxLength": "' + "1" * 5000 + '"}}]}}',
+            ": UserPool.SchemaAttributes[0].StringAttributeConstraints.MaxLength: '111",
+        ),
         "bound.json": (
             '{"UserPool": {"SchemaAttributes": [{"Name": "custom:a", '
             '"StringAttributeConstraints": {"MaxLength": "ten"}}]}}',

@@ -115,8 +115,10 @@ def _answer_problem(pool: dict[str, Any]) -> str | None:
                 return f"{at}.{group}: expected a mapping"
             for key in keys:
                 value = bounds.get(key)
-                if value is not None and not re.fullmatch(r"-?[0-9]+", str(value)):
-                    return f"{at}.{group}.{key}: {value!r} is not an integer"
+                # At most 18 digits: Python's int() refuses thousands, read as no bound at all.
+                if value is not None and not re.fullmatch(r"-?[0-9]{1,18}", str(value)):
+                    shown = repr(value) if len(str(value)) <= 24 else f"{str(value)[:20]!r}..."
+                    return f"{at}.{group}.{key}: {shown} is not an integer of at most 18 digits"
     for key in ("AutoVerifiedAttributes",):
         listed = pool.get(key, [])
         if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):

@@ -50,9 +50,9 @@ class Counterexample:
 
 # What a finding claims its counterexample shows, as a test of the decision.
 @dataclass(frozen=True)
-class DecidedBy:
-    """The policy stage lets `name` through, and the entry that decided it (the engine's
-    trace says so) is `entry` of `policy`, and no other."""
+class NotDecidedBy:
+    """The policy stage lets `name` through, and (the engine's trace says) an entry other than
+    `entry` of `policy` decided it: the flagged entry accepts the value, yet never decides."""
 
     name: str
     policy: str
@@ -61,14 +61,15 @@ class DecidedBy:
     def __call__(self, decision: Decision, trace: Trace) -> bool:
         return policy_allows(decision) and any(
             a.name == self.name
-            and [(e.policy, e.entry) for e in a.determining] == [(self.policy, self.entry)]
+            and a.allowed
+            and (self.policy, self.entry) not in [(e.policy, e.entry) for e in a.determining]
             for a in trace.attributes
         )
 
 
-# What a finding claims of its counterexample's decision (DecidedBy: and of the engine's trace).
+# What a finding claims of its counterexample's decision (NotDecidedBy: and of the engine's trace).
 DecisionClaim = Callable[[Decision], bool]
-Claim = DecisionClaim | DecidedBy
+Claim = DecisionClaim | NotDecidedBy
 
 
 class Confirmer:
@@ -88,7 +89,7 @@ class Confirmer:
         decision = self.decide(example, trace)
         if not isinstance(decision, Decision):
             return False
-        return claim(decision, trace) if isinstance(claim, DecidedBy) else claim(decision)
+        return claim(decision, trace) if isinstance(claim, NotDecidedBy) else claim(decision)
 
     def close(self) -> None:
         self._loop.close()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from attrgate.analyze.counterexample import (
     Counterexample,
-    DecidedBy,
+    NotDecidedBy,
     denied_by_entries,
     refused_for,
 )
@@ -147,7 +147,7 @@ def shadowed(analysis: Analysis, allow: Allow) -> None:
         f"{allow.ref} never decides: {shadow.ref} accepts every value it accepts for every "
         f"name it matches{where}",
         Counterexample(cell.caller, cell.pool, ((name, value),)),
-        DecidedBy(name, shadow.policy.name, shadow.label),
+        NotDecidedBy(name, allow.policy.name, allow.label),
     )
 
 
@@ -161,30 +161,29 @@ def _shadow(analysis: Analysis, allow: Allow) -> Allow | None:
         if analysis.world.covers(q, policy)
         for b in q.allows
     ]
-    # Name an entry that stays (not one of a policy reported as changing nothing) first.
-    others.sort(key=lambda b: b.policy.index in analysis.irrelevant)
+    # Named: the first of them the engine tries (what decides a value both accept).
+    others.sort(key=_engine_order)
     for other in others:
         if _tried_before(other, allow) and analysis.within(allow, other):
             return other
     return None
 
 
+def _engine_order(entry: Allow) -> tuple[int, int, int, int, int]:
+    """Where the engine tries `entry` among the allow entries matching a name: enforce policies
+    in load order; in one policy, entries naming the attribute exactly first (in order), then
+    globs by the length of their literal prefix, each glob's entries in the order its first
+    entry was written (compile.CompiledPolicy.allows_for, globs.GlobIndex.match)."""
+    if not entry.is_glob:
+        return (entry.policy.index, 0, 0, entry.index, entry.index)
+    first = next(e.index for e in entry.policy.allows if e.attribute == entry.attribute)
+    prefix = len(entry.attribute.split("*", 1)[0])
+    return (entry.policy.index, 1, prefix, first, entry.index)
+
+
 def _tried_before(other: Allow, allow: Allow) -> bool:
-    """Whether the engine tries `other` before `allow` for every name both match: enforce
-    policies in load order; in one policy, entries naming the attribute exactly first (in
-    order), then globs by the length of their literal prefix, each glob's entries in the order
-    its first entry was written (compile.CompiledPolicy.allows_for, globs.GlobIndex.match)."""
-    if other.policy.index != allow.policy.index:
-        return other.policy.index < allow.policy.index
-    if not allow.is_glob:
-        return not other.is_glob and other.index < allow.index
-    if not other.is_glob:
-        return True
-    mine, theirs = allow.attribute.split("*", 1)[0], other.attribute.split("*", 1)[0]
-    if len(mine) != len(theirs):
-        return len(theirs) < len(mine)
-    first = {e.attribute: e.index for e in reversed(allow.policy.allows)}
-    return (first[other.attribute], other.index) < (first[allow.attribute], allow.index)
+    """Whether the engine tries `other` before `allow` for every name both match."""
+    return _engine_order(other) < _engine_order(allow)
 
 
 def schema_takes(pool: PoolDescription, cell: Cell, name: str) -> Callable[[str], bool]:

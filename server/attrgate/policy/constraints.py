@@ -147,13 +147,6 @@ CONSTRAINT_OF = {
 }
 
 
-# Passed constraints are recorded only when tracing (`elif record is not None`): the request
-# path builds no message for them.
-_PASSED_EMPTY = ConstraintResult(
-    "allowEmpty", True, "an empty value, and the entry sets allowEmpty"
-)
-
-
 def _failed_result(failure: Failure) -> ConstraintResult:
     return ConstraintResult(CONSTRAINT_OF[failure.reason], False, failure.message)
 
