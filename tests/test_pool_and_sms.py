@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -720,13 +721,22 @@ def test_a_late_answer_proving_no_sms_gives_the_reservation_back(
     serve: Serve, sms_stub: CognitoStub, tmp_path: Path
 ) -> None:
     server = sms_server(serve, sms_stub.endpoint, tmp_path, LIMIT_2)
-    sms_stub.program(Reply(status=400, body={"__type": "AliasExistsException"}, delay=0.8))
-    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
-        server.stub(channel).UpdateUserAttributes(
-            attrs_request("us-east-1_Pool1", [("phone_number", US)]), metadata=CALLER, timeout=0.3
-        )
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert held(tmp_path / "state.sqlite") == 1  # counted while Cognito has not answered
+    # Cognito answers only when the test says so (a fixed delay raced the test's own checks on
+    # a loaded machine: the answer could come before the first look at the store).
+    answer = threading.Event()
+    sms_stub.program(Reply(status=400, body={"__type": "AliasExistsException"}, hold=answer))
+    try:
+        with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+            server.stub(channel).UpdateUserAttributes(
+                attrs_request("us-east-1_Pool1", [("phone_number", US)]),
+                metadata=CALLER,
+                timeout=3,
+            )
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(sms_stub.calls()) == 1  # the write reached Cognito before the deadline
+        assert held(tmp_path / "state.sqlite") == 1  # counted while Cognito has not answered
+    finally:
+        answer.set()
     # Cognito answers 400 after the caller left: no message went out, the place comes back.
     assert wait_until(lambda: held(tmp_path / "state.sqlite") == 0, 10)
     _two_ok(server, "us-east-1_Pool1")

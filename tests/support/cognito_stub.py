@@ -20,6 +20,9 @@ class Reply:
     delay: float = 0.0
     raw: bytes | None = None  # sent as is instead of the JSON body
     content_type: str = "application/x-amz-json-1.1"
+    # Answer only once the test sets it (at most 30 s): "Cognito has not answered yet" for as
+    # long as the test needs, however slow the machine.
+    hold: threading.Event | None = None
 
 
 def error(code: str, message: str = "stub error", status: int = 400) -> Reply:
@@ -87,6 +90,8 @@ class CognitoStub:
                         reply = stub.replies.popleft() if stub.replies else stub.default
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.hold is not None:
+                    reply.hold.wait(30)
                 payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)
