@@ -56,7 +56,7 @@ def suite() -> str:
     return (
         "apiVersion: attrgate/v1\nkind: PolicyTest\nmetadata: {name: bench}\nspec:\n"
         "  pools:\n    us-east-1_Example1: {file: testdata/example-pool.json}\n"
-        "    eu-west-1_Other1: {file: testdata/no-sms-pool.yaml}\n"
+        "    eu-west-1_Other1: {file: testdata/other-pool.yaml}\n"
         "  cases:\n" + "".join(cases)
     )
 
@@ -78,6 +78,10 @@ def bench() -> None:
         folder = Path(directory) / "policies"
         shutil.copytree(REPO / "policies", folder)
         (folder / "bench_test.yaml").write_text(suite())
+        # A fixture describes one pool: the other pool gets an answer with its own Id.
+        no_sms = (folder / "testdata" / "no-sms-pool.yaml").read_text()
+        other = no_sms.replace("us-east-1_NoSms", "eu-west-1_Other1")
+        (folder / "testdata" / "other-pool.yaml").write_text(other)
         workspace = load_workspace([str(folder)], None, 16 << 20)
         generated = next(s for s in workspace.suites if s.name == "bench")
         assert len(generated.cases) == CASES, len(generated.cases)
