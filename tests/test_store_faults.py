@@ -96,6 +96,18 @@ def serving_against(
 ) -> Iterator[Served]:
     """`attrgate serve` on moto with the SmsGuard POLICIES, until SERVING; stopped after.
     The store timeout comes through its variable (an attrgate without the flag ignores it)."""
+    found = launch(moto, pool, folder, *flags, store_timeout=store_timeout)
+    try:
+        assert wait_serving(f"127.0.0.1:{found.port}", found.process, 60), found.err()
+        yield found
+    finally:
+        stop_serve(found.process)
+
+
+def launch(
+    moto: MotoCognito, pool: str, folder: Path, *flags: str, store_timeout: str = "1"
+) -> Served:
+    """`attrgate serve` as serving_against starts it, not waited for."""
     (folder / "policies.yaml").write_text(POLICIES)
     port, metrics_port = free_port(), free_port()
     process = start_serve(
@@ -108,12 +120,7 @@ def serving_against(
         AWS_ACCESS_KEY_ID=moto.attrgate_keys.access_key_id,
         AWS_SECRET_ACCESS_KEY=moto.attrgate_keys.secret_access_key,
     )
-    found = Served(process, port, metrics_port, folder, pool)
-    try:
-        assert wait_serving(f"127.0.0.1:{port}", process, 60), found.err()
-        yield found
-    finally:
-        stop_serve(process)
+    return Served(process, port, metrics_port, folder, pool)
 
 
 @pytest.fixture
@@ -311,27 +318,39 @@ def test_a_state_emptied_between_two_starts_says_the_counts_are_gone(
         assert second.sms_write() == OK
 
 
+@contextlib.contextmanager
+def counted_then_locked(
+    moto: MotoCognito, pool: str, folder: Path
+) -> Iterator[tuple[Path, sqlite3.Connection]]:
+    """A state one SMS write was counted in (so it and its key exist), then locked by another
+    connection, as an older replica holds it; the lock's holder is closed after."""
+    state = folder / "state.sqlite"
+    with serving_against(moto, pool, folder, "--state", str(state)) as first:
+        assert first.sms_write() == OK
+    holder = sqlite3.connect(state, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield state, holder
+    finally:
+        holder.close()
+
+
 def test_a_state_another_process_holds_at_start_serves_plain_writes_until_it_opens(
     moto: MotoCognito, sms_pool: str, tmp_path: Path
 ) -> None:
     """An older replica (or anything) holds the state's lock as a new one starts: the new one
     serves, refuses SMS-triggering writes, and counts once the lock is gone (it used to refuse
     to start, taking plain writes down with it)."""
-    state = tmp_path / "state.sqlite"
-    with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as first:
-        assert first.sms_write() == OK  # the state and its key exist
-    holder = sqlite3.connect(state, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as second:
-            assert second.plain_write() == OK
-            assert second.sms_write() == STORE_DOWN
-            assert second.health("attrgate.SmsStore") == NOT_SERVING
-            holder.execute("COMMIT")
-            assert wait_until(lambda: second.health("attrgate.SmsStore") == SERVING, 20)
-            assert second.sms_write() == OK
-    finally:
-        holder.close()
+    with (
+        counted_then_locked(moto, sms_pool, tmp_path) as (state, holder),
+        serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as second,
+    ):
+        assert second.plain_write() == OK
+        assert second.sms_write() == STORE_DOWN
+        assert second.health("attrgate.SmsStore") == NOT_SERVING
+        holder.execute("COMMIT")
+        assert wait_until(lambda: second.health("attrgate.SmsStore") == SERVING, 20)
+        assert second.sms_write() == OK
 
 
 def test_a_state_removed_while_a_start_waits_for_it_is_not_made_anew(
@@ -339,23 +358,49 @@ def test_a_state_removed_while_a_start_waits_for_it_is_not_made_anew(
 ) -> None:
     """The state cannot be opened at start (locked), then goes away: a new empty file would
     count every limit from zero without a word. attrgate never creates it after its first try."""
-    state = tmp_path / "state.sqlite"
-    with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as first:
-        assert first.sms_write() == OK
-    holder = sqlite3.connect(state, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        with serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as second:
-            assert second.sms_write() == STORE_DOWN
-            state.unlink()
-            holder.execute("COMMIT")
-            holder.close()
-            time.sleep(3)  # the store's 2 s probe tries to open it again meanwhile
-            assert second.sms_write() == STORE_DOWN
-            assert not state.exists(), "the state was made anew, counting from zero"
-            assert second.plain_write() == OK
-    finally:
+    with (
+        counted_then_locked(moto, sms_pool, tmp_path) as (state, holder),
+        serving_against(moto, sms_pool, tmp_path, "--state", str(state)) as second,
+    ):
+        assert second.sms_write() == STORE_DOWN
+        state.unlink()
+        holder.execute("COMMIT")
         holder.close()
+        time.sleep(3)  # the store's 2 s probe tries to open it again meanwhile
+        assert second.sms_write() == STORE_DOWN
+        assert not state.exists(), "the state was made anew, counting from zero"
+        assert second.plain_write() == OK
+
+
+def test_a_signal_while_a_start_waits_for_the_state_stops_it_cleanly(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path
+) -> None:
+    """SIGTERM while a start waits for a locked state: the start stops, exit status 0, without
+    waiting out the lock (here 61 s) and without dying by the signal's default action (which
+    skipped every cleanup, --local-cognito's temporary state included)."""
+    with counted_then_locked(moto, sms_pool, tmp_path) as (state, _):
+        starting = launch(moto, sms_pool, tmp_path, "--state", str(state), store_timeout="20")
+        try:
+            assert wait_until(lambda: holds_open(starting.process.pid, state), 60), starting.err()
+            time.sleep(0.5)  # well into the wait for the lock
+            assert starting.process.poll() is None, starting.err()
+            began = time.monotonic()
+        finally:
+            status = stop_serve(starting.process, 30)
+        assert status == 0, starting.err()
+        assert time.monotonic() - began < 30
+        assert "stopping before serving" in starting.err()
+        assert "Traceback" not in starting.err()
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open now."""
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == str(path):
+                    return True
+    return False
 
 
 def test_local_cognito_removes_its_temporary_state_on_exit(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
 from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, load_bounded
+from attrgate.tasks import cancel_and_wait
 from attrgate.upstream.cognito import (
     CognitoSettings,
     CognitoUpstream,
@@ -259,9 +260,7 @@ class App:
         drain_delay = settings.drain_delay if drain_delay is None else drain_delay
         serving = self._serving
         self._serving, self._stopping = False, True
-        for task in list(self._reload_tasks):
-            task.cancel()
-        await asyncio.gather(*self._reload_tasks, return_exceptions=True)
+        await cancel_and_wait(self._reload_tasks)
         if self.reloader is not None:
             await self.reloader.close()
         upstream = self._upstream
@@ -304,14 +303,6 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, app.reopen_and_reload)
     if sighup_received():
         app.reopen_and_reload()
-    try:
-        await app.start()
-    except BaseException:
-        await app.stop(0)
-        raise
-    if app.local is not None:
-        host = settings.listen.rpartition(":")[0]
-        print_help(app.local, host, app.port, app.admin_port, out)
     stop = asyncio.Event()
 
     def stop_or_hurry() -> None:
@@ -319,9 +310,28 @@ async def serve(
             app.hurry()
         stop.set()
 
+    # Also before start: SIGTERM's default action, between the listener opening and these
+    # handlers, would leave --local-cognito's temporary state behind and exit -15.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_or_hurry)
-    await stop.wait()
+    starting = asyncio.ensure_future(app.start())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("stopping before serving: a signal arrived while starting")
+            await cancel_and_wait([starting])
+            await app.stop(0)
+            return
+        starting.result()  # start's error
+    except BaseException:
+        await cancel_and_wait([starting, stopped])
+        await app.stop(0)
+        raise
+    if app.local is not None:
+        host = settings.listen.rpartition(":")[0]
+        print_help(app.local, host, app.port, app.admin_port, out)
+    await stopped
     log.info(
         "shutting down: NOT_SERVING now; taking calls for %.1fs more (--drain-delay; a second "
         "signal ends it), then up to %.1fs (--grace) for the calls in flight",

@@ -15,6 +15,7 @@ from attrgate.config import ConfigError
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet, load_and_compile
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.tasks import cancel_and_wait
 
 log = logging.getLogger("attrgate")
 # A set at --policy-max-bytes loads in a second or two; a reload taking far longer is rejected.
@@ -179,6 +180,4 @@ class PolicyReloader:
     async def close(self) -> None:
         """Stopping: no reload asked for earlier starts any more."""
         self._again = False
-        for task in list(self._later):
-            task.cancel()
-        await asyncio.gather(*self._later, return_exceptions=True)
+        await cancel_and_wait(self._later)

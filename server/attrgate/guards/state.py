@@ -34,6 +34,7 @@ from attrgate.store.base import KEY_MISMATCH, REASONS, Store, StoreUnavailable
 from attrgate.store.redis import RedisStore
 from attrgate.store.sqlite import SqliteStore
 from attrgate.store.watch import StoreWatch
+from attrgate.tasks import cancel_and_wait
 
 log = logging.getLogger("attrgate.sms")
 PROBE_EVERY = 2.0  # seconds between two questions to the store while nothing else asks
@@ -140,7 +141,7 @@ class SmsState:
         self._spawn(self._probe(self.counting))
 
     async def _probe(self, counting: SmsCounting) -> None:
-        while True:
+        while not self._closing:
             await counting.probe()
             await asyncio.sleep(PROBE_EVERY)
 
@@ -157,9 +158,7 @@ class SmsState:
     async def close(self) -> None:
         """Stop probing, close the store, and remove --local-cognito's temporary state."""
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self.store is not None:
             await self.store.close()
         if self.temporary is not None:
