@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from attrgate.api.admin import AdminService
 from attrgate.api.record import UsernameHash, late_entry
 from attrgate.api.service import UserAttributesService, header_identity, mtls_identity
 from attrgate.config import ConfigError, Settings, check, split_host_port
@@ -25,7 +26,8 @@ from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
-from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, load_bounded
+from attrgate.reloading import PolicyReloader
+from attrgate.rollout.rollout import PolicyRollout
 from attrgate.tasks import cancel_and_wait
 from attrgate.upstream.cognito import (
     CognitoSettings,
@@ -48,7 +50,7 @@ class App:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     local: LocalCognito | None = None
     pipeline: Pipeline | None = None
-    reloader: PolicyReloader | None = None
+    rollout: PolicyRollout | None = None
     decision_log: DecisionLog | None = None
     metrics: Metrics | None = None
     metrics_port: int = 0
@@ -78,11 +80,8 @@ class App:
         settings = self.settings
         check(settings)
         quiet_botocore_bodies()  # before anything calls AWS, the local emulator's seeding too
-        assert settings.policies is not None
-        # Bounded as reloads are; the GC pause is only for this first load (nothing serves yet).
-        policy_set = await load_bounded(
-            settings.policies, settings.policy_max_bytes, RELOAD_TIMEOUT, pause_gc=True
-        )
+        rollout = self.rollout = PolicyRollout(settings)
+        policy_set, candidate = await rollout.load_initial()
         if settings.local_cognito:
             from attrgate.local.emulator import start_local_cognito
 
@@ -98,9 +97,8 @@ class App:
             settings, bool(policy_set.guards), metrics, self.out
         )
         pipeline = self.pipeline = self._pipeline(policy_set, upstream, sms_state, metrics)
-        self.reloader = PolicyReloader(
-            settings.policies,
-            settings.policy_max_bytes,
+        pipeline.candidate = candidate
+        rollout.attach(
             pipeline,
             metrics.policy_reload,
             lambda fresh: NO_STORE_FOR_GUARDS if fresh.guards and not sms_state.counting else None,
@@ -138,9 +136,11 @@ class App:
                 self._username_hash(),
                 metrics.in_flight,
                 listeners.admission,
-            )
+            ),
+            AdminService(rollout.server_status),
         )
         await listeners.start()
+        rollout.follow()
         sms_state.follow(listeners.report_sms_store)
         self._serving = True
         if self._reload_pending:
@@ -150,7 +150,7 @@ class App:
             "serving on port %d (%s); policies %s revision %s (%d documents)",
             self.port,
             mode,
-            settings.policies,
+            rollout.source.source,
             policy_set.revision,
             policy_set.size,
         )
@@ -197,11 +197,17 @@ class App:
             late=late,
         )
 
+    @property
+    def reloader(self) -> PolicyReloader | None:
+        """The serving set's reloader (None before start)."""
+        return self.rollout.reloaders[0] if self.rollout and self.rollout.reloaders else None
+
     async def reload(self) -> bool:
-        """Reload the policies now (what SIGHUP does, without the rest)."""
-        if self.reloader is None:
+        """Reload the policies now (what SIGHUP does, without the rest): whether the serving
+        set loaded."""
+        if self.rollout is None or not self.rollout.reloaders:
             raise RuntimeError("reload() before start()")
-        return await self.reloader.reload()
+        return await self.rollout.reload()
 
     def reopen_and_reload(self) -> None:
         """SIGHUP: reopen the decision log (logrotate), re-read the TLS files and reload the
@@ -261,8 +267,8 @@ class App:
         serving = self._serving
         self._serving, self._stopping = False, True
         await cancel_and_wait(self._reload_tasks)
-        if self.reloader is not None:
-            await self.reloader.close()
+        if self.rollout is not None:
+            await self.rollout.close()
         upstream = self._upstream
         if self._listeners is not None:
             await self._listeners.drain(

@@ -30,6 +30,14 @@ class ConfigError(Exception):
 class Settings:
     policies: str | None = None
     policy_max_bytes: int = DEFAULT_MAX_BYTES
+    policy_watch: bool | None = None  # None: on for a local path, off for s3:// (polled)
+    policy_debounce: float = 1.0
+    policy_poll: float = 30.0
+    bundle_public_key: str | None = None
+    allow_unsigned_bundles: bool = False
+    policies_fallback: str | None = None
+    candidate_policies: str | None = None
+    shadow: bool = False
     listen: str = DEFAULT_LISTEN
     admin_listen: str | None = None
     tls_cert: str | None = None
@@ -84,7 +92,22 @@ class Settings:
 
 
 _HELP = {
-    "policies": "policy file or folder (all *.yaml/*.yml below it)",
+    "policies": "policy file or folder (all *.yaml/*.yml below it), or a policy bundle in S3 "
+    "(s3://bucket/key.tar.gz, made by `attrgate bundle build`)",
+    "policy_watch": "reload when the policy files change (default: on for a file or folder; "
+    "SIGHUP always reloads)",
+    "policy_debounce": "seconds the policy files must stay unchanged before a reload on change",
+    "policy_poll": "seconds between two checks of an s3:// policy bundle for a new version",
+    "bundle_public_key": "Ed25519 public key (PEM) that s3:// policy bundles must be signed "
+    "with; unsigned or badly signed bundles are refused",
+    "allow_unsigned_bundles": "serve s3:// bundles without checking a signature (anyone who can "
+    "write to the bucket then changes the policies); without it, s3:// needs --bundle-public-key",
+    "policies_fallback": "local policy file or folder to serve when no valid s3:// bundle can be "
+    "had at start (without it the server does not start)",
+    "candidate_policies": "a second policy set (any --policies source) evaluated in shadow beside "
+    "the serving one: disagreements are counted and logged, never enforced",
+    "shadow": "shadow mode for adoption: requests the policies deny are forwarded anyway, with "
+    "would_deny findings (validation, pool schema and enforcing SmsGuards still apply)",
     "policy_max_bytes": "largest policy set, in bytes: each file and all of them together are "
     "checked before reading, on start and on every reload",
     "listen": "HOST:PORT of the gRPC listener",
@@ -153,7 +176,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     for item in fields(Settings):
         flag = "--" + item.name.replace("_", "-")
         help_text = f"{_HELP[item.name]} [env {env_name(item.name)}]"
-        if item.type in ("bool", bool):
+        if item.type in ("bool", bool, "bool | None"):
             parser.add_argument(
                 flag,
                 dest=item.name,
@@ -193,7 +216,7 @@ def _convert(kind: object, source: str, raw: Any) -> Any:
         return raw
     text = str(raw)
     try:
-        if kind in ("bool", bool):
+        if kind in ("bool", bool, "bool | None"):
             return _parse_bool(source, text)
         if kind in ("int", int):
             return int(text)
@@ -226,6 +249,11 @@ def check(settings: Settings) -> None:
         raise ConfigError("no policy set: pass --policies PATH (a file or a folder)")
     if settings.policy_max_bytes < 1024:
         raise ConfigError("--policy-max-bytes must be at least 1024")
+    for name in ("policy_debounce", "policy_poll"):
+        value = getattr(settings, name)
+        if not math.isfinite(value) or value <= 0 or value > 3600:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be a number of seconds above 0 and at most 3600")
     for path in settings.tls_files() or ():
         if not os.path.isfile(path):
             raise ConfigError(f"cannot read {path}: no such file")

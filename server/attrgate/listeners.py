@@ -1,6 +1,6 @@
 """The gRPC side of a running attrgate: the main listener (the API, health, reflection) and the
-admin one (health only), their credentials, the health status, and the drain that closes them
-without cancelling a call that is owed an answer (README, "Stopping")."""
+admin one (health, attrgate.v1.Admin), their credentials, the health status, and the drain that
+closes them without cancelling a call that is owed an answer (README, "Stopping")."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from attrgate.api.admin import AdminService, add_admin_to_server
 from attrgate.api.admission import Admission, calls_received, channelz_server_ids
 from attrgate.api.service import SERVICE_NAME, UserAttributesService, add_to_server
 from attrgate.config import ConfigError, Settings
@@ -38,8 +39,9 @@ class Listeners:
         self._tls: TlsFiles | None = None
         self._hurry = asyncio.Event()  # a second SIGTERM: skip the rest of the drain delay
 
-    def bind(self, servicer: UserAttributesService) -> None:
-        """Build both servers and bind their ports, or raise ConfigError."""
+    def bind(self, servicer: UserAttributesService, admin: AdminService) -> None:
+        """Build both servers and bind their ports, or raise ConfigError. `admin` serves on the
+        admin listener only."""
         settings = self._settings
         options = [
             ("grpc.max_receive_message_length", settings.max_receive_bytes),
@@ -60,6 +62,7 @@ class Listeners:
         if settings.admin_listen:
             self._admin = grpc.aio.server(options=options)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._admin)
+            add_admin_to_server(admin, self._admin)
             self.admin_port = _bind(self._admin, settings.admin_listen, None)
 
     async def start(self) -> None:

@@ -71,7 +71,9 @@ class Metrics:
             "Cognito call latency by operation, retries included",
         )
         self._reloads = meter.create_counter(
-            "attrgate_policy_reloads", description="policy reloads by result (loaded, rejected)"
+            "attrgate_policy_reloads",
+            description="policy reloads by set (serving, candidate) and result (loaded, rejected, "
+            "unchanged: a change on disk or a poll that found the revision serving)",
         )
         self._sms = meter.create_counter(
             "attrgate_sms_decisions",
@@ -163,8 +165,9 @@ class Metrics:
     def metadata_lookup(self, operation: str, answer: str) -> None:
         self._lookups.add(1, {"operation": operation, "answer": answer})
 
-    def policy_reload(self, result: str) -> None:
-        self._reloads.add(1, {"result": result})
+    def policy_reload(self, result: str, policy_set: str = "serving") -> None:
+        """`policy_set`: "serving" or "candidate"."""
+        self._reloads.add(1, {"result": result, "set": policy_set})
 
     def in_flight(self, delta: int, method: str) -> None:
         self._in_flight.add(delta, {"method": method})

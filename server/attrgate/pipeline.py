@@ -141,6 +141,8 @@ class Pipeline:
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
+        # serve --candidate-policies: evaluated beside policy_set, never deciding.
+        self.candidate: PolicySet | None = None
         self._upstream = upstream
         self._pools = pools
         self._sms = SmsStage(sms, users, sms_events)

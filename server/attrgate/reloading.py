@@ -1,5 +1,6 @@
-"""Loading the policy set, at start and again on SIGHUP: one consistent snapshot, compiled, and
-swapped into the pipeline whole, or rejected in one line while the serving set stays."""
+"""Loading a policy set, at start and again on SIGHUP, a change on disk or a new bundle: one
+consistent snapshot, compiled, and swapped in whole, or rejected in one line while the serving
+set stays."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 
 from attrgate.config import ConfigError
-from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet, load_and_compile
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.rollout.source import PolicySource
+from attrgate.rollout.status import LOADED, REJECTED, UNCHANGED, SetStatus
 from attrgate.tasks import cancel_and_wait
 
 log = logging.getLogger("attrgate")
@@ -51,15 +53,15 @@ def gc_paused() -> Iterator[None]:
 
 class _Load:
     """One load in a daemon thread of its own: a load that overruns (a hung network file
-    system) cannot be stopped, but it holds no thread of the event loop's executor, keeps
-    nobody from exiting, and is known to be still running."""
+    system, a stalled download) cannot be stopped, but it holds no thread of the event loop's
+    executor, keeps nobody from exiting, and is known to be still running."""
 
-    def __init__(self, path: str, max_bytes: int, pause_gc: bool) -> None:
+    def __init__(self, work: Callable[[], PolicySet | None]) -> None:
         loop = asyncio.get_running_loop()
-        self.result: asyncio.Future[PolicySet] = loop.create_future()
+        self.result: asyncio.Future[PolicySet | None] = loop.create_future()
         self.started = time.monotonic()
 
-        def settle(outcome: PolicySet | BaseException) -> None:
+        def settle(outcome: PolicySet | BaseException | None) -> None:
             if self.result.done():
                 return
             if isinstance(outcome, BaseException):
@@ -68,9 +70,9 @@ class _Load:
                 self.result.set_result(outcome)
 
         def run() -> None:
-            outcome: PolicySet | BaseException
+            outcome: PolicySet | BaseException | None
             try:
-                outcome = load_policies(path, max_bytes, pause_gc)
+                outcome = work()
             except BaseException as exc:  # handed to the awaiting side
                 outcome = exc
             self.finished.set()
@@ -84,85 +86,117 @@ class _Load:
 
 
 async def load_bounded(
-    path: str, max_bytes: int, seconds: float, pause_gc: bool = False
+    source: PolicySource, max_bytes: int, seconds: float, pause_gc: bool = False
 ) -> PolicySet:
-    """load_policies in a thread of its own, waited for at most `seconds` (ConfigError past
-    it): the start-up load."""
-    return await _wait(_Load(path, max_bytes, pause_gc), path, seconds)
+    """The start-up load: `source` loaded in a thread of its own, waited for at most `seconds`
+    (ConfigError past it)."""
+    load = _Load(lambda: source.load(max_bytes, pause_gc, force=True))
+    fresh = await _wait(load, source.source, seconds)
+    if fresh is None:  # a source may only say "unchanged" when not forced
+        raise ConfigError(f"{source.source} gave no policy set")
+    return fresh
 
 
-async def _wait(load: _Load, path: str, seconds: float) -> PolicySet:
+async def _wait(load: _Load, what: str, seconds: float) -> PolicySet | None:
     try:
         return await asyncio.wait_for(asyncio.shield(load.result), seconds)
     except TimeoutError:
-        raise ConfigError(f"loading {path} took longer than {seconds:g}s") from None
+        raise ConfigError(f"loading {what} took longer than {seconds:g}s") from None
 
 
 class PolicyReloader:
-    """Reloads run one at a time; `refuse` says why a loaded set cannot serve here (e.g.
+    """Reloads of one policy set (the serving one, or the candidate) run one at a time.
+    `install` swaps a loaded set in; `current` is the set serving now; `counted` is told
+    LOADED, REJECTED or UNCHANGED; `refuse` says why a loaded set cannot serve here (e.g.
     SmsGuards on a server started without a counting store), or None."""
 
     def __init__(
         self,
-        path: str,
+        source: PolicySource,
         max_bytes: int,
-        pipeline: Pipeline,
+        install: Callable[[PolicySet], None],
+        current: Callable[[], PolicySet],
         counted: Callable[[str], None],
         refuse: Callable[[PolicySet], str | None],
+        status: SetStatus,
+        name: str = "policies",
         timeout: float = RELOAD_TIMEOUT,
     ) -> None:
-        self._path = path
+        self.source = source
         self._max_bytes = max_bytes
-        self._pipeline = pipeline
-        self._counted = counted  # told "loaded" or "rejected"
+        self._install = install
+        self._current = current
+        self._counted = counted
         self._refuse = refuse
+        self.status = status
+        self._name = name  # "policies" or "candidate policies", in log lines
         self.timeout = timeout
         self._lock = asyncio.Lock()
         self._load: _Load | None = None
         self._again = False  # a reload was asked for while an overrunning load still ran
         self._later: set[asyncio.Task[bool]] = set()
+        self._logged_error = ""  # the last rejection logged: the same one is not logged again
 
-    async def reload(self) -> bool:
-        """Load the policy files again and swap the new set in whole; or, when they do not load,
-        keep serving the current set and say why in one line. Requests already deciding finish
-        under the set they started with."""
-        pipeline, path = self._pipeline, self._path
+    async def reload(self, force: bool = True) -> bool:
+        """Load the set again and swap it in whole; or, when it does not load, keep serving the
+        current set and say why in one line. Requests already deciding finish under the set they
+        started with. `force` (SIGHUP): load and swap even when nothing seems to have changed,
+        and log every rejection; otherwise (a watcher, a poll) a set whose revision is the one
+        serving changes nothing, and a rejection is logged once until the error changes.
+        Whether the set serving now is the one just loaded."""
+        source = self.source
         async with self._lock:
-            serving = pipeline.policy_set
+            serving = self._current()
             try:
                 # Off the event loop, in a thread of its own; the snapshot reader opens nothing
                 # that blocks and reads at most --policy-max-bytes, but a hung file system can
                 # still hold it: then this reload is rejected, and so is every next one until
                 # that thread has ended (no pile of stuck threads).
                 if self._load is not None and not self._load.finished.is_set():
-                    # Not lost: the files may have changed since that load began, so one more
+                    # Not lost: the set may have changed since that load began, so one more
                     # reload runs as soon as it ends.
                     self._again = True
                     running = time.monotonic() - self._load.started
                     raise ConfigError(
-                        f"the previous load of {path} is still running ({running:.0f}s); "
-                        "this reload runs when it ends"
+                        f"the previous load of {source.source} is still running "
+                        f"({running:.0f}s); this reload runs when it ends"
                     )
-                self._load = _Load(path, self._max_bytes, pause_gc=False)
+                max_bytes = self._max_bytes
+                self._load = _Load(lambda: source.load(max_bytes, False, force))
                 self._load.result.add_done_callback(self._after_load)
-                fresh = await _wait(self._load, path, self.timeout)
+                fresh = await _wait(self._load, source.source, self.timeout)
+                if fresh is None or (not force and fresh.revision == serving.revision):
+                    self.status.attempted(UNCHANGED)
+                    if fresh is not None:
+                        self._counted(UNCHANGED)
+                    log.debug("%s unchanged: revision %s", self._name, serving.revision)
+                    return False
                 refusal = self._refuse(fresh)
                 if refusal:
                     raise ConfigError(refusal)
             except Exception as exc:  # whatever the files hold, the server keeps serving
-                self._counted("rejected")
-                log.error(
-                    "policy reload rejected; still serving revision %s: %s",
-                    serving.revision,
-                    exc,
-                    # A ConfigError says all; anything else is a bug worth its traceback.
-                    exc_info=not isinstance(exc, ConfigError),
-                )
+                self._counted(REJECTED)
+                message = str(exc)
+                self.status.attempted(REJECTED, message)
+                if force or message != self._logged_error:
+                    self._logged_error = message
+                    log.error(
+                        "%s reload rejected; still serving revision %s: %s",
+                        "policy" if self._name == "policies" else self._name,
+                        serving.revision,
+                        message,
+                        # A ConfigError says all; anything else is a bug worth its traceback.
+                        exc_info=not isinstance(exc, ConfigError),
+                    )
                 return False
-            pipeline.policy_set = fresh
-            self._counted("loaded")
+            self._install(fresh)
+            self._logged_error = ""
+            self._counted(LOADED)
+            self.status.attempted(LOADED)
+            self.status.serving(fresh.revision, fresh.size)
             log.info(
-                "policies reloaded: revision %s (%d documents); was %s",
+                "%s reloaded: revision %s (%d documents); was %s",
+                self._name,
                 fresh.revision,
                 fresh.size,
                 serving.revision,

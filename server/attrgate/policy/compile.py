@@ -14,10 +14,10 @@ from functools import lru_cache
 from attrgate.guards.sms import GuardSet
 from attrgate.policy.constraints import CompiledAllow
 from attrgate.policy.globs import GlobIndex, PoolMatcher
-from attrgate.policy.load import LoadedPolicy, LoadResult, load_policy_set
+from attrgate.policy.load import LoadedPolicy, LoadResult, load_policy_set, load_snapshot
 from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy, SmsGuard
 from attrgate.policy.patterns import pattern_scope
-from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, Snapshot
 
 APPLICABLE_CACHE_SIZE = 4096
 
@@ -144,7 +144,16 @@ def load_and_compile(
     compiled once, for validation and compilation alike, within one budget); the compiled set
     is None when the load found errors. Serve, explain and analyze all load through this."""
     with pattern_scope():
-        result = load_policy_set(path, max_bytes)
-        if not result.ok:
-            return result, None
-        return result, compile_policy_set(result.policies, result.revision)
+        return _compiled(load_policy_set(path, max_bytes))
+
+
+def compile_snapshot(snapshot: Snapshot, root: str) -> tuple[LoadResult, PolicySet | None]:
+    """load_and_compile for files read elsewhere (a policy bundle's)."""
+    with pattern_scope():
+        return _compiled(load_snapshot(snapshot, root))
+
+
+def _compiled(result: LoadResult) -> tuple[LoadResult, PolicySet | None]:
+    if not result.ok:
+        return result, None
+    return result, compile_policy_set(result.policies, result.revision)

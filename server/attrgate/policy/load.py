@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from attrgate.policy.model import KINDS
 from attrgate.policy.patterns import pattern_scope
-from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, is_test_file, read_snapshot
+from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, Snapshot, is_test_file, read_snapshot
 from attrgate.policy.testmodel import PolicyTest
 from attrgate.policy.yamlsource import Document, Path, YamlError, read_documents
 
@@ -72,11 +72,13 @@ def load_policy_set(
     read the `*_test.yaml` files too (they never change the revision: a set's revision is the
     same whether its tests were read or not)."""
     with pattern_scope():
-        return _load(root, max_bytes, tests)
+        return load_snapshot(read_snapshot(root, max_bytes, tests), str(root), tests)
 
 
-def _load(root: str | os.PathLike[str], max_bytes: int, tests: bool) -> LoadResult:
-    snapshot = read_snapshot(root, max_bytes, tests)
+def load_snapshot(snapshot: Snapshot, root: str, tests: bool = False) -> LoadResult:
+    """Validate the files of one snapshot, wherever it was read from (a folder, a bundle);
+    `root` names the set in errors. The revision hashes each file's relative path and bytes,
+    so the same files give the same revision from any source. Call within a pattern_scope."""
     result = LoadResult(errors=[PolicyError(p.label, 0, "", p.message) for p in snapshot.problems])
     digest = hashlib.sha256()
     names: dict[str, str] = {}

@@ -50,7 +50,7 @@ class Violation(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., policy: _Optional[str] = ..., entry: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., client_metadata_key: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision", "denied_by", "sms")
+    __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision", "denied_by", "sms", "candidate", "shadow")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_POLICIES_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,8 @@ class Decision(_message.Message):
     POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
     DENIED_BY_FIELD_NUMBER: _ClassVar[int]
     SMS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     violations: _containers.RepeatedCompositeFieldContainer[Violation]
     matched_policies: _containers.RepeatedScalarFieldContainer[str]
@@ -67,7 +69,19 @@ class Decision(_message.Message):
     policy_revision: str
     denied_by: str
     sms: SmsAssessment
-    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., matched_policies: _Optional[_Iterable[str]] = ..., would_deny: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., decision_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., denied_by: _Optional[str] = ..., sms: _Optional[_Union[SmsAssessment, _Mapping]] = ...) -> None: ...
+    candidate: CandidateDecision
+    shadow: bool
+    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., matched_policies: _Optional[_Iterable[str]] = ..., would_deny: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., decision_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., denied_by: _Optional[str] = ..., sms: _Optional[_Union[SmsAssessment, _Mapping]] = ..., candidate: _Optional[_Union[CandidateDecision, _Mapping]] = ..., shadow: _Optional[bool] = ...) -> None: ...
+
+class CandidateDecision(_message.Message):
+    __slots__ = ("allowed", "violations", "policy_revision")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    violations: _containers.RepeatedCompositeFieldContainer[Violation]
+    policy_revision: str
+    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., policy_revision: _Optional[str] = ...) -> None: ...
 
 class SmsRefusal(_message.Message):
     __slots__ = ("guard", "rule", "description", "retry_at_unix_ms")
@@ -102,3 +116,41 @@ class UpdateUserAttributesResponse(_message.Message):
     cognito_request_id: str
     pending_verification: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., cognito_request_id: _Optional[str] = ..., pending_verification: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PolicySetStatus(_message.Message):
+    __slots__ = ("source", "follows", "revision", "loaded_at_unix_ms", "documents", "last_result", "last_attempt_unix_ms", "last_error", "fallback")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESULT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    follows: str
+    revision: str
+    loaded_at_unix_ms: int
+    documents: int
+    last_result: str
+    last_attempt_unix_ms: int
+    last_error: str
+    fallback: bool
+    def __init__(self, source: _Optional[str] = ..., follows: _Optional[str] = ..., revision: _Optional[str] = ..., loaded_at_unix_ms: _Optional[int] = ..., documents: _Optional[int] = ..., last_result: _Optional[str] = ..., last_attempt_unix_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., fallback: _Optional[bool] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("policies", "candidate", "shadow", "version")
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    policies: PolicySetStatus
+    candidate: PolicySetStatus
+    shadow: bool
+    version: str
+    def __init__(self, policies: _Optional[_Union[PolicySetStatus, _Mapping]] = ..., candidate: _Optional[_Union[PolicySetStatus, _Mapping]] = ..., shadow: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...

@@ -144,3 +144,78 @@ class UserAttributes:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """The admin listener's (serve --admin-listen) own service: what serves, and how it got there.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/attrgate.v1.Admin/Status',
+                request_serializer=attrgate_dot_v1_dot_attrgate__pb2.StatusRequest.SerializeToString,
+                response_deserializer=attrgate_dot_v1_dot_attrgate__pb2.StatusResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """The admin listener's (serve --admin-listen) own service: what serves, and how it got there.
+    """
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=attrgate_dot_v1_dot_attrgate__pb2.StatusRequest.FromString,
+                    response_serializer=attrgate_dot_v1_dot_attrgate__pb2.StatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'attrgate.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('attrgate.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """The admin listener's (serve --admin-listen) own service: what serves, and how it got there.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/attrgate.v1.Admin/Status',
+            attrgate_dot_v1_dot_attrgate__pb2.StatusRequest.SerializeToString,
+            attrgate_dot_v1_dot_attrgate__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,121 @@
+"""The policy sets of one server and what keeps them current: the serving set and the optional
+candidate, each from its source, reloaded on SIGHUP and followed (watched on disk, or polled in
+S3) while serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from attrgate.config import ConfigError, Settings
+from attrgate.pipeline import Pipeline
+from attrgate.policy.compile import PolicySet
+from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, load_bounded
+from attrgate.rollout.source import PolicySource, open_source
+from attrgate.rollout.status import ServerStatus, SetStatus
+from attrgate.tasks import cancel_and_wait
+
+log = logging.getLogger("attrgate")
+
+Refuse = Callable[[PolicySet], str | None]
+Counted = Callable[[str, str], None]  # (result, set): set is "serving" or "candidate"
+
+
+class PolicyRollout:
+    def __init__(self, settings: Settings) -> None:
+        assert settings.policies is not None
+        self.settings = settings
+        self.source = open_source(settings.policies, settings)
+        self.status = SetStatus(self.source.source, self.source.follows)
+        self.candidate_source: PolicySource | None = None
+        self.candidate_status: SetStatus | None = None
+        if settings.candidate_policies:
+            self.candidate_source = open_source(settings.candidate_policies, settings)
+            self.candidate_status = SetStatus(
+                self.candidate_source.source, self.candidate_source.follows
+            )
+        self.reloaders: list[PolicyReloader] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def load_initial(self) -> tuple[PolicySet, PolicySet | None]:
+        """The serving set and the candidate (None without one), each loaded within
+        RELOAD_TIMEOUT; ConfigError when either cannot be had."""
+        settings = self.settings
+        # The GC pause is only for this first load (nothing serves yet).
+        serving = await load_bounded(
+            self.source, settings.policy_max_bytes, RELOAD_TIMEOUT, pause_gc=True
+        )
+        self.status.serving(serving.revision, serving.size)
+        candidate = None
+        if self.candidate_source is not None and self.candidate_status is not None:
+            try:
+                candidate = await load_bounded(
+                    self.candidate_source, settings.policy_max_bytes, RELOAD_TIMEOUT
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"candidate policies: {exc}") from None
+            self.candidate_status.serving(candidate.revision, candidate.size)
+        return serving, candidate
+
+    def attach(self, pipeline: Pipeline, counted: Counted, refuse: Refuse) -> None:
+        """Reloads swap into `pipeline`: the serving set, and the candidate beside it."""
+
+        def install_serving(fresh: PolicySet) -> None:
+            pipeline.policy_set = fresh
+
+        def install_candidate(fresh: PolicySet) -> None:
+            pipeline.candidate = fresh
+
+        max_bytes = self.settings.policy_max_bytes
+        self.reloaders = [
+            PolicyReloader(
+                self.source,
+                max_bytes,
+                install_serving,
+                lambda: pipeline.policy_set,
+                lambda result: counted(result, "serving"),
+                refuse,
+                self.status,
+            )
+        ]
+        if self.candidate_source is not None and self.candidate_status is not None:
+            self.reloaders.append(
+                PolicyReloader(
+                    self.candidate_source,
+                    max_bytes,
+                    install_candidate,
+                    lambda: pipeline.candidate or pipeline.policy_set,
+                    lambda result: counted(result, "candidate"),
+                    lambda _: None,  # never serves: nothing to refuse it for
+                    self.candidate_status,
+                    name="candidate policies",
+                )
+            )
+
+    async def reload(self) -> bool:
+        """SIGHUP: reload every set now; whether the serving one loaded."""
+        results = await asyncio.gather(*(r.reload() for r in self.reloaders))
+        return bool(results[0]) if results else False
+
+    def follow(self) -> None:
+        """Start following each set's source for changes (watcher or poll), as it allows."""
+        from attrgate.rollout.follow import follow_changes
+
+        for reloader in self.reloaders:
+            self._spawn(follow_changes(reloader, self.settings))
+
+    def server_status(self) -> ServerStatus:
+        return ServerStatus(self.status, self.candidate_status, self.settings.shadow)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stopping: nothing is followed or reloaded any more."""
+        await cancel_and_wait(self._tasks)
+        for reloader in self.reloaders:
+            await reloader.close()
