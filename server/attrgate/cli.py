@@ -124,6 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0)
     _add_tls_client_arguments(health)
     health.set_defaults(handler=_health)
+
+    status = commands.add_parser(
+        "status", help="what a server serves: policy revisions, reloads, shadow mode"
+    )
+    status.add_argument(
+        "--target", default="127.0.0.1:50052", help="HOST:PORT of the server's --admin-listen"
+    )
+    status.add_argument("--output", choices=("text", "json"), default="text")
+    status.add_argument("--timeout", type=float, default=3.0)
+    # The admin listener is plaintext (probes, operators on the pod's network).
+    status.set_defaults(handler=_status, ca=None, tls_cert=None, tls_key=None)
     return parser
 
 
@@ -381,6 +392,13 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILED
+
+
+def _status(args: argparse.Namespace) -> int:
+    from attrgate.statusview import show_status
+
+    with _channel(args) as channel:
+        return show_status(channel, args.target, args.output, args.timeout)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import grpc
 
 from attrgate.app import App
 from attrgate.config import Settings
+from attrgate.tasks import cancel_and_wait
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
 
@@ -58,10 +59,7 @@ class RunningServer:
 
 async def _cancel_remaining_tasks() -> None:
     current = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(t for t in asyncio.all_tasks() if t is not current)
 
 
 def settings_for(**overrides: Any) -> Settings:

@@ -1,0 +1,86 @@
+"""`attrgate status --target ADMIN`: the real CLI against a real server's admin listener says
+what serves (source, revision, when loaded), how the last reload went (the rejection's file:line),
+and answers scripts in JSON; a wrong or dead target fails in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from support.attrgate_server import RunningServer
+from support.cognito_stub import CognitoStub
+from support.environment import clean_env
+from support.moto_cognito import free_port
+from support.policies import svc_policy
+
+GIVEN_ONLY = svc_policy("[{attribute: given_name}]")
+GIVEN_AND_FAMILY = svc_policy("[{attribute: given_name}, {attribute: family_name}]")
+
+
+def status(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "attrgate", "status", "--target", target, *args],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def admin_target(server: RunningServer) -> str:
+    return f"127.0.0.1:{server.app.admin_port}"
+
+
+def test_status_shows_the_serving_revision_and_the_last_reload(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None
+) -> None:
+    server = serve(GIVEN_ONLY, stub.endpoint, admin_listen="127.0.0.1:0")
+    first = server.app.policy_revision
+    assert server.settings.policies is not None
+    folder = Path(server.settings.policies)
+
+    shown = status(admin_target(server))
+    assert shown.returncode == 0, shown.stderr
+    assert f"revision:    {first} (1 document)" in shown.stdout
+    assert f"source:      {folder}" in shown.stdout
+    assert "SHADOW" not in shown.stdout
+    assert "last reload" not in shown.stdout  # none yet
+
+    (folder / "policies.yaml").write_text(GIVEN_ONLY + "---\nkind: AttributePolicy\nspec: [\n")
+    assert server.run(server.app.reload()) is False
+    shown = status(admin_target(server))
+    assert "last reload: rejected" in shown.stdout
+    assert f"revision:    {first}" in shown.stdout, "the rejected set is not what serves"
+    (error,) = [line for line in shown.stdout.splitlines() if "last error:" in line]
+    assert "policies.yaml:" in error
+
+    (folder / "policies.yaml").write_text(GIVEN_AND_FAMILY)
+    assert server.run(server.app.reload()) is True
+    answer = json.loads(status(admin_target(server), "--output", "json").stdout)
+    policies = answer["policies"]
+    assert policies["revision"] == server.app.policy_revision != first
+    assert policies["last_result"] == "loaded"
+    assert policies["last_error"] == ""  # cleared by the load that followed
+    assert int(policies["loaded_at_unix_ms"]) >= int(policies["last_attempt_unix_ms"]) - 1000
+    assert answer["shadow"] is False
+    assert "candidate" not in answer
+
+
+def test_status_against_the_main_listener_or_nothing_fails_in_one_line(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None
+) -> None:
+    server = serve(GIVEN_ONLY, stub.endpoint, admin_listen="127.0.0.1:0")
+    wrong = status(server.target)
+    assert wrong.returncode == 1
+    assert "UNIMPLEMENTED" in wrong.stderr
+    assert "--admin-listen" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+
+    dead = status(f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert dead.returncode == 1
+    assert "UNAVAILABLE" in dead.stderr or "DEADLINE_EXCEEDED" in dead.stderr
+    assert "Traceback" not in dead.stderr
