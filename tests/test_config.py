@@ -48,7 +48,7 @@ _SAMPLES = {
 
 
 def _field_cases() -> list[dataclasses.Field[object]]:
-    return [f for f in dataclasses.fields(Settings) if f.type != "bool"]
+    return [f for f in dataclasses.fields(Settings) if f.type not in ("bool", "bool | None")]
 
 
 @pytest.mark.parametrize("item", _field_cases(), ids=lambda f: f.name)
@@ -72,11 +72,13 @@ def test_every_field_has_a_flag_and_a_variable_and_the_flag_wins(
 
 @pytest.mark.parametrize(
     "name",
-    [f.name for f in dataclasses.fields(Settings) if f.type == "bool"],
+    [f.name for f in dataclasses.fields(Settings) if f.type in ("bool", "bool | None")],
 )
 def test_every_bool_field_has_a_flag_and_a_variable(name: str) -> None:
     flag = "--" + name.replace("_", "-")
-    assert getattr(settings([]), name) is False
+    # False, or None for a default that depends on other settings (--policy-watch).
+    assert getattr(settings([]), name) in (False, None)
+    assert getattr(settings(["--no-" + flag[2:]]), name) is False
     assert getattr(settings([flag]), name) is True
     assert getattr(settings([], {env_name(name): "true"}), name) is True
     assert getattr(settings([], {env_name(name): "false"}), name) is False
