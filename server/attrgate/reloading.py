@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 from attrgate.config import ConfigError
 from attrgate.policy.compile import PolicySet, load_and_compile
+from attrgate.policy.load import LoadResult
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.rollout.source import PolicySource
 from attrgate.rollout.status import LOADED, REJECTED, UNCHANGED, SetStatus
@@ -32,10 +33,17 @@ def load_policies(
     # Loading builds many small objects and collects none: the cyclic GC's passes would only
     # add time (a 2 MiB set: ~2x).
     with gc_paused() if pause_gc else contextlib.nullcontext():
-        result, policy_set = load_and_compile(path, max_bytes)
+        loaded = load_and_compile(path, max_bytes)
+    return compiled_or_refused(loaded, f"attrgate check {path}")
+
+
+def compiled_or_refused(loaded: tuple[LoadResult, PolicySet | None], command: str) -> PolicySet:
+    """The compiled set, or ConfigError with the load's first error in one line (and the
+    `command` that lists them all)."""
+    result, policy_set = loaded
     if policy_set is None:
         more = len(result.errors) - 1
-        suffix = f" (and {more} more; run `attrgate check {path}`)" if more else ""
+        suffix = f" (and {more} more; run `{command}`)" if more else ""
         raise ConfigError(f"invalid policy set: {result.errors[0]}{suffix}")
     return policy_set
 
