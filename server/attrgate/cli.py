@@ -1,4 +1,4 @@
-"""attrgate serve | check | test | explain | schema | call | sms usage | health."""
+"""attrgate serve | check | test | explain | schema | bundle | call | sms usage | health."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from attrgate import __version__
 from attrgate.analyze import add_arguments as add_analyze_arguments
+from attrgate.bundle.arguments import add_arguments as add_bundle_arguments
 from attrgate.config import ConfigError, add_serve_arguments, settings_from
 from attrgate.explain import command as explain
 from attrgate.identity import CALLER_HEADER
@@ -83,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     add_analyze_arguments(analyze)
     _add_policy_max_bytes(analyze)
     analyze.set_defaults(handler=_analyze)
+
+    add_bundle_arguments(commands, _add_policy_max_bytes)
 
     call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
     call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")

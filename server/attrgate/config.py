@@ -98,8 +98,8 @@ _HELP = {
     "SIGHUP always reloads)",
     "policy_debounce": "seconds the policy files must stay unchanged before a reload on change",
     "policy_poll": "seconds between two checks of an s3:// policy bundle for a new version",
-    "bundle_public_key": "Ed25519 public key (PEM) that s3:// policy bundles must be signed "
-    "with; unsigned or badly signed bundles are refused",
+    "bundle_public_key": "Ed25519 public key(s) (PEM; several in one file while keys rotate) "
+    "that s3:// policy bundles must be signed with; unsigned or badly signed bundles are refused",
     "allow_unsigned_bundles": "serve s3:// bundles without checking a signature (anyone who can "
     "write to the bucket then changes the policies); without it, s3:// needs --bundle-public-key",
     "policies_fallback": "local policy file or folder to serve when no valid s3:// bundle can be "
@@ -254,6 +254,10 @@ def check(settings: Settings) -> None:
         if not math.isfinite(value) or value <= 0 or value > 3600:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} must be a number of seconds above 0 and at most 3600")
+    if settings.policies_fallback and not settings.policies.startswith("s3://"):
+        raise ConfigError("--policies-fallback is for an s3:// --policies bundle")
+    if settings.policies_fallback and settings.policies_fallback.startswith("s3://"):
+        raise ConfigError("--policies-fallback must be a local file or folder, not s3://")
     for path in settings.tls_files() or ():
         if not os.path.isfile(path):
             raise ConfigError(f"cannot read {path}: no such file")

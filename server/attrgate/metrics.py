@@ -73,7 +73,8 @@ class Metrics:
         self._reloads = meter.create_counter(
             "attrgate_policy_reloads",
             description="policy reloads by set (serving, candidate) and result (loaded, rejected, "
-            "unchanged: a change on disk or a poll that found the revision serving)",
+            "unchanged: a change on disk or a poll that found the revision serving; unavailable: "
+            "the source could not be read, e.g. S3 unreachable or denying)",
         )
         self._sms = meter.create_counter(
             "attrgate_sms_decisions",

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 
 from attrgate.config import ConfigError
 from attrgate.policy.compile import PolicySet, load_and_compile
+from attrgate.policy.load import LoadResult
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
-from attrgate.rollout.source import PolicySource
-from attrgate.rollout.status import LOADED, REJECTED, UNCHANGED, SetStatus
+from attrgate.rollout.source import PolicySource, SourceUnavailable
+from attrgate.rollout.status import LOADED, REJECTED, UNAVAILABLE, UNCHANGED, SetStatus
 from attrgate.tasks import cancel_and_wait
 
 log = logging.getLogger("attrgate")
@@ -32,10 +33,17 @@ def load_policies(
     # Loading builds many small objects and collects none: the cyclic GC's passes would only
     # add time (a 2 MiB set: ~2x).
     with gc_paused() if pause_gc else contextlib.nullcontext():
-        result, policy_set = load_and_compile(path, max_bytes)
+        loaded = load_and_compile(path, max_bytes)
+    return compiled_or_refused(loaded, f"attrgate check {path}")
+
+
+def compiled_or_refused(loaded: tuple[LoadResult, PolicySet | None], command: str) -> PolicySet:
+    """The compiled set, or ConfigError with the load's first error in one line (and the
+    `command` that lists them all)."""
+    result, policy_set = loaded
     if policy_set is None:
         more = len(result.errors) - 1
-        suffix = f" (and {more} more; run `attrgate check {path}`)" if more else ""
+        suffix = f" (and {more} more; run `{command}`)" if more else ""
         raise ConfigError(f"invalid policy set: {result.errors[0]}{suffix}")
     return policy_set
 
@@ -165,8 +173,12 @@ class PolicyReloader:
                 self._load = _Load(lambda: source.load(max_bytes, False, force))
                 self._load.result.add_done_callback(self._after_load)
                 fresh = await _wait(self._load, source.source, self.timeout)
-                if fresh is None or (not force and fresh.revision == serving.revision):
-                    self.status.attempted(UNCHANGED)
+                # While --policies-fallback serves, the source's first set swaps in even when
+                # its revision is the fallback's: what serves is then the source's.
+                same = fresh is not None and fresh.revision == serving.revision
+                if fresh is None or (not force and same and not self.status.fallback):
+                    self._attempted(UNCHANGED)
+                    self._logged_error = ""  # the set came back: its next error is news
                     if fresh is not None:
                         self._counted(UNCHANGED)
                     log.debug("%s unchanged: revision %s", self._name, serving.revision)
@@ -174,10 +186,13 @@ class PolicyReloader:
                 refusal = self._refuse(fresh)
                 if refusal:
                     raise ConfigError(refusal)
+            except SourceUnavailable as exc:
+                self._unavailable(str(exc), serving.revision, force)
+                return False
             except Exception as exc:  # whatever the files hold, the server keeps serving
                 self._counted(REJECTED)
                 message = str(exc)
-                self.status.attempted(REJECTED, message)
+                self._attempted(REJECTED, message)
                 if force or message != self._logged_error:
                     self._logged_error = message
                     log.error(
@@ -192,7 +207,7 @@ class PolicyReloader:
             self._install(fresh)
             self._logged_error = ""
             self._counted(LOADED)
-            self.status.attempted(LOADED)
+            self._attempted(LOADED)
             self.status.serving(fresh.revision, fresh.size)
             log.info(
                 "%s reloaded: revision %s (%d documents); was %s",
@@ -202,6 +217,33 @@ class PolicyReloader:
                 serving.revision,
             )
             return True
+
+    def _unavailable(self, message: str, revision: str, force: bool) -> None:
+        """The source could not be read: counted every time, logged once per streak (and on
+        every SIGHUP), with the reason; `attrgate status` shows it until the source answers."""
+        self._counted(UNAVAILABLE)
+        first = not self.status.source_errors
+        self.status.attempted(UNAVAILABLE, message)
+        if first or force:
+            log.warning(
+                "%s source unavailable; still serving revision %s: %s",
+                self._name,
+                revision,
+                message,
+            )
+
+    def _attempted(self, result: str, error: str = "") -> None:
+        since = self.status.source_error_since
+        failed = self.status.attempted(result, error)
+        if failed:
+            log.info(
+                "%s source %s answers again, after %d failed %s over %.0fs",
+                self._name,
+                self.source.source,
+                failed,
+                "attempt" if failed == 1 else "attempts",
+                self.status.last_attempt - since,
+            )
 
     def _after_load(self, _: object) -> None:
         if not self._again:

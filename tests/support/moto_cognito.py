@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,13 @@ ATTRGATE_ACTIONS = [
     "cognito-idp:DescribeUserPool",
     "cognito-idp:AdminGetUser",
 ]
+
+
+def allow_only(iam: Any, user: str, actions: Sequence[str]) -> None:
+    """The IAM user `user` may do `actions` and nothing else."""
+    statement = {"Effect": "Allow", "Action": list(actions), "Resource": "*"}
+    document = {"Version": "2012-10-17", "Statement": [statement]}
+    iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(document))
 
 
 def free_port() -> int:
@@ -42,7 +49,10 @@ class Keys:
 
 
 class MotoCognito:
-    def __init__(self) -> None:
+    """`attrgate_actions`: what attrgate's IAM user may do (another test's needs, e.g.
+    s3:GetObject for policy bundles served from this same moto server)."""
+
+    def __init__(self, attrgate_actions: Sequence[str] = tuple(ATTRGATE_ACTIONS)) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         # moto's recorder writes every request it gets here within `recording()`.
@@ -63,13 +73,13 @@ class MotoCognito:
                 if time.monotonic() > deadline or self._process.poll() is not None:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.1)
-        bootstrap = self._client("iam", Keys("bootstrap", "bootstrap"))
+        bootstrap = self.client("iam", Keys("bootstrap", "bootstrap"))
         self.admin_keys = self._iam_user(bootstrap, "admin", ["*"])
-        self.attrgate_keys = self._iam_user(bootstrap, "attrgate", ATTRGATE_ACTIONS)
+        self.attrgate_keys = self._iam_user(bootstrap, "attrgate", list(attrgate_actions))
         self._enforce_auth()
-        self.admin = self._client("cognito-idp", self.admin_keys)
+        self.admin = self.client("cognito-idp", self.admin_keys)
 
-    def _client(self, service: str, keys: Keys) -> Any:
+    def client(self, service: str, keys: Keys) -> Any:
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
@@ -81,11 +91,7 @@ class MotoCognito:
     @staticmethod
     def _iam_user(iam: Any, name: str, actions: list[str]) -> Keys:
         iam.create_user(UserName=name)
-        document = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
-        }
-        iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(document))
+        allow_only(iam, name, actions)
         key = iam.create_access_key(UserName=name)["AccessKey"]
         return Keys(key["AccessKeyId"], key["SecretAccessKey"])
 

@@ -23,7 +23,7 @@ def serve_command(listen: str, *args: str) -> list[str]:
 
 
 def start_serve(
-    policies: Path,
+    policies: Path | str,
     port: int,
     *extra: str,
     output: Path | None = None,

@@ -46,6 +46,9 @@ def _set_message(found: SetStatus) -> pb.PolicySetStatus:
         last_attempt_unix_ms=int(found.last_attempt * 1000),
         last_error=found.last_error,
         fallback=found.fallback,
+        source_error=found.source_error,
+        source_error_since_unix_ms=int(found.source_error_since * 1000),
+        source_errors=found.source_errors,
     )
 
 

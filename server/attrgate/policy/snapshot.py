@@ -39,6 +39,12 @@ def is_test_file(name: str) -> bool:
     return name.endswith(TEST_SUFFIXES)
 
 
+def path_order(relative: str) -> list[str]:
+    """The order a set's files are read in, hashed into its revision and reported in: by path
+    component (`a/x.yaml` before `a-b/x.yaml`), the same from a folder as from a bundle."""
+    return relative.split(os.sep)
+
+
 _Identity = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
@@ -169,7 +175,7 @@ class _Walk:
                 self.folders.append((real, relative, {**ancestors, key: relative}))
                 self.drain()
         # The order the revision hashes in, and `attrgate check` prints in: by path.
-        self.listing.entries.sort(key=lambda e: e.relative.split(os.sep))
+        self.listing.entries.sort(key=lambda e: path_order(e.relative))
         self.listing.problems.sort(key=lambda p: p.label.split(os.sep))
 
     def refuse(self, label: str, message: str) -> None:

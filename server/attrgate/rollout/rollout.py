@@ -13,8 +13,8 @@ from attrgate.config import ConfigError, Settings
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, load_bounded
-from attrgate.rollout.source import PolicySource, open_source
-from attrgate.rollout.status import ServerStatus, SetStatus
+from attrgate.rollout.source import LocalSource, PolicySource, SourceUnavailable, open_source
+from attrgate.rollout.status import REJECTED, UNAVAILABLE, ServerStatus, SetStatus
 from attrgate.tasks import cancel_and_wait
 
 log = logging.getLogger("attrgate")
@@ -44,10 +44,15 @@ class PolicyRollout:
         RELOAD_TIMEOUT; ConfigError when either cannot be had."""
         settings = self.settings
         # The GC pause is only for this first load (nothing serves yet).
-        serving = await load_bounded(
-            self.source, settings.policy_max_bytes, RELOAD_TIMEOUT, pause_gc=True
-        )
-        self.status.serving(serving.revision, serving.size)
+        try:
+            serving = await load_bounded(
+                self.source, settings.policy_max_bytes, RELOAD_TIMEOUT, pause_gc=True
+            )
+            self.status.serving(serving.revision, serving.size)
+        except ConfigError as exc:
+            if not settings.policies_fallback:
+                raise
+            serving = await self._load_fallback(settings.policies_fallback, exc)
         candidate = None
         if self.candidate_source is not None and self.candidate_status is not None:
             try:
@@ -58,6 +63,27 @@ class PolicyRollout:
                 raise ConfigError(f"candidate policies: {exc}") from None
             self.candidate_status.serving(candidate.revision, candidate.size)
         return serving, candidate
+
+    async def _load_fallback(self, path: str, why: ConfigError) -> PolicySet:
+        """--policies-fallback: a local set serves until the source gives a valid one (the
+        source is still followed; its first valid set replaces this one)."""
+        try:
+            fallback = await load_bounded(
+                LocalSource(path, watch=False), self.settings.policy_max_bytes, RELOAD_TIMEOUT
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{why}; and the fallback {path}: {exc}") from None
+        self.status.serving(fallback.revision, fallback.size, fallback=True)
+        result = UNAVAILABLE if isinstance(why, SourceUnavailable) else REJECTED
+        self.status.attempted(result, str(why))
+        log.warning(
+            "serving the fallback policies %s (revision %s) until %s gives a valid set: %s",
+            path,
+            fallback.revision,
+            self.source.source,
+            why,
+        )
+        return fallback
 
     def attach(self, pipeline: Pipeline, counted: Counted, refuse: Refuse) -> None:
         """Reloads swap into `pipeline`: the serving set, and the candidate beside it."""

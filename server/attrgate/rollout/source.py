@@ -6,11 +6,17 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from attrgate.config import Settings
+from attrgate.config import ConfigError, Settings
 from attrgate.policy.compile import PolicySet
 from attrgate.rollout.status import SIGHUP, WATCH
 
 S3_PREFIX = "s3://"
+
+
+class SourceUnavailable(ConfigError):
+    """The source could not be read this time (S3 unreachable, denying access, missing the
+    object, answering 5xx): nothing was said about the set itself. The serving set stays; the
+    reloader reports it apart from a rejected set (reloads result "unavailable")."""
 
 
 class PolicySource(Protocol):

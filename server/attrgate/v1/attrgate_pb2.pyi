@@ -122,7 +122,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PolicySetStatus(_message.Message):
-    __slots__ = ("source", "follows", "revision", "loaded_at_unix_ms", "documents", "last_result", "last_attempt_unix_ms", "last_error", "fallback")
+    __slots__ = ("source", "follows", "revision", "loaded_at_unix_ms", "documents", "last_result", "last_attempt_unix_ms", "last_error", "fallback", "source_error", "source_error_since_unix_ms", "source_errors")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FOLLOWS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,9 @@ class PolicySetStatus(_message.Message):
     LAST_ATTEMPT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ERROR_SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     source: str
     follows: str
     revision: str
@@ -141,7 +144,10 @@ class PolicySetStatus(_message.Message):
     last_attempt_unix_ms: int
     last_error: str
     fallback: bool
-    def __init__(self, source: _Optional[str] = ..., follows: _Optional[str] = ..., revision: _Optional[str] = ..., loaded_at_unix_ms: _Optional[int] = ..., documents: _Optional[int] = ..., last_result: _Optional[str] = ..., last_attempt_unix_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., fallback: _Optional[bool] = ...) -> None: ...
+    source_error: str
+    source_error_since_unix_ms: int
+    source_errors: int
+    def __init__(self, source: _Optional[str] = ..., follows: _Optional[str] = ..., revision: _Optional[str] = ..., loaded_at_unix_ms: _Optional[int] = ..., documents: _Optional[int] = ..., last_result: _Optional[str] = ..., last_attempt_unix_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., fallback: _Optional[bool] = ..., source_error: _Optional[str] = ..., source_error_since_unix_ms: _Optional[int] = ..., source_errors: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("policies", "candidate", "shadow", "version")

@@ -1,0 +1,131 @@
+"""Ed25519 keys and the bundle's signature file: a signature over the manifest's exact bytes,
+checked against every trusted public key (a key file may hold several, for rotation). A key id
+in the signature file only names the signer in messages; it never selects or skips a check."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from attrgate.bundle import BundleError, KeyFileError
+
+ALGORITHM = "ed25519"
+MAX_KEY_FILE = 64 * 1024
+_PUBLIC_PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def load_private_key(path: str) -> Ed25519PrivateKey:
+    """An unencrypted PKCS#8 PEM Ed25519 key (`openssl genpkey -algorithm ed25519`). Messages
+    name the file, never a byte of it."""
+    data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyFileError(f"{path}: an encrypted key; give an unencrypted one") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{path}: not a PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 key")
+    return key
+
+
+def load_public_keys(path: str) -> list[Ed25519PublicKey]:
+    """Every Ed25519 public key (PEM `PUBLIC KEY` blocks) in the file; a bundle signed by any of
+    them verifies."""
+    keys = []
+    for block in _PUBLIC_PEM.findall(_read_key_file(path)):
+        try:
+            key = serialization.load_pem_public_key(block)
+        except (ValueError, UnsupportedAlgorithm):
+            raise KeyFileError(f"{path}: a PUBLIC KEY block that does not parse") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"{path}: holds a public key that is not Ed25519")
+        keys.append(key)
+    if not keys:
+        raise KeyFileError(f"{path}: no PEM public key in it (-----BEGIN PUBLIC KEY-----)")
+    return keys
+
+
+def _read_key_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise KeyFileError(f"{path}: too large for a key file")
+    return data
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def generate_key_pair(private_path: str, public_path: str) -> str:
+    """A new key pair: the private key written with mode 0600, neither file overwritten; the
+    key id."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = public_pem(key.public_key())
+    for path, data, mode in ((private_path, private, 0o600), (public_path, public, 0o644)):
+        try:
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except OSError as exc:
+            raise KeyFileError(f"cannot create {path}: {exc.strerror}") from None
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+    return key_id(key.public_key())
+
+
+def signature_file(manifest: bytes, key: Ed25519PrivateKey) -> bytes:
+    document = {
+        "algorithm": ALGORITHM,
+        "key": key_id(key.public_key()),
+        "signature": base64.b64encode(key.sign(manifest)).decode(),
+    }
+    return (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def check_signature(
+    manifest: bytes, signature: bytes | None, keys: Sequence[Ed25519PublicKey]
+) -> str:
+    """The id of the trusted key that signed `manifest`; BundleError when unsigned or signed by
+    none of `keys`."""
+    if signature is None:
+        raise BundleError("unsigned: the bundle has no signature and a public key is required")
+    try:
+        document = json.loads(signature)
+        claimed = str(document["key"])[:64]
+        raw = base64.b64decode(document["signature"], validate=True)
+        if document["algorithm"] != ALGORITHM:
+            raise ValueError
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise BundleError("the signature file is not an attrgate Ed25519 signature") from None
+    for key in keys:
+        try:
+            key.verify(raw, manifest)
+        except InvalidSignature:
+            continue
+        return key_id(key)
+    raise BundleError(
+        f"the signature does not verify with any trusted key (it names key {claimed!r}): "
+        "signed by another key, or the manifest was changed after signing"
+    )
