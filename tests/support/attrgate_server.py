@@ -75,5 +75,8 @@ def settings_for(**overrides: Any) -> Settings:
         drain_delay=0.0,
         # Tests that read decisions name a file; the rest would print them among pytest's dots.
         decision_log=os.devnull,
+        # Tests reload by calling app.reload() and count what it did: a watcher reloading the
+        # same writes beside them would count twice. Tests of the watcher turn it on.
+        policy_watch=False,
     )
     return replace(base, **overrides)

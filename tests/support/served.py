@@ -17,9 +17,22 @@ from support.environment import clean_env
 from support.moto_cognito import free_port
 
 
-def serve_command(listen: str, *args: str) -> list[str]:
-    """`attrgate serve` on a plaintext loopback listener (the caller names itself)."""
-    return [sys.executable, "-m", "attrgate", "serve", "--insecure", "--listen", listen, *args]
+def serve_command(listen: str, *args: str, watch: bool = False) -> list[str]:
+    """`attrgate serve` on a plaintext loopback listener (the caller names itself). Not
+    watching its policies unless `watch`: tests reload with SIGHUP and count the reloads, which
+    a watcher reloading the same writes would double."""
+    follow = "--policy-watch" if watch else "--no-policy-watch"
+    return [
+        sys.executable,
+        "-m",
+        "attrgate",
+        "serve",
+        "--insecure",
+        "--listen",
+        listen,
+        follow,
+        *args,
+    ]
 
 
 def start_serve(
@@ -28,9 +41,11 @@ def start_serve(
     *extra: str,
     output: Path | None = None,
     memory_limit: int | None = None,
+    watch: bool = False,
     **env: str,
 ) -> subprocess.Popen[bytes]:
     """`output`: a folder to write the process's stdout and stderr to (`out`, `err`).
+    `watch`: the server reloads its policies on change (off by default, see serve_command).
     `memory_limit`: bytes of address space (`prlimit --as`), for tests that a regression could
     turn into a machine-wide out-of-memory."""
     stdout = (output / "out").open("wb") if output else subprocess.DEVNULL
@@ -39,7 +54,7 @@ def start_serve(
     return subprocess.Popen(
         [
             *limit,
-            *serve_command(f"127.0.0.1:{port}", "--region", "us-east-1"),
+            *serve_command(f"127.0.0.1:{port}", "--region", "us-east-1", watch=watch),
             *("--policies", str(policies)),
             *("--pool-metadata-fail-open", "--cognito-endpoint", f"http://127.0.0.1:{free_port()}"),
             *extra,  # a later --cognito-endpoint wins

@@ -1,9 +1,212 @@
-"""Reloading a local policy file or folder when it changes (placeholder until the watcher lands)."""
+"""Reloading a local policy file or folder when it changes.
+
+The kernel's events (inotify, through `watchfiles`) only say *that* something changed; what
+changed is read by the reloader as one consistent snapshot (policy/snapshot.py), so every event
+kind counts and none is interpreted: a Kubernetes ConfigMap swap (a new `..2026_…` folder, a
+`..data_tmp` link renamed over `..data`, the old folder removed) shows up as creates, moves and
+deletes of dot entries, an editor's save as a modify or a rename into place.
+
+A reload waits until the path has been quiet for `debounce` seconds, so a writer that truncates
+a file and then completes it within the debounce never activates the half-written set; churn
+that never stops postpones it at most CHURN_CAP debounces (the snapshot reader then refuses a
+set that keeps changing under it).
+
+An inotify watch dies with the folder it was put on: a folder deleted and re-created, or
+replaced by a rename, would go unwatched. The watcher looks at the folder's identity every
+`debounce / 4` seconds (at most IDENTITY_EVERY) and at events naming the folder itself, and
+re-arms on a new one, reloading after. A path that is missing is looked for again every
+MISSING_RETRY seconds, with one warning per absence; the server keeps serving meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from watchfiles import awatch
+
+from attrgate.policy.snapshot import CONFIGMAP_LINK
 from attrgate.reloading import PolicyReloader
+
+log = logging.getLogger("attrgate")
+# watchfiles logs every batch of changes at INFO: its news is the reload's log line.
+logging.getLogger("watchfiles").setLevel(logging.WARNING)
+
+CHURN_CAP = 10  # debounces a reload may be postponed by events that keep coming
+IDENTITY_EVERY = 1.0  # seconds, at most, between two looks at the watched folder's identity
+MISSING_RETRY = 1.0  # seconds between looks for a watched folder that is missing
+POLL_EVERY_MS = 1000  # when the kernel refuses another watch (inotify limits): polling
+STEP_MS = 50  # watchfiles groups the events of one step before handing them over
+GROUP_MS = 200  # ... and hands a batch over at least this often while events keep coming
+RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before a failed watcher starts again
+STEADY = 60.0  # a watcher that ran this long before failing restarts after RESTART_FIRST again
+
+SINGLE_FILE_NOTE = (
+    "policy watch: %s is a single file: changes are picked up only when the file itself is "
+    "rewritten or renamed into place; a Kubernetes subPath mount never updates (mount the "
+    "ConfigMap as a folder instead)"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one watch is put on: a folder (recursively), or a file's folder (not recursively)
+    of which only the file's name, and a ConfigMap's `..data` link it may lead through, matter."""
+
+    folder: str  # absolute
+    recursive: bool
+    names: frozenset[str] | None = None  # None: everything below `folder`
+
+    def concerns(self, path: str) -> bool:
+        return self.names is None or os.path.basename(path) in self.names
+
+
+def target_for(path: str) -> Target:
+    absolute = os.path.abspath(path)
+    if os.path.isdir(absolute):
+        return Target(absolute, recursive=True)
+    name = os.path.basename(absolute)
+    return Target(os.path.dirname(absolute), False, frozenset({name, CONFIGMAP_LINK}))
+
+
+class Debounce:
+    """When a reload is due: `quiet` seconds after the last event, or `cap` seconds after the
+    first one that is still waiting, whichever comes first."""
+
+    def __init__(self, quiet: float, cap: float) -> None:
+        self.quiet, self.cap = quiet, cap
+        self._first: float | None = None
+        self._last = 0.0
+
+    def event(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        self._last = now
+
+    def due(self, now: float) -> bool:
+        if self._first is None:
+            return False
+        return now - self._last >= self.quiet or now - self._first >= self.cap
+
+    def clear(self) -> None:
+        self._first = None
+
+
+_Identity = tuple[int, int]  # st_dev, st_ino
+
+
+def _identity(folder: str) -> _Identity | None:
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 async def watch_and_reload(reloader: PolicyReloader, debounce: float) -> None:
-    return
+    """Runs until cancelled: reload `reloader` (force=False: an unchanged set stays, a rejection
+    is logged once) whenever its local path changed and then stayed quiet for `debounce`
+    seconds. A watcher that fails is logged and started again, never silently gone."""
+    path = reloader.source.source
+    watcher = _Watcher(reloader, path, debounce)
+    if watcher.target.names is not None:
+        log.info(SINGLE_FILE_NOTE, path)
+    log.info("policy watch: following %s (reload after %gs without changes)", path, debounce)
+    delay = RESTART_FIRST
+    while True:
+        started = time.monotonic()
+        try:
+            await watcher.run()
+            raise RuntimeError("the watch ended by itself")
+        except Exception:  # whatever it was, the watcher must come back
+            if time.monotonic() - started > STEADY:
+                delay = RESTART_FIRST
+            log.exception("policy watch of %s failed; starting it again in %gs", path, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RESTART_MAX)
+
+
+class _Watcher:
+    def __init__(self, reloader: PolicyReloader, path: str, debounce: float) -> None:
+        self.reloader = reloader
+        self.path = path
+        self.target = target_for(path)
+        self.pending = Debounce(debounce, CHURN_CAP * debounce)
+        # How often an otherwise quiet watch wakes up: to reload on time, and to notice a
+        # folder replaced under it.
+        self.wake_ms = max(STEP_MS, int(min(IDENTITY_EVERY, debounce / 4) * 1000))
+        self.missing = False
+        self.polling = False
+
+    async def run(self) -> None:
+        while True:
+            identity = await self._wait_for_folder()
+            # Anything may have changed while nothing watched (before the first arming too:
+            # the set was loaded before the watch began): reload once things are quiet.
+            self.pending.event(time.monotonic())
+            try:
+                await self._watch(identity)
+            except FileNotFoundError:
+                continue  # gone between the look and the arming
+            except OSError as exc:
+                if self.polling:
+                    raise
+                # The kernel refused another watch (fs.inotify.max_user_watches or
+                # max_user_instances): the same, by polling.
+                log.warning(
+                    "policy watch: cannot watch %s (%s); polling it every %gs instead",
+                    self.target.folder,
+                    exc,
+                    POLL_EVERY_MS / 1000,
+                )
+                self.polling = True
+
+    async def _wait_for_folder(self) -> _Identity:
+        while True:
+            identity = _identity(self.target.folder)
+            if identity is not None:
+                if self.missing:
+                    log.info("policy watch: %s is back; watching it again", self.target.folder)
+                    self.missing = False
+                return identity
+            if not self.missing:
+                log.warning(
+                    "policy watch: %s is missing; still serving revision %s; looking for it "
+                    "every %gs",
+                    self.target.folder,
+                    self.reloader.status.revision,
+                    MISSING_RETRY,
+                )
+                self.missing = True
+            await asyncio.sleep(MISSING_RETRY)
+
+    async def _watch(self, identity: _Identity) -> None:
+        """Until the watched folder is replaced or gone."""
+        target = self.target
+        changes = awatch(
+            target.folder,
+            watch_filter=None,  # `..data`, `..2026_…` and other dot entries matter
+            recursive=target.recursive,
+            step=STEP_MS,
+            debounce=GROUP_MS,
+            rust_timeout=self.wake_ms,
+            yield_on_timeout=True,
+            force_polling=self.polling,
+            poll_delay_ms=POLL_EVERY_MS,
+        )
+        async with contextlib.aclosing(changes):
+            async for batch in changes:
+                now = time.monotonic()
+                if any(target.concerns(path) for _, path in batch):
+                    self.pending.event(now)
+                if any(path == target.folder for _, path in batch):
+                    return  # the folder itself was deleted or moved (its inode may come back)
+                if _identity(target.folder) != identity:
+                    return
+                if self.pending.due(now):
+                    self.pending.clear()
+                    await self.reloader.reload(force=False)
