@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from attrgate.statusview import render_text
+from attrgate.v1 import attrgate_pb2 as pb
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub
 from support.environment import clean_env
@@ -84,3 +86,32 @@ def test_status_against_the_main_listener_or_nothing_fails_in_one_line(
     assert dead.returncode == 1
     assert "UNAVAILABLE" in dead.stderr or "DEADLINE_EXCEEDED" in dead.stderr
     assert "Traceback" not in dead.stderr
+
+
+def test_the_text_names_what_an_operator_must_not_miss() -> None:
+    """Shadow mode, a fallback serving, and a source that stopped answering: each on a line of
+    its own, with the revision that serves meanwhile."""
+    now = 1_800_000_000.0
+    reply = pb.StatusResponse(
+        version="9.9",
+        shadow=True,
+        policies=pb.PolicySetStatus(
+            source="s3://b/policies.tar.gz",
+            follows="poll",
+            revision="sha256:abc",
+            documents=3,
+            loaded_at_unix_ms=int((now - 300) * 1000),
+            fallback=True,
+            source_error="AccessDenied",
+            source_errors=4,
+            source_error_since_unix_ms=int((now - 120) * 1000),
+        ),
+    )
+    text = render_text(reply, now)
+    assert "SHADOW MODE" in text.splitlines()[1]
+    assert "polled for new bundles" in text
+    assert "sha256:abc (3 documents), loaded" in text
+    assert "(5m ago)" in text
+    assert "FALLBACK" in text
+    assert "UNREACHABLE: AccessDenied (4 attempts in a row, since" in text
+    assert "candidate" not in text

@@ -82,6 +82,11 @@ def _set_lines(title: str, found: pb.PolicySetStatus, now: float) -> list[str]:
         lines.append(f"  last reload: {found.last_result} {_when(found.last_attempt_unix_ms, now)}")
     if found.last_error:
         lines.append(f"  last error:  {found.last_error}")
+    if found.source_error:
+        lines.append(
+            f"  UNREACHABLE: {found.source_error} ({found.source_errors} attempts in a row, "
+            f"since {_when(found.source_error_since_unix_ms, now)}); the revision above serves"
+        )
     return lines
 
 
