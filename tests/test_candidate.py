@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from attrgate.cli import main
 from attrgate.v1 import attrgate_pb2 as pb
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, describe_reply
@@ -286,3 +287,15 @@ def test_a_candidate_that_cannot_load_stops_the_start(
     folder = candidate_folder(tmp_path, CANDIDATE.replace("maxLength: 3", "maxLength: three"))
     with pytest.raises(ConfigError, match="candidate policies"):
         serve(SERVING, stub.endpoint, candidate_policies=str(folder))
+
+
+def test_attrgate_call_shows_the_candidates_verdict(
+    serve: Serve, stub: CognitoStub, stub_credentials: None, tmp_path: Path, capsys: Any
+) -> None:
+    server = start(serve, stub, tmp_path)
+    call = ["call", "--check", "--target", server.target, "--caller", "svc", "--pool", POOL]
+    assert main([*call, "--user", "ada", "given_name=Augusta"]) == 0
+    out = capsys.readouterr().out
+    revision = server.app.pipeline.candidate.revision  # type: ignore[union-attr]
+    assert f"  candidate: DENIED (revision {revision})\n" in out
+    assert "    violations:\n      - given_name: MAX_LENGTH [profile allow[0]]: " in out

@@ -265,3 +265,15 @@ def test_the_offline_tools_do_not_shadow(
     out = capsys.readouterr().out
     assert status == 1, out  # denied
     assert "shadow" not in out.lower()
+
+
+def test_attrgate_call_says_shadow(
+    shadow: Callable[..., RunningServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = shadow()
+    call = ["call", "--check", "--target", server.target, "--caller", "svc", "--pool", POOL]
+    assert main([*call, "--user", "ada", "custom:role=x"]) == 0
+    out = capsys.readouterr().out
+    assert "decision: ALLOWED\n" in out
+    assert "  shadow: true (policies not enforced; the policies deny this request)\n" in out
+    assert "  would_deny:\n    - custom:role: ATTRIBUTE_DENIED [profile deny[0]]: " in out
