@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from attrgate.cli import main
 from attrgate.v1 import attrgate_pb2 as pb
@@ -156,7 +157,11 @@ def test_update_carries_the_candidate_in_the_response_and_in_denials(
 
 
 def test_disagreements_are_counted_by_caller_and_kind_and_logged_without_values(
-    serve: Serve, stub: CognitoStub, stub_credentials: None, tmp_path: Path
+    serve: Serve,
+    stub: CognitoStub,
+    stub_credentials: None,
+    tmp_path: Path,
+    spans: InMemorySpanExporter,
 ) -> None:
     port = free_port()
     server = start(serve, stub, tmp_path, metrics_listen=f"127.0.0.1:{port}")
@@ -185,6 +190,16 @@ def test_disagreements_are_counted_by_caller_and_kind_and_logged_without_values(
             "reason": "ATTRIBUTE_DENIED",
         }
     ]
+
+    def kinds(name: str) -> list[str]:
+        found = [x for x in spans.get_finished_spans() if x.name == name]
+        return [str((x.attributes or {}).get("attrgate.candidate.disagreement", "")) for x in found]
+
+    assert wait_until(lambda: len(kinds("attrgate.policy")) == 2 * len(CASES))
+    assert kinds("attrgate.policy") == [kind for *_, kind in expected]
+    assert sorted(kinds("attrgate.v1.UserAttributes/UpdateUserAttributes")) == sorted(
+        kind for *_, kind in CASES
+    )
 
     text = metrics_text(port)
     assert MARK not in text
