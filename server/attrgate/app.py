@@ -87,7 +87,7 @@ class App:
         rollout = self.rollout = PolicyRollout(settings)
         policy_set, candidate = await rollout.load_initial()
         if settings.shadow:
-            warn()  # first thing, so no log of a start in shadow mode lacks it
+            warn()  # before anything serves: no log of a start in shadow mode lacks it
         if settings.local_cognito:
             from attrgate.local.emulator import start_local_cognito
 
