@@ -1,16 +1,20 @@
 """Decision cost: attrgate's compiled, indexed engine vs a baseline that scans every policy.
 
-Prints microseconds per decision for both, side by side, and their ratio. Run with `make bench`.
+Prints microseconds per decision for both, side by side, and their ratio; then what a candidate
+set (serve --candidate-policies) adds to a decision, through the server's own pipeline, on the
+allowed and the denied path. Run with `make bench`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from attrgate.domain import Attribute, UpdateRequest
+from attrgate.domain import Attribute, Caller, UpdateRequest
+from attrgate.offline import offline_pipeline
 from attrgate.policy.compile import PolicySet, compile_policy_set
 from attrgate.policy.engine import attribute_findings, evaluate
 from attrgate.policy.globs import compile_glob
@@ -89,6 +93,39 @@ def main() -> None:
     print(f"{'':34}{'attrgate':>12}{'baseline scan':>16}{'ratio':>9}")
     print(f"{'decision, 3 attributes (us)':34}{ours:12.1f}{scan:16.1f}{scan / ours:8.0f}x")
     print(f"{'applicable-policy lookup, uncached':34}{cold:12.1f}")
+    candidate_cost(policy_set, build_set()[0])
+
+
+def candidate_cost(serving: PolicySet, candidate: PolicySet) -> None:
+    """Pipeline.check (validation, engine, the comparison; pool stage skipped) per decision,
+    with and without a candidate set beside the serving one."""
+    pipeline = offline_pipeline(serving)
+    caller = Caller(CALLER, "bench")
+    denied = UpdateRequest(REQUEST.user_pool_id, "ada", (Attribute("custom:role", "admin"),))
+
+    async def per_check_us(request: UpdateRequest, rounds: int = 5_000) -> float:
+        for _ in range(rounds // 10):
+            await pipeline.check(caller, request)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            await pipeline.check(caller, request)
+        return (time.perf_counter() - start) / rounds * 1e6
+
+    async def measure() -> list[tuple[str, float, float]]:
+        rows = []
+        for name, request in (("allowed", REQUEST), ("denied", denied)):
+            # Alternated, the best of seven each: one run is at the mercy of the machine.
+            runs: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(7):
+                for beside in (False, True):
+                    pipeline.candidate = candidate if beside else None
+                    runs[beside].append(await per_check_us(request))
+            rows.append((name, min(runs[False]), min(runs[True])))
+        return rows
+
+    print(f"{'pipeline decision (us)':34}{'no candidate':>14}{'candidate':>12}{'added':>9}")
+    for name, alone, beside in asyncio.run(measure()):
+        print(f"{'  ' + name:34}{alone:14.1f}{beside:12.1f}{beside - alone:9.1f}")
 
 
 if __name__ == "__main__":

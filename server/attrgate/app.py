@@ -28,6 +28,7 @@ from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
 from attrgate.reloading import PolicyReloader
 from attrgate.rollout.rollout import PolicyRollout
+from attrgate.shadow import REMIND_EVERY, remind, warn
 from attrgate.tasks import cancel_and_wait
 from attrgate.upstream.cognito import (
     CognitoSettings,
@@ -61,6 +62,9 @@ class App:
     _serving: bool = False
     _stopping: bool = False
     _reload_pending: bool = False  # a SIGHUP arrived while starting
+    # --shadow: how often the warning repeats while serving (a test shortens it).
+    shadow_reminder_period: float = REMIND_EVERY
+    _shadow_reminder: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -82,6 +86,8 @@ class App:
         quiet_botocore_bodies()  # before anything calls AWS, the local emulator's seeding too
         rollout = self.rollout = PolicyRollout(settings)
         policy_set, candidate = await rollout.load_initial()
+        if settings.shadow:
+            warn()  # before anything serves: no log of a start in shadow mode lacks it
         if settings.local_cognito:
             from attrgate.local.emulator import start_local_cognito
 
@@ -126,7 +132,8 @@ class App:
             metrics.observe(entry)
             decision_log.record(entry)
 
-        metrics.watch_policy_set(lambda: pipeline.policy_set)
+        metrics.watch_policy_set(lambda: pipeline.policy_set, lambda: pipeline.candidate)
+        metrics.watch_shadow(settings.shadow)
         listeners = self._listeners = Listeners(settings)
         listeners.bind(
             UserAttributesService(
@@ -143,6 +150,8 @@ class App:
         rollout.follow()
         sms_state.follow(listeners.report_sms_store)
         self._serving = True
+        if settings.shadow:
+            self._shadow_reminder = asyncio.ensure_future(remind(self.shadow_reminder_period))
         if self._reload_pending:
             self.reopen_and_reload()
         mode = "insecure, caller from x-attrgate-caller" if settings.insecure else "mTLS"
@@ -154,6 +163,14 @@ class App:
             policy_set.revision,
             policy_set.size,
         )
+        if candidate is not None:
+            log.info(
+                "candidate policies %s revision %s (%d documents): evaluated beside, never "
+                "enforced",
+                rollout.candidate_source.source if rollout.candidate_source else "",
+                candidate.revision,
+                candidate.size,
+            )
 
     def _pipeline(
         self,
@@ -195,6 +212,7 @@ class App:
             settings.pool_metadata_fail_open,
             sms_events=metrics,
             late=late,
+            shadow=settings.shadow,
         )
 
     @property
@@ -267,6 +285,8 @@ class App:
         serving = self._serving
         self._serving, self._stopping = False, True
         await cancel_and_wait(self._reload_tasks)
+        if self._shadow_reminder is not None:
+            await cancel_and_wait([self._shadow_reminder])
         if self.rollout is not None:
             await self.rollout.close()
         upstream = self._upstream

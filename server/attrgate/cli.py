@@ -293,17 +293,30 @@ def print_decision(decision: pb.Decision, out: TextIO) -> None:
         for title, refusals in (("refused by", sms.refusals), ("would refuse", sms.would_refuse)):
             for r in refusals:
                 print(f"    {title} SmsGuard {r.guard} {r.rule}: {r.description}", file=out)
+    if decision.shadow:
+        waived = "; the policies deny this request" if decision.shadow_allowed else ""
+        print(f"  shadow: true (policies not enforced{waived})", file=out)
     for title, items in (("violations", decision.violations), ("would_deny", decision.would_deny)):
-        if items:
-            print(f"  {title}:", file=out)
-            for v in items:
-                where = f" [{v.policy} {v.entry}]" if v.policy else ""
-                subject = v.attribute or (
-                    f"client_metadata.{v.client_metadata_key}"
-                    if v.client_metadata_key
-                    else "(request)"
-                )
-                print(f"    - {subject}: {v.reason}{where}: {v.message}", file=out)
+        _print_violations(title, items, out)
+    if decision.HasField("candidate"):
+        candidate = decision.candidate
+        verdict = "ALLOWED" if candidate.allowed else "DENIED"
+        print(f"  candidate: {verdict} (revision {candidate.policy_revision})", file=out)
+        _print_violations("violations", candidate.violations, out, "    ")
+
+
+def _print_violations(
+    title: str, items: Sequence[pb.Violation], out: TextIO, indent: str = "  "
+) -> None:
+    if not items:
+        return
+    print(f"{indent}{title}:", file=out)
+    for v in items:
+        where = f" [{v.policy} {v.entry}]" if v.policy else ""
+        subject = v.attribute or (
+            f"client_metadata.{v.client_metadata_key}" if v.client_metadata_key else "(request)"
+        )
+        print(f"{indent}  - {subject}: {v.reason}{where}: {v.message}", file=out)
 
 
 def print_error(error: grpc.RpcError, out: TextIO) -> None:

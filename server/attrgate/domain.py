@@ -146,6 +146,19 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class CandidateVerdict:
+    """What the candidate policy set (serve --candidate-policies) says of a request: its policy
+    engine only, beside the serving set's, never deciding."""
+
+    allowed: bool
+    violations: tuple[Violation, ...]
+    policy_revision: str
+    # How it differs from the serving set's policy verdict (attrgate.candidate.Disagreement);
+    # "" when the two agree.
+    disagreement: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     decision_id: str
     policy_revision: str
@@ -156,6 +169,11 @@ class Decision:
     denied_by: str = ""  # a Stage when denied
     pending_verification: tuple[str, ...] = ()
     sms: SmsAssessment | None = None
+    candidate: CandidateVerdict | None = None  # None without a candidate set
+    shadow: bool = False  # the server runs in shadow mode (serve --shadow)
+    # The policies deny the request; shadow mode let it past them (their findings are in
+    # would_deny). A later stage may still deny it.
+    shadow_allowed: bool = False
 
     @property
     def sms_outcome(self) -> str:
@@ -164,6 +182,13 @@ class Decision:
         if self.denied_by in (Stage.SMS_COUNTRY, Stage.SMS_LIMIT):
             return "refused"
         return "allowed" if self.allowed else "denied"
+
+    @property
+    def outcome(self) -> str:
+        """allowed, denied, or shadow_allowed: forwarded only because of shadow mode."""
+        if not self.allowed:
+            return "denied"
+        return "shadow_allowed" if self.shadow_allowed else "allowed"
 
 
 class UpstreamError(enum.Enum):

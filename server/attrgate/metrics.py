@@ -3,7 +3,9 @@
 Every metric is named attrgate_*; labels are bounded: method, outcome, gRPC code, ErrorInfo
 reason, Cognito error code, and a caller label drawn from the policies: the caller when a policy
 names it exactly, else the `callers` glob it matched, else `unmatched` (anyone can present any
-name, so only the policy set may mint series). No usernames, no values.
+name, so only the policy sets may mint series: the serving set's names first, then the candidate
+set's, so a caller only the candidate names is counted under its own name). No usernames, no
+values.
 """
 
 from __future__ import annotations
@@ -118,8 +120,15 @@ class Metrics:
             description="DescribeUserPool/AdminGetUser lookups not answered by a fresh cache "
             "entry, by answer: cognito (called), negative_cache, stale, limited (refused)",
         )
+        self._disagreements = meter.create_counter(
+            "attrgate_candidate_disagreements",
+            description="requests on which the candidate policy set's verdict differs from the "
+            "serving set's, by caller and kind (would_deny_now_allowed, would_allow_now_denied, "
+            "different_violations)",
+        )
         self._server: Any = None
         self._serving: Callable[[], PolicySet] = lambda: EMPTY_POLICY_SET
+        self._candidate: Callable[[], PolicySet | None] = lambda: None
         # Series an alert watches exist from the start, at zero.
         for result in ("loaded", "rejected"):
             self._reloads.add(0, {"result": result})
@@ -131,8 +140,7 @@ class Metrics:
     def observe(self, entry: Mapping[str, Any]) -> None:
         """Count one finished RPC from its decision-log entry."""
         method = str(entry.get("method", ""))
-        named = str(entry.get("caller", ""))
-        caller = (self._serving().caller_label(named) if named else None) or UNMATCHED_CALLER
+        caller = self._caller_label(str(entry.get("caller", "")))
         labels = {
             "method": method,
             "caller": str(caller),
@@ -150,6 +158,18 @@ class Metrics:
         sms = entry.get("sms")
         if isinstance(sms, Mapping) and sms.get("triggers_sms"):
             self._sms.add(1, {"method": method, "outcome": str(sms.get("outcome", ""))})
+        candidate = entry.get("candidate")
+        if isinstance(candidate, Mapping) and candidate.get("disagreement"):
+            self._disagreements.add(1, {"caller": caller, "kind": str(candidate["disagreement"])})
+
+    def _caller_label(self, named: str) -> str:
+        if not named:
+            return UNMATCHED_CALLER
+        label = self._serving().caller_label(named)
+        if label is None:
+            candidate = self._candidate()  # read once: a reload may swap it meanwhile
+            label = candidate.caller_label(named) if candidate is not None else None
+        return label or UNMATCHED_CALLER
 
     def sms_reserved(self, reserved: Sequence[Reserved]) -> None:
         """Reservations the store acknowledged (the pipeline's SmsEvents)."""
@@ -173,10 +193,15 @@ class Metrics:
     def in_flight(self, delta: int, method: str) -> None:
         self._in_flight.add(delta, {"method": method})
 
-    def watch_policy_set(self, serving: Callable[[], PolicySet]) -> None:
+    def watch_policy_set(
+        self,
+        serving: Callable[[], PolicySet],
+        candidate: Callable[[], PolicySet | None] = lambda: None,
+    ) -> None:
         """Follow the serving policy set: attrgate_policy_set{revision} = its document count,
-        and the caller labels it allows."""
+        and the caller labels it allows; and the candidate set's caller labels."""
         self._serving = serving
+        self._candidate = candidate
 
         def observe(_: CallbackOptions) -> Iterable[Observation]:
             policy_set = serving()  # read once: a reload may swap it meanwhile
@@ -184,6 +209,19 @@ class Metrics:
 
         self._meter.create_observable_gauge(
             "attrgate_policy_set", callbacks=[observe], description="the policy set serving now"
+        )
+
+    def watch_shadow(self, shadow: bool) -> None:
+        """attrgate_shadow_mode: 1 in shadow mode (serve --shadow), 0 otherwise; always there,
+        so an alert on it needs no absent()."""
+
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(1 if shadow else 0)
+
+        self._meter.create_observable_gauge(
+            "attrgate_shadow_mode",
+            callbacks=[observe],
+            description="1 while the server runs in shadow mode (policies not enforced), else 0",
         )
 
     def watch_sms_store(self, up: Callable[[], bool], reasons: Iterable[str]) -> None:

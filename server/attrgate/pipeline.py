@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from attrgate.candidate import judge
 from attrgate.domain import (
     Caller,
     Decision,
@@ -40,6 +41,7 @@ from attrgate.policy.compile import PolicySet
 from attrgate.policy.engine import evaluate
 from attrgate.policy.trace import Trace
 from attrgate.schema import pending_verification, schema_violations
+from attrgate.shadow import shadowed
 from attrgate.tracing import start_span
 from attrgate.users import UserSubs
 from attrgate.validate import validate_request
@@ -138,6 +140,7 @@ class Pipeline:
         new_id: Callable[[], str] = new_decision_id,
         sms_events: SmsEvents | None = None,
         late: LateOutcome = _no_late,
+        shadow: bool = False,
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
@@ -149,6 +152,9 @@ class Pipeline:
         self._fail_open = pool_metadata_fail_open
         self._new_id = new_id
         self._late = late
+        # serve --shadow: policy denials are forwarded with would_deny (attrgate.shadow).
+        # A serve-time mode: the offline pipelines (test, explain) never set it.
+        self._shadow = shadow
 
     async def check(
         self, caller: Caller, request: UpdateRequest, trace: Trace | None = None
@@ -225,7 +231,8 @@ class Pipeline:
     async def _assess(
         self, caller: Caller, request: UpdateRequest, consume: bool, trace: Trace | None = None
     ) -> Invalid | Unavailable | LookupLimited | Decision | _Allowed:
-        policy_set = self.policy_set
+        # Each read once: a reload may swap either while this request runs.
+        policy_set, candidate_set = self.policy_set, self.candidate
         decision_id = self._new_id()
         revision = policy_set.revision
         with start_span("attrgate.validate") as span:
@@ -237,6 +244,11 @@ class Pipeline:
             verdict = evaluate(policy_set, caller.name, request, trace)
             span.set_attribute("attrgate.allowed", verdict.allowed)
             span.set_attribute("attrgate.matched_policies", list(verdict.matched_policies))
+            # Judged against the serving set's policy verdict, before shadow mode or a later
+            # stage changes the outcome.
+            candidate = judge(candidate_set, caller.name, request, verdict)
+            if candidate is not None and candidate.disagreement:
+                span.set_attribute("attrgate.candidate.disagreement", candidate.disagreement)
         decision = Decision(
             decision_id=decision_id,
             policy_revision=revision,
@@ -245,8 +257,11 @@ class Pipeline:
             matched_policies=verdict.matched_policies,
             would_deny=verdict.would_deny,
             denied_by="" if verdict.allowed else Stage.POLICY,
+            candidate=candidate,
         )
-        if not verdict.allowed:
+        if self._shadow:
+            decision = shadowed(decision)
+        if not decision.allowed:
             return decision
 
         # Only allowed requests reach Cognito for metadata, and a miss is paid for from the

@@ -19,12 +19,13 @@ from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
 
 class RunningServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **app_options: Any) -> None:
+        """`app_options`: App's fields for tests (e.g. shadow_reminder_period)."""
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.app = App(settings, io.StringIO())
+        self.app = App(settings, io.StringIO(), **app_options)
         try:
             self.run(self.app.start())
         except BaseException:

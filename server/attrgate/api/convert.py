@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from attrgate.domain import (
     Attribute,
+    CandidateVerdict,
     Decision,
     SmsAssessment,
     SmsRefusal,
@@ -53,8 +54,21 @@ def _sms(sms: SmsAssessment | None) -> pb.SmsAssessment | None:
     )
 
 
+def _candidate(candidate: CandidateVerdict | None) -> pb.CandidateDecision | None:
+    if candidate is None:
+        return None
+    return pb.CandidateDecision(
+        allowed=candidate.allowed,
+        violations=[_violation(v) for v in candidate.violations],
+        policy_revision=candidate.policy_revision,
+    )
+
+
 def decision_to_proto(decision: Decision) -> pb.Decision:
     return pb.Decision(
+        candidate=_candidate(decision.candidate),
+        shadow=decision.shadow,
+        shadow_allowed=decision.shadow_allowed,
         denied_by=decision.denied_by,
         sms=_sms(decision.sms),
         allowed=decision.allowed,

@@ -20,6 +20,7 @@ from attrgate.domain import (
     UpdateRequest,
     UpstreamError,
     UpstreamResult,
+    Violation,
 )
 from attrgate.reasons import Reason
 
@@ -96,8 +97,24 @@ def _field_violations(
     return violations
 
 
-def _offenders(decision: Decision) -> str:
-    return _summary(list(dict.fromkeys(f"{v.subject} ({v.reason})" for v in decision.violations)))
+def _offenders(violations: Sequence[Violation]) -> str:
+    return _summary(list(dict.fromkeys(f"{v.subject} ({v.reason})" for v in violations)))
+
+
+def _decided(decision: Decision) -> dict[str, str]:
+    """ErrorInfo metadata of every denial: the revision that decided, shadow mode, and the
+    candidate set's verdict, so a service team sees what the next policies say of a denied
+    request too (its subjects and reasons; the whole verdict is CheckUpdateUserAttributes')."""
+    found = {"policy_revision": decision.policy_revision}
+    if decision.shadow:
+        found["shadow"] = "true"
+    candidate = decision.candidate
+    if candidate is not None:
+        found["candidate_policy_revision"] = candidate.policy_revision
+        found["candidate_allowed"] = "true" if candidate.allowed else "false"
+        if candidate.violations:
+            found["candidate_violations"] = _offenders(candidate.violations)
+    return found
 
 
 # Found missing while describing the pool or looking the user up, before any update.
@@ -117,7 +134,7 @@ _NOT_FOUND = {
 
 def denied(decision: Decision, request: UpdateRequest, now_ms: int) -> ErrorStatus:
     """The status of a request a stage after validation refused."""
-    revision = {"policy_revision": decision.policy_revision}
+    decided = _decided(decision)
     stage = decision.denied_by
     if stage in _NOT_FOUND:
         reason, message, code = _NOT_FOUND[Stage(stage)]
@@ -125,15 +142,15 @@ def denied(decision: Decision, request: UpdateRequest, now_ms: int) -> ErrorStat
             grpc.StatusCode.NOT_FOUND,
             reason,
             message,
-            metadata={**revision, "cognito_error_code": code},
+            metadata={**decided, "cognito_error_code": code},
         )
     if stage == Stage.POOL_SCHEMA:
         return ErrorStatus(
             grpc.StatusCode.INVALID_ARGUMENT,
             Reason.POOL_SCHEMA_VIOLATION,
-            f"the user pool's schema refuses: {_offenders(decision)}",
+            f"the user pool's schema refuses: {_offenders(decision.violations)}",
             _field_violations(decision, request),
-            revision,
+            decided,
         )
     if stage == Stage.SMS_COUNTRY:
         return ErrorStatus(
@@ -141,16 +158,16 @@ def denied(decision: Decision, request: UpdateRequest, now_ms: int) -> ErrorStat
             Reason.SMS_COUNTRY_DENIED,
             "the SMS guard does not allow the phone number's destination country",
             _field_violations(decision, request),
-            revision,
+            decided,
         )
     if stage == Stage.SMS_LIMIT:
         return _sms_limit(decision, now_ms)
     return ErrorStatus(
         grpc.StatusCode.PERMISSION_DENIED,
         Reason.POLICY_DENIED,
-        f"denied by policy: {_offenders(decision)}",
+        f"denied by policy: {_offenders(decision.violations)}",
         _field_violations(decision, request),
-        revision,
+        decided,
     )
 
 
@@ -172,7 +189,7 @@ def _sms_limit(decision: Decision, now_ms: int) -> ErrorStatus:
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         Reason.SMS_LIMIT_EXCEEDED,
         f"SMS limit reached: {rules}",
-        metadata={"policy_revision": decision.policy_revision, "retry_at_unix_ms": str(retry_at)},
+        metadata={**_decided(decision), "retry_at_unix_ms": str(retry_at)},
         extra_details=(quota, retry),
     )
 

@@ -80,7 +80,9 @@ class DecisionRecord:
         entry = self.entry
         entry["decision_id"] = decision.decision_id
         entry["policy_revision"] = decision.policy_revision
-        entry["outcome"] = "allowed" if decision.allowed else "denied"
+        entry["outcome"] = decision.outcome
+        if decision.shadow:
+            entry["shadow"] = True
         entry["attributes"] = [a.name for a in request.attributes]
         if request.client_metadata:
             entry["client_metadata_keys"] = sorted(request.client_metadata)
@@ -89,6 +91,13 @@ class DecisionRecord:
             entry["denied_by"] = decision.denied_by
         entry["violations"] = [_violation(v) for v in decision.violations]
         entry["would_deny"] = [_violation(v) for v in decision.would_deny]
+        if decision.candidate is not None:
+            entry["candidate"] = {
+                "allowed": decision.candidate.allowed,
+                "violations": [_violation(v) for v in decision.candidate.violations],
+                "policy_revision": decision.candidate.policy_revision,
+                "disagreement": decision.candidate.disagreement,
+            }
         if decision.pending_verification:
             entry["pending_verification"] = list(decision.pending_verification)
         if decision.sms is not None:

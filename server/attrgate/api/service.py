@@ -254,6 +254,7 @@ def _annotate(span: Span, entry: dict[str, Any]) -> None:
     """Names, codes and ids of the decision on its span; never values."""
     sms = entry.get("sms") or {}
     cognito = entry.get("cognito") or {}
+    candidate = entry.get("candidate") or {}
     attributes = {
         "rpc.system": "grpc",
         "rpc.grpc.status_code": entry.get("status", ""),
@@ -272,6 +273,9 @@ def _annotate(span: Span, entry: dict[str, Any]) -> None:
         "attrgate.sms.outcome": sms.get("outcome", ""),
         "attrgate.cognito.request_id": cognito.get("request_id", ""),
         "attrgate.cognito.error_code": cognito.get("error_code", ""),
+        "attrgate.shadow": entry.get("shadow", ""),
+        "attrgate.candidate.revision": candidate.get("policy_revision", ""),
+        "attrgate.candidate.disagreement": candidate.get("disagreement", ""),
     }
     span.set_attributes({k: v for k, v in attributes.items() if v not in ("", [])})
     if entry.get("status") not in ("OK", None):

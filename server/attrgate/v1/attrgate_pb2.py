@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61ttrgate/v1/attrgate.proto\x12\x0b\x61ttrgate.v1\",\n\rAttributeType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x88\x02\n\x1bUpdateUserAttributesRequest\x12\x14\n\x0cuser_pool_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x33\n\x0fuser_attributes\x18\x03 \x03(\x0b\x32\x1a.attrgate.v1.AttributeType\x12U\n\x0f\x63lient_metadata\x18\x04 \x03(\x0b\x32<.attrgate.v1.UpdateUserAttributesRequest.ClientMetadataEntry\x1a\x35\n\x13\x43lientMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\tViolation\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x1b\n\x13\x63lient_metadata_key\x18\x06 \x01(\t\"\xba\x02\n\x08\x44\x65\x63ision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12*\n\nviolations\x18\x02 \x03(\x0b\x32\x16.attrgate.v1.Violation\x12\x18\n\x10matched_policies\x18\x03 \x03(\t\x12*\n\nwould_deny\x18\x04 \x03(\x0b\x32\x16.attrgate.v1.Violation\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x11\n\tdenied_by\x18\x07 \x01(\t\x12\'\n\x03sms\x18\x08 \x01(\x0b\x32\x1a.attrgate.v1.SmsAssessment\x12\x31\n\tcandidate\x18\t \x01(\x0b\x32\x1e.attrgate.v1.CandidateDecision\x12\x0e\n\x06shadow\x18\n \x01(\x08\"i\n\x11\x43\x61ndidateDecision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12*\n\nviolations\x18\x02 \x03(\x0b\x32\x16.attrgate.v1.Violation\x12\x17\n\x0fpolicy_revision\x18\x03 \x01(\t\"X\n\nSmsRefusal\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x18\n\x10retry_at_unix_ms\x18\x04 \x01(\x03\"\x90\x01\n\rSmsAssessment\x12\x14\n\x0ctriggers_sms\x18\x01 \x01(\x08\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12)\n\x08refusals\x18\x03 \x03(\x0b\x32\x17.attrgate.v1.SmsRefusal\x12-\n\x0cwould_refuse\x18\x04 \x03(\x0b\x32\x17.attrgate.v1.SmsRefusal\"\x81\x01\n\x1cUpdateUserAttributesResponse\x12\'\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x15.attrgate.v1.Decision\x12\x1a\n\x12\x63ognito_request_id\x18\x02 \x01(\t\x12\x1c\n\x14pending_verification\x18\x03 \x03(\t\"\x0f\n\rStatusRequest\"\x9c\x02\n\x0fPolicySetStatus\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x66ollows\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x19\n\x11loaded_at_unix_ms\x18\x04 \x01(\x03\x12\x11\n\tdocuments\x18\x05 \x01(\x05\x12\x13\n\x0blast_result\x18\x06 \x01(\t\x12\x1c\n\x14last_attempt_unix_ms\x18\x07 \x01(\x03\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\t \x01(\x08\x12\x14\n\x0csource_error\x18\n \x01(\t\x12\"\n\x1asource_error_since_unix_ms\x18\x0b \x01(\x03\x12\x15\n\rsource_errors\x18\x0c \x01(\x05\"\x92\x01\n\x0eStatusResponse\x12.\n\x08policies\x18\x01 \x01(\x0b\x32\x1c.attrgate.v1.PolicySetStatus\x12/\n\tcandidate\x18\x02 \x01(\x0b\x32\x1c.attrgate.v1.PolicySetStatus\x12\x0e\n\x06shadow\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t2\xdb\x01\n\x0eUserAttributes\x12k\n\x14UpdateUserAttributes\x12(.attrgate.v1.UpdateUserAttributesRequest\x1a).attrgate.v1.UpdateUserAttributesResponse\x12\\\n\x19\x43heckUpdateUserAttributes\x12(.attrgate.v1.UpdateUserAttributesRequest\x1a\x15.attrgate.v1.Decision2J\n\x05\x41\x64min\x12\x41\n\x06Status\x12\x1a.attrgate.v1.StatusRequest\x1a\x1b.attrgate.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61ttrgate/v1/attrgate.proto\x12\x0b\x61ttrgate.v1\",\n\rAttributeType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x88\x02\n\x1bUpdateUserAttributesRequest\x12\x14\n\x0cuser_pool_id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x33\n\x0fuser_attributes\x18\x03 \x03(\x0b\x32\x1a.attrgate.v1.AttributeType\x12U\n\x0f\x63lient_metadata\x18\x04 \x03(\x0b\x32<.attrgate.v1.UpdateUserAttributesRequest.ClientMetadataEntry\x1a\x35\n\x13\x43lientMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"{\n\tViolation\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05\x65ntry\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x1b\n\x13\x63lient_metadata_key\x18\x06 \x01(\t\"\xd2\x02\n\x08\x44\x65\x63ision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12*\n\nviolations\x18\x02 \x03(\x0b\x32\x16.attrgate.v1.Violation\x12\x18\n\x10matched_policies\x18\x03 \x03(\t\x12*\n\nwould_deny\x18\x04 \x03(\x0b\x32\x16.attrgate.v1.Violation\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x11\n\tdenied_by\x18\x07 \x01(\t\x12\'\n\x03sms\x18\x08 \x01(\x0b\x32\x1a.attrgate.v1.SmsAssessment\x12\x31\n\tcandidate\x18\t \x01(\x0b\x32\x1e.attrgate.v1.CandidateDecision\x12\x0e\n\x06shadow\x18\n \x01(\x08\x12\x16\n\x0eshadow_allowed\x18\x0b \x01(\x08\"i\n\x11\x43\x61ndidateDecision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12*\n\nviolations\x18\x02 \x03(\x0b\x32\x16.attrgate.v1.Violation\x12\x17\n\x0fpolicy_revision\x18\x03 \x01(\t\"X\n\nSmsRefusal\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x18\n\x10retry_at_unix_ms\x18\x04 \x01(\x03\"\x90\x01\n\rSmsAssessment\x12\x14\n\x0ctriggers_sms\x18\x01 \x01(\x08\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12)\n\x08refusals\x18\x03 \x03(\x0b\x32\x17.attrgate.v1.SmsRefusal\x12-\n\x0cwould_refuse\x18\x04 \x03(\x0b\x32\x17.attrgate.v1.SmsRefusal\"\x81\x01\n\x1cUpdateUserAttributesResponse\x12\'\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x15.attrgate.v1.Decision\x12\x1a\n\x12\x63ognito_request_id\x18\x02 \x01(\t\x12\x1c\n\x14pending_verification\x18\x03 \x03(\t\"\x0f\n\rStatusRequest\"\x9c\x02\n\x0fPolicySetStatus\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07\x66ollows\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x19\n\x11loaded_at_unix_ms\x18\x04 \x01(\x03\x12\x11\n\tdocuments\x18\x05 \x01(\x05\x12\x13\n\x0blast_result\x18\x06 \x01(\t\x12\x1c\n\x14last_attempt_unix_ms\x18\x07 \x01(\x03\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\t \x01(\x08\x12\x14\n\x0csource_error\x18\n \x01(\t\x12\"\n\x1asource_error_since_unix_ms\x18\x0b \x01(\x03\x12\x15\n\rsource_errors\x18\x0c \x01(\x05\"\x92\x01\n\x0eStatusResponse\x12.\n\x08policies\x18\x01 \x01(\x0b\x32\x1c.attrgate.v1.PolicySetStatus\x12/\n\tcandidate\x18\x02 \x01(\x0b\x32\x1c.attrgate.v1.PolicySetStatus\x12\x0e\n\x06shadow\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t2\xdb\x01\n\x0eUserAttributes\x12k\n\x14UpdateUserAttributes\x12(.attrgate.v1.UpdateUserAttributesRequest\x1a).attrgate.v1.UpdateUserAttributesResponse\x12\\\n\x19\x43heckUpdateUserAttributes\x12(.attrgate.v1.UpdateUserAttributesRequest\x1a\x15.attrgate.v1.Decision2J\n\x05\x41\x64min\x12\x41\n\x06Status\x12\x1a.attrgate.v1.StatusRequest\x1a\x1b.attrgate.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VIOLATION']._serialized_start=356
   _globals['_VIOLATION']._serialized_end=479
   _globals['_DECISION']._serialized_start=482
-  _globals['_DECISION']._serialized_end=796
-  _globals['_CANDIDATEDECISION']._serialized_start=798
-  _globals['_CANDIDATEDECISION']._serialized_end=903
-  _globals['_SMSREFUSAL']._serialized_start=905
-  _globals['_SMSREFUSAL']._serialized_end=993
-  _globals['_SMSASSESSMENT']._serialized_start=996
-  _globals['_SMSASSESSMENT']._serialized_end=1140
-  _globals['_UPDATEUSERATTRIBUTESRESPONSE']._serialized_start=1143
-  _globals['_UPDATEUSERATTRIBUTESRESPONSE']._serialized_end=1272
-  _globals['_STATUSREQUEST']._serialized_start=1274
-  _globals['_STATUSREQUEST']._serialized_end=1289
-  _globals['_POLICYSETSTATUS']._serialized_start=1292
-  _globals['_POLICYSETSTATUS']._serialized_end=1576
-  _globals['_STATUSRESPONSE']._serialized_start=1579
-  _globals['_STATUSRESPONSE']._serialized_end=1725
-  _globals['_USERATTRIBUTES']._serialized_start=1728
-  _globals['_USERATTRIBUTES']._serialized_end=1947
-  _globals['_ADMIN']._serialized_start=1949
-  _globals['_ADMIN']._serialized_end=2023
+  _globals['_DECISION']._serialized_end=820
+  _globals['_CANDIDATEDECISION']._serialized_start=822
+  _globals['_CANDIDATEDECISION']._serialized_end=927
+  _globals['_SMSREFUSAL']._serialized_start=929
+  _globals['_SMSREFUSAL']._serialized_end=1017
+  _globals['_SMSASSESSMENT']._serialized_start=1020
+  _globals['_SMSASSESSMENT']._serialized_end=1164
+  _globals['_UPDATEUSERATTRIBUTESRESPONSE']._serialized_start=1167
+  _globals['_UPDATEUSERATTRIBUTESRESPONSE']._serialized_end=1296
+  _globals['_STATUSREQUEST']._serialized_start=1298
+  _globals['_STATUSREQUEST']._serialized_end=1313
+  _globals['_POLICYSETSTATUS']._serialized_start=1316
+  _globals['_POLICYSETSTATUS']._serialized_end=1600
+  _globals['_STATUSRESPONSE']._serialized_start=1603
+  _globals['_STATUSRESPONSE']._serialized_end=1749
+  _globals['_USERATTRIBUTES']._serialized_start=1752
+  _globals['_USERATTRIBUTES']._serialized_end=1971
+  _globals['_ADMIN']._serialized_start=1973
+  _globals['_ADMIN']._serialized_end=2047
 # @@protoc_insertion_point(module_scope)

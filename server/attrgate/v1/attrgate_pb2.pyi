@@ -50,7 +50,7 @@ class Violation(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., policy: _Optional[str] = ..., entry: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., client_metadata_key: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision", "denied_by", "sms", "candidate", "shadow")
+    __slots__ = ("allowed", "violations", "matched_policies", "would_deny", "decision_id", "policy_revision", "denied_by", "sms", "candidate", "shadow", "shadow_allowed")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_POLICIES_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class Decision(_message.Message):
     SMS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     violations: _containers.RepeatedCompositeFieldContainer[Violation]
     matched_policies: _containers.RepeatedScalarFieldContainer[str]
@@ -71,7 +72,8 @@ class Decision(_message.Message):
     sms: SmsAssessment
     candidate: CandidateDecision
     shadow: bool
-    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., matched_policies: _Optional[_Iterable[str]] = ..., would_deny: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., decision_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., denied_by: _Optional[str] = ..., sms: _Optional[_Union[SmsAssessment, _Mapping]] = ..., candidate: _Optional[_Union[CandidateDecision, _Mapping]] = ..., shadow: _Optional[bool] = ...) -> None: ...
+    shadow_allowed: bool
+    def __init__(self, allowed: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., matched_policies: _Optional[_Iterable[str]] = ..., would_deny: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., decision_id: _Optional[str] = ..., policy_revision: _Optional[str] = ..., denied_by: _Optional[str] = ..., sms: _Optional[_Union[SmsAssessment, _Mapping]] = ..., candidate: _Optional[_Union[CandidateDecision, _Mapping]] = ..., shadow: _Optional[bool] = ..., shadow_allowed: _Optional[bool] = ...) -> None: ...
 
 class CandidateDecision(_message.Message):
     __slots__ = ("allowed", "violations", "policy_revision")
