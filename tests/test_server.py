@@ -183,7 +183,7 @@ def test_health_and_reflection(moto: MotoCognito, serve) -> None:
         )
         names = {s.name for a in answers for s in a.list_services_response.service}
     assert "attrgate.v1.UserAttributes" in names
-    # The admin listener serves health only.
+    # The admin listener serves health and status, never the API.
     with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as channel:
         stub = server.stub(channel)
         with pytest.raises(grpc.RpcError) as caught:

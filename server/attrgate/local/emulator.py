@@ -98,14 +98,15 @@ def print_help(local: LocalCognito, host: str, port: int, admin_port: int, out: 
         f"  user pool: {local.pool_id}\n"
         f"  users:     {', '.join(local.users)}\n"
         f"attrgate listening on {target} (plaintext; the caller names itself)"
-        + (f", health on {host}:{admin_port}" if admin_port else "")
+        + (f", health and status on {host}:{admin_port}" if admin_port else "")
         + "\n"
         "try:\n"
         f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
         f"--user {user} given_name=Augusta\n"
         f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
         f"--user {user} custom:role=admin email_verified=true\n"
-        "read a user back (the emulator takes any credentials):\n"
+        + (f"  {program} status --target {host}:{admin_port}\n" if admin_port else "")
+        + "read a user back (the emulator takes any credentials):\n"
         f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --endpoint-url "
         f"{local.endpoint} --region {local.region} cognito-idp admin-get-user "
         f"--user-pool-id {local.pool_id} --username {user}\n",
