@@ -96,7 +96,14 @@ def test_requests_latency_and_cognito_errors_are_counted(
     # Invalid before any policy ran, yet from a caller the policies name: its own label.
     assert total(requests, caller="svc", code="INVALID_ARGUMENT") == 1
     # Alerts on these see 0 before the first event, not "no data".
-    assert total(samples["attrgate_policy_reloads_total"], result="rejected") == 0
+    reloads = samples["attrgate_policy_reloads_total"]
+    assert sorted((labels["set"], labels["result"]) for labels, _ in reloads) == [
+        ("serving", "loaded"),
+        ("serving", "rejected"),
+        ("serving", "unavailable"),
+        ("serving", "unchanged"),
+    ]
+    assert total(reloads, result="rejected") == 0
     assert total(samples["attrgate_decision_log_dropped_total"]) == 0
     # A caller no policy names gets no series of its own: labels stay bounded.
     assert total(requests, caller="unmatched", code="PERMISSION_DENIED") == 1

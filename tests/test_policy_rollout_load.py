@@ -2,7 +2,7 @@
 is swapped 100 times while clients keep asking it: valid and invalid revisions, a file truncated
 and then completed in place, the folder deleted and re-created. Every answer must be what the
 revision it names says; no invalid revision may answer; every valid swap serves within a bound
-(the p50/p99 printed are the measurement against the issue's 2 s)."""
+(the p50/p99 are printed; the p99 must be within the issue's 2 s)."""
 
 from __future__ import annotations
 
@@ -172,7 +172,9 @@ def test_a_configmap_swapped_100_times_under_load_serves_each_valid_revision_and
     )
     assert not load.failures, load.failures
     assert not wrong, f"answers no valid revision gives (an invalid or half set served): {wrong}"
-    assert ordered[-1] < BOUND
+    # The issue's goal, asserted on the p99 (the debounce takes 0.3 s of the 2 s); one swap
+    # stalled by a busy machine may take longer, up to BOUND (served() fails past it).
+    assert p99 < GOAL, f"p99 {p99:.2f}s from a ConfigMap swap to serving, over {GOAL:g}s"
     assert all(kinds[kind] for kind in ("broken", "truncated", "recreated")), kinds
     said = err.read_text()
     assert said.count("reload rejected") == kinds["broken"], "a rejection logged more than once"

@@ -170,13 +170,16 @@ def test_shadow_is_in_the_decision_log_metrics_and_status(
     call(server, "UpdateUserAttributes", [("custom:role", MARK)])
     call(server, "UpdateUserAttributes", [("given_name", MARK)])
     call(server, "UpdateUserAttributes", [("custom:unknown", MARK)])
+    call(server, "CheckUpdateUserAttributes", [("given_name", MARK * 5000)])
     log_file = tmp_path / "decisions.jsonl"
-    entries = json_lines(log_file, 3)
+    entries = json_lines(log_file, 4)
     assert MARK not in log_file.read_text()
+    # Every entry, refusals before any decision included.
     assert [(e["outcome"], e.get("shadow"), e.get("denied_by", "")) for e in entries] == [
         ("shadow_allowed", True, ""),
         ("allowed", True, ""),
         ("denied", True, "pool_schema"),
+        ("invalid", True, ""),
     ]
     assert entries[0]["would_deny"] == [
         {
@@ -194,6 +197,7 @@ def test_shadow_is_in_the_decision_log_metrics_and_status(
     assert total(requests, outcome="shadow_allowed", method="UpdateUserAttributes") == 1
     assert total(requests, outcome="allowed") == 1
     assert total(requests, outcome="denied") == 1
+    assert total(requests, outcome="invalid") == 1
     assert [value for _, value in samples["attrgate_shadow_mode"]] == [1.0]
 
     with grpc.insecure_channel(f"127.0.0.1:{server.app.admin_port}") as channel:

@@ -28,6 +28,7 @@ from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
 from attrgate.reloading import PolicyReloader
 from attrgate.rollout.rollout import PolicyRollout
+from attrgate.rollout.status import RELOAD_RESULTS
 from attrgate.shadow import REMIND_EVERY, remind, warn
 from attrgate.tasks import cancel_and_wait
 from attrgate.upstream.cognito import (
@@ -109,6 +110,7 @@ class App:
             metrics.policy_reload,
             lambda fresh: NO_STORE_FOR_GUARDS if fresh.guards and not sms_state.counting else None,
         )
+        metrics.reload_series(rollout.set_names, RELOAD_RESULTS)
         if settings.metrics_listen:
             try:
                 self.metrics_port = metrics.serve(settings.metrics_listen)

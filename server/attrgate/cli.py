@@ -12,12 +12,9 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 import grpc
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from attrgate import __version__
 from attrgate.analyze import add_arguments as add_analyze_arguments
@@ -29,8 +26,6 @@ from attrgate.policy.jsonschema import add_schema_command
 from attrgate.policy.load import load_policy_set
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.policytest.arguments import add_arguments as add_test_arguments
-from attrgate.v1 import attrgate_pb2 as pb
-from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -235,118 +230,11 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pairs(items: Sequence[str], what: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            print(f"attrgate call: {what} {item!r} is not NAME=VALUE", file=sys.stderr)
-            raise SystemExit(EXIT_CONFIG)
-        pairs.append((name, value))
-    return pairs
-
-
 def _call(args: argparse.Namespace) -> int:
-    request = pb.UpdateUserAttributesRequest(
-        user_pool_id=args.pool,
-        username=args.user,
-        user_attributes=[
-            pb.AttributeType(name=n, value=v) for n, v in _pairs(args.attributes, "attribute")
-        ],
-        client_metadata=dict(_pairs(args.metadata, "metadata")),
-    )
-    metadata = ((CALLER_HEADER, args.caller),) if args.caller else ()
+    from attrgate.callcmd import run_call
+
     with _channel(args) as channel:
-        stub = pb_grpc.UserAttributesStub(channel)
-        try:
-            if args.check:
-                decision = stub.CheckUpdateUserAttributes(
-                    request, timeout=args.timeout, metadata=metadata
-                )
-                print_decision(decision, sys.stdout)
-                return EXIT_OK if decision.allowed else EXIT_FAILED
-            response = stub.UpdateUserAttributes(request, timeout=args.timeout, metadata=metadata)
-        except grpc.RpcError as error:
-            print_error(error, sys.stderr)
-            return EXIT_FAILED
-    print(f"OK: updated; cognito_request_id={response.cognito_request_id}")
-    if response.pending_verification:
-        print(
-            "  pending_verification: "
-            f"{', '.join(response.pending_verification)} (held back until the user verifies)"
-        )
-    print_decision(response.decision, sys.stdout)
-    return EXIT_OK
-
-
-def print_decision(decision: pb.Decision, out: TextIO) -> None:
-    print(f"decision: {'ALLOWED' if decision.allowed else 'DENIED'}", file=out)
-    print(f"  decision_id: {decision.decision_id}", file=out)
-    print(f"  policy_revision: {decision.policy_revision}", file=out)
-    print(f"  matched_policies: {', '.join(decision.matched_policies) or '-'}", file=out)
-    if decision.denied_by:
-        print(f"  denied_by: {decision.denied_by}", file=out)
-    if decision.HasField("sms"):
-        sms = decision.sms
-        triggers = "triggers an SMS" if sms.triggers_sms else "no SMS"
-        print(f"  sms: {triggers}, destination {sms.country or '-'}", file=out)
-        for title, refusals in (("refused by", sms.refusals), ("would refuse", sms.would_refuse)):
-            for r in refusals:
-                print(f"    {title} SmsGuard {r.guard} {r.rule}: {r.description}", file=out)
-    if decision.shadow:
-        waived = "; the policies deny this request" if decision.shadow_allowed else ""
-        print(f"  shadow: true (policies not enforced{waived})", file=out)
-    for title, items in (("violations", decision.violations), ("would_deny", decision.would_deny)):
-        _print_violations(title, items, out)
-    if decision.HasField("candidate"):
-        candidate = decision.candidate
-        verdict = "ALLOWED" if candidate.allowed else "DENIED"
-        print(f"  candidate: {verdict} (revision {candidate.policy_revision})", file=out)
-        _print_violations("violations", candidate.violations, out, "    ")
-
-
-def _print_violations(
-    title: str, items: Sequence[pb.Violation], out: TextIO, indent: str = "  "
-) -> None:
-    if not items:
-        return
-    print(f"{indent}{title}:", file=out)
-    for v in items:
-        where = f" [{v.policy} {v.entry}]" if v.policy else ""
-        subject = v.attribute or (
-            f"client_metadata.{v.client_metadata_key}" if v.client_metadata_key else "(request)"
-        )
-        print(f"{indent}  - {subject}: {v.reason}{where}: {v.message}", file=out)
-
-
-def print_error(error: grpc.RpcError, out: TextIO) -> None:
-    code = error.code()
-    print(f"ERROR {code.name}: {error.details()}", file=out)
-    status = rpc_status.from_call(error)
-    if status is None:
-        return
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            print(f"  reason: {info.reason} (domain {info.domain})", file=out)
-            for key in sorted(info.metadata):
-                print(f"  {key}: {info.metadata[key]}", file=out)
-        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            quota = error_details_pb2.QuotaFailure()
-            detail.Unpack(quota)
-            for violation in quota.violations:
-                print(f"  quota: {violation.subject}: {violation.description}", file=out)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            print(f"  retry after: {retry.retry_delay.seconds}s", file=out)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            print("  field violations:", file=out)
-            for violation in bad.field_violations:
-                print(f"    - {violation.field}: {violation.description}", file=out)
+        return run_call(args, channel)
 
 
 def _sms_usage(args: argparse.Namespace) -> int:

@@ -129,9 +129,8 @@ class Metrics:
         self._server: Any = None
         self._serving: Callable[[], PolicySet] = lambda: EMPTY_POLICY_SET
         self._candidate: Callable[[], PolicySet | None] = lambda: None
-        # Series an alert watches exist from the start, at zero.
-        for result in ("loaded", "rejected"):
-            self._reloads.add(0, {"result": result})
+        # Series an alert watches exist from the start, at zero (the reloads' once the sets are
+        # known: reload_series).
         self._dropped.add(0)
         for operation in ("DescribeUserPool", "AdminGetUser"):
             for answer in (Answer.STALE, Answer.LIMITED):
@@ -185,6 +184,14 @@ class Metrics:
 
     def metadata_lookup(self, operation: str, answer: str) -> None:
         self._lookups.add(1, {"operation": operation, "answer": answer})
+
+    def reload_series(self, policy_sets: Iterable[str], results: Iterable[str]) -> None:
+        """attrgate_policy_reloads_total at zero for every set and result: an alert on
+        rejected or unavailable reloads needs the series before the first one."""
+        results = tuple(results)
+        for policy_set in policy_sets:
+            for result in results:
+                self._reloads.add(0, {"result": result, "set": policy_set})
 
     def policy_reload(self, result: str, policy_set: str = "serving") -> None:
         """`policy_set`: "serving" or "candidate"."""

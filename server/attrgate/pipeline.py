@@ -156,6 +156,11 @@ class Pipeline:
         # A serve-time mode: the offline pipelines (test, explain) never set it.
         self._shadow = shadow
 
+    @property
+    def shadow(self) -> bool:
+        """serve --shadow: policy denials are forwarded."""
+        return self._shadow
+
     async def check(
         self, caller: Caller, request: UpdateRequest, trace: Trace | None = None
     ) -> Invalid | Unavailable | LookupLimited | Decision:

@@ -24,7 +24,7 @@ _FOLLOWS = {
 
 
 def fetch_status(channel: grpc.Channel, timeout: float) -> pb.StatusResponse:
-    stub = pb_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+    stub = pb_grpc.AdminStub(channel)
     reply: pb.StatusResponse = stub.Status(pb.StatusRequest(), timeout=timeout)
     return reply
 

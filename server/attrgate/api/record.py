@@ -41,13 +41,17 @@ def _refusal(r: SmsRefusal) -> dict[str, Any]:
 class DecisionRecord:
     __slots__ = ("_hash", "_started", "entry")
 
-    def __init__(self, method: str, username_hash: UsernameHash | None) -> None:
+    def __init__(
+        self, method: str, username_hash: UsernameHash | None, shadow: bool = False
+    ) -> None:
         self._started = time.perf_counter()
         self._hash = username_hash
         self.entry: dict[str, Any] = {
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
             "method": method,
         }
+        if shadow:  # serve --shadow: on every entry, refusals before any decision included
+            self.entry["shadow"] = True
 
     def caller(self, caller: Caller) -> None:
         self.entry["caller"] = caller.name

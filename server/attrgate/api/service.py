@@ -124,7 +124,7 @@ class UserAttributesService:
     async def UpdateUserAttributes(
         self, request: Request, context: Context
     ) -> pb.UpdateUserAttributesResponse:
-        record = DecisionRecord("UpdateUserAttributes", self._username_hash)
+        record = DecisionRecord("UpdateUserAttributes", self._username_hash, self._pipeline.shadow)
         admitted = self._admission.enter()
 
         async def handle() -> pb.UpdateUserAttributesResponse:
@@ -179,7 +179,9 @@ class UserAttributesService:
                 self._admission.leave()
 
     async def CheckUpdateUserAttributes(self, request: Request, context: Context) -> pb.Decision:
-        record = DecisionRecord("CheckUpdateUserAttributes", self._username_hash)
+        record = DecisionRecord(
+            "CheckUpdateUserAttributes", self._username_hash, self._pipeline.shadow
+        )
         admitted = self._admission.enter()
 
         async def handle() -> pb.Decision:

@@ -132,6 +132,11 @@ class PolicyRollout:
         for reloader in self.reloaders:
             self._spawn(follow_changes(reloader, self.settings))
 
+    @property
+    def set_names(self) -> tuple[str, ...]:
+        """The sets this server follows, as attrgate_policy_reloads_total{set} names them."""
+        return ("serving", "candidate") if self.candidate_source is not None else ("serving",)
+
     def server_status(self) -> ServerStatus:
         return ServerStatus(self.status, self.candidate_status, self.settings.shadow)
 

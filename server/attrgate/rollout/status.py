@@ -15,6 +15,7 @@ SIGHUP = "sighup"  # only SIGHUP
 # (a watcher's event, a poll) that found the revision serving; "unavailable" when the source
 # could not be read at all (S3 unreachable, denying, missing the object).
 LOADED, REJECTED, UNCHANGED, UNAVAILABLE = "loaded", "rejected", "unchanged", "unavailable"
+RELOAD_RESULTS = (LOADED, REJECTED, UNCHANGED, UNAVAILABLE)
 
 
 @dataclass
