@@ -437,3 +437,25 @@ def test_a_bundle_this_server_refuses_stays_refused_while_it_is_in_the_bucket(
     found = status(server).policies
     assert (found.last_result, found.revision) == ("rejected", serving)
     assert "counting store" in found.last_error
+
+
+def test_a_candidate_not_in_s3_yet_does_not_stop_the_server(
+    env: S3,
+    keys: Keys,
+    bundle: Callable[..., bytes],
+    start: Callable[..., RunningServer],
+    tmp_path: Path,
+) -> None:
+    server = start(
+        policies=str(policy_folder(tmp_path / "serving", GIVEN)),
+        candidate_policies=url("next.tar.gz"),
+        bundle_public_key=str(keys.public),
+    )
+    assert decide(server, "given_name").allowed
+    found = status(server).candidate
+    assert "NoSuchKey (HTTP 404)" in found.source_error
+    assert found.revision == ""
+    upload(env, "next.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+    wait_for(lambda: status(server).candidate.revision != "", "the candidate to load", 30)
+    assert decide(server, "family_name").candidate.allowed
+    assert not decide(server, "family_name").allowed  # the candidate never decides
