@@ -9,17 +9,11 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from attrgate.config import ConfigError, Settings
+from attrgate.config import S3_PREFIX, ConfigError, Settings
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, SourceLoader
-from attrgate.rollout.source import (
-    S3_PREFIX,
-    LocalSource,
-    PolicySource,
-    SourceUnavailable,
-    open_source,
-)
+from attrgate.rollout.source import LocalSource, PolicySource, SourceUnavailable, open_source
 from attrgate.rollout.status import REJECTED, UNAVAILABLE, ServerStatus, SetStatus
 from attrgate.tasks import cancel_and_wait
 

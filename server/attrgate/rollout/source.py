@@ -7,12 +7,10 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
-from attrgate.config import ConfigError, Settings
+from attrgate.config import S3_PREFIX, ConfigError, Settings
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.loading import load_policies
 from attrgate.rollout.status import SIGHUP, WATCH
-
-S3_PREFIX = "s3://"
 
 
 class SourceUnavailable(ConfigError):
