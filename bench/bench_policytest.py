@@ -23,10 +23,10 @@ from attrgate.cli import main
 from attrgate.offline import decide as decide_offline
 from attrgate.offline import offline_pipeline
 from attrgate.policy.engine import evaluate
+from attrgate.policy.loading import gc_paused
 from attrgate.policytest.coverage import Coverage
 from attrgate.policytest.run import run_suites
 from attrgate.policytest.suites import load_workspace
-from attrgate.reloading import gc_paused
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = 10_000

@@ -6,6 +6,7 @@ start unless --policies-fallback names a local set."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Any
 import grpc
 import pytest
 
+from attrgate.reloading import RELOAD_TIMEOUT
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer, settings_for
 from support.bundles import build, policy_folder, write_keys
 from support.moto_cognito import REGION, MotoCognito, allow_only, free_port
+from support.policies import sms_guard
 from support.prometheus import metrics_text, samples_of, total
 from support.relay import Relay
 from support.rpc import as_caller, attrs_request
@@ -357,3 +360,102 @@ def test_a_poll_downloads_only_when_the_etag_changed(env: S3) -> None:
     assert again.body == b"second"
     with pytest.raises(ConfigError, match="over the 3 a bundle may have"):
         s3_object.fetch(None, 3)
+
+
+def test_a_load_given_up_for_its_time_is_fetched_again_and_then_serves(
+    env: S3,
+    keys: Keys,
+    bundle: Callable[..., bytes],
+    start: Callable[..., RunningServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """S3 stalls while a new bundle is fetched: the poll gives up at the reload timeout, the
+    polls while that load still runs say so once, and the ETag of what never served is not
+    kept: a later poll downloads it again."""
+    server, _ = serve_bundle(start, env, "slow.tar.gz", bundle(GIVEN, keys.private), keys.public)
+    assert server.app.reloader is not None
+    server.app.reloader.timeout = 0.5
+    env.relay.hold()
+    try:
+        upload(env, "slow.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+        with caplog.at_level(logging.ERROR, logger="attrgate"):
+            wait_for(
+                lambda: "took longer than 0.5s" in status(server).policies.last_error,
+                "a poll to give up",
+                30,
+            )
+            time.sleep(3)  # polls every 0.3 s meet the load still running
+    finally:
+        env.relay.release()  # the load given up now ends, in its thread
+    server.app.reloader.timeout = 30
+    wait_for(lambda: decide(server, "family_name").allowed, "the new bundle to serve", 30)
+    assert status(server).policies.last_result in ("loaded", "unchanged")
+    running = [r.getMessage() for r in caplog.records if "still running" in r.getMessage()]
+    assert len(running) == 1, running  # logged once, however long it runs
+
+
+def test_one_deadline_bounds_the_whole_fetch(env: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 accepts the connection and then stalls: the fetch gives up at its deadline, counted
+    from before the request (not per read, not per attempt), as S3 unavailable."""
+    from attrgate.rollout import s3 as s3_module
+    from attrgate.rollout.source import SourceUnavailable
+
+    monkeypatch.setattr(s3_module, "FETCH_DEADLINE", 1.0, raising=False)
+    upload(env, "stall", b"x" * 1000)
+    s3_object = s3_module.S3Object(url("stall"), REGION)
+    env.relay.hold()
+    try:
+        began = time.monotonic()
+        with pytest.raises(SourceUnavailable, match="did not answer in full within 1s"):
+            s3_object.fetch(None, 1 << 20)
+        took = time.monotonic() - began
+    finally:
+        env.relay.release()
+    assert took < 5, took
+    assert s3_module.FETCH_DEADLINE < RELOAD_TIMEOUT
+
+
+def test_a_bundle_this_server_refuses_stays_refused_while_it_is_in_the_bucket(
+    env: S3, keys: Keys, bundle: Callable[..., bytes], start: Callable[..., RunningServer]
+) -> None:
+    """A valid bundle with an SmsGuard on a server without a counting store: refused by the
+    server, not by the bundle's checks, and still reported refused by every next poll (304)."""
+    server, metrics = serve_bundle(
+        start, env, "guards.tar.gz", bundle(GIVEN, keys.private), keys.public
+    )
+    serving = status(server).policies.revision
+    guarded = bundle(GIVEN_AND_FAMILY + "\n" + sms_guard("countries: {allow: [GB]}"), keys.private)
+    upload(env, "guards.tar.gz", guarded)
+    wait_for(lambda: "counting store" in status(server).policies.last_error, "the refusal", 30)
+
+    def rejected() -> float:
+        reloads = samples_of(metrics_text(metrics))["attrgate_policy_reloads_total"]
+        return total(reloads, set="serving", result="rejected")
+
+    first = rejected()
+    wait_for(lambda: rejected() >= first + 3, "three more polls", 30)
+    found = status(server).policies
+    assert (found.last_result, found.revision) == ("rejected", serving)
+    assert "counting store" in found.last_error
+
+
+def test_a_candidate_not_in_s3_yet_does_not_stop_the_server(
+    env: S3,
+    keys: Keys,
+    bundle: Callable[..., bytes],
+    start: Callable[..., RunningServer],
+    tmp_path: Path,
+) -> None:
+    server = start(
+        policies=str(policy_folder(tmp_path / "serving", GIVEN)),
+        candidate_policies=url("next.tar.gz"),
+        bundle_public_key=str(keys.public),
+    )
+    assert decide(server, "given_name").allowed
+    found = status(server).candidate
+    assert "NoSuchKey (HTTP 404)" in found.source_error
+    assert found.revision == ""
+    upload(env, "next.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+    wait_for(lambda: status(server).candidate.revision != "", "the candidate to load", 30)
+    assert decide(server, "family_name").candidate.allowed
+    assert not decide(server, "family_name").allowed  # the candidate never decides

@@ -44,6 +44,7 @@ _SAMPLES = {
     "str | None": ("from-flag", "from-env"),
     "int": ("7", "9"),
     "float": ("1.5", "2.5"),
+    "float | None": ("1.5", "2.5"),
 }
 
 
@@ -64,7 +65,7 @@ def test_every_field_has_a_flag_and_a_variable_and_the_flag_wins(
     from_flag = getattr(settings([flag, flag_value], {variable: env_value}), item.name)
     default = getattr(settings([]), item.name)
 
-    convert = {"int": int, "float": float}.get(str(item.type), str)
+    convert = {"int": int, "float": float, "float | None": float}.get(str(item.type), str)
     assert from_env == convert(env_value)
     assert from_flag == convert(flag_value)
     assert default == item.default
@@ -385,3 +386,36 @@ def test_redis_cluster_needs_a_redis_url() -> None:
     namespace = _parser().parse_args(["serve", "--policies", "p", "--insecure", "--redis-cluster"])
     with pytest.raises(ConfigError, match="--redis-cluster needs --redis-url"):
         check(settings_from(namespace, {"AWS_REGION": "us-east-1"}))
+
+
+BASE = ["--insecure", "--region", "us-east-1"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--policies", "p", "--bundle-public-key", "k.pub"],
+            "--bundle-public-key is for an s3://",
+        ),
+        (["--policies", "p", "--allow-unsigned-bundles"], "--allow-unsigned-bundles is for an s3"),
+        (["--policies", "p", "--policy-poll", "5"], "--policy-poll is for an s3://"),
+        (["--policies", "s3://b/k", "--no-policy-watch"], "--policy-watch/--no-policy-watch is"),
+        (["--policies", "s3://b/k", "--policy-watch"], "an s3:// bundle is polled"),
+    ],
+)
+def test_a_flag_for_a_source_that_is_not_there_is_refused(argv: list[str], expected: str) -> None:
+    assert expected in refusal([*BASE, *argv])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--policies", "p", "--candidate-policies", "s3://b/k", "--policy-poll", "5"],
+        ["--policies", "s3://b/k", "--candidate-policies", "p", "--no-policy-watch"],
+        ["--policies", "s3://b/k", "--bundle-public-key", "k.pub", "--policy-poll", "5"],
+        ["--policies", "p", "--no-policy-watch"],
+    ],
+)
+def test_a_flag_for_a_source_that_is_there_passes(argv: list[str]) -> None:
+    check(settings([*BASE, *argv]))

@@ -240,7 +240,7 @@ def _call(args: argparse.Namespace) -> int:
 def _sms_usage(args: argparse.Namespace) -> int:
     from attrgate.guards.counting import wall_clock_ms
     from attrgate.guards.usage import usage_report
-    from attrgate.reloading import load_policies
+    from attrgate.policy.loading import load_policies
     from attrgate.store.base import Store, StoreUnavailable
     from attrgate.store.redis import RedisStore
     from attrgate.store.sqlite import SqliteStore

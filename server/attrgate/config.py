@@ -18,6 +18,8 @@ from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.store.base import DEFAULT_TIMEOUT
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_POLL = 30.0
+S3_PREFIX = "s3://"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -32,7 +34,7 @@ class Settings:
     policy_max_bytes: int = DEFAULT_MAX_BYTES
     policy_watch: bool | None = None  # None: on for a local path, off for s3:// (polled)
     policy_debounce: float = 1.0
-    policy_poll: float = 30.0
+    policy_poll: float | None = None  # None: DEFAULT_POLL, for an s3:// source only
     bundle_public_key: str | None = None
     allow_unsigned_bundles: bool = False
     policies_fallback: str | None = None
@@ -220,7 +222,7 @@ def _convert(kind: object, source: str, raw: Any) -> Any:
             return _parse_bool(source, text)
         if kind in ("int", int):
             return int(text)
-        if kind in ("float", float):
+        if kind in ("float", float, "float | None"):
             return float(text)
     except ValueError:
         raise ConfigError(f"{source}={text!r} is not a valid {kind}") from None
@@ -243,6 +245,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _check_source_flags(settings: Settings) -> None:
+    """A flag for a kind of policy source that no --policies/--candidate-policies is: refused,
+    not silently ignored."""
+    sources = [p for p in (settings.policies, settings.candidate_policies) if p]
+    s3 = any(p.startswith(S3_PREFIX) for p in sources)
+    local = any(not p.startswith(S3_PREFIX) for p in sources)
+    if not s3:
+        for name, given in (
+            ("--bundle-public-key", settings.bundle_public_key),
+            ("--allow-unsigned-bundles", settings.allow_unsigned_bundles),
+            ("--policy-poll", settings.policy_poll is not None),
+        ):
+            if given:
+                raise ConfigError(f"{name} is for an s3:// policy bundle, and no source is one")
+    if not local and settings.policy_watch is not None:
+        raise ConfigError(
+            "--policy-watch/--no-policy-watch is for a local policy file or folder; an s3:// "
+            "bundle is polled (--policy-poll)"
+        )
+
+
 def check(settings: Settings) -> None:
     """Raise ConfigError with the first reason the server must not start."""
     if not settings.policies:
@@ -251,9 +274,12 @@ def check(settings: Settings) -> None:
         raise ConfigError("--policy-max-bytes must be at least 1024")
     for name in ("policy_debounce", "policy_poll"):
         value = getattr(settings, name)
+        if value is None:
+            continue
         if not math.isfinite(value) or value <= 0 or value > 3600:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} must be a number of seconds above 0 and at most 3600")
+    _check_source_flags(settings)
     if settings.policies_fallback and not settings.policies.startswith("s3://"):
         raise ConfigError("--policies-fallback is for an s3:// --policies bundle")
     if settings.policies_fallback and settings.policies_fallback.startswith("s3://"):

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from attrgate.config import ConfigError
-from attrgate.policy.compile import PolicySet, load_and_compile
-from attrgate.policy.load import LoadResult
-from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
-from attrgate.rollout.source import PolicySource, SourceUnavailable
+from attrgate.policy.compile import PolicySet
+from attrgate.rollout.source import Loaded, PolicySource, Refused, SourceUnavailable
 from attrgate.rollout.status import LOADED, REJECTED, UNAVAILABLE, UNCHANGED, SetStatus
 from attrgate.tasks import cancel_and_wait
 
@@ -25,51 +22,17 @@ log = logging.getLogger("attrgate")
 RELOAD_TIMEOUT = 30.0
 
 
-def load_policies(
-    path: str, max_bytes: int = DEFAULT_MAX_BYTES, pause_gc: bool = False
-) -> PolicySet:
-    """Load one consistent snapshot and compile it, or raise ConfigError with the first error in
-    one line. `pause_gc`: only before the server serves (the switch is process-wide)."""
-    # Loading builds many small objects and collects none: the cyclic GC's passes would only
-    # add time (a 2 MiB set: ~2x).
-    with gc_paused() if pause_gc else contextlib.nullcontext():
-        loaded = load_and_compile(path, max_bytes)
-    return compiled_or_refused(loaded, f"attrgate check {path}")
-
-
-def compiled_or_refused(loaded: tuple[LoadResult, PolicySet | None], command: str) -> PolicySet:
-    """The compiled set, or ConfigError with the load's first error in one line (and the
-    `command` that lists them all)."""
-    result, policy_set = loaded
-    if policy_set is None:
-        more = len(result.errors) - 1
-        suffix = f" (and {more} more; run `{command}`)" if more else ""
-        raise ConfigError(f"invalid policy set: {result.errors[0]}{suffix}")
-    return policy_set
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 class _Load:
     """One load in a daemon thread of its own: a load that overruns (a hung network file
     system, a stalled download) cannot be stopped, but it holds no thread of the event loop's
     executor, keeps nobody from exiting, and is known to be still running."""
 
-    def __init__(self, work: Callable[[], PolicySet | None]) -> None:
+    def __init__(self, work: Callable[[], Loaded]) -> None:
         loop = asyncio.get_running_loop()
-        self.result: asyncio.Future[PolicySet | None] = loop.create_future()
-        self.started = time.monotonic()
+        self.result: asyncio.Future[Loaded] = loop.create_future()
+        self.started = time.time()
 
-        def settle(outcome: PolicySet | BaseException | None) -> None:
+        def settle(outcome: Loaded | BaseException) -> None:
             if self.result.done():
                 return
             if isinstance(outcome, BaseException):
@@ -78,7 +41,7 @@ class _Load:
                 self.result.set_result(outcome)
 
         def run() -> None:
-            outcome: PolicySet | BaseException | None
+            outcome: Loaded | BaseException
             try:
                 outcome = work()
             except BaseException as exc:  # handed to the awaiting side
@@ -93,45 +56,76 @@ class _Load:
         self.thread.start()
 
 
-async def load_bounded(
-    source: PolicySource, max_bytes: int, seconds: float, pause_gc: bool = False
-) -> PolicySet:
-    """The start-up load: `source` loaded in a thread of its own, waited for at most `seconds`
-    (ConfigError past it)."""
-    load = _Load(lambda: source.load(max_bytes, pause_gc, force=True))
-    fresh = await _wait(load, source.source, seconds)
-    if fresh is None:  # a source may only say "unchanged" when not forced
-        raise ConfigError(f"{source.source} gave no policy set")
-    return fresh
+class SourceLoader:
+    """The loads of one source, one at a time: at start and on every reload after it. A load that
+    overran its time goes on in its thread; until it ends, no other load of that source begins
+    (the source's state is never read or written by two loads at once)."""
 
+    def __init__(self, source: PolicySource, max_bytes: int) -> None:
+        self.source = source
+        self._max_bytes = max_bytes
+        self.running: _Load | None = None  # the last load begun; it may still run
 
-async def _wait(load: _Load, what: str, seconds: float) -> PolicySet | None:
-    try:
-        return await asyncio.wait_for(asyncio.shield(load.result), seconds)
-    except TimeoutError:
-        raise ConfigError(f"loading {what} took longer than {seconds:g}s") from None
+    def busy(self) -> _Load | None:
+        """The load still running, if any."""
+        if self.running is not None and not self.running.finished.is_set():
+            return self.running
+        return None
+
+    async def load(self, force: bool, seconds: float, pause_gc: bool = False) -> Loaded:
+        """The source loaded in a thread of its own, waited for at most `seconds` (ConfigError
+        past it; the thread goes on, and the source commits nothing of it). ConfigError at once
+        while an earlier load still runs."""
+        source, max_bytes = self.source, self._max_bytes
+        running = self.busy()
+        if running is not None:
+            # No number that changes from one attempt to the next: the reloader logs a message
+            # once until it changes.
+            began = time.strftime("%H:%M:%S", time.localtime(running.started))
+            raise ConfigError(
+                f"the previous load of {source.source} (begun at {began}) is still running; "
+                "this reload runs when it ends"
+            )
+        self.running = _Load(lambda: source.load(max_bytes, pause_gc, force))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.running.result), seconds)
+        except TimeoutError:
+            raise ConfigError(f"loading {source.source} took longer than {seconds:g}s") from None
+
+    async def load_set(self, seconds: float, pause_gc: bool = False) -> PolicySet:
+        """The start-up load: forced, settled as soon as it loads (nothing serves yet to compare
+        it with); Refused is settled by the caller once it has decided what serves."""
+        try:
+            loaded = await self.load(True, seconds, pause_gc)
+        except Refused as exc:
+            self.source.settle(exc.version, str(exc))
+            raise
+        if loaded.policy_set is None:  # a source may only say "unchanged" when not forced
+            raise ConfigError(f"{self.source.source} gave no policy set")
+        self.source.settle(loaded.version)
+        return loaded.policy_set
 
 
 class PolicyReloader:
-    """Reloads of one policy set (the serving one, or the candidate) run one at a time.
-    `install` swaps a loaded set in; `current` is the set serving now; `counted` is told
-    LOADED, REJECTED or UNCHANGED; `refuse` says why a loaded set cannot serve here (e.g.
-    SmsGuards on a server started without a counting store), or None."""
+    """Reloads of one policy set (the serving one, or the candidate) run one at a time, through
+    the set's SourceLoader. `install` swaps a loaded set in; `current` is the set serving now
+    (None: a candidate that has not loaded yet); `counted` is told LOADED, REJECTED, UNCHANGED or
+    UNAVAILABLE; `refuse` says why a loaded set cannot serve here (e.g. SmsGuards on a server
+    started without a counting store), or None."""
 
     def __init__(
         self,
-        source: PolicySource,
-        max_bytes: int,
+        loader: SourceLoader,
         install: Callable[[PolicySet], None],
-        current: Callable[[], PolicySet],
+        current: Callable[[], PolicySet | None],
         counted: Callable[[str], None],
         refuse: Callable[[PolicySet], str | None],
         status: SetStatus,
         name: str = "policies",
         timeout: float = RELOAD_TIMEOUT,
     ) -> None:
-        self.source = source
-        self._max_bytes = max_bytes
+        self.loader = loader
+        self.source = loader.source
         self._install = install
         self._current = current
         self._counted = counted
@@ -140,7 +134,6 @@ class PolicyReloader:
         self._name = name  # "policies" or "candidate policies", in log lines
         self.timeout = timeout
         self._lock = asyncio.Lock()
-        self._load: _Load | None = None
         self._again = False  # a reload was asked for while an overrunning load still ran
         self._later: set[asyncio.Task[bool]] = set()
         self._logged_error = ""  # the last rejection logged: the same one is not logged again
@@ -155,41 +148,41 @@ class PolicyReloader:
         source = self.source
         async with self._lock:
             serving = self._current()
+            was = serving.revision if serving is not None else "none"
             try:
                 # Off the event loop, in a thread of its own; the snapshot reader opens nothing
                 # that blocks and reads at most --policy-max-bytes, but a hung file system can
                 # still hold it: then this reload is rejected, and so is every next one until
                 # that thread has ended (no pile of stuck threads).
-                if self._load is not None and not self._load.finished.is_set():
+                running = self.loader.busy()
+                if running is not None and not self._again:
                     # Not lost: the set may have changed since that load began, so one more
                     # reload runs as soon as it ends.
                     self._again = True
-                    running = time.monotonic() - self._load.started
-                    raise ConfigError(
-                        f"the previous load of {source.source} is still running "
-                        f"({running:.0f}s); this reload runs when it ends"
-                    )
-                max_bytes = self._max_bytes
-                self._load = _Load(lambda: source.load(max_bytes, False, force))
-                self._load.result.add_done_callback(self._after_load)
-                fresh = await _wait(self._load, source.source, self.timeout)
-                # While --policies-fallback serves, the source's first set swaps in even when
-                # its revision is the fallback's: what serves is then the source's.
-                same = fresh is not None and fresh.revision == serving.revision
-                if fresh is None or (not force and same and not self.status.fallback):
+                    running.result.add_done_callback(self._after_load)
+                loaded = await self.loader.load(force, self.timeout)
+                fresh = loaded.policy_set
+                # While --policies-fallback serves, or before a candidate has loaded, the
+                # source's first set swaps in even when its revision is the one serving.
+                first = serving is None or self.status.fallback
+                same = fresh is not None and serving is not None and fresh.revision == was
+                if fresh is None or (not force and same and not first):
+                    source.settle(loaded.version)
                     self._attempted(UNCHANGED)
                     self._logged_error = ""  # the set came back: its next error is news
                     if fresh is not None:
                         self._counted(UNCHANGED)
-                    log.debug("%s unchanged: revision %s", self._name, serving.revision)
+                    log.debug("%s unchanged: revision %s", self._name, was)
                     return False
                 refusal = self._refuse(fresh)
                 if refusal:
-                    raise ConfigError(refusal)
+                    raise Refused(refusal, loaded.version)
             except SourceUnavailable as exc:
-                self._unavailable(str(exc), serving.revision, force)
+                self._unavailable(str(exc), was, force)
                 return False
             except Exception as exc:  # whatever the files hold, the server keeps serving
+                if isinstance(exc, Refused):  # remembered for that version, not read again
+                    source.settle(exc.version, str(exc))
                 self._counted(REJECTED)
                 message = str(exc)
                 self._attempted(REJECTED, message)
@@ -198,13 +191,14 @@ class PolicyReloader:
                     log.error(
                         "%s reload rejected; still serving revision %s: %s",
                         "policy" if self._name == "policies" else self._name,
-                        serving.revision,
+                        was,
                         message,
                         # A ConfigError says all; anything else is a bug worth its traceback.
                         exc_info=not isinstance(exc, ConfigError),
                     )
                 return False
             self._install(fresh)
+            source.settle(loaded.version)
             self._logged_error = ""
             self._counted(LOADED)
             self._attempted(LOADED)
@@ -214,7 +208,7 @@ class PolicyReloader:
                 self._name,
                 fresh.revision,
                 fresh.size,
-                serving.revision,
+                was,
             )
             return True
 

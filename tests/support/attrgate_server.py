@@ -80,4 +80,8 @@ def settings_for(**overrides: Any) -> Settings:
         # same writes beside them would count twice. Tests of the watcher turn it on.
         policy_watch=False,
     )
-    return replace(base, **overrides)
+    settings = replace(base, **overrides)
+    sources = [p for p in (settings.policies, settings.candidate_policies) if p]
+    if "policy_watch" not in overrides and all(p.startswith("s3://") for p in sources):
+        settings = replace(settings, policy_watch=None)  # polled: the flag would be refused
+    return settings

@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from attrgate.reloading import load_policies
+from attrgate.policy.loading import load_policies
 
 DATA = "..data"
 _serial = itertools.count()

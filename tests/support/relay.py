@@ -1,6 +1,7 @@
 """A TCP relay on a fixed loopback port to another one, that can be cut (the port refuses
-connections, open ones are dropped) and restored: a dependency unreachable for a while, then
-back with its state, as no restart of an emulator can give."""
+connections, open ones are dropped) and restored, or held (connections open, no byte through)
+and released: a dependency unreachable or stalled for a while, then back with its state, as no
+restart of an emulator can give."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class Relay:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
+        self._flowing = threading.Event()  # cleared: bytes wait in the relay (a stalled S3)
+        self._flowing.set()
         self.restore()
 
     @property
@@ -45,6 +48,14 @@ class Relay:
                 connection.close()
             self._open.clear()
 
+    def hold(self) -> None:
+        """Connections stay open, but no byte goes through until `release`: a dependency that
+        accepts and then stalls."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -69,6 +80,7 @@ class Relay:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

@@ -17,11 +17,11 @@ from support.environment import clean_env
 from support.moto_cognito import free_port
 
 
-def serve_command(listen: str, *args: str, watch: bool = False) -> list[str]:
+def serve_command(listen: str, *args: str, watch: bool | None = False) -> list[str]:
     """`attrgate serve` on a plaintext loopback listener (the caller names itself). Not
     watching its policies unless `watch`: tests reload with SIGHUP and count the reloads, which
     a watcher reloading the same writes would double."""
-    follow = "--policy-watch" if watch else "--no-policy-watch"
+    follow = () if watch is None else ("--policy-watch" if watch else "--no-policy-watch",)
     return [
         sys.executable,
         "-m",
@@ -30,7 +30,7 @@ def serve_command(listen: str, *args: str, watch: bool = False) -> list[str]:
         "--insecure",
         "--listen",
         listen,
-        follow,
+        *follow,
         *args,
     ]
 
@@ -54,7 +54,13 @@ def start_serve(
     return subprocess.Popen(
         [
             *limit,
-            *serve_command(f"127.0.0.1:{port}", "--region", "us-east-1", watch=watch),
+            *serve_command(
+                f"127.0.0.1:{port}",
+                "--region",
+                "us-east-1",
+                # An s3:// source is polled: the watch flags would be refused.
+                watch=None if str(policies).startswith("s3://") else watch,
+            ),
             *("--policies", str(policies)),
             *("--pool-metadata-fail-open", "--cognito-endpoint", f"http://127.0.0.1:{free_port()}"),
             *extra,  # a later --cognito-endpoint wins

@@ -17,6 +17,7 @@ from attrgate.bundle.archive import read_archive
 from attrgate.bundle.manifest import Manifest
 from attrgate.bundle.signing import check_signature
 from attrgate.policy.compile import PolicySet, compile_snapshot
+from attrgate.policy.loading import compiled_or_refused, gc_paused
 from attrgate.policy.snapshot import Snapshot, SourceFile, path_order
 
 
@@ -91,8 +92,6 @@ def load_bundle(
     pause_gc: bool = False,
 ) -> tuple[Bundle, PolicySet]:
     """read_bundle, then its files loaded and compiled as `serve` loads a folder."""
-    from attrgate.reloading import compiled_or_refused, gc_paused
-
     bundle = read_bundle(data, name, max_bytes, keys)
     with gc_paused() if pause_gc else contextlib.nullcontext():
         loaded = compile_snapshot(Snapshot(bundle.files, []), name)

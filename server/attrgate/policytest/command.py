@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from attrgate.policy.loading import gc_paused
 from attrgate.policytest.coverage import Coverage
 from attrgate.policytest.expand import Case
 from attrgate.policytest.report import (
@@ -30,7 +31,6 @@ from attrgate.policytest.report import (
 )
 from attrgate.policytest.run import run_suites
 from attrgate.policytest.suites import InvalidFiles, Suite, UsageError, load_workspace
-from attrgate.reloading import gc_paused
 
 EXIT_PASSED = 0
 EXIT_USAGE = 2

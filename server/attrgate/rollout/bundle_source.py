@@ -5,15 +5,21 @@ loaded through the bundle reader `attrgate bundle verify` uses."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from attrgate.bundle.reader import download_limit, load_bundle
 from attrgate.bundle.signing import key_id, load_public_keys
 from attrgate.config import ConfigError, Settings
-from attrgate.policy.compile import PolicySet
 from attrgate.rollout.s3 import S3Object
+from attrgate.rollout.source import Loaded, Refused
 from attrgate.rollout.status import POLL
 
 log = logging.getLogger("attrgate")
+
+
+@dataclass(frozen=True)
+class _Version:
+    etag: str
 
 
 class BundleSource:
@@ -46,25 +52,32 @@ class BundleSource:
                 "(or --allow-unsigned-bundles to serve it unchecked)"
             )
         self._object = S3Object(url, settings.region)
-        # The ETag last fetched and why it was refused ("" when it loaded): a poll that finds
-        # it again (304) repeats the refusal without downloading it again.
-        self._etag: str | None = None
+        # The version last settled (installed, found serving, or refused for what it holds) and
+        # why it was refused ("" when it serves): a poll that finds it again (304) repeats the
+        # refusal without downloading it again. Written only by `settle`, on the event loop,
+        # never by a load (whose result may be given up).
+        self._settled: _Version | None = None
         self._refusal = ""
 
     @property
     def source(self) -> str:
         return self._url
 
-    def load(self, max_bytes: int, pause_gc: bool, force: bool) -> PolicySet | None:
-        fetched = self._object.fetch(None if force else self._etag, download_limit(max_bytes))
+    def load(self, max_bytes: int, pause_gc: bool, force: bool) -> Loaded:
+        settled = self._settled
+        known = None if force or settled is None else settled.etag
+        fetched = self._object.fetch(known, download_limit(max_bytes))
         if fetched is None:
             if self._refusal:
-                raise ConfigError(self._refusal)
-            return None
+                raise Refused(self._refusal, settled)
+            return Loaded(None, settled)
+        version = _Version(fetched.etag)
         try:
             _, policy_set = load_bundle(fetched.body, self._url, max_bytes, self._keys, pause_gc)
         except ConfigError as exc:
-            self._etag, self._refusal = fetched.etag, f"{self._url}: refused: {exc}"
-            raise ConfigError(self._refusal) from None
-        self._etag, self._refusal = fetched.etag, ""
-        return policy_set
+            raise Refused(f"{self._url}: refused: {exc}", version) from None
+        return Loaded(policy_set, version)
+
+    def settle(self, version: object, refusal: str = "") -> None:
+        if isinstance(version, _Version):
+            self._settled, self._refusal = version, refusal

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attrgate.config import Settings
+from attrgate.config import DEFAULT_POLL, Settings
 from attrgate.reloading import PolicyReloader
 from attrgate.rollout.status import POLL, WATCH
 
@@ -17,4 +17,4 @@ async def follow_changes(reloader: PolicyReloader, settings: Settings) -> None:
     elif reloader.source.follows == POLL:
         from attrgate.rollout.poll import poll_and_reload
 
-        await poll_and_reload(reloader, settings.policy_poll)
+        await poll_and_reload(reloader, settings.policy_poll or DEFAULT_POLL)

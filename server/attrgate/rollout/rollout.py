@@ -9,10 +9,10 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from attrgate.config import ConfigError, Settings
+from attrgate.config import S3_PREFIX, ConfigError, Settings
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
-from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, load_bounded
+from attrgate.reloading import RELOAD_TIMEOUT, PolicyReloader, SourceLoader
 from attrgate.rollout.source import LocalSource, PolicySource, SourceUnavailable, open_source
 from attrgate.rollout.status import REJECTED, UNAVAILABLE, ServerStatus, SetStatus
 from attrgate.tasks import cancel_and_wait
@@ -29,47 +29,61 @@ class PolicyRollout:
         self.settings = settings
         self.source = open_source(settings.policies, settings)
         self.status = SetStatus(self.source.source, self.source.follows)
+        # One loader per source, from the first load on: no two loads of a source at once.
+        self.loader = SourceLoader(self.source, settings.policy_max_bytes)
         self.candidate_source: PolicySource | None = None
         self.candidate_status: SetStatus | None = None
+        self.candidate_loader: SourceLoader | None = None
         if settings.candidate_policies:
             self.candidate_source = open_source(settings.candidate_policies, settings)
             self.candidate_status = SetStatus(
                 self.candidate_source.source, self.candidate_source.follows
             )
+            self.candidate_loader = SourceLoader(self.candidate_source, settings.policy_max_bytes)
         self.reloaders: list[PolicyReloader] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def load_initial(self) -> tuple[PolicySet, PolicySet | None]:
-        """The serving set and the candidate (None without one), each loaded within
-        RELOAD_TIMEOUT; ConfigError when either cannot be had."""
+        """The serving set and the candidate (None without one, or while an s3:// candidate
+        cannot be had), each loaded within RELOAD_TIMEOUT; ConfigError when the serving set
+        cannot be had, or a local candidate does not load."""
         settings = self.settings
         # The GC pause is only for this first load (nothing serves yet).
         try:
-            serving = await load_bounded(
-                self.source, settings.policy_max_bytes, RELOAD_TIMEOUT, pause_gc=True
-            )
+            serving = await self.loader.load_set(RELOAD_TIMEOUT, pause_gc=True)
             self.status.serving(serving.revision, serving.size)
         except ConfigError as exc:
             if not settings.policies_fallback:
                 raise
             serving = await self._load_fallback(settings.policies_fallback, exc)
         candidate = None
-        if self.candidate_source is not None and self.candidate_status is not None:
+        if self.candidate_loader is not None and self.candidate_status is not None:
             try:
-                candidate = await load_bounded(
-                    self.candidate_source, settings.policy_max_bytes, RELOAD_TIMEOUT
-                )
+                candidate = await self.candidate_loader.load_set(RELOAD_TIMEOUT)
             except ConfigError as exc:
-                raise ConfigError(f"candidate policies: {exc}") from None
-            self.candidate_status.serving(candidate.revision, candidate.size)
+                where = self.candidate_loader.source.source
+                if not where.startswith(S3_PREFIX):  # a local path: a configuration error
+                    raise ConfigError(f"candidate policies: {exc}") from None
+                # A candidate never changes an outcome: serve without it until it loads.
+                result = UNAVAILABLE if isinstance(exc, SourceUnavailable) else REJECTED
+                self.candidate_status.attempted(result, str(exc))
+                log.warning(
+                    "candidate policies %s not loaded; serving without a candidate until it "
+                    "loads: %s",
+                    where,
+                    exc,
+                )
+            else:
+                self.candidate_status.serving(candidate.revision, candidate.size)
         return serving, candidate
 
     async def _load_fallback(self, path: str, why: ConfigError) -> PolicySet:
         """--policies-fallback: a local set serves until the source gives a valid one (the
         source is still followed; its first valid set replaces this one)."""
         try:
-            fallback = await load_bounded(
-                LocalSource(path, watch=False), self.settings.policy_max_bytes, RELOAD_TIMEOUT
+            local = LocalSource(path, watch=False)
+            fallback = await SourceLoader(local, self.settings.policy_max_bytes).load_set(
+                RELOAD_TIMEOUT
             )
         except ConfigError as exc:
             raise ConfigError(f"{why}; and the fallback {path}: {exc}") from None
@@ -94,11 +108,9 @@ class PolicyRollout:
         def install_candidate(fresh: PolicySet) -> None:
             pipeline.candidate = fresh
 
-        max_bytes = self.settings.policy_max_bytes
         self.reloaders = [
             PolicyReloader(
-                self.source,
-                max_bytes,
+                self.loader,
                 install_serving,
                 lambda: pipeline.policy_set,
                 lambda result: counted(result, "serving"),
@@ -106,13 +118,12 @@ class PolicyRollout:
                 self.status,
             )
         ]
-        if self.candidate_source is not None and self.candidate_status is not None:
+        if self.candidate_loader is not None and self.candidate_status is not None:
             self.reloaders.append(
                 PolicyReloader(
-                    self.candidate_source,
-                    max_bytes,
+                    self.candidate_loader,
                     install_candidate,
-                    lambda: pipeline.candidate or pipeline.policy_set,
+                    lambda: pipeline.candidate,
                     lambda result: counted(result, "candidate"),
                     lambda _: None,  # never serves: nothing to refuse it for
                     self.candidate_status,

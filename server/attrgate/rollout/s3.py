@@ -4,7 +4,7 @@ line why S3 could not be read."""
 
 from __future__ import annotations
 
-import time
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,10 @@ from attrgate.rollout.source import SourceUnavailable
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
-# Below the reloader's 30 s: a download that trickles is given up here, with its own reason.
-DOWNLOAD_DEADLINE = 20.0
+# The whole fetch (connection, attempts, headers and body), from before get_object: below the
+# reloader's 30 s, so that S3 too slow is reported as S3 unavailable, with its own reason, and
+# leaves time to verify and compile what arrived. Read at each fetch.
+FETCH_DEADLINE = 20.0
 CHUNK = 64 * 1024
 
 
@@ -59,8 +61,34 @@ class S3Object:
 
     def fetch(self, etag: str | None, limit: int) -> Fetched | None:
         """The object's bytes and ETag; None when its ETag is still `etag` (HTTP 304).
-        SourceUnavailable when S3 could not be read; ConfigError when the object is over
-        `limit` bytes."""
+        SourceUnavailable when S3 could not be read in full within FETCH_DEADLINE seconds;
+        ConfigError when the object is over `limit` bytes."""
+        seconds = FETCH_DEADLINE
+        # botocore's timeouts bound each connection and each read, not their sum (attempts,
+        # a body that trickles): the fetch runs in a daemon thread of its own, waited for at
+        # most `seconds`. One given up ends by itself within botocore's timeouts, stopping at
+        # its next read.
+        given_up = threading.Event()
+        done = threading.Event()
+        outcome: list[Fetched | BaseException | None] = []
+
+        def run() -> None:
+            try:
+                outcome.append(self._fetch(etag, limit, given_up))
+            except BaseException as exc:  # handed to the waiting side
+                outcome.append(exc)
+            done.set()
+
+        threading.Thread(target=run, name="attrgate-s3-fetch", daemon=True).start()
+        if not done.wait(seconds):
+            given_up.set()
+            raise SourceUnavailable(f"{self.url}: S3 did not answer in full within {seconds:g}s")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _fetch(self, etag: str | None, limit: int, given_up: threading.Event) -> Fetched | None:
         request: dict[str, str] = {"Bucket": self._bucket, "Key": self._key}
         if etag:
             request["IfNoneMatch"] = etag
@@ -81,7 +109,7 @@ class S3Object:
             size = int(answer.get("ContentLength", -1))
             if size > limit:
                 raise ConfigError(f"{self.url}: {size} bytes, over the {limit} a bundle may have")
-            data = _read_within(body, limit, self.url)
+            data = _read_within(body, limit, self.url, given_up)
         finally:
             body.close()
         if size >= 0 and len(data) != size:
@@ -89,8 +117,7 @@ class S3Object:
         return Fetched(data, str(answer.get("ETag", "")))
 
 
-def _read_within(body: Any, limit: int, url: str) -> bytes:
-    deadline = time.monotonic() + DOWNLOAD_DEADLINE
+def _read_within(body: Any, limit: int, url: str, given_up: threading.Event) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
@@ -99,8 +126,8 @@ def _read_within(body: Any, limit: int, url: str) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise ConfigError(f"{url}: over the {limit} bytes a bundle may have")
-            if time.monotonic() > deadline:
-                raise SourceUnavailable(f"{url}: the download took over {DOWNLOAD_DEADLINE:g}s")
+            if given_up.is_set():
+                raise SourceUnavailable(f"{url}: the download was given up")
     except botocore.exceptions.BotoCoreError as exc:  # cut off mid-body, read timeout
         raise SourceUnavailable(f"{url}: the download failed: {exc}") from None
     return b"".join(chunks)

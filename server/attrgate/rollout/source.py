@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Protocol
 
-from attrgate.config import ConfigError, Settings
+from attrgate.config import S3_PREFIX, ConfigError, Settings
 from attrgate.policy.compile import PolicySet
+from attrgate.policy.loading import load_policies
 from attrgate.rollout.status import SIGHUP, WATCH
-
-S3_PREFIX = "s3://"
 
 
 class SourceUnavailable(ConfigError):
@@ -19,8 +19,31 @@ class SourceUnavailable(ConfigError):
     reloader reports it apart from a rejected set (reloads result "unavailable")."""
 
 
+class Refused(ConfigError):
+    """The source's bytes were read and refused for what they hold (a bad signature, a manifest
+    that does not match, an invalid set): tied to `version`, so that the source, once told
+    (`settle`), repeats the refusal while that version is there instead of reading it again."""
+
+    def __init__(self, message: str, version: object) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What one load gave: the set (None: unchanged since the version last settled, only when
+    not forced) and the source's own name for what it read (an S3 ETag and signing time; None
+    for a source that cannot tell versions apart)."""
+
+    policy_set: PolicySet | None
+    version: object = None
+
+
 class PolicySource(Protocol):
-    """`load` runs in a thread of its own (reloading._Load), never on the event loop."""
+    """`load` runs in a thread of its own (reloading._Load), never on the event loop, one at a
+    time per source (reloading.SourceLoader); it commits nothing. What it read counts only once
+    the reloader `settle`s it, on the event loop, after acting on it: a load that overran its
+    time and was given up is never settled, so its version is read again next time."""
 
     @property
     def source(self) -> str:
@@ -32,10 +55,16 @@ class PolicySource(Protocol):
         """WATCH, POLL or SIGHUP: what besides SIGHUP reloads it."""
         ...
 
-    def load(self, max_bytes: int, pause_gc: bool, force: bool) -> PolicySet | None:
-        """The set as it is now, or raise ConfigError in one line. None: unchanged since the
-        last load that returned a set (only when not `force`, and only for sources that can tell
+    def load(self, max_bytes: int, pause_gc: bool, force: bool) -> Loaded:
+        """The set as it is now, or raise ConfigError in one line (Refused when tied to the
+        version read; SourceUnavailable when nothing could be read). A set of None: the version
+        last settled is still there (only when not `force`, and only for sources that can tell
         cheaply, as an S3 ETag can)."""
+        ...
+
+    def settle(self, version: object, refusal: str = "") -> None:
+        """The reloader acted on the load that read `version`: installed it, found it the
+        serving set (refusal ""), or refused it for what it holds (`refusal`, in one line)."""
         ...
 
 
@@ -54,10 +83,11 @@ class LocalSource:
     def is_folder(self) -> bool:
         return os.path.isdir(self._path)
 
-    def load(self, max_bytes: int, pause_gc: bool, force: bool) -> PolicySet | None:
-        from attrgate.reloading import load_policies
+    def load(self, max_bytes: int, pause_gc: bool, force: bool) -> Loaded:
+        return Loaded(load_policies(self._path, max_bytes, pause_gc))
 
-        return load_policies(self._path, max_bytes, pause_gc)
+    def settle(self, version: object, refusal: str = "") -> None:
+        """A folder is read whole every time: nothing to remember."""
 
 
 def open_source(path: str, settings: Settings) -> PolicySource:
