@@ -6,6 +6,7 @@ start unless --policies-fallback names a local set."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -409,10 +410,48 @@ def test_one_deadline_bounds_the_whole_fetch(env: S3, monkeypatch: pytest.Monkey
         with pytest.raises(SourceUnavailable, match="did not answer in full within 1s"):
             s3_object.fetch(None, 1 << 20)
         took = time.monotonic() - began
+        # The given-up fetch still waits for S3: the next poll starts no second one beside it.
+        with pytest.raises(SourceUnavailable, match=r"previous fetch, given up at its"):
+            s3_object.fetch(None, 1 << 20)
+        assert sum(t.name == "attrgate-s3-fetch" for t in threading.enumerate()) == 1
     finally:
         env.relay.release()
     assert took < 5, took
+    # Once S3 answers, the stalled fetch ends and the next one reads the object.
+
+    def fetched() -> bool:
+        try:
+            return s3_object.fetch(None, 1 << 20) is not None
+        except SourceUnavailable:
+            return False
+
+    wait_for(fetched, "a fetch after the stall", 30)
     assert s3_module.FETCH_DEADLINE < RELOAD_TIMEOUT
+
+
+def test_a_trickling_answer_is_given_up_and_its_fetch_ends(
+    env: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 sends its headers, then one byte at a time, never slow enough for a read timeout:
+    the fetch gives up at its deadline, and the thread that read it ends soon after instead of
+    reading on for as long as the body takes (here 20 minutes): polls must not pile threads up."""
+    from attrgate.rollout import s3 as s3_module
+    from attrgate.rollout.source import SourceUnavailable
+
+    monkeypatch.setattr(s3_module, "FETCH_DEADLINE", 1.0, raising=False)
+    upload(env, "trickle", b"x" * 6000)
+    s3_object = s3_module.S3Object(url("trickle"), REGION)
+    env.relay.trickle(0.2)
+    try:
+        with pytest.raises(SourceUnavailable, match="did not answer in full within 1s"):
+            s3_object.fetch(None, 1 << 20)
+
+        def fetching() -> int:
+            return sum(t.name == "attrgate-s3-fetch" for t in threading.enumerate())
+
+        wait_for(lambda: fetching() == 0, "the given-up fetch to end", 15)
+    finally:
+        env.relay.release()
 
 
 def test_a_bundle_this_server_refuses_stays_refused_while_it_is_in_the_bucket(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 from support.moto_cognito import free_port
 
@@ -21,6 +22,7 @@ class Relay:
         self._open: set[socket.socket] = set()
         self._flowing = threading.Event()  # cleared: bytes wait in the relay (a stalled S3)
         self._flowing.set()
+        self._trickle = 0.0  # seconds between two bytes toward the client; 0: full speed
         self.restore()
 
     @property
@@ -55,6 +57,13 @@ class Relay:
 
     def release(self) -> None:
         self._flowing.set()
+        self._trickle = 0.0
+
+    def trickle(self, every: float) -> None:
+        """Answers' bodies reach the client one byte every `every` seconds (their HTTP head at
+        once) until `release`: a dependency that never stalls long enough for a read timeout,
+        yet never finishes."""
+        self._trickle = every
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -74,13 +83,23 @@ class Relay:
                     upstream.close()
                     return
                 self._open.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, answers in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, answers), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 self._flowing.wait()
+                if answers and self._trickle:
+                    # An HTTP answer's head goes at once, its body a byte at a time.
+                    head = data.find(b"\r\n\r\n") + 4 if b"\r\n\r\n" in data else 0
+                    sink.sendall(data[:head])
+                    for byte in data[head:]:
+                        sink.sendall(bytes((byte,)))
+                        time.sleep(self._trickle)
+                    continue
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

@@ -45,6 +45,7 @@ class S3Object:
     def __init__(self, url: str, region: str | None) -> None:
         self.url = url
         self._bucket, self._key = parse_url(url)
+        self._running: threading.Thread | None = None  # the last fetch's thread
         config = botocore.config.Config(
             region_name=region,
             connect_timeout=CONNECT_TIMEOUT,
@@ -68,6 +69,14 @@ class S3Object:
         # a body that trickles): the fetch runs in a daemon thread of its own, waited for at
         # most `seconds`. One given up ends by itself within botocore's timeouts, stopping at
         # its next read.
+        running = self._running
+        if running is not None and running.is_alive():
+            # One given up while S3 still trickles its answer's head cannot be stopped: no
+            # second one beside it (a thread per poll would pile up), until it ends.
+            raise SourceUnavailable(
+                f"{self.url}: the previous fetch, given up at its deadline, is still reading "
+                "(S3 answers too slowly)"
+            )
         given_up = threading.Event()
         done = threading.Event()
         outcome: list[Fetched | BaseException | None] = []
@@ -79,7 +88,8 @@ class S3Object:
                 outcome.append(exc)
             done.set()
 
-        threading.Thread(target=run, name="attrgate-s3-fetch", daemon=True).start()
+        self._running = threading.Thread(target=run, name="attrgate-s3-fetch", daemon=True)
+        self._running.start()
         if not done.wait(seconds):
             given_up.set()
             raise SourceUnavailable(f"{self.url}: S3 did not answer in full within {seconds:g}s")
@@ -118,10 +128,15 @@ class S3Object:
 
 
 def _read_within(body: Any, limit: int, url: str, given_up: threading.Event) -> bytes:
+    # read1: whatever one socket read brings, so a body that trickles still returns here often
+    # enough to see the fetch given up (read(CHUNK) waits for CHUNK bytes, each byte resetting
+    # the read timeout: a thread per poll would read on for as long as the body takes).
+    # urllib3 2 has it; read() where it is missing.
+    read = getattr(getattr(body, "_raw_stream", None), "read1", None) or body.read
     chunks: list[bytes] = []
     size = 0
     try:
-        while chunk := body.read(CHUNK):
+        while chunk := read(CHUNK):
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
