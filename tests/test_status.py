@@ -10,13 +10,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
 from attrgate.statusview import render_text
 from attrgate.v1 import attrgate_pb2 as pb
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub
 from support.environment import clean_env
 from support.moto_cognito import free_port
 from support.policies import svc_policy
+from support.waiting import wait_for
 
 GIVEN_ONLY = svc_policy("[{attribute: given_name}]")
 GIVEN_AND_FAMILY = svc_policy("[{attribute: given_name}, {attribute: family_name}]")
@@ -70,6 +74,42 @@ def test_status_shows_the_serving_revision_and_the_last_reload(
     assert int(policies["loaded_at_unix_ms"]) >= int(policies["last_attempt_unix_ms"]) - 1000
     assert answer["shadow"] is False
     assert "candidate" not in answer
+
+
+def policies_status(server: RunningServer) -> pb.PolicySetStatus:
+    """What the Admin/Status RPC says of the serving set."""
+    with grpc.insecure_channel(admin_target(server)) as channel:
+        return pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=10).policies
+
+
+def watched(serve: Callable[..., RunningServer], stub: CognitoStub) -> RunningServer:
+    return serve(
+        GIVEN_ONLY,
+        stub.endpoint,
+        admin_listen="127.0.0.1:0",
+        policy_watch=True,
+        policy_debounce=0.2,
+    )
+
+
+def test_status_drops_the_last_error_once_the_files_are_the_serving_set_again(
+    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None
+) -> None:
+    """A rejected set put back as it was: the watcher's reload finds the serving revision
+    ("unchanged"), and the rejection's error no longer shows."""
+    server = watched(serve, stub)
+    first = server.app.policy_revision
+    assert server.settings.policies is not None
+    policies = Path(server.settings.policies) / "policies.yaml"
+
+    policies.write_text(GIVEN_ONLY + "---\nkind: AttributePolicy\nspec: [\n")
+    wait_for(lambda: policies_status(server).last_result == "rejected", "the rejection")
+    assert "policies.yaml:" in policies_status(server).last_error
+    policies.write_text(GIVEN_ONLY)
+    wait_for(lambda: policies_status(server).last_result == "unchanged", "the set back")
+    shown = policies_status(server)
+    assert shown.revision == first
+    assert shown.last_error == ""
 
 
 def test_status_against_the_main_listener_or_nothing_fails_in_one_line(
