@@ -55,9 +55,16 @@ class LocalSource:
         return os.path.isdir(self._path)
 
     def load(self, max_bytes: int, pause_gc: bool, force: bool) -> PolicySet | None:
+        """SourceUnavailable when the path is missing (a folder deleted, not yet back): no
+        set to judge, as with an S3 object that is missing."""
         from attrgate.reloading import load_policies
 
-        return load_policies(self._path, max_bytes, pause_gc)
+        try:
+            return load_policies(self._path, max_bytes, pause_gc)
+        except ConfigError:
+            if os.path.exists(self._path):
+                raise
+            raise SourceUnavailable(f"{self._path} is missing") from None
 
 
 def open_source(path: str, settings: Settings) -> PolicySource:

@@ -23,8 +23,9 @@ watched.
 An inotify watch dies with the folder it was put on: a folder deleted and re-created, or
 replaced by a rename, would go unwatched. The watcher looks at the folder's identity every
 `debounce / 4` seconds (at most IDENTITY_EVERY) and at events naming the folder itself, and
-re-arms on a new one, reloading after. A path that is missing is looked for again every
-MISSING_RETRY seconds, with one warning per absence; the server keeps serving meanwhile.
+re-arms on a new one, reloading after. A path that is missing is reported once per absence
+by a reload (the source unavailable: `attrgate status` shows it) and looked for again every
+MISSING_RETRY seconds; the server keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -226,14 +227,12 @@ class _Watcher:
                     self.missing = False
                 return identity
             if not self.missing:
-                log.warning(
-                    "policy watch: %s is missing; still serving revision %s; looking for it "
-                    "every %gs",
-                    self.target.folder,
-                    self.reloader.status.revision,
-                    MISSING_RETRY,
-                )
                 self.missing = True
+                # The reload finds the source missing: counted, logged and shown by `attrgate
+                # status` until a reload reads it again (once per absence: a reload of the
+                # last batch may have reported it already).
+                if not self.reloader.status.source_errors:
+                    await self.reloader.reload(force=False)
             await asyncio.sleep(MISSING_RETRY)
 
     async def _watch(self, identity: _Identity) -> None:
