@@ -139,6 +139,10 @@ class Debounce:
             return False
         return now - self._last >= self.quiet or now - self._first >= self.cap
 
+    @property
+    def waiting(self) -> bool:
+        return self._first is not None
+
     def clear(self) -> None:
         self._first = None
 
@@ -194,13 +198,18 @@ class _Watcher:
         self.wake_ms = max(STEP_MS, int(min(IDENTITY_EVERY, debounce / 4) * 1000))
         self.missing = False
         self.polling = False
+        self.reshaped = False  # the last watch ended because folders came or went
 
     async def run(self) -> None:
         while True:
             identity = await self._wait_for_folder()
             # Anything may have changed while nothing watched (before the first arming too:
-            # the set was loaded before the watch began): reload once things are quiet.
-            self.pending.event(time.monotonic())
+            # the set was loaded before the watch began): reload once things are quiet. Armed
+            # again because folders came or went, a reload already waiting covers that (it
+            # reads after this arming) and is not put off.
+            if not (self.reshaped and self.pending.waiting):
+                self.pending.event(time.monotonic())
+            self.reshaped = False
             try:
                 await self._watch(identity)
             except FileNotFoundError:
@@ -262,6 +271,7 @@ class _Watcher:
                     return
                 reshaped = any(kind != Change.modified or path in folders for kind, path in batch)
                 if reshaped and await _folders(target) != folders:
+                    self.reshaped = True
                     return  # arm again, on the folders there are now
                 if self.pending.due(now):
                     self.pending.clear()
