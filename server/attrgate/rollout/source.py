@@ -84,7 +84,14 @@ class LocalSource:
         return os.path.isdir(self._path)
 
     def load(self, max_bytes: int, pause_gc: bool, force: bool) -> Loaded:
-        return Loaded(load_policies(self._path, max_bytes, pause_gc))
+        """SourceUnavailable when the path is missing (a folder deleted, not yet back): no
+        set to judge, as with an S3 object that is missing."""
+        try:
+            return Loaded(load_policies(self._path, max_bytes, pause_gc))
+        except ConfigError:
+            if os.path.exists(self._path):
+                raise
+            raise SourceUnavailable(f"{self._path} is missing") from None
 
     def settle(self, version: object, refusal: str = "") -> None:
         """A folder is read whole every time: nothing to remember."""

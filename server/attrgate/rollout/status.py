@@ -52,6 +52,8 @@ class SetStatus:
             return 0
         if error:
             self.last_error = error
+        elif result == UNCHANGED:
+            self.last_error = ""  # what the source holds is the serving set again
         ended, self.source_errors, self.source_error = self.source_errors, 0, ""
         return ended
 
