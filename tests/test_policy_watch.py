@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from attrgate.reloading import load_policies
+from attrgate.policy.loading import load_policies
 from attrgate.rollout.status import SIGHUP, WATCH
 from support.attrgate_server import RunningServer, settings_for
 from support.cognito_stub import CognitoStub
