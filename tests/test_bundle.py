@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def signed(tmp_path: Path) -> tuple[bytes, Path, Path]:
     return data, public, stranger
 
 
-def verify(path: Path, public: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = main(["bundle", "verify", str(path), "--public-key", str(public)])
+def verify(
+    path: Path, public: Path, capsys: pytest.CaptureFixture[str], *flags: str
+) -> tuple[int, str]:
+    code = main(["bundle", "verify", str(path), "--public-key", str(public), *flags])
     captured = capsys.readouterr()
     return code, (captured.out + captured.err).strip()
 
@@ -69,8 +72,9 @@ def test_signing_twice_gives_the_same_bytes_and_replaces_the_signature(tmp_path:
     private, public = write_keys(tmp_path, "k")
     other, other_public = write_keys(tmp_path, "other")
     folder = policy_folder(tmp_path / "policies")
-    once = build(folder, tmp_path / "a.tar.gz", private)
-    assert build(folder, tmp_path / "b.tar.gz", private) == once  # Ed25519 is deterministic
+    once = build(folder, tmp_path / "a.tar.gz", private, "t", 1700000000)
+    # Ed25519 is deterministic: the same time and target give the same bytes.
+    assert build(folder, tmp_path / "b.tar.gz", private, "t", 1700000000) == once
     assert main(["bundle", "sign", str(tmp_path / "a.tar.gz"), "--key", str(other)]) == 0
     resigned = entries((tmp_path / "a.tar.gz").read_bytes())
     assert [m.name for m, _ in resigned].count(".signature") == 1
@@ -101,6 +105,33 @@ def test_verify_prints_the_revision_and_the_signer(
     revision = load_policy_set(tmp_path / "policies").revision
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"ok: revision {revision}, 2 files, signed by ed25519:")
+
+
+def test_sign_at_a_time_for_a_target_and_verify_prints_and_checks_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = write_keys(tmp_path, "k")
+    path = tmp_path / "b.tar.gz"
+    target = "s3://policies-prod/attrgate/bundle.tar.gz"
+    build(policy_folder(tmp_path / "policies"), path, private, target, 1700000000)
+    statement = json.loads(json.loads(_body(path.read_bytes(), ".signature"))["statement"])
+    assert statement["signed_at"] == 1700000000
+    assert statement["target"] == target
+    for flags in ([], ["--target", target]):
+        code, output = verify(path, public, capsys, *flags)
+        assert code == 0, output
+        assert output.endswith(f'at 2023-11-14T22:13:20Z for target "{target}"'), output
+    staging = "s3://policies-staging/attrgate/bundle.tar.gz"
+    code, output = verify(path, public, capsys, "--target", staging)
+    assert code == 1
+    assert output == (
+        f'attrgate bundle verify: refused: signed for target "{target}", not for "{staging}": '
+        "a bundle meant for another place"
+    )
+    # Signed without a target: only an empty --target takes it.
+    build(policy_folder(tmp_path / "policies"), path, private)
+    assert verify(path, public, capsys, "--target", target)[0] == 1
+    assert verify(path, public, capsys, "--target", "")[0] == 0
 
 
 def _body(data: bytes, name: str) -> bytes:
@@ -142,6 +173,47 @@ def _other_key(data: bytes, stranger: Path, tmp: Path) -> bytes:
     return path.read_bytes()
 
 
+def _signature(data: bytes) -> dict[str, str]:
+    found: dict[str, str] = json.loads(_body(data, ".signature"))
+    return found
+
+
+def _with_signature(data: bytes, document: dict[str, str]) -> bytes:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n"
+    return replaced(data, ".signature", text.encode())
+
+
+def _resigned(data: bytes, tmp: Path, *flags: str) -> bytes:
+    """`data` signed again by the trusted key (the `signed` fixture's, in `tmp`)."""
+    path = tmp / "resigned.tar.gz"
+    path.write_bytes(data)
+    assert main(["bundle", "sign", str(path), "--key", str(tmp / "trusted.pem"), *flags]) == 0
+    return path.read_bytes()
+
+
+def _other_statement(data: bytes, stranger: Path, tmp: Path) -> bytes:
+    """The trusted key's signature over another statement (another target), beside this one."""
+    document = _signature(data)
+    document["signature"] = _signature(_resigned(data, tmp, "--target", "s3://b/k"))["signature"]
+    return _with_signature(data, document)
+
+
+def _statement_edited(data: bytes, stranger: Path, tmp: Path) -> bytes:
+    """The statement made later after signing (what a rollback would need)."""
+    document = _signature(data)
+    statement = json.loads(document["statement"])
+    statement["signed_at"] += 1
+    document["statement"] = json.dumps(statement, sort_keys=True, separators=(",", ":"))
+    return _with_signature(data, document)
+
+
+def _other_manifest(data: bytes, stranger: Path, tmp: Path) -> bytes:
+    """A valid signature of the trusted key, taken from another bundle: its statement names
+    that bundle's manifest."""
+    other = build(policy_folder(tmp / "other", "[]"), tmp / "other.tar.gz", tmp / "trusted.pem")
+    return replaced(data, ".signature", _body(other, ".signature"))
+
+
 def _truncated(data: bytes, stranger: Path, tmp: Path) -> bytes:
     return data[: len(data) * 2 // 3]
 
@@ -157,7 +229,10 @@ TAMPERING = {
     "a file changed": (_changed, "'svc.yaml' does not match its size or digest"),
     "a file added": (_added, "'extra.yaml' is in the archive but not in the manifest"),
     "a file removed": (_removed, "'team/other.yaml' is in the manifest but not in the archive"),
-    "the manifest edited": (_manifest_edited, "the signature does not verify with any trusted"),
+    "the manifest edited": (_manifest_edited, "the signature is for another manifest"),
+    "a signature over another statement": (_other_statement, "does not verify with any trusted"),
+    "the statement edited": (_statement_edited, "does not verify with any trusted key"),
+    "a statement naming another manifest": (_other_manifest, "the signature is for another"),
     "the signature removed": (_unsigned, "unsigned: the bundle has no signature"),
     "signed by another key": (_other_key, "the signature does not verify with any trusted key"),
     "truncated": (_truncated, "truncated: the gzip stream ends early"),
@@ -251,6 +326,9 @@ def test_usage_errors_exit_2(signed: tuple[bytes, Path, Path], tmp_path: Path) -
     (tmp_path / "rsa.pem").write_text("not a key\n")
     assert main(["bundle", "verify", str(path), "--public-key", str(tmp_path / "rsa.pem")]) == 2
     assert main(["bundle", "sign", str(path), "--key", str(tmp_path / "rsa.pem")]) == 2
+    key, _ = write_keys(tmp_path, "k")
+    later = str(int(time.time()) + 3600)  # would make every bundle signed until then a rollback
+    assert main(["bundle", "sign", str(path), "--key", str(key), "--signed-at", later]) == 2
     with pytest.raises(SystemExit) as exited:
         main(["bundle", "verify"])
     assert exited.value.code == 2

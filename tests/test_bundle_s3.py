@@ -88,12 +88,21 @@ def keys(tmp_path: Path) -> Keys:
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Callable[..., bytes]:
-    """A bundle of the `svc` set allowing `allow`, signed with `key` (unsigned without)."""
+    """A bundle of the `svc` set allowing `allow`, signed with `key` (unsigned without) for the
+    object `at` (its s3:// URL, the target a server expects by default), each one signed a
+    second after the one before (as CI would, and as a server requires)."""
     count = iter(range(1000))
+    first = int(time.time()) - 3600
 
-    def make(allow: str, key: Path | None) -> bytes:
+    def make(allow: str, key: Path | None, at: str = "", signed_at: int | None = None) -> bytes:
         n = next(count)
-        return build(policy_folder(tmp_path / f"set{n}", allow), tmp_path / f"b{n}.tar.gz", key)
+        return build(
+            policy_folder(tmp_path / f"set{n}", allow),
+            tmp_path / f"b{n}.tar.gz",
+            key,
+            target=url(at) if at else "",
+            signed_at=first + n if signed_at is None else signed_at,
+        )
 
     return make
 
@@ -155,18 +164,33 @@ def serve_bundle(
     return server, metrics
 
 
+def stays_refused(server: RunningServer, metrics: int, serving: str, why: str) -> None:
+    """The object refused is reported refused again by each next poll (a 304, not read again),
+    and the set before it serves on."""
+
+    def rejected() -> float:
+        reloads = samples_of(metrics_text(metrics))["attrgate_policy_reloads_total"]
+        return total(reloads, set="serving", result="rejected")
+
+    first = rejected()
+    wait_for(lambda: rejected() >= first + 3, "three more polls", 30)
+    found = status(server).policies
+    assert (found.last_result, found.revision) == ("rejected", serving)
+    assert why in found.last_error
+
+
 def test_a_signed_bundle_serves_and_each_new_one_is_verified_before_it_does(
     env: S3, keys: Keys, bundle: Callable[..., bytes], start: Callable[..., RunningServer]
 ) -> None:
     server, metrics = serve_bundle(
-        start, env, "b1.tar.gz", bundle(GIVEN, keys.private), keys.public
+        start, env, "b1.tar.gz", bundle(GIVEN, keys.private, "b1.tar.gz"), keys.public
     )
     assert decide(server, "given_name").allowed
     assert not decide(server, "family_name").allowed
     before = status(server).policies
     assert (before.source, before.follows, before.fallback) == (url("b1.tar.gz"), "poll", False)
 
-    second = bundle(GIVEN_AND_FAMILY, keys.private)
+    second = bundle(GIVEN_AND_FAMILY, keys.private, "b1.tar.gz")
     upload(env, "b1.tar.gz", second)
     wait_for(lambda: decide(server, "family_name").allowed, "the new bundle to serve", 30)
     serving = status(server).policies.revision
@@ -175,7 +199,7 @@ def test_a_signed_bundle_serves_and_each_new_one_is_verified_before_it_does(
     # Each of these replaces the object; none may serve, and the set before them stays.
     for data, why in (
         (bundle(GIVEN, None), "unsigned: the bundle has no signature"),
-        (bundle(GIVEN, keys.stranger), "does not verify with any trusted key"),
+        (bundle(GIVEN, keys.stranger, "b1.tar.gz"), "does not verify with any trusted key"),
         (second[: len(second) // 2], "truncated"),
     ):
         upload(env, "b1.tar.gz", data)
@@ -199,7 +223,7 @@ def test_s3_unavailable_for_a_while_keeps_serving_reports_it_and_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server, metrics = serve_bundle(
-        start, env, "b2.tar.gz", bundle(GIVEN, keys.private), keys.public
+        start, env, "b2.tar.gz", bundle(GIVEN, keys.private, "b2.tar.gz"), keys.public
     )
     serving = status(server).policies.revision
 
@@ -233,7 +257,7 @@ def test_s3_unavailable_for_a_while_keeps_serving_reports_it_and_recovers(
         "NoSuchKey (HTTP 404)",
     )
     # Back to normal: a new bundle still swaps in.
-    upload(env, "b2.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+    upload(env, "b2.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private, "b2.tar.gz"))
     wait_for(lambda: decide(server, "family_name").allowed, "a bundle after the outages", 30)
     reloads = samples_of(metrics_text(metrics))["attrgate_policy_reloads_total"]
     assert total(reloads, set="serving", result="unavailable") >= 9
@@ -301,11 +325,11 @@ def test_the_fallback_serves_until_the_first_valid_bundle(
     assert any("fallback" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
     # The same files as the fallback: the bundle still takes over (status says so).
-    upload(env, "later.tar.gz", bundle(GIVEN, keys.private))
+    upload(env, "later.tar.gz", bundle(GIVEN, keys.private, "later.tar.gz"))
     wait_for(lambda: not status(server).policies.fallback, "the bundle to replace the fallback")
     assert status(server).policies.revision == found.revision
 
-    upload(env, "later.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+    upload(env, "later.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private, "later.tar.gz"))
     wait_for(lambda: decide(server, "family_name").allowed, "the next bundle", 30)
 
 
@@ -316,7 +340,7 @@ def test_a_candidate_set_is_read_from_s3_the_same_way(
     start: Callable[..., RunningServer],
     tmp_path: Path,
 ) -> None:
-    upload(env, "candidate.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+    upload(env, "candidate.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private, "candidate.tar.gz"))
     server = start(
         policies=str(policy_folder(tmp_path / "serving", GIVEN)),
         policy_watch=False,
@@ -373,12 +397,14 @@ def test_a_load_given_up_for_its_time_is_fetched_again_and_then_serves(
     """S3 stalls while a new bundle is fetched: the poll gives up at the reload timeout, the
     polls while that load still runs say so once, and the ETag of what never served is not
     kept: a later poll downloads it again."""
-    server, _ = serve_bundle(start, env, "slow.tar.gz", bundle(GIVEN, keys.private), keys.public)
+    server, _ = serve_bundle(
+        start, env, "slow.tar.gz", bundle(GIVEN, keys.private, "slow.tar.gz"), keys.public
+    )
     assert server.app.reloader is not None
     server.app.reloader.timeout = 0.5
     env.relay.hold()
     try:
-        upload(env, "slow.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+        upload(env, "slow.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private, "slow.tar.gz"))
         with caplog.at_level(logging.ERROR, logger="attrgate"):
             wait_for(
                 lambda: "took longer than 0.5s" in status(server).policies.last_error,
@@ -460,22 +486,18 @@ def test_a_bundle_this_server_refuses_stays_refused_while_it_is_in_the_bucket(
     """A valid bundle with an SmsGuard on a server without a counting store: refused by the
     server, not by the bundle's checks, and still reported refused by every next poll (304)."""
     server, metrics = serve_bundle(
-        start, env, "guards.tar.gz", bundle(GIVEN, keys.private), keys.public
+        start, env, "guards.tar.gz", bundle(GIVEN, keys.private, "guards.tar.gz"), keys.public
     )
     serving = status(server).policies.revision
-    guarded = bundle(GIVEN_AND_FAMILY + "\n" + sms_guard("countries: {allow: [GB]}"), keys.private)
+    guarded = bundle(
+        GIVEN_AND_FAMILY + "\n" + sms_guard("countries: {allow: [GB]}"),
+        keys.private,
+        "guards.tar.gz",
+    )
     upload(env, "guards.tar.gz", guarded)
     wait_for(lambda: "counting store" in status(server).policies.last_error, "the refusal", 30)
 
-    def rejected() -> float:
-        reloads = samples_of(metrics_text(metrics))["attrgate_policy_reloads_total"]
-        return total(reloads, set="serving", result="rejected")
-
-    first = rejected()
-    wait_for(lambda: rejected() >= first + 3, "three more polls", 30)
-    found = status(server).policies
-    assert (found.last_result, found.revision) == ("rejected", serving)
-    assert "counting store" in found.last_error
+    stays_refused(server, metrics, serving, "counting store")
 
 
 def test_a_candidate_not_in_s3_yet_does_not_stop_the_server(
@@ -494,7 +516,72 @@ def test_a_candidate_not_in_s3_yet_does_not_stop_the_server(
     found = status(server).candidate
     assert "NoSuchKey (HTTP 404)" in found.source_error
     assert found.revision == ""
-    upload(env, "next.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private))
+    upload(env, "next.tar.gz", bundle(GIVEN_AND_FAMILY, keys.private, "next.tar.gz"))
     wait_for(lambda: status(server).candidate.revision != "", "the candidate to load", 30)
     assert decide(server, "family_name").candidate.allowed
     assert not decide(server, "family_name").allowed  # the candidate never decides
+
+
+def test_a_bundle_signed_for_another_target_is_refused_unless_the_server_takes_that_target(
+    env: S3, keys: Keys, bundle: Callable[..., bytes], start: Callable[..., RunningServer]
+) -> None:
+    """Signed by the trusted key for another place (staging's object): the server, expecting
+    its own s3:// URL, refuses it and keeps serving; one given --bundle-target for it serves it."""
+    server, _ = serve_bundle(
+        start, env, "prod.tar.gz", bundle(GIVEN, keys.private, "prod.tar.gz"), keys.public
+    )
+    serving = status(server).policies.revision
+    staging = bundle(GIVEN_AND_FAMILY, keys.private, "staging.tar.gz")
+    upload(env, "prod.tar.gz", staging)
+    why = f'signed for target "{url("staging.tar.gz")}", not for "{url("prod.tar.gz")}"'
+    wait_for(lambda: why in status(server).policies.last_error, "the refusal", 30)
+    assert status(server).policies.revision == serving
+    assert not decide(server, "family_name").allowed
+
+    taking = start(
+        policies=url("prod.tar.gz"),
+        bundle_public_key=str(keys.public),
+        bundle_target=url("staging.tar.gz"),
+    )
+    assert decide(taking, "family_name").allowed
+
+
+def test_a_rollback_is_refused_while_the_newer_set_keeps_serving(
+    env: S3, keys: Keys, bundle: Callable[..., bytes], start: Callable[..., RunningServer]
+) -> None:
+    """Anyone who can write to the bucket puts back an older bundle signed by the trusted key:
+    refused (and stays refused while it is there), the newer set serving on; a bundle signed
+    later then serves. A restart has no history: it takes any validly signed bundle."""
+    at, t1, t2, t3 = "roll.tar.gz", 1_700_000_000, 1_700_000_100, 1_700_000_200
+    older = bundle(GIVEN, keys.private, at, t1)
+    server, metrics = serve_bundle(
+        start, env, at, bundle(GIVEN_AND_FAMILY, keys.private, at, t2), keys.public
+    )
+    serving = status(server).policies.revision
+    upload(env, at, older)
+    why = (
+        "signed at 2023-11-14T22:13:20Z, older than the serving bundle signed at "
+        "2023-11-14T22:15:00Z: a rollback?"
+    )
+    wait_for(lambda: why in status(server).policies.last_error, "the rollback refused", 30)
+
+    stays_refused(server, metrics, serving, why)
+    assert decide(server, "family_name").allowed
+
+    # Signed the same second as the serving bundle, over other files: refused too.
+    upload(env, at, bundle(GIVEN, keys.private, at, t2))
+    wait_for(
+        lambda: "the same second as the serving bundle" in status(server).policies.last_error,
+        "the same-second bundle refused",
+        30,
+    )
+    assert decide(server, "family_name").allowed
+
+    upload(env, at, bundle(GIVEN, keys.private, at, t3))
+    wait_for(lambda: not decide(server, "family_name").allowed, "the newer bundle to serve", 30)
+    assert status(server).policies.last_result in ("loaded", "unchanged")
+
+    upload(env, at, older)
+    restarted = start(policies=url(at), bundle_public_key=str(keys.public))
+    assert decide(restarted, "given_name").allowed
+    assert status(restarted).policies.revision == status(server).policies.revision

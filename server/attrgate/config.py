@@ -37,6 +37,7 @@ class Settings:
     policy_poll: float | None = None  # None: DEFAULT_POLL, for an s3:// source only
     bundle_public_key: str | None = None
     allow_unsigned_bundles: bool = False
+    bundle_target: str | None = None  # None: each s3:// source's own URL
     policies_fallback: str | None = None
     candidate_policies: str | None = None
     shadow: bool = False
@@ -104,6 +105,8 @@ _HELP = {
     "that s3:// policy bundles must be signed with; unsigned or badly signed bundles are refused",
     "allow_unsigned_bundles": "serve s3:// bundles without checking a signature (anyone who can "
     "write to the bucket then changes the policies); without it, s3:// needs --bundle-public-key",
+    "bundle_target": "the target s3:// bundles must be signed for (`bundle sign --target`; "
+    "default: the source's own s3://BUCKET/KEY; '' takes only bundles signed without a target)",
     "policies_fallback": "local policy file or folder to serve when no valid s3:// bundle can be "
     "had at start (without it the server does not start)",
     "candidate_policies": "a second policy set (any --policies source) evaluated in shadow beside "
@@ -255,6 +258,7 @@ def _check_source_flags(settings: Settings) -> None:
         for name, given in (
             ("--bundle-public-key", settings.bundle_public_key),
             ("--allow-unsigned-bundles", settings.allow_unsigned_bundles),
+            ("--bundle-target", settings.bundle_target is not None),
             ("--policy-poll", settings.policy_poll is not None),
         ):
             if given:

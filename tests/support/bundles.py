@@ -50,11 +50,21 @@ def policy_folder(folder: Path, allow: str = "[{attribute: given_name}]") -> Pat
     return folder
 
 
-def build(folder: Path, out: Path, key: Path | None = None) -> bytes:
-    """`attrgate bundle build` (and `sign` with `key`), in process; the bundle's bytes."""
+def build(
+    folder: Path,
+    out: Path,
+    key: Path | None = None,
+    target: str = "",
+    signed_at: int | None = None,
+) -> bytes:
+    """`attrgate bundle build` (and `sign` with `key`, for `target`, at `signed_at` or now), in
+    process; the bundle's bytes."""
     assert main(["bundle", "build", str(folder), "-o", str(out)]) == 0
     if key is not None:
-        assert main(["bundle", "sign", str(out), "--key", str(key)]) == 0
+        sign = ["bundle", "sign", str(out), "--key", str(key), "--target", target]
+        if signed_at is not None:
+            sign += ["--signed-at", str(signed_at)]
+        assert main(sign) == 0
     return out.read_bytes()
 
 

@@ -4,6 +4,9 @@ read back through one reader that `verify` and `serve --policies s3://...` share
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from attrgate.config import ConfigError
 
 
@@ -18,3 +21,14 @@ class KeyFileError(ConfigError):
 
 MANIFEST = ".manifest.json"
 SIGNATURE = ".signature"
+
+
+def json_document(data: bytes, what: str, form: str) -> dict[str, Any]:
+    """`data` as the JSON object of format `form` (the manifest, the signed statement)."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise BundleError(f"{what} is not JSON") from None
+    if not isinstance(document, dict) or document.get("format") != form:
+        raise BundleError(f"{what} is not of format {form!r}")
+    return document

@@ -25,9 +25,25 @@ def add_arguments(
     add_policy_max_bytes(build)
     build.set_defaults(handler=_handler("build"))
 
-    sign = actions.add_parser("sign", help="sign a bundle's manifest (Ed25519), in the archive")
+    sign = actions.add_parser(
+        "sign", help="sign a bundle's manifest, time and target (Ed25519), in the archive"
+    )
     sign.add_argument("bundle", metavar="BUNDLE")
     sign.add_argument("--key", required=True, help="Ed25519 private key, unencrypted PEM")
+    sign.add_argument(
+        "--target",
+        default="",
+        help="where the bundle may serve, as servers expect it: by default their s3://BUCKET/KEY "
+        "(or their --bundle-target); default: none, which only a server given "
+        "--bundle-target '' takes",
+    )
+    sign.add_argument(
+        "--signed-at",
+        type=int,
+        metavar="SECONDS",
+        help="signing time, whole UTC seconds since the epoch (default: now); a running server "
+        "refuses a bundle signed before the one it serves",
+    )
     sign.add_argument("-o", "--output", metavar="FILE", help="write here (default: in place)")
     add_policy_max_bytes(sign)
     sign.set_defaults(handler=_handler("sign"))
@@ -40,6 +56,10 @@ def add_arguments(
         "--public-key",
         default=os.environ.get(PUBLIC_KEY_ENV) or None,
         help=f"trusted Ed25519 public key(s), PEM [env {PUBLIC_KEY_ENV}]",
+    )
+    verify.add_argument(
+        "--target",
+        help="refuse a bundle signed for another target (as `serve` does with its target)",
     )
     add_policy_max_bytes(verify)
     verify.set_defaults(handler=_handler("verify"))

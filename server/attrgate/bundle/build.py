@@ -1,5 +1,6 @@
 """`attrgate bundle build` and `sign`: a validated policy folder packed with its manifest, and a
-bundle re-packed with a signature over that manifest (the same bytes for the same inputs)."""
+bundle re-packed with a signature over that manifest, a time and a target (the same bytes for
+the same inputs)."""
 
 from __future__ import annotations
 
@@ -41,13 +42,19 @@ def build_bundle(path: str, max_bytes: int) -> tuple[bytes, Bundle]:
 
 
 def sign_bundle(
-    data: bytes, name: str, key: Ed25519PrivateKey, max_bytes: int
+    data: bytes,
+    name: str,
+    key: Ed25519PrivateKey,
+    max_bytes: int,
+    signed_at: int,
+    target: str,
 ) -> tuple[bytes, Bundle]:
-    """`data` re-packed with a signature by `key` (replacing any signature it had), once it
-    reads and loads as `serve` would load it."""
+    """`data` re-packed with a signature by `key` over its manifest, `signed_at` (UTC seconds)
+    and `target` (replacing any signature it had), once it reads and loads as `serve` would load
+    it."""
     bundle, _ = load_bundle(data, name, max_bytes, None)
-    signed = pack(bundle.manifest_bytes, bundle.files, signature_file(bundle.manifest_bytes, key))
-    return signed, bundle
+    signature = signature_file(bundle.manifest_bytes, key, signed_at, target)
+    return pack(bundle.manifest_bytes, bundle.files, signature), bundle
 
 
 def pack(manifest: bytes, files: list[SourceFile], signature: bytes | None) -> bytes:

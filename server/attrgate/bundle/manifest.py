@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attrgate.bundle import BundleError
+from attrgate.bundle import BundleError, json_document
 from attrgate.policy.snapshot import POLICY_SUFFIXES, TEST_DATA, SourceFile, is_test_file
 
 FORMAT = "attrgate-policy-bundle/1"
@@ -50,12 +50,7 @@ class Manifest:
     def decode(cls, data: bytes) -> Manifest:
         if len(data) > MAX_MANIFEST_BYTES:
             raise BundleError(f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
-        try:
-            document = json.loads(data)
-        except ValueError:
-            raise BundleError("the manifest is not JSON") from None
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise BundleError(f"the manifest is not of format {FORMAT!r}")
+        document = json_document(data, "the manifest", FORMAT)
         revision, files = document.get("revision"), document.get("files")
         if not isinstance(revision, str) or not isinstance(files, list):
             raise BundleError("the manifest has no revision or no file list")

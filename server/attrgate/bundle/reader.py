@@ -1,12 +1,13 @@
 """The one reader of a bundle, for `attrgate bundle verify`, `sign` and `serve --policies s3://`:
 archive complete and bounded, manifest matching exactly the files present, signature valid for a
-trusted key (when keys are given), and the files loaded as a policy set through the one loader,
-which gives the revision the manifest names."""
+trusted key and signed for the expected target (when keys are given), and the files loaded as a
+policy set through the one loader, which gives the revision the manifest names."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from attrgate.bundle import MANIFEST, SIGNATURE, BundleError
 from attrgate.bundle.archive import read_archive
 from attrgate.bundle.manifest import Manifest
-from attrgate.bundle.signing import check_signature
+from attrgate.bundle.signing import Signed, check_signature
 from attrgate.policy.compile import PolicySet, compile_snapshot
 from attrgate.policy.loading import compiled_or_refused, gc_paused
 from attrgate.policy.snapshot import Snapshot, SourceFile, path_order
@@ -39,14 +40,19 @@ class Bundle:
     manifest: Manifest
     manifest_bytes: bytes
     files: list[SourceFile]  # in the loader's order (policy.snapshot.path_order)
-    signed_by: str  # the trusted key's id; "" when no key was asked for
+    signed: Signed | None  # the trusted key and its statement; None when no key was asked for
 
 
 def read_bundle(
-    data: bytes, name: str, max_bytes: int, keys: Sequence[Ed25519PublicKey] | None
+    data: bytes,
+    name: str,
+    max_bytes: int,
+    keys: Sequence[Ed25519PublicKey] | None,
+    target: str | None = None,
 ) -> Bundle:
     """Check `data` (the bundle named `name`) without loading its policies. `keys` None: do not
-    ask for a signature (--allow-unsigned-bundles, or a bundle about to be signed)."""
+    ask for a signature (--allow-unsigned-bundles, or a bundle about to be signed), and so no
+    target either. `target` None: any target."""
     if len(data) > download_limit(max_bytes):
         raise BundleError(
             f"{len(data)} bytes, over the {download_limit(max_bytes)} a bundle may have "
@@ -58,7 +64,12 @@ def read_bundle(
         raise BundleError(f"no {MANIFEST} in the archive: not an attrgate bundle")
     signature = present.pop(SIGNATURE, None)
     # The signature first: nothing an unknown signer wrote is parsed beyond its JSON envelope.
-    signed_by = "" if keys is None else check_signature(manifest_bytes, signature, keys)
+    signed = None if keys is None else check_signature(manifest_bytes, signature, keys)
+    if signed is not None and target is not None and signed.statement.target != target:
+        raise BundleError(
+            f"signed for target {json.dumps(signed.statement.target)}, not for "
+            f"{json.dumps(target)}: a bundle meant for another place"
+        )
     manifest = Manifest.decode(manifest_bytes)
     listed = {entry.path: entry for entry in manifest.files}
     extra, missing = sorted(set(present) - set(listed)), sorted(set(listed) - set(present))
@@ -81,7 +92,7 @@ def read_bundle(
     files = [
         SourceFile(f"{name}/{path}", path, present[path]) for path in sorted(listed, key=path_order)
     ]
-    return Bundle(manifest, manifest_bytes, files, signed_by)
+    return Bundle(manifest, manifest_bytes, files, signed)
 
 
 def load_bundle(
@@ -89,10 +100,11 @@ def load_bundle(
     name: str,
     max_bytes: int,
     keys: Sequence[Ed25519PublicKey] | None,
+    target: str | None = None,
     pause_gc: bool = False,
 ) -> tuple[Bundle, PolicySet]:
     """read_bundle, then its files loaded and compiled as `serve` loads a folder."""
-    bundle = read_bundle(data, name, max_bytes, keys)
+    bundle = read_bundle(data, name, max_bytes, keys, target)
     with gc_paused() if pause_gc else contextlib.nullcontext():
         loaded = compile_snapshot(Snapshot(bundle.files, []), name)
     policy_set = compiled_or_refused(loaded, f"attrgate bundle verify {name}")

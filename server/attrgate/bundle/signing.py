@@ -1,6 +1,8 @@
-"""Ed25519 keys and the bundle's signature file: a signature over the manifest's exact bytes,
-checked against every trusted public key (a key file may hold several, for rotation). A key id
-in the signature file only names the signer in messages; it never selects or skips a check."""
+"""Ed25519 keys and the bundle's signature file: a signature over a statement (the manifest's
+SHA-256, when it was signed, and for which target), checked against every trusted public key (a
+key file may hold several, for rotation). The statement travels in the signature file as the
+exact bytes signed. A key id in the signature file only names the signer in messages; it never
+selects or skips a check."""
 
 from __future__ import annotations
 
@@ -11,14 +13,19 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from attrgate.bundle import BundleError, KeyFileError
+from attrgate.bundle import BundleError, KeyFileError, json_document
 
 ALGORITHM = "ed25519"
+STATEMENT_FORMAT = "attrgate-bundle-statement/1"
+MAX_TARGET = 1024
+MAX_SIGNATURE_FILE = 64 * 1024
 MAX_KEY_FILE = 64 * 1024
 _PUBLIC_PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
@@ -95,37 +102,113 @@ def generate_key_pair(private_path: str, public_path: str) -> str:
     return key_id(key.public_key())
 
 
-def signature_file(manifest: bytes, key: Ed25519PrivateKey) -> bytes:
+@dataclass(frozen=True)
+class Statement:
+    """What a signature vouches for: the manifest (by its SHA-256), when it was signed (whole
+    UTC seconds), and the target it was signed for ("" for none)."""
+
+    manifest_sha256: str
+    signed_at: int
+    target: str
+
+    def encode(self) -> bytes:
+        """The canonical bytes signed: JSON, sorted keys, no spaces."""
+        document = {
+            "format": STATEMENT_FORMAT,
+            "manifest_sha256": self.manifest_sha256,
+            "signed_at": self.signed_at,
+            "target": self.target,
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Statement:
+        document = json_document(data, "the signed statement", STATEMENT_FORMAT)
+        digest, signed_at, target = (
+            document.get("manifest_sha256"),
+            document.get("signed_at"),
+            document.get("target"),
+        )
+        if (
+            set(document) != {"format", "manifest_sha256", "signed_at", "target"}
+            or not isinstance(digest, str)
+            or not isinstance(signed_at, int)
+            or isinstance(signed_at, bool)
+            or signed_at < 0
+            or not isinstance(target, str)
+        ):
+            raise BundleError(
+                "the signed statement does not hold exactly manifest_sha256, signed_at "
+                "(whole seconds) and target"
+            )
+        return cls(digest, signed_at, check_target(target))
+
+
+def check_target(target: str) -> str:
+    """A target as `sign --target` takes it: at most MAX_TARGET printable characters."""
+    if len(target) > MAX_TARGET or not target.isprintable():
+        raise BundleError(f"a target is at most {MAX_TARGET} printable characters")
+    return target
+
+
+def utc(seconds: int) -> str:
+    """`seconds` since the epoch as ISO 8601 UTC, e.g. 2025-01-31T12:00:00Z."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A signature that verified: by which trusted key, and the statement it vouches for."""
+
+    key: str
+    statement: Statement
+
+
+def signature_file(manifest: bytes, key: Ed25519PrivateKey, signed_at: int, target: str) -> bytes:
+    statement = Statement(hashlib.sha256(manifest).hexdigest(), signed_at, check_target(target))
+    signed = statement.encode()
     document = {
         "algorithm": ALGORITHM,
         "key": key_id(key.public_key()),
-        "signature": base64.b64encode(key.sign(manifest)).decode(),
+        "signature": base64.b64encode(key.sign(signed)).decode(),
+        "statement": signed.decode(),
     }
     return (json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def check_signature(
     manifest: bytes, signature: bytes | None, keys: Sequence[Ed25519PublicKey]
-) -> str:
-    """The id of the trusted key that signed `manifest`; BundleError when unsigned or signed by
-    none of `keys`."""
+) -> Signed:
+    """The trusted key that signed a statement about exactly `manifest`, and that statement;
+    BundleError when unsigned, signed by none of `keys`, or signed for another manifest."""
     if signature is None:
         raise BundleError("unsigned: the bundle has no signature and a public key is required")
     try:
+        if len(signature) > MAX_SIGNATURE_FILE:
+            raise ValueError
         document = json.loads(signature)
         claimed = str(document["key"])[:64]
         raw = base64.b64decode(document["signature"], validate=True)
-        if document["algorithm"] != ALGORITHM:
+        statement = document["statement"]
+        if document["algorithm"] != ALGORITHM or not isinstance(statement, str):
             raise ValueError
+        signed = statement.encode()
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise BundleError("the signature file is not an attrgate Ed25519 signature") from None
     for key in keys:
         try:
-            key.verify(raw, manifest)
+            key.verify(raw, signed)
         except InvalidSignature:
             continue
-        return key_id(key)
+        # Only what a trusted key signed is parsed beyond the envelope.
+        found = Statement.decode(signed)
+        if found.manifest_sha256 != hashlib.sha256(manifest).hexdigest():
+            raise BundleError(
+                "the signature is for another manifest: the manifest was changed after "
+                "signing, or the signature was taken from another bundle"
+            )
+        return Signed(key_id(key), found)
     raise BundleError(
         f"the signature does not verify with any trusted key (it names key {claimed!r}): "
-        "signed by another key, or the manifest was changed after signing"
+        "signed by another key, or the signed statement was changed after signing"
     )
