@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import tarfile
 import time
@@ -332,6 +333,21 @@ def test_usage_errors_exit_2(signed: tuple[bytes, Path, Path], tmp_path: Path) -
     with pytest.raises(SystemExit) as exited:
         main(["bundle", "verify"])
     assert exited.value.code == 2
+
+
+def test_a_key_file_that_is_not_a_regular_file_is_refused_without_blocking(
+    signed: tuple[bytes, Path, Path], tmp_path: Path
+) -> None:
+    """A FIFO (or a device) where the public key should be: refused in one line at once; an
+    open() would block `serve` (which reads the key at start) until something writes to it."""
+    data, _, _ = signed
+    path = tmp_path / "b.tar.gz"
+    path.write_bytes(data)
+    fifo = tmp_path / "key.pub"
+    os.mkfifo(fifo)
+    done = attrgate("bundle", "verify", str(path), "--public-key", str(fifo))
+    assert done.returncode == 2, done.stderr
+    assert f"{fifo}: not a regular file" in done.stderr
 
 
 def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> None:

@@ -35,3 +35,22 @@ def read_regular(
     finally:
         os.close(handle)
     return info, b"".join(chunks)
+
+
+class FileRefused(Exception):
+    """Why a small file an operator names (a key, a certificate, a fixture, a bundle) cannot be
+    used: one line that names it."""
+
+
+def read_small_file(path: str, max_bytes: int) -> bytes:
+    """All of a regular file of at most `max_bytes`, read as read_regular does (a FIFO cannot
+    block, a device cannot flood), or FileRefused."""
+    try:
+        _, data = read_regular(path, max_bytes)
+    except NotRegularFile:
+        raise FileRefused(f"{path}: not a regular file") from None
+    except OSError as exc:
+        raise FileRefused(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise FileRefused(f"{path}: larger than {max_bytes} bytes")
+    return data

@@ -27,7 +27,7 @@ from attrgate.domain import (
     UpstreamError,
     UpstreamResult,
 )
-from attrgate.files import NotRegularFile, read_regular
+from attrgate.files import FileRefused, read_small_file
 from attrgate.lookups import OverBudget
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
@@ -48,13 +48,9 @@ def read_pool_fixture(path: str, pool_id: str | None = None) -> PoolDescription:
     returns it (the bare UserPool object is accepted too). `pool_id`: the pool it describes;
     None for the answer's own `Id`."""
     try:
-        _, data = read_regular(path, MAX_FIXTURE_BYTES)
-    except NotRegularFile:
-        raise FixtureError(f"{path}: not a regular file") from None
-    except OSError as exc:
-        raise FixtureError(f"{path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_FIXTURE_BYTES:
-        raise FixtureError(f"{path}: larger than {MAX_FIXTURE_BYTES} bytes")
+        data = read_small_file(path, MAX_FIXTURE_BYTES)
+    except FileRefused as exc:
+        raise FixtureError(str(exc)) from None
     try:
         text = data.decode("utf-8")
         answer: Any = json.loads(text) if path.endswith(".json") else _yaml(text)

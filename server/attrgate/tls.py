@@ -21,7 +21,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from attrgate.files import NotRegularFile, read_regular
+from attrgate.files import FileRefused, read_small_file
 
 log = logging.getLogger("attrgate.tls")
 
@@ -157,14 +157,9 @@ def _signature(paths: tuple[Path, ...], strict: bool = False) -> Signature:
 def _read(path: Path) -> bytes:
     """A regular file's bytes, bounded: a FIFO or device here must not block or flood."""
     try:
-        _, data = read_regular(str(path), MAX_PEM_BYTES)
-    except NotRegularFile:
-        raise TlsFilesError(f"{path} is not a regular file") from None
-    except OSError as exc:
-        raise TlsFilesError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_PEM_BYTES:
-        raise TlsFilesError(f"{path} is larger than {MAX_PEM_BYTES} bytes")
-    return data
+        return read_small_file(str(path), MAX_PEM_BYTES)
+    except FileRefused as exc:
+        raise TlsFilesError(str(exc)) from None
 
 
 def _certificates(path: Path, pem: bytes) -> list[x509.Certificate]:

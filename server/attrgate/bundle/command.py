@@ -18,7 +18,7 @@ from attrgate.bundle.signing import (
     load_public_keys,
     utc,
 )
-from attrgate.files import NotRegularFile, read_regular
+from attrgate.files import FileRefused, read_small_file
 
 OK, REFUSED, USAGE = 0, 1, 2
 # How far ahead of this clock --signed-at may be: a bundle signed in the future would make every
@@ -96,16 +96,10 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def _read_bundle(path: str, max_bytes: int) -> bytes:
-    limit = download_limit(max_bytes)
     try:
-        _, data = read_regular(path, limit)
-    except NotRegularFile:
-        raise BundleError(f"{path}: not a regular file") from None
-    except OSError as exc:
-        raise BundleError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise BundleError(f"{path}: over the {limit} bytes a bundle may have")
-    return data
+        return read_small_file(path, download_limit(max_bytes))
+    except FileRefused as exc:
+        raise BundleError(str(exc)) from None
 
 
 def _signer(bundle: Bundle) -> str:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from attrgate.bundle import BundleError, KeyFileError, json_document
+from attrgate.files import FileRefused, read_small_file
 
 ALGORITHM = "ed25519"
 STATEMENT_FORMAT = "attrgate-bundle-statement/1"
@@ -68,14 +69,11 @@ def load_public_keys(path: str) -> list[Ed25519PublicKey]:
 
 
 def _read_key_file(path: str) -> bytes:
+    # As every file an operator names: a FIFO in its place must not hold the server's start.
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise KeyFileError(f"{path}: too large for a key file")
-    return data
+        return read_small_file(path, MAX_KEY_FILE)
+    except FileRefused as exc:
+        raise KeyFileError(str(exc)) from None
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
