@@ -43,6 +43,7 @@ _SAMPLES = {
     "str": ("from-flag", "from-env"),
     "str | None": ("from-flag", "from-env"),
     "int": ("7", "9"),
+    "int | None": ("7", "9"),
     "float": ("1.5", "2.5"),
     "float | None": ("1.5", "2.5"),
 }

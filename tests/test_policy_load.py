@@ -136,7 +136,7 @@ def test_unknown_kind_and_api_version(tmp_path: Path) -> None:
     found = errors(path)
     assert (
         found[0] == f"{path}:2: kind: unknown kind 'AttrPolicy' "
-        "(known: AttributePolicy, PolicyTest, SmsGuard)"
+        "(known: AttributePolicy, CognitoQuota, PolicyTest, SmsGuard)"
     )
     assert found[1].startswith(f"{path}:11: apiVersion: ")
     assert len(found) == 2

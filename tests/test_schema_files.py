@@ -33,7 +33,7 @@ def test_one_schema_per_kind_and_one_for_any_document() -> None:
         "attrgate.json": None,
         **{f"{kind.lower()}.json": kind for kind in ALL_KINDS},
     }
-    assert set(ALL_KINDS) == {"AttributePolicy", "SmsGuard", "PolicyTest"}
+    assert set(ALL_KINDS) == {"AttributePolicy", "SmsGuard", "CognitoQuota", "PolicyTest"}
     for name, kind in file_names().items():
         schema = json.loads((SCHEMAS / name).read_text())
         assert schema["$schema"] == DRAFT

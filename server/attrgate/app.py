@@ -26,10 +26,14 @@ from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
+from attrgate.quota.governor import RESULTS, Governor
+from attrgate.quota.leases import LeaseKeeper
 from attrgate.reloading import PolicyReloader
 from attrgate.rollout.rollout import PolicyRollout
 from attrgate.rollout.status import RELOAD_RESULTS
 from attrgate.shadow import REMIND_EVERY, remind, warn
+from attrgate.store.base import REASONS, StoreUnavailable
+from attrgate.store.redis import RedisStore
 from attrgate.tasks import cancel_and_wait
 from attrgate.upstream.cognito import (
     CognitoSettings,
@@ -59,6 +63,8 @@ class App:
     _listeners: Listeners | None = None
     _upstream: CognitoUpstream | None = None
     _sms_state: SmsState | None = None
+    _governor: Governor | None = None
+    _quota_store: RedisStore | None = None
     _reload_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _serving: bool = False
     _stopping: bool = False
@@ -103,8 +109,14 @@ class App:
         sms_state = self._sms_state = await SmsState.open(
             settings, bool(policy_set.guards), metrics, self.out
         )
-        pipeline = self.pipeline = self._pipeline(policy_set, upstream, sms_state, metrics)
+        governor = self._governor = self._quota_governor(metrics, sms_state)
+        pipeline = self.pipeline = self._pipeline(
+            policy_set, upstream, sms_state, metrics, governor
+        )
         pipeline.candidate = candidate
+        governor.serving = lambda: pipeline.policy_set.quota
+        await governor.renew()  # the shares' rates before the first call (bounded: timeout)
+        governor.start()
         rollout.attach(
             pipeline,
             metrics.policy_reload,
@@ -180,6 +192,7 @@ class App:
         upstream: CognitoUpstream,
         sms_state: SmsState,
         metrics: Metrics,
+        governor: Governor,
     ) -> Pipeline:
         settings = self.settings
 
@@ -215,7 +228,42 @@ class App:
             sms_events=metrics,
             late=late,
             shadow=settings.shadow,
+            governor=governor,
         )
+
+    def _quota_governor(self, metrics: Metrics, sms_state: SmsState) -> Governor:
+        """The CognitoQuota governor: with --redis-url its leases and per-user pacing are the
+        fleet's, in that Redis (own connections, own short timeout); else this replica's."""
+        settings = self.settings
+        fleet = None
+        if settings.redis_url:
+            fleet = self._quota_store = RedisStore(
+                settings.redis_url,
+                settings.quota_store_timeout,
+                cluster=settings.redis_cluster,
+                max_connections=4,
+            )
+
+        def failed(exc: StoreUnavailable) -> None:
+            metrics.quota_store_failure(exc.reason)
+
+        user_key = None
+        if sms_state.key is not None:  # the fleet's key: one user, one pacing key everywhere
+            hasher = Hasher(sms_state.key)
+
+            def user_key(pool_id: str, username: str) -> str:
+                return hasher("quota-user", f"{pool_id}\0{username}")
+
+        governor = Governor(
+            LeaseKeeper(fleet, settings.quota_replicas, on_failure=failed),
+            default_in_flight=max(1, settings.executor_threads // 2),
+            user_key=user_key,
+            pacing_store=fleet,
+            events=metrics,
+            on_store_failure=failed,
+        )
+        metrics.watch_quota(governor, RESULTS, REASONS)
+        return governor
 
     @property
     def reloader(self) -> PolicyReloader | None:
@@ -305,6 +353,10 @@ class App:
             await asyncio.to_thread(upstream.close, True)
         if self.pipeline is not None:
             await self.pipeline.settle(2.0)  # reservations given back before the store closes
+        if self._governor is not None:
+            await self._governor.close()
+        if self._quota_store is not None:
+            await self._quota_store.close()
         if self._sms_state is not None:
             await self._sms_state.close()
         if self.decision_log is not None:

@@ -69,6 +69,8 @@ class Settings:
     hmac_key_file: str | None = None
     store_timeout: float = DEFAULT_TIMEOUT
     require_durable_store: bool = False
+    quota_replicas: int | None = None
+    quota_store_timeout: float = 0.05
     metrics_listen: str | None = None
     decision_log: str = "-"
     decision_log_queue: int = 10_000
@@ -152,6 +154,11 @@ _HELP = {
     "locks, Redis) before failing UNAVAILABLE",
     "require_durable_store": "refuse to start on a Redis that can lose counts (no appendonly "
     "yes, an eviction policy) instead of warning",
+    "quota_replicas": "replicas expected in the fleet: while the Redis of --redis-url does not "
+    "answer, each sends at most a CognitoQuota's rate divided by this (default: the replicas "
+    "seen live at the last exchange); without Redis, the rate is divided by it",
+    "quota_store_timeout": "seconds a CognitoQuota's Redis call (per-user pacing, lease "
+    "exchange) may take before the governor falls back to its local share",
     "metrics_listen": "HOST:PORT serving Prometheus metrics on /metrics",
     "decision_log": "where the JSON-lines decision log goes: - for stdout, or a file (reopened "
     "on SIGHUP)",
@@ -223,7 +230,7 @@ def _convert(kind: object, source: str, raw: Any) -> Any:
     try:
         if kind in ("bool", bool, "bool | None"):
             return _parse_bool(source, text)
-        if kind in ("int", int):
+        if kind in ("int", int, "int | None"):
             return int(text)
         if kind in ("float", float, "float | None"):
             return float(text)
@@ -337,6 +344,13 @@ def check(settings: Settings) -> None:
         raise ConfigError(f"--metadata-lookup-rate must be a positive number, not {rate}")
     if settings.metadata_lookup_burst < 1:
         raise ConfigError("--metadata-lookup-burst must be at least 1")
+    if settings.quota_replicas is not None and not 1 <= settings.quota_replicas <= 10_000:
+        raise ConfigError("--quota-replicas must be between 1 and 10000")
+    timeout = settings.quota_store_timeout
+    if not math.isfinite(timeout) or not 0 < timeout <= 10:
+        raise ConfigError(
+            f"--quota-store-timeout must be above 0 and at most 10 seconds, not {timeout}"
+        )
     if settings.decision_log_queue < 1:
         raise ConfigError("--decision-log-queue must be at least 1")
     if settings.max_receive_bytes < 1024:

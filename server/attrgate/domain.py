@@ -240,6 +240,12 @@ class PendingCall(Protocol):
     def gone(self) -> bool:
         """The caller has given up: send nothing more for it (no first attempt, no retry)."""
 
+    def retry_token(self) -> bool:
+        """May a retry go out (the quota governor's token)? False: no retry."""
+
+    def throttled(self) -> None:
+        """Cognito answered an attempt with a throttle."""
+
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
@@ -272,13 +278,25 @@ class LookupLimited:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaLimited:
+    """The decision allowed the call, but the Cognito quota (CognitoQuota) gave it no token
+    within the time it could wait: nothing was sent, and no SMS reservation is kept."""
+
+    decision: Decision
+    quota: str  # the CognitoQuota's name
+    share: str
+    scope: str  # "share" (its rate), "user" (per-user pacing), "in_flight" (its bulkhead)
+    retry_after: float  # seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Forwarded:
     decision: Decision
     upstream: UpstreamResult
     decided_at: float  # time.perf_counter() when the decision was made, before forwarding
 
 
-Outcome = Invalid | Unavailable | LookupLimited | Decision | Forwarded
+Outcome = Invalid | Unavailable | LookupLimited | Decision | QuotaLimited | Forwarded
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ values.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
@@ -30,9 +30,26 @@ LATENCY_BUCKETS = (
     *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
     *(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+QUOTA_WAIT_BUCKETS = (0.0, 0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 UNMATCHED_CALLER = "unmatched"
 CARDINALITY_LIMIT = 20_000
 EMPTY_POLICY_SET = PolicySet((), "")
+
+
+class QuotaView(Protocol):
+    """What the gauges read from the quota governor."""
+
+    @property
+    def modes(self) -> Sequence[str]: ...
+
+    @property
+    def mode(self) -> str: ...
+
+    def factor(self) -> float: ...
+
+    def configured_rate(self) -> float | None: ...
+
+    def snapshot(self) -> Sequence[tuple[str, float, float, int]]: ...
 
 
 class Metrics:
@@ -125,6 +142,24 @@ class Metrics:
             description="requests on which the candidate policy set's verdict differs from the "
             "serving set's, by caller and kind (would_deny_now_allowed, would_allow_now_denied, "
             "different_violations)",
+        )
+        self._quota_tokens = meter.create_counter(
+            "attrgate_quota_tokens",
+            description="CognitoQuota tokens by share and result: granted, exceeded (no token "
+            "of the share's rate in time), user_exceeded (per-user pacing), in_flight_exceeded "
+            "(the share's bulkhead), cancelled (the caller left while waiting), retry and "
+            "retry_refused (a retry inside a Cognito call)",
+        )
+        self._quota_wait = meter.create_histogram(
+            "attrgate_quota_wait",
+            unit="s",
+            description="time a call granted a CognitoQuota token waited for it, by share",
+            explicit_bucket_boundaries_advisory=QUOTA_WAIT_BUCKETS,
+        )
+        self._quota_failures = meter.create_counter(
+            "attrgate_quota_store_failures",
+            description="CognitoQuota calls to the fleet store (Redis) that failed, by reason "
+            "(the governor used its local share meanwhile)",
         )
         self._server: Any = None
         self._serving: Callable[[], PolicySet] = lambda: EMPTY_POLICY_SET
@@ -248,6 +283,90 @@ class Metrics:
 
     def sms_store_failure(self, reason: str) -> None:
         self._store_failures.add(1, {"reason": reason})
+
+    def quota_token(self, share: str, result: str) -> None:
+        """The quota governor's QuotaEvents (worker threads too: instruments are thread-safe)."""
+        self._quota_tokens.add(1, {"share": share, "result": result})
+
+    def quota_waited(self, share: str, seconds: float) -> None:
+        self._quota_wait.record(seconds, {"share": share})
+
+    def quota_store_failure(self, reason: str) -> None:
+        self._quota_failures.add(1, {"reason": reason})
+
+    def watch_quota(
+        self, governor: QuotaView, results: Sequence[str], reasons: Sequence[str]
+    ) -> None:
+        """The governor's state as gauges, read at each scrape: per share the rate this replica
+        may send at, the demand it measures and the calls under way; the fleet's mode
+        (fleet, emergency, local) and the adaptive factor. Every result and failure reason of a
+        share the serving set names starts at 0."""
+        self._quota_results = tuple(results)
+        for reason in reasons:
+            self._quota_failures.add(0, {"reason": reason})
+
+        def shares(value: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_: CallbackOptions) -> Iterable[Observation]:
+                for row in governor.snapshot():
+                    yield Observation(float(row[value]), {"share": str(row[0])})
+
+            return observe
+
+        for name, column, description in (
+            (
+                "attrgate_quota_rate",
+                1,
+                "requests per second this replica may send now, by "
+                "CognitoQuota share (its lease times the adaptive factor)",
+            ),
+            (
+                "attrgate_quota_demand",
+                2,
+                "requests per second asking for a token on this "
+                "replica, by share (refused ones included)",
+            ),
+            ("attrgate_quota_in_flight", 3, "Cognito calls under way, by share (the bulkhead)"),
+        ):
+            self._meter.create_observable_gauge(
+                name, callbacks=[shares(column)], description=description
+            )
+
+        def mode(_: CallbackOptions) -> Iterable[Observation]:
+            current = governor.mode
+            for name in governor.modes:
+                yield Observation(1 if name == current else 0, {"mode": name})
+
+        def factor(_: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(governor.factor())
+
+        def configured(_: CallbackOptions) -> Iterable[Observation]:
+            rate = governor.configured_rate()
+            if rate is not None:
+                yield Observation(rate)
+
+        self._meter.create_observable_gauge(
+            "attrgate_quota_mode",
+            callbacks=[mode],
+            description="1 for the governor's mode: fleet (leases in Redis), emergency (Redis "
+            "does not answer: rate / expected replicas), local (no Redis)",
+        )
+        self._meter.create_observable_gauge(
+            "attrgate_quota_adaptive_factor",
+            callbacks=[factor],
+            description="the fraction of its lease this replica sends at: below 1 while Cognito "
+            "throttles although the quota holds",
+        )
+        self._meter.create_observable_gauge(
+            "attrgate_quota_configured_rate",
+            callbacks=[configured],
+            description="the CognitoQuota's rate for the whole fleet (requests per second)",
+        )
+
+    def quota_shares(self, shares: Sequence[str]) -> None:
+        """attrgate_quota_tokens_total at 0 for every share and result (alerts need them)."""
+        for share in shares:
+            for result in getattr(self, "_quota_results", ()):
+                self._quota_tokens.add(0, {"share": share, "result": result})
 
     def decision_log_dropped(self) -> None:
         self._dropped.add(1)

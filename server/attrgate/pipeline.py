@@ -25,6 +25,7 @@ from attrgate.domain import (
     LookupLimited,
     PendingCall,
     PoolDescription,
+    QuotaLimited,
     Stage,
     Unavailable,
     UpdateRequest,
@@ -40,6 +41,8 @@ from attrgate.phones import Phone, parse_phone
 from attrgate.policy.compile import PolicySet
 from attrgate.policy.engine import evaluate
 from attrgate.policy.trace import Trace
+from attrgate.quota.compiled import CompiledQuota
+from attrgate.quota.governor import Governor, QuotaRefusal, Ticket
 from attrgate.schema import pending_verification, schema_violations
 from attrgate.shadow import shadowed
 from attrgate.tracing import start_span
@@ -83,10 +86,22 @@ class _Call:
     upstream asks `gone()` before sending and before every retry: nothing more is sent for a
     caller that has given up (cancelled, or cancelled by the server at the end of its grace)."""
 
-    __slots__ = ("_abandoned", "_lock", "_on_late", "_on_no_effect", "_result", "decision_id")
+    __slots__ = (
+        "_abandoned",
+        "_lock",
+        "_on_late",
+        "_on_no_effect",
+        "_result",
+        "_ticket",
+        "decision_id",
+    )
 
     def __init__(
-        self, decision_id: str, on_no_effect: Callable[[], None], on_late: LateOutcome
+        self,
+        decision_id: str,
+        on_no_effect: Callable[[], None],
+        on_late: LateOutcome,
+        ticket: Ticket | None = None,
     ) -> None:
         self.decision_id = decision_id
         self._lock = threading.Lock()
@@ -94,6 +109,14 @@ class _Call:
         self._abandoned = False
         self._on_no_effect = on_no_effect
         self._on_late = on_late
+        self._ticket = ticket
+
+    def retry_token(self) -> bool:
+        return self._ticket is None or self._ticket.retry_token()
+
+    def throttled(self) -> None:
+        if self._ticket is not None:
+            self._ticket.throttled()
 
     def complete(self, result: UpstreamResult) -> None:
         with self._lock:
@@ -126,6 +149,8 @@ class _Allowed:
     decision: Decision
     reservation: Reservation | None = None
     submitted: bool = False  # handed to the upstream: from then on its outcome decides
+    quota: CompiledQuota | None = None  # the CognitoQuota of the set that decided
+    ticket: Ticket | None = None  # the quota governor's, once granted
 
 
 class Pipeline:
@@ -141,6 +166,7 @@ class Pipeline:
         sms_events: SmsEvents | None = None,
         late: LateOutcome = _no_late,
         shadow: bool = False,
+        governor: Governor | None = None,
     ) -> None:
         # Swapped whole on reload; a request keeps the set it started with.
         self.policy_set = policy_set
@@ -155,6 +181,8 @@ class Pipeline:
         # serve --shadow: policy denials are forwarded with would_deny (attrgate.shadow).
         # A serve-time mode: the offline pipelines (test, explain) never set it.
         self._shadow = shadow
+        # The Cognito quota: only a server has one (the offline pipelines never forward).
+        self._governor = governor
 
     @property
     def shadow(self) -> bool:
@@ -175,9 +203,10 @@ class Pipeline:
         request: UpdateRequest,
         deadline: float | None,
         forwarding: Callable[[Decision, float], None] | None = None,
-    ) -> Invalid | Unavailable | LookupLimited | Decision | Forwarded:
-        """`forwarding` hears the decision (and when it was made) before the call goes to
-        Cognito, so a caller cancelled while it runs still has its decision logged."""
+    ) -> Invalid | Unavailable | LookupLimited | Decision | QuotaLimited | Forwarded:
+        """`forwarding` hears the decision (and when it was made) before the call waits for
+        the quota and goes to Cognito, so a caller cancelled meanwhile still has its decision
+        logged."""
         assessed = await self._assess(caller, request, consume=True)
         if not isinstance(assessed, _Allowed):
             return assessed
@@ -185,8 +214,12 @@ class Pipeline:
         if forwarding is not None:
             forwarding(decided, decided_at)
         sms_write = bool(decided.sms and decided.sms.triggers_sms)
-        remaining = None if deadline is None else deadline - time.monotonic()
         try:
+            limited = await self._take_quota(assessed, caller, request, deadline)
+            if limited is not None:
+                self._sms.release_soon(assessed.reservation)  # nothing was sent
+                return limited
+            remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 result = _deadline_result(no_effect=True)
             else:
@@ -197,9 +230,33 @@ class Pipeline:
             if not assessed.submitted:
                 self._sms.release_soon(assessed.reservation)
             raise
+        finally:
+            if assessed.ticket is not None and not assessed.submitted:
+                assessed.ticket.release()
         if result.no_effect:
             self._sms.release_soon(assessed.reservation)
         return Forwarded(decided, result, decided_at)
+
+    async def _take_quota(
+        self, assessed: _Allowed, caller: Caller, request: UpdateRequest, deadline: float | None
+    ) -> QuotaLimited | None:
+        """The quota governor's token for this call (held in `assessed.ticket`), or why not."""
+        if self._governor is None or assessed.quota is None:
+            return None
+        with start_span("attrgate.quota") as span:
+            got = await self._governor.acquire(
+                assessed.quota, caller.name, request.user_pool_id, request.username, deadline
+            )
+            if isinstance(got, QuotaRefusal):
+                span.set_attribute("attrgate.quota.refused", got.scope)
+                span.set_attribute("attrgate.quota.share", got.share)
+                return QuotaLimited(
+                    assessed.decision, got.quota, got.share, got.scope, got.retry_after
+                )
+            span.set_attribute("attrgate.quota.share", got.share)
+            span.set_attribute("attrgate.quota.waited_ms", round(got.waited * 1000, 3))
+        assessed.ticket = got
+        return None
 
     async def settle(self, seconds: float) -> None:
         """Wait (at most `seconds`) for the SMS reservations still being given back, so none is
@@ -220,9 +277,13 @@ class Pipeline:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self._sms.release_soon, assessed.reservation)
 
-        call = _Call(assessed.decision.decision_id, release_from_thread, self._late)
+        ticket = assessed.ticket
+        call = _Call(assessed.decision.decision_id, release_from_thread, self._late, ticket)
         future = self._upstream.submit(request, deadline, call, sms_write)
         assessed.submitted = True
+        if ticket is not None:
+            # The bulkhead slot is held until the call ends, not until its caller leaves.
+            future.add_done_callback(lambda _: ticket.release())
         try:
             # shield: a caller giving up must not cancel the call, which runs on regardless.
             return await asyncio.wait_for(asyncio.shield(future), remaining)
@@ -291,7 +352,7 @@ class Pipeline:
 
         phone = _phone_of(request)
         if phone is None:
-            return _Allowed(decision)
+            return _Allowed(decision, quota=policy_set.quota)
         with start_span("attrgate.sms_guard") as span:
             # The set this request started with, even if a reload swapped another in since.
             guards = policy_set.guards.applicable(request.user_pool_id)
@@ -303,7 +364,7 @@ class Pipeline:
                 span.set_attribute("attrgate.sms.triggers", found.sms.triggers_sms)
                 span.set_attribute("attrgate.sms.outcome", found.sms_outcome)
         if isinstance(assessed, tuple):
-            return _Allowed(*assessed)
+            return _Allowed(*assessed, quota=policy_set.quota)
         return assessed
 
 

@@ -15,6 +15,7 @@ from attrgate.domain import (
     Decision,
     FieldViolation,
     LookupLimited,
+    QuotaLimited,
     Stage,
     Unavailable,
     UpdateRequest,
@@ -216,6 +217,39 @@ def lookup_limited(outcome: LookupLimited) -> ErrorStatus:
         f"were not cached; nothing was sent, retry in {delay_ms} ms",
         metadata={"policy_revision": outcome.policy_revision, "lookup": outcome.lookup},
         extra_details=(_retry_info(delay_ms),),
+    )
+
+
+_QUOTA_SCOPES = {
+    "share": "no token of its share's rate within the time it could wait",
+    "user": "writes to this user are paced (perUser), and its turn would come too late",
+    "in_flight": "its share has the most calls under way that it may (maxInFlight)",
+}
+
+
+def quota_exceeded(outcome: QuotaLimited) -> ErrorStatus:
+    """The Cognito quota governor gave the call no token in time: nothing was sent, and any
+    SMS reservation was given back."""
+    delay_ms = max(1, math.ceil(outcome.retry_after * 1000))
+    why = _QUOTA_SCOPES[outcome.scope]
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=f"CognitoQuota {outcome.quota} share {outcome.share}",
+                description=f"{outcome.scope}: {why}",
+            )
+        ]
+    )
+    return ErrorStatus(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.QUOTA_EXCEEDED,
+        f"Cognito quota: share {outcome.share}: {why}; nothing was sent, retry in {delay_ms} ms",
+        metadata={
+            **_decided(outcome.decision),
+            "quota_share": outcome.share,
+            "quota_scope": outcome.scope,
+        },
+        extra_details=(quota, _retry_info(delay_ms)),
     )
 
 

@@ -17,6 +17,7 @@ from attrgate.domain import (
     Decision,
     Invalid,
     LookupLimited,
+    QuotaLimited,
     SmsRefusal,
     Unavailable,
     UpdateRequest,
@@ -125,6 +126,15 @@ class DecisionRecord:
         self._undecided(outcome, "limited")
         self.entry["limited"] = outcome.lookup
         self.entry["retry_after_ms"] = math.ceil(outcome.retry_after * 1000)
+
+    def quota(self, outcome: QuotaLimited) -> None:
+        """Allowed, but refused by the Cognito quota (the decision is recorded already)."""
+        self.entry["outcome"] = "quota_exceeded"
+        self.entry["quota"] = {
+            "share": outcome.share,
+            "scope": outcome.scope,
+            "retry_after_ms": math.ceil(outcome.retry_after * 1000),
+        }
 
     def _undecided(self, outcome: Unavailable | LookupLimited, name: str) -> None:
         self.decided()

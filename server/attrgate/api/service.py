@@ -24,6 +24,7 @@ from attrgate.api.errors import (
     invalid_request,
     lookup_limited,
     malformed_request,
+    quota_exceeded,
     shutting_down,
     unauthenticated,
     unavailable,
@@ -31,7 +32,14 @@ from attrgate.api.errors import (
 )
 from attrgate.api.record import DecisionRecord, UsernameHash
 from attrgate.api.status import DECISION_ID_METADATA, ErrorStatus
-from attrgate.domain import Caller, Forwarded, Invalid, LookupLimited, Unavailable
+from attrgate.domain import (
+    Caller,
+    Forwarded,
+    Invalid,
+    LookupLimited,
+    QuotaLimited,
+    Unavailable,
+)
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
 from attrgate.reasons import Reason
@@ -151,6 +159,9 @@ class UserAttributesService:
             if isinstance(outcome, LookupLimited):
                 record.limited(outcome)
                 raise _Abort(lookup_limited(outcome), outcome.decision_id)
+            if isinstance(outcome, QuotaLimited):
+                record.quota(outcome)  # its decision is recorded by the forwarding callback
+                raise _Abort(quota_exceeded(outcome), outcome.decision.decision_id)
             if not isinstance(outcome, Forwarded):
                 record.decision(outcome, domain_request)
                 raise _Abort(denied(outcome, domain_request, _now_ms()), outcome.decision_id)

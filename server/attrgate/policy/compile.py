@@ -16,8 +16,10 @@ from attrgate.policy.constraints import CompiledAllow
 from attrgate.policy.globs import GlobIndex, PoolMatcher
 from attrgate.policy.load import LoadedPolicy, LoadResult, load_policy_set, load_snapshot
 from attrgate.policy.model import VERIFIED_FLAGS, AttributePolicy, SmsGuard
+from attrgate.policy.model import CognitoQuota as CognitoQuotaDocument
 from attrgate.policy.patterns import pattern_scope
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, Snapshot
+from attrgate.quota.compiled import CompiledQuota
 
 APPLICABLE_CACHE_SIZE = 4096
 
@@ -99,6 +101,15 @@ class PolicySet:
         ]
         self.policies = tuple(CompiledPolicy(document, file) for document, file in documents)
         self.guards = GuardSet([i.document for i in loaded if isinstance(i.document, SmsGuard)])
+        # At most one (the loader refuses a second).
+        self.quota: CompiledQuota | None = next(
+            (
+                CompiledQuota(i.document, i.file)
+                for i in loaded
+                if isinstance(i.document, CognitoQuotaDocument)
+            ),
+            None,
+        )
         self._by_caller: GlobIndex[int] = GlobIndex()
         for position, (document, _) in enumerate(documents):
             for caller in dict.fromkeys(document.spec.callers):
@@ -110,7 +121,7 @@ class PolicySet:
     @property
     def size(self) -> int:
         """Documents in the set, guards included (as `attrgate check` counts them)."""
-        return len(self.policies) + len(self.guards.guards)
+        return len(self.policies) + len(self.guards.guards) + (self.quota is not None)
 
     def caller_label(self, caller: str) -> str | None:
         """A name for `caller` drawn from the policies (so bounded by them, whatever callers

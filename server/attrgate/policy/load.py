@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from attrgate.policy.model import KINDS
+from attrgate.policy.model import KINDS, CognitoQuota
 from attrgate.policy.patterns import pattern_scope
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES, Snapshot, is_test_file, read_snapshot
 from attrgate.policy.testmodel import PolicyTest
@@ -122,12 +122,29 @@ def load_snapshot(snapshot: Snapshot, root: str, tests: bool = False) -> LoadRes
                 continue
             seen[name] = f"{label}:{document.line_of(('metadata', 'name'))}"
             (result.tests if is_test else result.policies).append(loaded)
+    _one_quota(result)
     # A folder of suites alone is no policy set, but it is what `attrgate test PATH --policies
     # SET` reads the suites from.
     if not result.policies and not (tests and result.tests) and not result.errors:
         result.errors.append(PolicyError(str(root), 0, "", NO_POLICIES))
     result.revision = "sha256:" + digest.hexdigest()[:16]
     return result
+
+
+def _one_quota(result: LoadResult) -> None:
+    """One account and region, one quota: a second CognitoQuota is an error at its name."""
+    quotas = [p for p in result.policies if isinstance(p.document, CognitoQuota)]
+    for extra in quotas[1:]:
+        line = extra.source.line_of(("kind",)) if extra.source is not None else extra.line
+        result.errors.append(
+            PolicyError(
+                extra.file,
+                line,
+                "kind",
+                f"a second CognitoQuota (the first is at {quotas[0].file}:{quotas[0].line}); "
+                "a policy set has at most one",
+            )
+        )
 
 
 def _validate(

@@ -373,5 +373,154 @@ class SmsGuard(StrictModel):
     """The guard itself."""
 
 
+# --- CognitoQuota -----------------------------------------------------------------------------
+
+_WAIT = re.compile(r"(0|[1-9][0-9]{0,5})(ms|s)")
+_NOT_WAIT = "not a wait such as 2s, 500ms or 0s (at most 60s)"
+MAX_WAIT_MS = 60_000
+
+
+def wait_ms(text: str) -> int:
+    """`2s`, `500ms`, `0s` in milliseconds, at most a minute."""
+    found = _WAIT.fullmatch(text)
+    if found is None:
+        raise ValueError(f"{text!r} is {_NOT_WAIT}")
+    ms = int(found[1]) * (1 if found[2] == "ms" else 1_000)
+    if ms > MAX_WAIT_MS:
+        raise ValueError(f"{text!r} is {_NOT_WAIT}")
+    return ms
+
+
+Wait = Annotated[
+    str,
+    AfterValidator(lambda v: (wait_ms(v), v)[1]),
+    Field(json_schema_extra={"pattern": f"^{_WAIT.pattern}$", "patternErrorMessage": _NOT_WAIT}),
+]
+
+
+# Requests per second, weights and fractions: a decimal (YAML's 2.5 is exact) or an integer.
+Rate = Annotated[
+    Decimal,
+    BeforeValidator(_money),
+    Field(gt=0, le=100_000),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 100_000}),
+]
+Weight = Annotated[
+    Decimal,
+    BeforeValidator(_money),
+    Field(gt=0, le=1_000),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1_000}),
+]
+Fraction = Annotated[
+    Decimal,
+    BeforeValidator(_money),
+    Field(ge=0, le=1),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
+]
+
+
+class QuotaClass(StrictModel):
+    """How one class of callers shares the quota."""
+
+    weight: Weight = Decimal(1)
+    """Its weight in the fair share: under contention, classes that want more than they get
+    receive the free rate in proportion to their weights (weighted max-min fairness)."""
+    reserved: Fraction = Decimal(0)
+    """A fraction of the rate (0.2 = 20 %) kept for this class, even when the others want
+    everything; the others never borrow it."""
+    max_rate: Rate | None = Field(None, alias="maxRate")
+    """A ceiling in requests per second, however much is free."""
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] | None = Field(None, alias="maxInFlight")
+    """The most Cognito calls of this class under way at once (a bulkhead: calls that hang
+    cannot take every upstream slot). Default: half of --executor-threads."""
+
+
+class QuotaShare(QuotaClass):
+    """A class of callers named by globs."""
+
+    name: PolicyName | None = None
+    """The share's name in metrics, errors and logs (default: its first callers entry)."""
+    callers: Annotated[list[Glob], Field(min_length=1)]
+    """Caller names or globs (`*` = any run of characters). A caller belongs to the first share
+    that names it; callers no share names belong to `others`."""
+
+
+class PerUserRate(StrictModel):
+    """Pacing of the writes to one user (Cognito allows each user about 10 per second)."""
+
+    rate: Rate
+    """Writes per second to one user (keyed by user pool and a hash of the username)."""
+    burst: Annotated[int, Field(ge=1, le=1_000)] = 1
+    """Writes to one user that may go out at once before the pacing applies."""
+
+
+class QuotaQueue(StrictModel):
+    """How long a call over its share waits for a token."""
+
+    max_wait: Wait = Field("2s", alias="maxWait")
+    """At most this long (and never past the call's own gRPC deadline); 0s refuses at once."""
+
+
+class CognitoQuotaSpec(StrictModel):
+    """The account's UserUpdate quota and how callers share it."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+    )
+
+    rate: Rate
+    """Requests per second the whole fleet may send to Cognito's UserUpdate category
+    (AdminUpdateUserAttributes): 25 by default in every account and region."""
+    burst: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    """Requests that may go out at once above the rate (default: the rate, rounded up)."""
+    shares: list[QuotaShare] = Field(default_factory=list, max_length=64)
+    """Classes of callers with their weights, reserved floors and ceilings."""
+    others: QuotaClass = Field(default_factory=lambda: QuotaClass.model_validate({}))
+    """The class of every caller no share names."""
+    per_user: PerUserRate | None = Field(None, alias="perUser")
+    """Pacing of the writes to one user."""
+    queue: QuotaQueue = Field(default_factory=lambda: QuotaQueue.model_validate({}))
+    """How long a call over its share may wait."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CognitoQuotaSpec:
+        classes = [*self.shares, self.others]
+        if sum(c.reserved for c in classes) > 1:
+            raise ValueError("the reserved fractions of all shares add up to more than 1")
+        for c in classes:
+            if c.max_rate is not None and c.max_rate < c.reserved * self.rate:
+                raise ValueError(
+                    f"a share's maxRate {c.max_rate} is below its reserved "
+                    f"{c.reserved} x rate {self.rate}"
+                )
+        names = [s.name or s.callers[0] for s in self.shares]
+        for name in names:
+            if names.count(name) > 1 or name == OTHERS:
+                raise ValueError(f"two shares are named {name!r} (give each a distinct name)")
+        return self
+
+
+OTHERS = "others"
+
+
+class CognitoQuota(StrictModel):
+    """The fleet-wide budget of calls to Cognito's UserUpdate category (shared by every user
+    pool and service of one account and region), how callers share it, and per-user pacing.
+    At most one per policy set."""
+
+    api_version: Literal["attrgate/v1"] = Field(alias="apiVersion")
+    """The policy format's version: attrgate/v1."""
+    kind: Literal["CognitoQuota"]
+    """The kind of document."""
+    metadata: Metadata
+    """Name, description and labels."""
+    spec: CognitoQuotaSpec
+    """The quota itself."""
+
+
 # Every kind a policy document may have.
-KINDS: dict[str, type[BaseModel]] = {"AttributePolicy": AttributePolicy, "SmsGuard": SmsGuard}
+KINDS: dict[str, type[BaseModel]] = {
+    "AttributePolicy": AttributePolicy,
+    "SmsGuard": SmsGuard,
+    "CognitoQuota": CognitoQuota,
+}

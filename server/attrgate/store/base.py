@@ -92,6 +92,52 @@ class StoreUnavailable(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseSync:
+    """One replica's turn in the quota governor's lease exchange (quota/leases.py)."""
+
+    replica: str
+    now_ms: int
+    ttl_ms: int  # the grant holds this long unless renewed
+    capacity: float  # requests per second for the whole fleet
+    signature: str  # the shares' names: rows of another shape count, but not for fairness
+    demands: Sequence[float]  # per share, requests per second wanted here
+    desired: Sequence[float]  # per share, the rate this replica asks for
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    """Another live replica's row."""
+
+    signature: str
+    demands: tuple[float, ...]
+    total: float  # the rate it holds
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    rates: tuple[float, ...]  # per share, what this replica holds now
+    others: tuple[LeaseRow, ...]
+
+
+class FleetQuotaStore(Protocol):
+    """What the quota governor needs from a store all replicas share (Redis)."""
+
+    async def quota_sync(self, quota: str, sync: LeaseSync) -> LeaseGrant: ...
+
+    async def quota_pace(
+        self,
+        quota: str,
+        user: str,
+        now_ms: int,
+        interval_ms: float,
+        tolerance_ms: float,
+        wait_ms: float,
+    ) -> tuple[bool, float]: ...
+
+    async def close(self) -> None: ...
+
+
 class Store(Protocol):
     """Every call answers or raises StoreUnavailable within the store's timeout."""
 

@@ -49,9 +49,7 @@ class Breaker:
         if state == CLOSED:
             return True
         now = self._clock()
-        if state == OPEN or (
-            self._trial_at is not None and now - self._trial_at < self._cooldown
-        ):
+        if state == OPEN or (self._trial_at is not None and now - self._trial_at < self._cooldown):
             return False
         self._trial_at = now
         return True

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -37,12 +38,15 @@ from attrgate.store.base import (
     REDIS_ERROR,
     TIMEOUT,
     Counter,
+    LeaseGrant,
+    LeaseRow,
+    LeaseSync,
     Refused,
     ReserveResult,
     StoreUnavailable,
     check_counters,
 )
-from attrgate.store.redis_lua import RELEASE, RESERVE, USAGE
+from attrgate.store.redis_lua import QUOTA_PACE, QUOTA_SYNC, RELEASE, RESERVE, USAGE
 
 PREFIX = "{attrgate}:"
 
@@ -88,6 +92,8 @@ class RedisStore:
         self._reserve = self._redis.register_script(RESERVE)
         self._release = self._redis.register_script(RELEASE)
         self._usage = self._redis.register_script(USAGE)
+        self._quota_sync = self._redis.register_script(QUOTA_SYNC)
+        self._quota_pace = self._redis.register_script(QUOTA_PACE)
 
     def _keys(self, key: str) -> tuple[str, str]:
         return f"{self._prefix}ev:{key}", f"{self._prefix}sum:{key}"
@@ -212,6 +218,52 @@ class RedisStore:
     async def delete_secret(self, name: str) -> None:
         async with self._answer():
             await self._redis.delete(f"{self._prefix}secret:{name}")
+
+    async def quota_sync(self, quota: str, sync: LeaseSync) -> LeaseGrant:
+        """The quota governor's lease exchange (redis_lua.QUOTA_SYNC): this replica's demands
+        and desired rates in, its granted rates and the other live replicas' rows out."""
+        args: list[str | int] = [
+            sync.replica,
+            sync.now_ms,
+            sync.ttl_ms,
+            repr(sync.capacity),
+            sync.signature,
+            json.dumps(list(sync.demands)),
+            json.dumps(list(sync.desired)),
+        ]
+        async with self._answer():
+            reply = await self._quota_sync(keys=[f"{self._prefix}quota:{quota}:leases"], args=args)
+        granted = json.loads(_decode(reply[0]))
+        rows = []
+        for raw in reply[1:]:
+            row = json.loads(_decode(raw))
+            demands = row.get("d")
+            rows.append(
+                LeaseRow(
+                    str(row.get("sig", "")),
+                    tuple(float(x) for x in demands) if isinstance(demands, list) else (),
+                    float(row.get("total", 0)),
+                )
+            )
+        # cjson encodes an empty array as {}; the desired list is never empty.
+        rates = tuple(float(x) for x in granted) if isinstance(granted, list) else ()
+        return LeaseGrant(rates, tuple(rows))
+
+    async def quota_pace(
+        self,
+        quota: str,
+        user: str,
+        now_ms: int,
+        interval_ms: float,
+        tolerance_ms: float,
+        wait_ms: float,
+    ) -> tuple[bool, float]:
+        """Per-user pacing (redis_lua.QUOTA_PACE): whether the write may go, and its slot."""
+        key = f"{self._prefix}quota:{quota}:user:{user}"
+        args: list[str | int] = [now_ms, repr(interval_ms), repr(tolerance_ms), repr(wait_ms)]
+        async with self._answer():
+            ok, at = await self._quota_pace(keys=[key], args=args)
+        return int(ok) == 1, float(_decode(at))
 
     async def ping(self) -> None:
         async with self._answer():

@@ -166,3 +166,73 @@ for i = 1, #KEYS / 2 do
 end
 return out
 """
+
+# The quota governor's lease table (quota/leases.py): one hash per quota, a field per replica
+# holding {"exp": ms, "total": granted rate, "sig": shares' signature, "d": demands}.
+# KEYS: the hash. ARGV: replica id, now_ms, ttl_ms, capacity, signature, demands (JSON array),
+# desired rates (JSON array). Rows past their expiry are dropped; this replica is granted its
+# desired rates, scaled down to what the other live rows leave of the capacity, so the granted
+# rates of all live rows never add up to more than the capacity. Returns the granted rates
+# (JSON) and the other live rows (JSON strings). Rates are plain Lua numbers (doubles): they
+# are requests per second, not money.
+QUOTA_SYNC = r"""
+local h = KEYS[1]
+local me = ARGV[1]
+local now = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local capacity = tonumber(ARGV[4])
+local desired = cjson.decode(ARGV[7])
+local others = 0
+local rows = {}
+local all = redis.call("HGETALL", h)
+for i = 1, #all, 2 do
+  local row = cjson.decode(all[i + 1])
+  if tonumber(row.exp) <= now then
+    redis.call("HDEL", h, all[i])
+  elseif all[i] ~= me then
+    others = others + tonumber(row.total)
+    table.insert(rows, all[i + 1])
+  end
+end
+local want = 0
+for _, v in ipairs(desired) do want = want + v end
+local free = capacity - others
+if free < 0 then free = 0 end
+local scale = 1
+if want > free then
+  if want > 0 then scale = free / want else scale = 0 end
+end
+local granted = {}
+local total = 0
+for i, v in ipairs(desired) do
+  granted[i] = v * scale
+  total = total + granted[i]
+end
+redis.call("HSET", h, me, cjson.encode({exp = now + ttl, total = total, sig = ARGV[5],
+  d = cjson.decode(ARGV[6])}))
+redis.call("PEXPIRE", h, ttl * 10)
+local reply = {cjson.encode(granted)}
+for _, r in ipairs(rows) do table.insert(reply, r) end
+return reply
+"""
+
+# Per-user pacing (quota/pacing.py's GCRA, the same arithmetic). KEYS: the user's TAT key.
+# ARGV: now_ms, interval_ms, tolerance_ms, wait_ms. Returns {1, slot} when the write may go at
+# `slot` (the TAT moves one interval on), {0, slot} when its slot is beyond the wait (nothing
+# changes). Numbers go back as strings: Redis would truncate a Lua number to an integer.
+QUOTA_PACE = r"""
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
+local wait = tonumber(ARGV[4])
+local tat = tonumber(redis.call("GET", KEYS[1]) or now)
+if tat < now then tat = now end
+local at = tat - tolerance
+if at < now then at = now end
+if at - now > wait then
+  return {0, string.format("%.3f", at)}
+end
+local new = tat + interval
+redis.call("SET", KEYS[1], string.format("%.3f", new), "PX", math.ceil(new - now) + 1000)
+return {1, string.format("%.3f", at)}
+"""

@@ -112,7 +112,7 @@ class CognitoUpstream:
         self._documented = {op: documented_codes(model, op) for op in OPERATIONS}
         events = self.client.meta.events
         events.register("before-parse.cognito-idp", blank_undecodable_error_body)
-        self.retries = RetryGate()
+        self.retries = RetryGate(settings.max_attempts)
         self.retries.register(events)
         self._executor = BoundedExecutor(
             settings.threads, settings.threads * QUEUE_FACTOR, "attrgate-cognito"
@@ -229,7 +229,15 @@ class CognitoUpstream:
         elif call.gone():
             result = _NOT_SENT
         else:
-            enter_scope(CallScope(deadline, sms_write, call.gone))
+            enter_scope(
+                CallScope(
+                    deadline,
+                    sms_write,
+                    call.gone,
+                    retry_token=call.retry_token,
+                    throttled=call.throttled,
+                )
+            )
             result = self._update_blocking(request)
         call.complete(result)
         return result

@@ -51,6 +51,20 @@ def _never() -> bool:
     return False
 
 
+def _always() -> bool:
+    return True
+
+
+def _nothing() -> None:
+    pass
+
+
+# Cognito's answers that mean "slow down" (the account's quota, or one user's).
+THROTTLE_CODES = frozenset(
+    {"TooManyRequestsException", "ThrottlingException", "LimitExceededException"}
+)
+
+
 @dataclass(slots=True)
 class Attempts:
     """What happened to one call's attempts so far (its thread alone writes them)."""
@@ -70,6 +84,10 @@ class CallScope:
         False  # DescribeUserPool, AdminGetUser: retried only when nothing reached Cognito
     )
     attempts: Attempts = field(default_factory=Attempts)
+    # The quota governor's: a token for a retry about to be sent (False: no retry), and told of
+    # every throttled attempt (quota/governor.Ticket).
+    retry_token: Callable[[], bool] = _always
+    throttled: Callable[[], None] = _nothing
 
 
 class AttemptWithdrawn(Exception):
@@ -98,8 +116,9 @@ def current_scope() -> CallScope | None:
 
 
 class RetryGate:
-    def __init__(self) -> None:
+    def __init__(self, max_attempts: int = 3) -> None:
         self._stopping = threading.Event()
+        self._max_attempts = max_attempts
 
     def register(self, events: Any, service_id: str = "cognito-idp") -> None:
         events.register_first(f"needs-retry.{service_id}", self.needs_retry)
@@ -118,6 +137,9 @@ class RetryGate:
             return None  # a call attrgate did not scope (none does today)
         reached = _maybe_delivered(response, caught_exception)
         scope.attempts.maybe_delivered |= reached
+        throttled = _throttled(response)
+        if throttled:
+            scope.throttled()
         if isinstance(caught_exception, AttemptWithdrawn) or self._stopping.is_set():
             return False
         if scope.gone() or _passed(scope.deadline):
@@ -126,6 +148,9 @@ class RetryGate:
             return False
         if scope.lookup and response is not None:
             return False  # Cognito answered (throttled, 5xx): a lookup is not asked again
+        retryable = caught_exception is not None or throttled or _status(response) >= 500
+        if retryable and scope.attempts.sent < self._max_attempts and not scope.retry_token():
+            return False  # the retry would go out over the quota: the caller hears this answer
         return None
 
     def before_send(self, **_: Any) -> None:
@@ -149,6 +174,19 @@ def _passed(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
+def _status(response: Any) -> int:
+    if response is None or response[0] is None:
+        return 0
+    return int(response[0].status_code)
+
+
+def _throttled(response: Any) -> bool:
+    if response is None or not isinstance(response[1], dict):
+        return False
+    error = response[1].get("Error")
+    return isinstance(error, dict) and error.get("Code") in THROTTLE_CODES
+
+
 def _maybe_delivered(response: Any, caught_exception: BaseException | None) -> bool:
     """The attempt may have reached Cognito: an answer (a 5xx: nobody knows what it did), or a
     connection lost after sending. Not: a connection never made, an attempt withdrawn, an
@@ -160,7 +198,4 @@ def _maybe_delivered(response: Any, caught_exception: BaseException | None) -> b
             | botocore.exceptions.ConnectTimeoutError
             | AttemptWithdrawn,
         )
-    if response is not None:
-        status = int(response[0].status_code) if response[0] is not None else 0
-        return status >= 500
-    return False
+    return _status(response) >= 500

@@ -1,0 +1,345 @@
+"""The quota governor on the request path: a call that reaches Cognito's UserUpdate category
+first takes, within the time it may wait, a slot in its share's bulkhead, its user's pacing
+slot, and a token of its share's rate on this replica (leases.py keeps that rate fair across the
+fleet). Any of them refused: the call is answered QUOTA_EXCEEDED, and nothing is sent.
+
+A retry inside the Cognito call (botocore's standard mode) takes a token too, from the worker
+thread, without waiting: no token, no retry. Every throttle Cognito answers feeds the adaptive
+factor (adaptive.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from attrgate.quota.adaptive import Adaptive
+from attrgate.quota.bucket import Refused, ShareGate
+from attrgate.quota.bulkhead import Bulkhead
+from attrgate.quota.compiled import CompiledQuota
+from attrgate.quota.demand import Demand
+from attrgate.quota.leases import LOCAL, MODES, SYNC_EVERY, LeaseKeeper, Leases
+from attrgate.quota.pacing import LocalPacing
+from attrgate.store.base import FleetQuotaStore, StoreUnavailable
+from attrgate.store.breaker import Breaker
+from attrgate.tasks import cancel_and_wait
+
+log = logging.getLogger("attrgate.quota")
+
+# Why a call was refused (the QuotaFailure's subject says which share).
+SHARE, USER, IN_FLIGHT = "share", "user", "in_flight"
+# attrgate_quota_tokens_total{result}
+GRANTED = "granted"
+EXCEEDED = "exceeded"  # the share's rate: no token within the wait
+USER_EXCEEDED = "user_exceeded"  # the user's pacing
+IN_FLIGHT_EXCEEDED = "in_flight_exceeded"  # the share's bulkhead
+CANCELLED = "cancelled"  # the caller left while waiting
+RETRY = "retry"  # a token for a retry inside a Cognito call
+RETRY_REFUSED = "retry_refused"  # a retry not sent: no token
+RESULTS = (GRANTED, EXCEEDED, USER_EXCEEDED, IN_FLIGHT_EXCEEDED, CANCELLED, RETRY, RETRY_REFUSED)
+_REFUSED_RESULT = {SHARE: EXCEEDED, USER: USER_EXCEEDED, IN_FLIGHT: IN_FLIGHT_EXCEEDED}
+# Of a caller's remaining deadline, this much is left for the Cognito call itself.
+KEEP_FOR_CALL = 0.1
+LOG_REDUCED_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRefusal:
+    share: str
+    scope: str  # SHARE, USER or IN_FLIGHT
+    retry_after: float  # seconds
+    quota: str  # the CognitoQuota's name
+
+
+class QuotaEvents(Protocol):
+    def quota_token(self, share: str, result: str) -> None: ...
+
+    def quota_waited(self, share: str, seconds: float) -> None: ...
+
+    def quota_shares(self, shares: Sequence[str]) -> None:
+        """The serving quota's shares (now, and after a reload changed them)."""
+
+
+class _NoEvents:
+    def quota_token(self, share: str, result: str) -> None:
+        pass
+
+    def quota_waited(self, share: str, seconds: float) -> None:
+        pass
+
+    def quota_shares(self, shares: Sequence[str]) -> None:
+        pass
+
+
+class _Share:
+    __slots__ = ("bulkhead", "demand", "gate", "name", "rate")
+
+    def __init__(self, name: str, in_flight: int) -> None:
+        self.name = name
+        self.gate = ShareGate()
+        self.bulkhead = Bulkhead(in_flight)
+        self.demand = Demand()
+        self.rate = 0.0  # tokens per second on this replica now
+
+
+class Ticket:
+    """A call's right to go to Cognito: it holds a bulkhead slot until `release` (the call's
+    outcome), and lends the call's retries their tokens (worker threads)."""
+
+    __slots__ = ("_events", "_released", "_share", "_throttled", "waited")
+
+    def __init__(
+        self, share: _Share, waited: float, events: QuotaEvents, throttled: Callable[[], None]
+    ) -> None:
+        self._share = share
+        self._events = events
+        self._throttled = throttled
+        self._released = False
+        self.waited = waited
+
+    @property
+    def share(self) -> str:
+        return self._share.name
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._share.bulkhead.leave()
+
+    def retry_token(self) -> bool:
+        ok = self._share.gate.bucket.try_take()
+        self._events.quota_token(self._share.name, RETRY if ok else RETRY_REFUSED)
+        return ok
+
+    def throttled(self) -> None:
+        self._throttled()
+
+
+class Governor:
+    def __init__(
+        self,
+        keeper: LeaseKeeper,
+        default_in_flight: int,
+        user_key: Callable[[str, str], str] | None = None,
+        pacing_store: FleetQuotaStore | None = None,
+        events: QuotaEvents | None = None,
+        on_store_failure: Callable[[StoreUnavailable], None] = lambda exc: None,
+    ) -> None:
+        self.keeper = keeper
+        self.adaptive = Adaptive()
+        self._default_in_flight = max(1, default_in_flight)
+        self._user_key = user_key or _process_key()
+        self._pacing_store = pacing_store
+        self._pacing_breaker = Breaker()
+        self._local_pacing = LocalPacing()
+        self._events: QuotaEvents = events or _NoEvents()
+        self._on_store_failure = on_store_failure
+        self.quota: CompiledQuota | None = None
+        self.shares: list[_Share] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._logged_reduced = -math.inf
+        # The serving set's quota (a reload may swap it): followed at every exchange.
+        self.serving: Callable[[], CompiledQuota | None] = lambda: self.quota
+
+    # --- the request path ---------------------------------------------------------------
+
+    async def acquire(
+        self,
+        quota: CompiledQuota,
+        caller: str,
+        pool_id: str,
+        username: str,
+        deadline: float | None,
+    ) -> Ticket | QuotaRefusal:
+        if quota is not self.quota:
+            self._configure(quota)
+        share = self.shares[quota.share_of(caller)]
+        share.demand.arrived()
+        wait = quota.max_wait
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic() - KEEP_FOR_CALL)
+        ends = time.monotonic() + max(wait, 0.0)
+        started = time.monotonic()
+        try:
+            if not await share.bulkhead.enter(wait):
+                return self._refused(quota, share, IN_FLIGHT, SYNC_EVERY)
+            try:
+                if quota.per_user is not None:
+                    paced = await self._pace(quota, pool_id, username, ends)
+                    if paced is not None:
+                        share.bulkhead.leave()
+                        return self._refused(quota, share, USER, paced)
+                await share.gate.take(ends - time.monotonic())
+            except Refused as refused:
+                share.bulkhead.leave()
+                return self._refused(quota, share, SHARE, refused.retry_after)
+            except BaseException:
+                share.bulkhead.leave()
+                raise
+        except asyncio.CancelledError:
+            self._events.quota_token(share.name, CANCELLED)
+            raise
+        waited = time.monotonic() - started
+        self._events.quota_token(share.name, GRANTED)
+        self._events.quota_waited(share.name, waited)
+        return Ticket(share, waited, self._events, self.adaptive.throttled)
+
+    def _refused(
+        self, quota: CompiledQuota, share: _Share, scope: str, retry_after: float
+    ) -> QuotaRefusal:
+        self._events.quota_token(share.name, _REFUSED_RESULT[scope])
+        return QuotaRefusal(share.name, scope, max(retry_after, 0.001), quota.name)
+
+    async def _pace(
+        self, quota: CompiledQuota, pool_id: str, username: str, ends: float
+    ) -> float | None:
+        """Wait for the user's slot: None once it has come, else the seconds until one would."""
+        assert quota.per_user is not None
+        per_user = quota.per_user
+        user = self._user_key(pool_id, username)
+        now_ms = time.time_ns() // 1_000_000
+        wait_ms = max(0.0, (ends - time.monotonic()) * 1000)
+        ok, at_ms = None, 0.0
+        if self._pacing_store is not None and self._pacing_breaker.allow():
+            try:
+                ok, at_ms = await self._pacing_store.quota_pace(
+                    quota.name,
+                    user,
+                    now_ms,
+                    1000 / per_user.rate,
+                    (per_user.burst - 1) * 1000 / per_user.rate,
+                    wait_ms,
+                )
+                self._pacing_breaker.succeeded()
+            except StoreUnavailable as exc:
+                self._pacing_breaker.failed()
+                self._on_store_failure(exc)
+                ok = None
+        if ok is None:  # no fleet store, or it does not answer: this replica's part
+            replicas = 1 if self._pacing_store is None else self.keeper.expected_replicas
+            rate = per_user.rate / replicas
+            slot = self._local_pacing.schedule(
+                user, now_ms, 1000 / rate, (per_user.burst - 1) * 1000 / rate, wait_ms
+            )
+            ok, at_ms = slot.ok, slot.at_ms
+        delay = (at_ms - now_ms) / 1000
+        if not ok:
+            return delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return None
+
+    # --- configuration and leases -------------------------------------------------------
+
+    def _configure(self, quota: CompiledQuota) -> None:
+        """A new set's quota: shares of the same name keep their line, demand and bulkhead."""
+        by_name = {s.name: s for s in self.shares}
+        shares = []
+        for spec in quota.shares:
+            limit = spec.max_in_flight or self._default_in_flight
+            share = by_name.get(spec.name) or _Share(spec.name, limit)
+            share.bulkhead.limit = limit
+            share.bulkhead.admit()
+            shares.append(share)
+        self.quota, self.shares = quota, shares
+        self._events.quota_shares([s.name for s in shares])
+        self._wake.set()
+
+    def follow(self, quota: CompiledQuota | None) -> None:
+        """The serving set changed (a reload): its quota, or None."""
+        if quota is None:
+            self.quota, self.shares = None, []
+        elif quota is not self.quota:
+            self._configure(quota)
+
+    async def renew(self) -> Leases | None:
+        """One lease exchange, and the rates it gives applied (also before serving)."""
+        self.follow(self.serving())
+        quota, shares = self.quota, self.shares
+        if quota is None:
+            return None
+        leases = await self.keeper.renew(quota, [s.demand.rate() for s in shares])
+        if quota is not self.quota:
+            return leases  # a reload came meanwhile: the next exchange is for the new set
+        factor = self.adaptive.factor()
+        for share, rate in zip(shares, leases.rates, strict=True):
+            share.rate = rate * factor
+            # The fleet's burst, split as the rate is.
+            share.gate.set_rate(share.rate, quota.burst * rate / quota.rate)
+        self._log_reduced(quota, factor)
+        return leases
+
+    def _log_reduced(self, quota: CompiledQuota, factor: float) -> None:
+        now = time.monotonic()
+        if factor < 1.0 and now - self._logged_reduced >= LOG_REDUCED_EVERY:
+            self._logged_reduced = now
+            log.warning(
+                "Cognito throttles although the quota holds (other clients share the account?): "
+                "sending at %.0f%% of CognitoQuota %s (%d throttles seen so far)",
+                factor * 100,
+                quota.name,
+                self.adaptive.throttles,
+            )
+        elif factor >= 1.0 and self._logged_reduced > -math.inf:
+            self._logged_reduced = -math.inf
+            log.info("Cognito quota back to its full rate: CognitoQuota %s", quota.name)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.renew()
+            except Exception:  # never let the loop die: the rates would freeze
+                log.exception("quota lease renewal failed")
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(SYNC_EVERY):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+        for share in self.shares:
+            share.gate.close()
+
+    @property
+    def modes(self) -> Sequence[str]:
+        return MODES
+
+    @property
+    def mode(self) -> str:
+        return self.keeper.mode if self.quota is not None else LOCAL
+
+    def factor(self) -> float:
+        return self.adaptive.factor()
+
+    def configured_rate(self) -> float | None:
+        return self.quota.rate if self.quota is not None else None
+
+    def snapshot(self) -> Sequence[tuple[str, float, float, int]]:
+        """(share, rate here, demand here, calls under way) for the gauges."""
+        return [(s.name, s.rate, s.demand.rate(), s.bulkhead.in_flight) for s in self.shares]
+
+
+def _process_key() -> Callable[[str, str], str]:
+    """Without a fleet store's key: a key of this process's own (the hashes never leave it)."""
+    key = os.urandom(32)
+
+    def user_key(pool_id: str, username: str) -> str:
+        digest = hashlib.blake2b(f"{pool_id}\0{username}".encode(), key=key, digest_size=16)
+        return digest.hexdigest()
+
+    return user_key

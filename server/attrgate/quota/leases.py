@@ -1,0 +1,130 @@
+"""Which rate this replica holds for each share, renewed every SYNC_EVERY seconds.
+
+- fleet (a Redis store): the replicas exchange demands in one lease table; each computes the
+  fleet's fair allocation from everyone's demands, asks for its part, and the store grants it
+  no more than the other live leases leave of the rate (store/redis_lua.QUOTA_SYNC), so the
+  leases of the fleet never add up to more than the rate. A lease not renewed expires after
+  LEASE_TTL, and its rate goes to the others.
+- emergency (the fleet store does not answer, or its breaker is open): rate / expected
+  replicas (--quota-replicas, else the replicas seen live at the last healthy exchange), shared
+  among the shares by the same fairness on this replica's demands.
+- local (no fleet store: SQLite or none): the whole rate (divided by --quota-replicas when
+  given) for this replica alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from attrgate.quota.compiled import CompiledQuota
+from attrgate.quota.fairshare import allocate, split
+from attrgate.store.base import FleetQuotaStore, LeaseRow, LeaseSync, StoreUnavailable
+from attrgate.store.breaker import Breaker
+
+log = logging.getLogger("attrgate.quota")
+SYNC_EVERY = 0.25  # seconds between two lease exchanges
+LEASE_TTL = 2.0  # seconds a lease holds unless renewed
+HEADROOM = 1.2  # demand is measured a moment late: ask for a little more than was seen
+IDLE = 0.5  # requests per second a replica counts for a share beyond its demand (split)
+
+FLEET, EMERGENCY, LOCAL = "fleet", "emergency", "local"
+MODES = (FLEET, EMERGENCY, LOCAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Leases:
+    mode: str
+    rates: tuple[float, ...]  # per share, requests per second on this replica
+    replicas: int  # live replicas known (fleet), or the divisor used
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        fleet: FleetQuotaStore | None,
+        replicas: int | None,
+        breaker: Breaker | None = None,
+        on_failure: Callable[[StoreUnavailable], None] = lambda exc: None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._fleet = fleet
+        self._replicas = replicas  # --quota-replicas
+        self._breaker = breaker or Breaker()
+        self._on_failure = on_failure
+        self._clock_ms = clock_ms
+        self.replica = uuid.uuid4().hex[:16]
+        self._others: tuple[LeaseRow, ...] = ()
+        self._learned: int | None = None  # live replicas at the last healthy exchange
+        self.mode = LOCAL if fleet is None else FLEET
+
+    @property
+    def expected_replicas(self) -> int:
+        return self._replicas or self._learned or 1
+
+    async def renew(self, quota: CompiledQuota, demands: Sequence[float]) -> Leases:
+        wanted = [d * HEADROOM for d in demands]
+        if self._fleet is None:
+            divisor = self._replicas or 1
+            rates = allocate(quota.rate / divisor, quota.specs, wanted)
+            return Leases(LOCAL, tuple(rates), divisor)
+        if self._breaker.allow():
+            try:
+                granted = await self._exchange(quota, wanted)
+            except StoreUnavailable as exc:
+                self._breaker.failed()
+                self._on_failure(exc)
+            else:
+                self._breaker.succeeded()
+                self._changed(FLEET)
+                return granted
+        self._changed(EMERGENCY)
+        expected = self.expected_replicas
+        rates = allocate(quota.rate / expected, quota.specs, wanted)
+        return Leases(EMERGENCY, tuple(rates), expected)
+
+    async def _exchange(self, quota: CompiledQuota, wanted: list[float]) -> Leases:
+        assert self._fleet is not None
+        signature = quota.signature
+        # Everyone's demands as of the last exchange, this replica's as of now.
+        rows = [list(wanted)] + [list(r.demands) for r in self._others if r.signature == signature]
+        totals = [sum(row[i] for row in rows) for i in range(len(wanted))]
+        allocation = allocate(quota.rate, quota.specs, totals)
+        desired = split(allocation, wanted, rows, IDLE)
+        grant = await self._fleet.quota_sync(
+            quota.name,
+            LeaseSync(
+                self.replica,
+                self._clock_ms(),
+                int(LEASE_TTL * 1000),
+                quota.rate,
+                signature,
+                wanted,
+                desired,
+            ),
+        )
+        self._others = grant.others
+        self._learned = len(grant.others) + 1
+        rates = grant.rates if len(grant.rates) == len(wanted) else (0.0,) * len(wanted)
+        return Leases(FLEET, tuple(rates), self._learned)
+
+    def _changed(self, mode: str) -> None:
+        if mode == self.mode:
+            return
+        if mode == EMERGENCY:
+            log.warning(
+                "quota store does not answer: each replica now sends at most rate / %d "
+                "(%s) until it answers again",
+                self.expected_replicas,
+                "--quota-replicas"
+                if self._replicas
+                else "replicas seen at the last exchange"
+                if self._learned
+                else "no replica count known: pass --quota-replicas",
+            )
+        else:
+            log.info("quota store answers again: sharing the rate with the fleet")
+        self.mode = mode
