@@ -66,7 +66,9 @@ def test_every_field_has_a_flag_and_a_variable_and_the_flag_wins(
     from_flag = getattr(settings([flag, flag_value], {variable: env_value}), item.name)
     default = getattr(settings([]), item.name)
 
-    convert = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(item.type), str)
+    convert = {"int": int, "int | None": int, "float": float, "float | None": float}.get(
+        str(item.type), str
+    )
     assert from_env == convert(env_value)
     assert from_flag == convert(flag_value)
     assert default == item.default
