@@ -1,5 +1,6 @@
 """An HTTP server speaking Cognito's JSON protocol (x-amz-json-1.1), answering what a test
-programs: the errors moto cannot produce, slow answers, 5xx. It records every request it gets."""
+programs: the errors moto cannot produce, slow answers, 5xx, Cognito's own rate limit. It records
+every request it gets."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,6 +37,27 @@ class Received:
     body: dict[str, Any]
     authorization: str
     at: float = field(default_factory=time.monotonic)  # when it arrived
+    throttled: bool = False  # answered TooManyRequestsException by the stub's rate limit
+
+
+# What Cognito answers a request over its rate limit (an HTTP 400 with this code).
+THROTTLED = error("TooManyRequestsException", "Rate exceeded")
+THROTTLE_WINDOW = 1.0  # seconds: Cognito's quotas are requests per second
+
+
+def max_in_window(times: Sequence[float], width: float = 1.0, after: float | None = None) -> int:
+    """The most arrivals in any window [t, t + width), t ranging over the arrival times; only
+    arrivals at or after `after` count. The stub's throttle keeps this at or below
+    `throttle_above` for the arrival times of the requests it accepted."""
+    kept = sorted(t for t in times if after is None or t >= after)
+    most = 0
+    end = 0
+    for start, t in enumerate(kept):
+        end = max(end, start)
+        while end < len(kept) and kept[end] < t + width:
+            end += 1
+        most = max(most, end - start)
+    return most
 
 
 # Custom attributes of the pool the stub describes; standard ones always exist.
@@ -68,6 +91,11 @@ class CognitoStub:
         self.default = Reply()
         self.describe = describe_reply()
         self.received: list[Received] = []
+        # Cognito's rate limit on AdminUpdateUserAttributes: an update arriving when this many
+        # were accepted in the last THROTTLE_WINDOW is answered THROTTLED (a programmed reply
+        # stays queued for the next accepted one). None: no limit.
+        self.throttle_above: int | None = None
+        self._accepted: deque[float] = deque()  # arrival times of accepted updates, in order
         self._lock = threading.Lock()
         stub = self
 
@@ -75,16 +103,25 @@ class CognitoStub:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
+                target = self.headers.get("X-Amz-Target", "")
+                body = json.loads(raw or b"{}")
                 with stub._lock:
+                    # One clock reading both decides and is recorded: a test checking the
+                    # recorded times with max_in_window sees exactly what the throttle saw.
+                    now = time.monotonic()
+                    throttled = target.endswith(".AdminUpdateUserAttributes") and stub._over(now)
                     stub.received.append(
                         Received(
-                            self.headers.get("X-Amz-Target", ""),
-                            json.loads(raw or b"{}"),
+                            target,
+                            body,
                             self.headers.get("Authorization", ""),
+                            at=now,
+                            throttled=throttled,
                         )
                     )
-                    target = self.headers.get("X-Amz-Target", "")
-                    if target.endswith(".DescribeUserPool"):
+                    if throttled:
+                        reply = THROTTLED
+                    elif target.endswith(".DescribeUserPool"):
                         reply = stub.describe
                     else:
                         reply = stub.replies.popleft() if stub.replies else stub.default
@@ -114,6 +151,17 @@ class CognitoStub:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
+
+    def _over(self, now: float) -> bool:
+        """Whether an update arriving `now` is over the rate limit; if not, it is counted as
+        accepted. Called with the lock held. Accepted updates are counted while no limit is
+        set too: a limit set mid-test sees the second before it, as Cognito would."""
+        while self._accepted and self._accepted[0] <= now - THROTTLE_WINDOW:
+            self._accepted.popleft()
+        if self.throttle_above is not None and len(self._accepted) >= self.throttle_above:
+            return True
+        self._accepted.append(now)
+        return False
 
     def program(self, *replies: Reply) -> None:
         with self._lock:
