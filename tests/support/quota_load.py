@@ -50,6 +50,7 @@ class Flow:
     users: int = 1000  # username = f"user-{k % users}"; users=1: always "user-0"
     deadline: float = 10.0  # per-call gRPC timeout, seconds
     attribute: str = "given_name"
+    value: str = "Quota"  # the attribute's value in every request
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ async def _drive(
         u: pb.UpdateUserAttributesRequest(
             user_pool_id=flow.pool,
             username=username(u, flow.users),
-            user_attributes=[pb.AttributeType(name=flow.attribute, value="Quota")],
+            user_attributes=[pb.AttributeType(name=flow.attribute, value=flow.value)],
         )
         for u in {k % flow.users for k in indices}
     }

@@ -79,14 +79,15 @@ class _NoEvents:
 
 
 class _Share:
-    __slots__ = ("bulkhead", "demand", "gate", "name", "rate")
+    __slots__ = ("bulkhead", "demand", "gate", "lease", "name", "rate")
 
     def __init__(self, name: str, in_flight: int) -> None:
         self.name = name
         self.gate = ShareGate()
         self.bulkhead = Bulkhead(in_flight)
         self.demand = Demand()
-        self.rate = 0.0  # tokens per second on this replica now
+        self.lease = 0.0  # what the leases give this share on this replica
+        self.rate = 0.0  # tokens per second on this replica now: the lease x adaptive factor
 
 
 class Ticket:
@@ -145,6 +146,7 @@ class Governor:
         self.shares: list[_Share] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_reduced = -math.inf
         # The serving set's quota (a reload may swap it): followed at every exchange.
         self.serving: Callable[[], CompiledQuota | None] = lambda: self.quota
@@ -190,7 +192,7 @@ class Governor:
         waited = time.monotonic() - started
         self._events.quota_token(share.name, GRANTED)
         self._events.quota_waited(share.name, waited)
-        return Ticket(share, waited, self._events, self.adaptive.throttled)
+        return Ticket(share, waited, self._events, self._throttled)
 
     def _refused(
         self, quota: CompiledQuota, share: _Share, scope: str, retry_after: float
@@ -237,6 +239,23 @@ class Governor:
             await asyncio.sleep(delay)
         return None
 
+    def _throttled(self) -> None:
+        """Cognito throttled an attempt (a worker thread): lower the rate now, not at the next
+        renewal (a quarter second of sends at the old rate would be throttled too)."""
+        self.adaptive.throttled()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._apply_factor)
+
+    def _apply_factor(self) -> None:
+        quota = self.quota
+        if quota is None:
+            return
+        factor = self.adaptive.factor()
+        for share in self.shares:
+            share.rate = share.lease * factor
+            share.gate.set_rate(share.rate, quota.burst * share.lease / quota.rate)
+
     # --- configuration and leases -------------------------------------------------------
 
     def _configure(self, quota: CompiledQuota) -> None:
@@ -269,12 +288,10 @@ class Governor:
         leases = await self.keeper.renew(quota, [s.demand.rate() for s in shares])
         if quota is not self.quota:
             return leases  # a reload came meanwhile: the next exchange is for the new set
-        factor = self.adaptive.factor()
         for share, rate in zip(shares, leases.rates, strict=True):
-            share.rate = rate * factor
-            # The fleet's burst, split as the rate is.
-            share.gate.set_rate(share.rate, quota.burst * rate / quota.rate)
-        self._log_reduced(quota, factor)
+            share.lease = rate
+        self._apply_factor()  # the fleet's burst is split as the rate is
+        self._log_reduced(quota, self.adaptive.factor())
         return leases
 
     def _log_reduced(self, quota: CompiledQuota, factor: float) -> None:
@@ -293,6 +310,7 @@ class Governor:
             log.info("Cognito quota back to its full rate: CognitoQuota %s", quota.name)
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
