@@ -73,8 +73,9 @@ class RedisServer:
                 "logfile": str(log),
             }
             command = [binary, *(x for k, v in settings.items() for x in (f"--{k}", v))]
+            self._command = [*command, *extra_args]
             self._process = subprocess.Popen(
-                [*command, *extra_args],
+                self._command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -101,6 +102,25 @@ class RedisServer:
     def stop(self) -> None:
         self._stop_process()
         self._dir.cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, connections reset (a crashed Redis). `restart` brings it back."""
+        self._process.kill()
+        self._process.wait(timeout=10)
+
+    def restart(self, seconds: float = 10) -> None:
+        """The same server again on the same port (empty: no persistence here)."""
+        self._process = subprocess.Popen(
+            self._command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + seconds
+        while not answers_ping(self.port):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not come back on port {self.port}")
+            time.sleep(0.02)
 
 
 class RedisClusterServers:
