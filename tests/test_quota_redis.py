@@ -18,7 +18,7 @@ from attrgate.policy.compile import load_and_compile
 from attrgate.quota.compiled import CompiledQuota
 from attrgate.quota.leases import EMERGENCY, FLEET, LEASE_TTL, LeaseKeeper
 from attrgate.quota.pacing import gcra
-from attrgate.store.base import StoreUnavailable
+from attrgate.store.base import Pace, StoreUnavailable
 from attrgate.store.breaker import Breaker
 from attrgate.store.redis import PREFIX, RedisStore
 from support.redis_server import RedisServer
@@ -209,7 +209,8 @@ def test_lua_pacing_agrees_with_the_python_gcra(redis_server: RedisServer) -> No
             for _ in range(300):
                 now += rng.choice([0, 0, 10, 50, 100, 400])
                 interval, tolerance, wait = 100.0, rng.choice([0.0, 100.0, 400.0]), 300.0
-                ok, at = await store.quota_pace("pace", user, now, interval, tolerance, wait)
+                paced = await store.quota_pace("pace", user, Pace(now, interval, tolerance, wait))
+                ok, at = paced.ok, paced.at_ms
                 slot, new_tat = gcra(tat, now, interval, tolerance, wait)
                 assert ok == slot.ok
                 assert at == pytest.approx(slot.at_ms, abs=0.01)
@@ -234,7 +235,7 @@ def test_store_calls_fail_within_the_quota_timeout(tmp_path: Path) -> None:
         started = loop.time()
         try:
             with pytest.raises(StoreUnavailable):
-                await store.quota_pace(quota.name, "u", 0, 100, 0, 0)
+                await store.quota_pace(quota.name, "u", Pace(0, 100, 0, 0))
             return loop.time() - started
         finally:
             await store.close()
@@ -245,3 +246,21 @@ def test_store_calls_fail_within_the_quota_timeout(tmp_path: Path) -> None:
         server._process.send_signal(signal.SIGCONT)
         server.stop()
     assert took < 2  # the timeout is 50 ms; a wide margin for a loaded machine
+
+
+def test_slots_promised_alone_while_redis_was_away_are_not_promised_again(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        store = RedisStore(redis_server.url, 1.0)
+        user = uuid.uuid4().hex
+        try:
+            # Redis knows nothing of this user; the replica paced it locally up to t=2000.
+            paced = await store.quota_pace("pace", user, Pace(1000, 100, 0, 5000, floor_ms=2000))
+            assert paced.ok
+            assert paced.at_ms == 2000
+            assert paced.tat_ms == 2100
+        finally:
+            await store.close()
+
+    asyncio.run(main())

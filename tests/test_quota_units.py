@@ -310,3 +310,12 @@ async def test_a_cancelled_waiter_never_keeps_a_bulkhead_slot() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert bulkhead.in_flight == 0
+
+
+def test_local_pacing_goes_on_from_what_the_fleet_store_scheduled() -> None:
+    pacing = LocalPacing()
+    pacing.note("u", 5000, now_ms=1000)
+    assert pacing.tat("u") == 5000
+    assert pacing.schedule("u", 1000, 100, 0, 10_000).at_ms == 5000
+    pacing.note("u", 10, now_ms=1000)  # an older TAT changes nothing
+    assert pacing.tat("u") == 5100

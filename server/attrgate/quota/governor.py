@@ -27,7 +27,7 @@ from attrgate.quota.compiled import CompiledQuota
 from attrgate.quota.demand import Demand
 from attrgate.quota.leases import LOCAL, MODES, SYNC_EVERY, LeaseKeeper, Leases
 from attrgate.quota.pacing import LocalPacing
-from attrgate.store.base import FleetQuotaStore, StoreUnavailable
+from attrgate.store.base import FleetQuotaStore, Pace, StoreUnavailable
 from attrgate.store.breaker import Breaker
 from attrgate.tasks import cancel_and_wait
 
@@ -209,28 +209,28 @@ class Governor:
         user = self._user_key(pool_id, username)
         now_ms = time.time_ns() // 1_000_000
         wait_ms = max(0.0, (ends - time.monotonic()) * 1000)
-        ok, at_ms = None, 0.0
+        interval = 1000 / per_user.rate
+        tolerance = (per_user.burst - 1) * interval
+        local = self._local_pacing
+        ok: bool | None = None
+        at_ms = 0.0
         if self._pacing_store is not None and self._pacing_breaker.allow():
             try:
-                ok, at_ms = await self._pacing_store.quota_pace(
+                paced = await self._pacing_store.quota_pace(
                     quota.name,
                     user,
-                    now_ms,
-                    1000 / per_user.rate,
-                    (per_user.burst - 1) * 1000 / per_user.rate,
-                    wait_ms,
+                    Pace(now_ms, interval, tolerance, wait_ms, local.tat(user)),
                 )
-                self._pacing_breaker.succeeded()
             except StoreUnavailable as exc:
                 self._pacing_breaker.failed()
                 self._on_store_failure(exc)
-                ok = None
+            else:
+                self._pacing_breaker.succeeded()
+                ok, at_ms = paced.ok, paced.at_ms
+                local.note(user, paced.tat_ms, now_ms)
         if ok is None:  # no fleet store, or it does not answer: this replica's part
             replicas = 1 if self._pacing_store is None else self.keeper.expected_replicas
-            rate = per_user.rate / replicas
-            slot = self._local_pacing.schedule(
-                user, now_ms, 1000 / rate, (per_user.burst - 1) * 1000 / rate, wait_ms
-            )
+            slot = local.schedule(user, now_ms, interval * replicas, tolerance * replicas, wait_ms)
             ok, at_ms = slot.ok, slot.at_ms
         delay = (at_ms - now_ms) / 1000
         if not ok:

@@ -49,6 +49,18 @@ class LocalPacing:
             self._forget(now_ms)
         return slot
 
+    def tat(self, key: str) -> float:
+        """The user's TAT here (0 when none is kept)."""
+        return self._tat.get(key, 0.0)
+
+    def note(self, key: str, tat_ms: float, now_ms: float) -> None:
+        """The fleet store scheduled the user up to `tat_ms`: should it stop answering, this
+        replica goes on from there instead of promising the same slots again."""
+        if tat_ms > self._tat.get(key, 0.0):
+            self._tat[key] = tat_ms
+            self._tat.move_to_end(key)
+            self._forget(now_ms)
+
     def _forget(self, now_ms: float) -> None:
         while self._tat:
             key, tat = next(iter(self._tat.items()))

@@ -120,20 +120,30 @@ class LeaseGrant:
     others: tuple[LeaseRow, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """One write to one user, to be paced (quota/pacing.py's GCRA; times in ms)."""
+
+    now_ms: int
+    interval_ms: float
+    tolerance_ms: float
+    wait_ms: float
+    floor_ms: float = 0.0  # a TAT this replica already promised alone
+
+
+@dataclass(frozen=True, slots=True)
+class Paced:
+    ok: bool
+    at_ms: float  # the write's slot (ok), or when one would be free (refused)
+    tat_ms: float  # the user's TAT after this write
+
+
 class FleetQuotaStore(Protocol):
     """What the quota governor needs from a store all replicas share (Redis)."""
 
     async def quota_sync(self, quota: str, sync: LeaseSync) -> LeaseGrant: ...
 
-    async def quota_pace(
-        self,
-        quota: str,
-        user: str,
-        now_ms: int,
-        interval_ms: float,
-        tolerance_ms: float,
-        wait_ms: float,
-    ) -> tuple[bool, float]: ...
+    async def quota_pace(self, quota: str, user: str, pace: Pace) -> Paced: ...
 
     async def close(self) -> None: ...
 

@@ -41,6 +41,8 @@ from attrgate.store.base import (
     LeaseGrant,
     LeaseRow,
     LeaseSync,
+    Pace,
+    Paced,
     Refused,
     ReserveResult,
     StoreUnavailable,
@@ -249,21 +251,19 @@ class RedisStore:
         rates = tuple(float(x) for x in granted) if isinstance(granted, list) else ()
         return LeaseGrant(rates, tuple(rows))
 
-    async def quota_pace(
-        self,
-        quota: str,
-        user: str,
-        now_ms: int,
-        interval_ms: float,
-        tolerance_ms: float,
-        wait_ms: float,
-    ) -> tuple[bool, float]:
+    async def quota_pace(self, quota: str, user: str, pace: Pace) -> Paced:
         """Per-user pacing (redis_lua.QUOTA_PACE): whether the write may go, and its slot."""
         key = f"{self._prefix}quota:{quota}:user:{user}"
-        args: list[str | int] = [now_ms, repr(interval_ms), repr(tolerance_ms), repr(wait_ms)]
+        args: list[str | int] = [
+            pace.now_ms,
+            repr(pace.interval_ms),
+            repr(pace.tolerance_ms),
+            repr(pace.wait_ms),
+            repr(pace.floor_ms),
+        ]
         async with self._answer():
-            ok, at = await self._quota_pace(keys=[key], args=args)
-        return int(ok) == 1, float(_decode(at))
+            ok, at, tat = await self._quota_pace(keys=[key], args=args)
+        return Paced(int(ok) == 1, float(_decode(at)), float(_decode(tat)))
 
     async def ping(self) -> None:
         async with self._answer():

@@ -217,22 +217,26 @@ return reply
 """
 
 # Per-user pacing (quota/pacing.py's GCRA, the same arithmetic). KEYS: the user's TAT key.
-# ARGV: now_ms, interval_ms, tolerance_ms, wait_ms. Returns {1, slot} when the write may go at
-# `slot` (the TAT moves one interval on), {0, slot} when its slot is beyond the wait (nothing
-# changes). Numbers go back as strings: Redis would truncate a Lua number to an integer.
+# ARGV: now_ms, interval_ms, tolerance_ms, wait_ms, floor_ms (a TAT this replica scheduled
+# alone while Redis did not answer: slots promised then are not promised again). Returns
+# {1, slot, tat} when the write may go at `slot` (the TAT moves one interval on, to `tat`),
+# {0, slot, tat} when its slot is beyond the wait (nothing changes). Numbers go back as strings:
+# Redis would truncate a Lua number to an integer.
 QUOTA_PACE = r"""
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local tolerance = tonumber(ARGV[3])
 local wait = tonumber(ARGV[4])
 local tat = tonumber(redis.call("GET", KEYS[1]) or now)
+local floor = tonumber(ARGV[5])
+if tat < floor then tat = floor end
 if tat < now then tat = now end
 local at = tat - tolerance
 if at < now then at = now end
 if at - now > wait then
-  return {0, string.format("%.3f", at)}
+  return {0, string.format("%.3f", at), string.format("%.3f", tat)}
 end
 local new = tat + interval
 redis.call("SET", KEYS[1], string.format("%.3f", new), "PX", math.ceil(new - now) + 1000)
-return {1, string.format("%.3f", at)}
+return {1, string.format("%.3f", at), string.format("%.3f", new)}
 """
