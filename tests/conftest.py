@@ -62,6 +62,19 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to pause (SIGSTOP) or stop without disturbing others;
+    stopped after (resumed first)."""
+    if redis_server_path() is None:
+        pytest.fail(MISSING)
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisClusterServers]:
     """A real three-node Redis Cluster. Without redis-server: FAIL, as above. Skipped, saying

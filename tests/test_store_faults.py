@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.moto_cognito import MotoCognito, free_port
 from support.policies import sms_guard, svc_policy
 from support.prometheus import metrics_text, samples_of, total
+from support.redis_server import RedisServer
 from support.rpc import attrs_request, outcome, update
 from support.served import start_serve, stop_serve, wait_serving
 from support.waiting import wait_until
@@ -445,6 +446,8 @@ def test_a_store_that_never_answers_fails_sms_writes_after_the_store_timeout(
             url,
             "--hmac-key-file",
             str(key),
+            # the bound itself, not the breaker: the probe's failures must not open it first
+            *("--store-breaker-failures", "1000"),
             store_timeout="1.5",
         ) as found:
             assert "does not answer now (timeout)" in found.err()
@@ -455,3 +458,63 @@ def test_a_store_that_never_answers_fails_sms_writes_after_the_store_timeout(
             assert found.sms_write() == STORE_DOWN
             assert 1.5 <= time.monotonic() - started < 20
             assert found.plain_write() == OK
+
+
+def test_a_hung_redis_fails_sms_writes_at_once_once_known_down_and_recovers_unaided(
+    moto: MotoCognito, sms_pool: str, tmp_path: Path, own_redis: RedisServer
+) -> None:
+    """Redis SIGSTOPped (hung: connections accepted, nothing answered). The first SMS-triggering
+    writes wait out --store-timeout; once the breaker opens, the next ones fail UNAVAILABLE
+    SMS_STORE_UNAVAILABLE at once (counted as circuit_open, logged once, the store's health
+    NOT_SERVING throughout); plain writes go on. SIGCONT: SMS-triggering writes succeed again
+    within seconds, no restart (the probe's answer closes the breaker: the cooldown here is far
+    longer than the test, so no half-open trial among the fast writes either)."""
+    timeout = 0.5
+    key = tmp_path / "hmac.key"
+    key.write_text("k" * 32)
+    redis = ("--redis-url", own_redis.url, "--hmac-key-file", str(key))
+    breaker = ("--store-breaker-failures", "3", "--store-breaker-cooldown", "300")
+    with serving_against(
+        moto, sms_pool, tmp_path, *redis, *breaker, store_timeout=str(timeout)
+    ) as served:
+        assert served.sms_write() == OK
+        failures = samples_of(metrics_text(served.metrics_port))[
+            "attrgate_sms_store_failures_total"
+        ]
+        # the series exists from the start, at 0 (an alert on it needs it)
+        assert [v for labels, v in failures if labels["reason"] == "circuit_open"] == [0]
+        own_redis.pause()
+        try:
+            first = [timed(served.sms_write) for _ in range(3)]
+            assert [answer for answer, _ in first] == [STORE_DOWN] * 3
+            later = [timed(served.sms_write) for _ in range(20)]
+            assert [answer for answer, _ in later] == [STORE_DOWN] * 20
+            slow = [seconds for _, seconds in later if seconds >= timeout / 2]
+            assert not slow, f"waited for a store known down: {slow}"
+            assert served.plain_write() == OK
+            assert served.health("attrgate.SmsStore") == NOT_SERVING
+            assert served.metric("attrgate_sms_store_failures_total", reason="circuit_open") >= 20
+            assert served.health("") == SERVING
+        finally:
+            own_redis.resume()
+        resumed = time.monotonic()
+        assert wait_until(lambda: served.sms_write() == OK, 15), "no recovery without a restart"
+        recovered = time.monotonic() - resumed
+        assert wait_until(lambda: served.health("attrgate.SmsStore") == SERVING, 10)
+        assert served.plain_write() == OK
+        logged = [line for line in served.err().splitlines() if "circuit_open" in line]
+        assert len(logged) == 1, logged  # one line a minute, not one per refusal
+        assert served.alive(), served.err()
+    print(
+        "\nfirst SMS writes (s):",
+        " ".join(f"{s:.3f}" for _, s in first),
+        "\nlater SMS writes (s): max",
+        f"{max(s for _, s in later):.3f}, median {sorted(s for _, s in later)[10]:.3f}",
+        f"\nrecovered {recovered:.2f}s after SIGCONT",
+    )
+
+
+def timed(write: Callable[[], tuple[str, str]]) -> tuple[tuple[str, str], float]:
+    started = time.monotonic()
+    answer = write()
+    return answer, time.monotonic() - started

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
+from attrgate.store import breaker
 from attrgate.store.base import DEFAULT_TIMEOUT
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -68,6 +69,8 @@ class Settings:
     redis_cluster: bool = False
     hmac_key_file: str | None = None
     store_timeout: float = DEFAULT_TIMEOUT
+    store_breaker_failures: int = breaker.FAILURES
+    store_breaker_cooldown: float = breaker.COOLDOWN
     require_durable_store: bool = False
     quota_replicas: int | None = None
     quota_store_timeout: float = 0.05
@@ -152,6 +155,11 @@ _HELP = {
     "(default with --state: generated once beside it, STATE without its suffix + .key)",
     "store_timeout": "seconds an SMS-triggering write waits for the counting store (its turn, "
     "locks, Redis) before failing UNAVAILABLE",
+    "store_breaker_failures": "SMS store calls failing in a row (no answer within "
+    "--store-timeout, a lock, a Redis or SQLite error) after which SMS-triggering writes fail "
+    "UNAVAILABLE at once, without asking the store, for --store-breaker-cooldown",
+    "store_breaker_cooldown": "seconds SMS-triggering writes fail at once once the store is known "
+    "down; then one write tries it (the store's 2 s probe also ends it when the store answers)",
     "require_durable_store": "refuse to start on a Redis that can lose counts (no appendonly "
     "yes, an eviction policy) instead of warning",
     "quota_replicas": "replicas expected in the fleet: while the Redis of --redis-url does not "
@@ -314,10 +322,13 @@ def check(settings: Settings) -> None:
         raise ConfigError("--executor-threads must be at least 1")
     if settings.cognito_max_attempts < 1:
         raise ConfigError("--cognito-max-attempts must be at least 1")
+    if settings.store_breaker_failures < 1:
+        raise ConfigError("--store-breaker-failures must be at least 1")
     for name in (
         "cognito_connect_timeout",
         "cognito_read_timeout",
         "store_timeout",
+        "store_breaker_cooldown",
         "grace",
         "drain_delay",
     ):

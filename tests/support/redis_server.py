@@ -4,7 +4,9 @@ create`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -91,7 +93,16 @@ class RedisServer:
         self._dir.cleanup()
         raise RuntimeError(f"redis-server did not start:\n{tail}")
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and accepted, nothing answers (a hung Redis)."""
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self._process.pid, signal.SIGCONT)
+
     def _stop_process(self) -> None:
+        if self._process.poll() is None:
+            self.resume()  # a paused server would not act on SIGTERM
         self._process.terminate()
         try:
             self._process.wait(timeout=5)

@@ -3,6 +3,11 @@ when Cognito's answer proves no message was sent.
 
 The store bounds every call by its own timeout (--store-timeout) and raises StoreUnavailable
 past it; every failure is reported to the StoreWatch (counted, logged rate-limited, health).
+
+A circuit breaker (store/breaker.py) keeps a dead store from costing every SMS-triggering write
+the whole store timeout: after a few failures in a row, reserve and dry_run fail at once
+(`circuit_open`) without asking the store, until a trial call or the periodic probe finds it
+answering again. Releases are never held back by it: one not attempted keeps a count forever.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from attrgate.domain import SmsRefusal
 from attrgate.guards.keys import KeyCheck
 from attrgate.guards.sms import Charge, Hasher
 from attrgate.store.base import (
+    CIRCUIT_OPEN,
+    CLOSED,
     LOCKED,
     REDIS_ERROR,
     SQLITE_ERROR,
@@ -25,13 +32,18 @@ from attrgate.store.base import (
     Store,
     StoreUnavailable,
 )
+from attrgate.store.breaker import Breaker
 from attrgate.store.watch import StoreWatch
 
 log = logging.getLogger("attrgate.sms")
 T = TypeVar("T")
 # Pauses before asking the store again to release (seconds): a lock held a while, a failover.
 RELEASE_RETRIES = (0.25, 1.0, 3.0)
-# Failures that may pass; a file deleted, a closed store or another key's counts do not.
+# Failures that may pass: a release asks again, and the breaker counts them (the store could not
+# do the work, and asked again at once it would likely wait or fail again). A file deleted or
+# another key's counts do not pass: they are definite answers, given at once, that only an
+# operator mends; for the breaker they are answers (asking costs nothing, and each refusal keeps
+# its precise reason). A closed store (the server stopping) says nothing either way.
 PASSING = (TIMEOUT, LOCKED, SQLITE_ERROR, REDIS_ERROR)
 
 
@@ -47,23 +59,46 @@ class SmsCounting:
         clock_ms: Callable[[], int] = wall_clock_ms,
         watch: StoreWatch | None = None,
         key_check: KeyCheck | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
         self.clock_ms = clock_ms
         self.watch = watch if watch is not None else StoreWatch()
+        self.breaker = breaker if breaker is not None else Breaker()
         self._key_check = key_check  # until it passes: the store's counts may be another key's
+
+    def _admit(self, during: str) -> None:
+        """Raise StoreUnavailable(CIRCUIT_OPEN) at once, the store not asked, while the breaker
+        is open (half open, one caller at a time is let through as the trial)."""
+        if self.breaker.allow():
+            return
+        exc = StoreUnavailable(
+            "not asked: the SMS store failed repeatedly just before; it is tried again in "
+            f"{self.breaker.retry_in():.1f}s, or once the periodic probe finds it answering",
+            CIRCUIT_OPEN,
+        )
+        self.watch.refused(exc, during)
+        raise exc
 
     async def _checked(self) -> None:
         if self._key_check is not None and not self._key_check.passed:
             await self._watched("key check", self._key_check())
 
     async def _watched(self, during: str, call: Awaitable[T]) -> T:
+        """Await a store call, telling the breaker and the watch how it went. Every outcome
+        of a call that reached the store is reported, the probe's and releases' included: any
+        answer closes the breaker, so recovery does not wait for traffic."""
         try:
             result = await call
         except StoreUnavailable as exc:
+            if exc.reason in PASSING:
+                self.breaker.failed()
+            elif exc.reason != CLOSED:
+                self.breaker.succeeded()
             self.watch.failed(exc, during)
             raise
+        self.breaker.succeeded()  # before the watch reports health up: closed by then
         self.watch.answered()
         return result
 
@@ -72,6 +107,7 @@ class SmsCounting:
         reserved). Raises StoreUnavailable."""
         if not charges:
             return []
+        self._admit("reserve")
         await self._checked()
         counters = [c.counter for c in charges]
         result = await self._watched(
@@ -91,6 +127,7 @@ class SmsCounting:
         """What `reserve` would refuse, consuming nothing (CheckUpdateUserAttributes)."""
         if not charges:
             return []
+        self._admit("usage")
         await self._checked()
         counters = [c.counter for c in charges]
         used = await self._watched("usage", self.store.usage(counters, self.clock_ms()))
@@ -132,7 +169,8 @@ class SmsCounting:
 
     async def probe(self) -> None:
         """Ask the store whether it answers, and still holds the key's fingerprint (the health
-        check's periodic question)."""
+        check's periodic question). Never held back by the breaker: its answer is what closes
+        the breaker while no traffic comes, and its failures keep it open."""
         with contextlib.suppress(StoreUnavailable):
             await self._watched("probe", self.store.ping())
             if self._key_check is not None and self._key_check.passed:

@@ -40,7 +40,7 @@ from attrgate.guards.sms import (
 )
 from attrgate.lookups import OverBudget
 from attrgate.phones import Phone
-from attrgate.store.base import StoreUnavailable
+from attrgate.store.base import CIRCUIT_OPEN, StoreUnavailable
 from attrgate.users import UserSubs
 
 log = logging.getLogger("attrgate.sms")
@@ -147,9 +147,11 @@ class SmsStage:
             would_refuse = await self._audit(
                 decision.decision_id, audit_charges, consume and not refusals
             )
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             # The store may have taken the reservation after all: give it back (idempotent).
-            if consume:
+            # Not when the breaker refused it: the store was never asked, and a release of
+            # nothing per refused write would queue calls (each retried) on a dead store.
+            if consume and exc.reason != CIRCUIT_OPEN:
                 self.release_soon(held)
             return Unavailable(decision.decision_id, decision.policy_revision, "sms_store")
         except asyncio.CancelledError:

@@ -31,6 +31,7 @@ from attrgate.guards.keys import (
 from attrgate.guards.sms import Hasher
 from attrgate.metrics import Metrics
 from attrgate.store.base import KEY_MISMATCH, REASONS, Store, StoreUnavailable
+from attrgate.store.breaker import Breaker
 from attrgate.store.redis import RedisStore
 from attrgate.store.sqlite import SqliteStore
 from attrgate.store.watch import StoreWatch
@@ -129,7 +130,16 @@ class SmsState:
         metrics.watch_sms_store(lambda: watch.up, REASONS)
         if down is not None:  # down from the start: logged, counted, and NOT_SERVING at once
             watch.failed(down, "start")
-        self.counting = SmsCounting(store, Hasher(key), watch=watch, key_check=check)
+        breaker = Breaker(
+            settings.store_breaker_failures,
+            settings.store_breaker_cooldown,
+            # A trial is the key check (until it passes) and the reservation, each bounded by
+            # the store timeout: a slow trial is not joined by a second one meanwhile.
+            trial_timeout=2 * settings.store_timeout,
+        )
+        self.counting = SmsCounting(
+            store, Hasher(key), watch=watch, key_check=check, breaker=breaker
+        )
 
     def follow(self, report: Callable[[bool], Coroutine[Any, Any, None]]) -> None:
         """Tell `report` whether the store answers (now, and on every change), and ask the

@@ -80,7 +80,19 @@ SQLITE_ERROR = "sqlite_error"  # any other SQLite or file-system error (I/O, cor
 REDIS_ERROR = "redis_error"  # a Redis or socket error
 KEY_MISMATCH = "key_mismatch"  # the store's counts were made with another HMAC key
 CLOSED = "closed"  # the store was closed (the server is stopping)
-REASONS = (TIMEOUT, LOCKED, FILE_GONE, SQLITE_ERROR, REDIS_ERROR, KEY_MISMATCH, CLOSED)
+# Not asked: the store failed too often just before (store/breaker.py), so the call fails at once
+# instead of waiting out the store timeout again.
+CIRCUIT_OPEN = "circuit_open"
+REASONS = (
+    TIMEOUT,
+    LOCKED,
+    FILE_GONE,
+    SQLITE_ERROR,
+    REDIS_ERROR,
+    KEY_MISMATCH,
+    CLOSED,
+    CIRCUIT_OPEN,
+)
 
 
 class StoreUnavailable(Exception):

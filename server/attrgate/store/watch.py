@@ -31,6 +31,15 @@ class StoreWatch:
 
     def failed(self, exc: StoreUnavailable, during: str) -> None:
         """`during`: what failed (reserve, release, usage, probe), for the log line."""
+        self.refused(exc, during)
+        if self.up:
+            self.up = False
+            self._on_change(False)
+
+    def refused(self, exc: StoreUnavailable, during: str) -> None:
+        """A call refused without asking the store (its circuit breaker is open): counted and
+        logged like a failure, but the store's health stays as the calls that reached it left
+        it (down already; an answer of the probe meanwhile must not flip back and forth)."""
         reason = exc.reason
         self._on_failure(reason)
         now = self._clock()
@@ -48,9 +57,6 @@ class StoreWatch:
                 exc,
                 f" ({more} more failures of this kind since the last line)" if more else "",
             )
-        if self.up:
-            self.up = False
-            self._on_change(False)
 
     def answered(self) -> None:
         if not self.up:
