@@ -33,6 +33,7 @@ from attrgate.rollout.rollout import PolicyRollout
 from attrgate.rollout.status import RELOAD_RESULTS
 from attrgate.shadow import REMIND_EVERY, remind, warn
 from attrgate.store.base import REASONS, StoreUnavailable
+from attrgate.store.breaker import Breaker
 from attrgate.store.redis import RedisStore
 from attrgate.tasks import cancel_and_wait
 from attrgate.upstream.cognito import (
@@ -254,11 +255,15 @@ class App:
             def user_key(pool_id: str, username: str) -> str:
                 return hasher("quota-user", f"{pool_id}\0{username}")
 
+        def breaker() -> Breaker:  # --store-breaker-*: as for the SMS store
+            return Breaker(settings.store_breaker_failures, settings.store_breaker_cooldown)
+
         governor = Governor(
-            LeaseKeeper(fleet, settings.quota_replicas, on_failure=failed),
+            LeaseKeeper(fleet, settings.quota_replicas, breaker(), on_failure=failed),
             default_in_flight=max(1, settings.executor_threads // 2),
             user_key=user_key,
             pacing_store=fleet,
+            pacing_breaker=breaker(),
             events=metrics,
             on_store_failure=failed,
         )

@@ -157,7 +157,8 @@ _HELP = {
     "locks, Redis) before failing UNAVAILABLE",
     "store_breaker_failures": "SMS store calls failing in a row (no answer within "
     "--store-timeout, a lock, a Redis or SQLite error) after which SMS-triggering writes fail "
-    "UNAVAILABLE at once, without asking the store, for --store-breaker-cooldown",
+    "UNAVAILABLE at once, without asking the store, for --store-breaker-cooldown (a "
+    "CognitoQuota's Redis calls have a breaker of the same settings: its local share meanwhile)",
     "store_breaker_cooldown": "seconds SMS-triggering writes fail at once once the store is known "
     "down; then one write tries it (the store's 2 s probe also ends it when the store answers)",
     "require_durable_store": "refuse to start on a Redis that can lose counts (no appendonly "

@@ -130,6 +130,7 @@ class Governor:
         default_in_flight: int,
         user_key: Callable[[str, str], str] | None = None,
         pacing_store: FleetQuotaStore | None = None,
+        pacing_breaker: Breaker | None = None,
         events: QuotaEvents | None = None,
         on_store_failure: Callable[[StoreUnavailable], None] = lambda exc: None,
     ) -> None:
@@ -138,7 +139,7 @@ class Governor:
         self._default_in_flight = max(1, default_in_flight)
         self._user_key = user_key or _process_key()
         self._pacing_store = pacing_store
-        self._pacing_breaker = Breaker()
+        self._pacing_breaker = pacing_breaker or Breaker()
         self._local_pacing = LocalPacing()
         self._events: QuotaEvents = events or _NoEvents()
         self._on_store_failure = on_store_failure
