@@ -68,3 +68,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_observability.py
 	$(BIN)/python bench/bench_sms_store.py
 	$(BIN)/python bench/bench_policytest.py
+	$(BIN)/python bench/bench_quota.py
