@@ -110,6 +110,9 @@ def check_the_cognito_side(stub: CognitoStub, results: Results, duration: float)
     more in all than the rate allows while calls came and waited (maxWait, 2 s), and a burst."""
     arrivals = [r.at for r in updates(stub)]
     assert max_in_window(arrivals, 1.0, after=results.start + 1.0) <= RATE + BURST
+    # Over longer windows the burst is spent once: a replica sending more than its lease for
+    # seconds (a stale grant, an unbacked line) shows here.
+    assert max_in_window(arrivals, 5.0, after=results.start + 1.0) <= 5 * RATE + BURST
     assert len(arrivals) <= RATE * (duration + MAX_WAIT) + BURST
 
 

@@ -146,6 +146,7 @@ def test_without_its_store_a_replica_falls_back_to_rate_over_the_replicas_it_saw
     server = RedisServer()
     quota = compiled_quota(tmp_path, TWO_CLASSES)
     failures: list[str] = []
+    now = [100.0]
 
     async def main() -> None:
         store = RedisStore(server.url, 0.2)
@@ -155,6 +156,7 @@ def test_without_its_store_a_replica_falls_back_to_rate_over_the_replicas_it_saw
                 None,
                 breaker=Breaker(failures=1, cooldown=30),
                 on_failure=lambda exc: failures.append(exc.reason),
+                monotonic=lambda: now[0],
             )
             for _ in range(4)
         ]
@@ -164,6 +166,7 @@ def test_without_its_store_a_replica_falls_back_to_rate_over_the_replicas_it_saw
             for keeper in keepers:
                 assert (await keeper.renew(quota, [10, 10])).mode == FLEET
             server.stop()
+            now[0] += LEASE_TTL  # past the last grant (until then it holds: the next test)
             down = await keepers[0].renew(quota, [100, 0])
             assert down.mode == EMERGENCY
             assert down.replicas == 4  # seen at the last exchange
@@ -245,7 +248,7 @@ def test_store_calls_fail_within_the_quota_timeout(tmp_path: Path) -> None:
     finally:
         server._process.send_signal(signal.SIGCONT)
         server.stop()
-    assert took < 2  # the timeout is 50 ms; a wide margin for a loaded machine
+    assert took < 0.5  # the timeout is 50 ms; a wide margin for a loaded machine
 
 
 def test_slots_promised_alone_while_redis_was_away_are_not_promised_again(
@@ -264,3 +267,43 @@ def test_slots_promised_alone_while_redis_was_away_are_not_promised_again(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_one_failed_exchange_keeps_the_grant_the_store_still_counts(tmp_path: Path) -> None:
+    """A renewal that fails while the last grant holds keeps that grant: the store counts it
+    for the others until it expires, so falling to rate / N now could overshoot the fleet."""
+    server = RedisServer()
+    quota = compiled_quota(tmp_path, TWO_CLASSES)
+    now = [100.0]
+
+    async def main() -> None:
+        store = RedisStore(server.url, 0.2)
+        keepers = [
+            LeaseKeeper(store, 4, breaker=Breaker(failures=5), monotonic=lambda: now[0])
+            for _ in range(4)
+        ]
+        try:
+            for _ in range(3):
+                for keeper, demand in zip(keepers, ([200, 0], [0, 0], [0, 0], [0, 0]), strict=True):
+                    await keeper.renew(quota, demand)
+            granted = await keepers[1].renew(quota, [0, 0])
+            assert sum(granted.rates) < 25 / 4  # the busy replica holds most of the rate
+            server.pause()
+            try:
+                now[0] += 0.5
+                held = await keepers[1].renew(quota, [0, 0])
+                assert held.mode == FLEET
+                assert held.rates == granted.rates
+                now[0] += LEASE_TTL  # the grant has expired: now rate / N
+                expired = await keepers[1].renew(quota, [0, 0])
+                assert expired.mode == EMERGENCY
+                assert sum(expired.rates) == pytest.approx(25 / 4)
+            finally:
+                server.resume()
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()

@@ -240,11 +240,12 @@ def test_local_pacing_forgets_users_whose_turn_has_passed() -> None:
 def test_adaptive_drops_once_per_burst_of_throttles_and_climbs_back() -> None:
     clock = Clock()
     adaptive = Adaptive(clock)
-    for _ in range(10):
-        adaptive.throttled()  # one burst: one decrease
+    for n in range(10):
+        adaptive.throttled(f"user{n}")  # one burst: one decrease
     assert adaptive.factor() == pytest.approx(DECREASE)
     clock.now += 1.0
-    adaptive.throttled()  # a second signal: it climbed a step during the second, then dropped
+    adaptive.throttled("a")
+    adaptive.throttled("b")  # a second signal: it climbed a step during the second, then dropped
     second = (DECREASE + INCREASE) * DECREASE
     assert adaptive.factor() == pytest.approx(second)
     clock.now += 0.5
@@ -258,13 +259,25 @@ def test_adaptive_settles_where_throttles_and_climbing_balance_and_never_below_i
     adaptive = Adaptive(clock)
     for _ in range(100):
         clock.now += 1.0
-        adaptive.throttled()
+        adaptive.throttled("a")
+        adaptive.throttled("b")
     # f = (f + INCREASE) * DECREASE
     assert adaptive.factor() == pytest.approx(INCREASE * DECREASE / (1 - DECREASE))
-    for _ in range(100):
+    for n in range(100):
         clock.now += 0.01  # a storm faster than the hold: one signal per second at most
-        adaptive.throttled()
+        adaptive.throttled(f"u{n}")
     assert adaptive.factor() >= FLOOR
+
+
+def test_throttles_of_one_user_are_that_users_not_the_accounts() -> None:
+    clock = Clock()
+    adaptive = Adaptive(clock)
+    for _ in range(50):
+        clock.now += 0.1
+        adaptive.throttled("hot-user")  # Cognito's per-user limit
+    assert adaptive.factor() == 1.0
+    adaptive.throttled("another")
+    assert adaptive.factor() == pytest.approx(DECREASE)
 
 
 # --- demand and the bulkhead ------------------------------------------------------------------

@@ -27,7 +27,7 @@ from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
 from attrgate.quota.governor import RESULTS, Governor
-from attrgate.quota.leases import LeaseKeeper
+from attrgate.quota.leases import LEASE_TIMEOUT, LeaseKeeper
 from attrgate.reloading import PolicyReloader
 from attrgate.rollout.rollout import PolicyRollout
 from attrgate.rollout.status import RELOAD_RESULTS
@@ -65,7 +65,7 @@ class App:
     _upstream: CognitoUpstream | None = None
     _sms_state: SmsState | None = None
     _governor: Governor | None = None
-    _quota_store: RedisStore | None = None
+    _quota_stores: list[RedisStore] = field(default_factory=list)
     _reload_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _serving: bool = False
     _stopping: bool = False
@@ -236,14 +236,23 @@ class App:
         """The CognitoQuota governor: with --redis-url its leases and per-user pacing are the
         fleet's, in that Redis (own connections, own short timeout); else this replica's."""
         settings = self.settings
-        fleet = None
+        leases = pacing = None
         if settings.redis_url:
-            fleet = self._quota_store = RedisStore(
+            # Two clients: the lease exchange (off the request path, every 0.25 s) never waits
+            # behind requests' pacing calls for a connection, and may take longer to answer.
+            leases = RedisStore(
+                settings.redis_url,
+                max(settings.quota_store_timeout, LEASE_TIMEOUT),
+                cluster=settings.redis_cluster,
+                max_connections=2,
+            )
+            pacing = RedisStore(
                 settings.redis_url,
                 settings.quota_store_timeout,
                 cluster=settings.redis_cluster,
-                max_connections=4,
+                max_connections=8,
             )
+            self._quota_stores = [leases, pacing]
 
         def failed(exc: StoreUnavailable) -> None:
             metrics.quota_store_failure(exc.reason)
@@ -259,10 +268,10 @@ class App:
             return Breaker(settings.store_breaker_failures, settings.store_breaker_cooldown)
 
         governor = Governor(
-            LeaseKeeper(fleet, settings.quota_replicas, breaker(), on_failure=failed),
+            LeaseKeeper(leases, settings.quota_replicas, breaker(), on_failure=failed),
             default_in_flight=max(1, settings.executor_threads // 2),
             user_key=user_key,
-            pacing_store=fleet,
+            pacing_store=pacing,
             pacing_breaker=breaker(),
             events=metrics,
             on_store_failure=failed,
@@ -360,8 +369,8 @@ class App:
             await self.pipeline.settle(2.0)  # reservations given back before the store closes
         if self._governor is not None:
             await self._governor.close()
-        if self._quota_store is not None:
-            await self._quota_store.close()
+        for store in self._quota_stores:
+            await store.close()
         if self._sms_state is not None:
             await self._sms_state.close()
         if self.decision_log is not None:

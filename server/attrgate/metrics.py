@@ -325,7 +325,12 @@ class Metrics:
                 "requests per second asking for a token on this "
                 "replica, by share (refused ones included)",
             ),
-            ("attrgate_quota_in_flight", 3, "Cognito calls under way, by share (the bulkhead)"),
+            (
+                "attrgate_quota_in_flight",
+                3,
+                "calls holding a bulkhead slot, by share: waiting for their token or under way "
+                "at Cognito",
+            ),
         ):
             self._meter.create_observable_gauge(
                 name, callbacks=[shares(column)], description=description

@@ -247,6 +247,8 @@ class Pipeline:
             got = await self._governor.acquire(
                 assessed.quota, caller.name, request.user_pool_id, request.username, deadline
             )
+            if got is None:  # a reload lifted the quota after this call was decided
+                return None
             if isinstance(got, QuotaRefusal):
                 span.set_attribute("attrgate.quota.refused", got.scope)
                 span.set_attribute("attrgate.quota.share", got.share)

@@ -431,8 +431,9 @@ class QuotaClass(StrictModel):
     max_rate: Rate | None = Field(None, alias="maxRate")
     """A ceiling in requests per second, however much is free."""
     max_in_flight: Annotated[int, Field(ge=1, le=10_000)] | None = Field(None, alias="maxInFlight")
-    """The most Cognito calls of this class under way at once (a bulkhead: calls that hang
-    cannot take every upstream slot). Default: half of --executor-threads."""
+    """The most calls of this class holding a slot at once: waiting for their token, or under
+    way at Cognito (a bulkhead: calls that hang cannot take every upstream slot). Default: half
+    of --executor-threads."""
 
 
 class QuotaShare(QuotaClass):

@@ -1,7 +1,11 @@
 """AIMD on the rate this replica sends at: Cognito answering TooManyRequestsException although
 the governor kept to the quota means other clients share the account, so the rate drops by a
 factor (at most once per second: one burst of throttles is one signal), and climbs back by a
-step per second without throttling. Thread-safe: throttles are seen in worker threads."""
+step per second without throttling. Thread-safe: throttles are seen in worker threads.
+
+Cognito answers the same exception when one user is written too often (about 10 per second):
+throttles of a single user within a second are that user's, not the account's, and lower
+nothing. It takes throttles of two users or more within HOLD to cut the rate."""
 
 from __future__ import annotations
 
@@ -23,15 +27,20 @@ class Adaptive:
         self._decreased_at = -float("inf")
         self._updated = clock()
         self.throttles = 0  # seen since start
+        self._recent: dict[str, float] = {}  # user key -> when last throttled (within HOLD)
 
-    def throttled(self) -> None:
+    def throttled(self, user: str) -> None:
+        """`user`: the throttled write's user key (hashed)."""
         with self._lock:
             now = self._clock()
             self.throttles += 1
             self._advance(now)
-            if now - self._decreased_at >= HOLD:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < HOLD}
+            self._recent[user] = now
+            if len(self._recent) >= 2 and now - self._decreased_at >= HOLD:
                 self._factor = max(FLOOR, self._factor * DECREASE)
                 self._decreased_at = now
+                self._recent.clear()
             self._updated = now
 
     def factor(self) -> float:

@@ -102,7 +102,7 @@ class ShareGate:
             async with asyncio.timeout(wait):
                 await asyncio.shield(turn)
         except TimeoutError:
-            if turn.done() and not turn.cancelled():
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
                 return self._clock() - started  # served as the wait ended: it holds a token
             self._drop(turn)
             late = self.bucket.seconds_for(len(self._line) + 1)
@@ -111,6 +111,24 @@ class ShareGate:
             self._drop(turn)  # a token already handed to it is spent: the safe side
             raise
         return self._clock() - started
+
+    def eta(self) -> float:
+        """Seconds until a call joining the line now would be served (inf at rate 0)."""
+        if not self._line and self.bucket.seconds_for(1) == 0:
+            return 0.0
+        return self.bucket.seconds_for(len(self._line) + 1)
+
+    def retire(self) -> None:
+        """The share is gone (a reload dropped it): no more tokens, and every call in line is
+        refused now rather than served at a rate no lease backs any more."""
+        self.bucket.set_rate(0.0, 1.0)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._line:
+            turn = self._line.popleft()
+            if not turn.done():
+                turn.set_exception(Refused(1.0))
 
     def _drop(self, turn: asyncio.Future[None]) -> None:
         if not turn.done():

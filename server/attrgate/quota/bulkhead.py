@@ -1,6 +1,7 @@
-"""A bound on one share's Cognito calls under way on this replica: a slot is held from the
-token until the call's outcome (not until its caller gives up: a call that hangs keeps its
-slot), so callers whose calls hang cannot take every upstream thread."""
+"""A bound on one share's Cognito calls under way on this replica: a slot is taken once the
+call's user has its turn, held while it waits for its token, and until the call's outcome (not
+until its caller gives up: a call that hangs keeps its slot), so callers whose calls hang
+cannot take every upstream thread."""
 
 from __future__ import annotations
 

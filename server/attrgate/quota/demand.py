@@ -1,5 +1,8 @@
 """What a share wants on this replica: calls asking for a token (refused ones included) per
-second, over the last few seconds, in fixed slots so a burst ages out smoothly."""
+second, over the last few seconds, in fixed slots so a burst ages out smoothly.
+
+Written on the event loop, read also by the metrics thread: reading changes nothing (each slot
+remembers which time slot it counts, and stale ones are skipped, not cleared)."""
 
 from __future__ import annotations
 
@@ -14,20 +17,17 @@ class Demand:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._counts = [0] * SLOTS
-        self._slot = int(clock() / SLOT)
-
-    def _advance(self, now: float) -> None:
-        slot = int(now / SLOT)
-        for passed in range(self._slot + 1, min(slot, self._slot + SLOTS) + 1):
-            self._counts[passed % SLOTS] = 0
-        self._slot = max(slot, self._slot)
+        self._ids = [-1] * SLOTS  # the time slot each count belongs to
 
     def arrived(self) -> None:
-        now = self._clock()
-        self._advance(now)
-        self._counts[self._slot % SLOTS] += 1
+        slot = int(self._clock() / SLOT)
+        i = slot % SLOTS
+        if self._ids[i] != slot:
+            self._ids[i], self._counts[i] = slot, 0
+        self._counts[i] += 1
 
     def rate(self) -> float:
         """Calls per second over the window."""
-        self._advance(self._clock())
-        return sum(self._counts) / (SLOT * SLOTS)
+        slot = int(self._clock() / SLOT)
+        live = sum(c for c, s in zip(self._counts, self._ids, strict=True) if slot - s < SLOTS)
+        return live / (SLOT * SLOTS)

@@ -11,6 +11,7 @@ factor (adaptive.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -92,7 +93,8 @@ class _Share:
 
 class Ticket:
     """A call's right to go to Cognito: it holds a bulkhead slot until `release` (the call's
-    outcome), and lends the call's retries their tokens (worker threads)."""
+    outcome), and lends the call's retries their tokens (worker threads). A retry's token is
+    taken when botocore decides to retry; its backoff (a second or two at most) follows."""
 
     __slots__ = ("_events", "_released", "_share", "_throttled", "waited")
 
@@ -149,6 +151,7 @@ class Governor:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_reduced = -math.inf
+        self._logged_failure = -math.inf
         # The serving set's quota (a reload may swap it): followed at every exchange.
         self.serving: Callable[[], CompiledQuota | None] = lambda: self.quota
 
@@ -161,39 +164,59 @@ class Governor:
         pool_id: str,
         username: str,
         deadline: float | None,
-    ) -> Ticket | QuotaRefusal:
-        if quota is not self.quota:
-            self._configure(quota)
+    ) -> Ticket | QuotaRefusal | None:
+        """The call's ticket, why it gets none in time, or None when no CognitoQuota governs
+        any more (a reload lifted it after this call was decided)."""
+        governing = self._governing(quota)
+        if governing is None:
+            return None
+        quota = governing
         share = self.shares[quota.share_of(caller)]
         share.demand.arrived()
+        user = self._user_key(pool_id, username)
         wait = quota.max_wait
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic() - KEEP_FOR_CALL)
-        ends = time.monotonic() + max(wait, 0.0)
         started = time.monotonic()
+        ends = started + max(wait, 0.0)
         try:
-            if not await share.bulkhead.enter(wait):
+            # The share's line first, taking nothing: a call it would refuse anyway spends no
+            # user's turn (nor a Redis round trip).
+            eta = share.gate.eta()
+            if math.isfinite(eta) and eta > ends - started:
+                return self._refused(quota, share, SHARE, eta)
+            if quota.per_user is not None:
+                paced = await self._pace(quota, user, ends)
+                if paced is not None:
+                    return self._refused(quota, share, USER, paced)
+            # The slot after the user's turn: calls sleeping until their user's next slot hold
+            # none (a hot user must not fill the bulkhead for everyone else).
+            if not await share.bulkhead.enter(ends - time.monotonic()):
                 return self._refused(quota, share, IN_FLIGHT, SYNC_EVERY)
             try:
-                if quota.per_user is not None:
-                    paced = await self._pace(quota, pool_id, username, ends)
-                    if paced is not None:
-                        share.bulkhead.leave()
-                        return self._refused(quota, share, USER, paced)
                 await share.gate.take(ends - time.monotonic())
-            except Refused as refused:
-                share.bulkhead.leave()
-                return self._refused(quota, share, SHARE, refused.retry_after)
             except BaseException:
                 share.bulkhead.leave()
                 raise
+        except Refused as refused:
+            return self._refused(quota, share, SHARE, refused.retry_after)
         except asyncio.CancelledError:
             self._events.quota_token(share.name, CANCELLED)
             raise
         waited = time.monotonic() - started
         self._events.quota_token(share.name, GRANTED)
         self._events.quota_waited(share.name, waited)
-        return Ticket(share, waited, self._events, self._throttled)
+        return Ticket(share, waited, self._events, lambda: self._throttled(user))
+
+    def _governing(self, quota: CompiledQuota) -> CompiledQuota | None:
+        """The quota that governs a call decided under `quota`: the serving set's. A call
+        decided under an older set never turns the governor back to that set's shares."""
+        if quota is self.quota:
+            return quota
+        serving = self.serving()
+        if serving is not None and serving is not self.quota:
+            self._configure(serving)
+        return serving
 
     def _refused(
         self, quota: CompiledQuota, share: _Share, scope: str, retry_after: float
@@ -201,13 +224,10 @@ class Governor:
         self._events.quota_token(share.name, _REFUSED_RESULT[scope])
         return QuotaRefusal(share.name, scope, max(retry_after, 0.001), quota.name)
 
-    async def _pace(
-        self, quota: CompiledQuota, pool_id: str, username: str, ends: float
-    ) -> float | None:
+    async def _pace(self, quota: CompiledQuota, user: str, ends: float) -> float | None:
         """Wait for the user's slot: None once it has come, else the seconds until one would."""
         assert quota.per_user is not None
         per_user = quota.per_user
-        user = self._user_key(pool_id, username)
         now_ms = time.time_ns() // 1_000_000
         wait_ms = max(0.0, (ends - time.monotonic()) * 1000)
         interval = 1000 / per_user.rate
@@ -233,20 +253,22 @@ class Governor:
             replicas = 1 if self._pacing_store is None else self.keeper.expected_replicas
             slot = local.schedule(user, now_ms, interval * replicas, tolerance * replicas, wait_ms)
             ok, at_ms = slot.ok, slot.at_ms
-        delay = (at_ms - now_ms) / 1000
+        # From now, not from before the store's answer: the wait never runs past `ends`.
+        delay = (at_ms - time.time_ns() / 1_000_000) / 1000
         if not ok:
-            return delay
+            return max(delay, 0.001)
         if delay > 0:
             await asyncio.sleep(delay)
         return None
 
-    def _throttled(self) -> None:
+    def _throttled(self, user: str) -> None:
         """Cognito throttled an attempt (a worker thread): lower the rate now, not at the next
         renewal (a quarter second of sends at the old rate would be throttled too)."""
-        self.adaptive.throttled()
+        self.adaptive.throttled(user)
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._apply_factor)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._apply_factor)
 
     def _apply_factor(self) -> None:
         quota = self.quota
@@ -269,6 +291,8 @@ class Governor:
             share.bulkhead.limit = limit
             share.bulkhead.admit()
             shares.append(share)
+        for gone in set(by_name) - {s.name for s in shares}:
+            by_name[gone].gate.retire()  # its line is refused now, not served unbacked
         self.quota, self.shares = quota, shares
         self._events.quota_shares([s.name for s in shares])
         self._wake.set()
@@ -276,6 +300,8 @@ class Governor:
     def follow(self, quota: CompiledQuota | None) -> None:
         """The serving set changed (a reload): its quota, or None."""
         if quota is None:
+            for share in self.shares:
+                share.gate.retire()
             self.quota, self.shares = None, []
         elif quota is not self.quota:
             self._configure(quota)
@@ -310,6 +336,21 @@ class Governor:
             self._logged_reduced = -math.inf
             log.info("Cognito quota back to its full rate: CognitoQuota %s", quota.name)
 
+    def _fail_safe(self) -> None:
+        """A renewal failed unexpectedly (a bug): this replica's emergency share, not a lease
+        that is about to expire; the error is logged once a minute."""
+        now = time.monotonic()
+        if now - self._logged_failure >= LOG_REDUCED_EVERY:
+            self._logged_failure = now
+            log.exception("quota lease renewal failed; sending at the emergency share")
+        quota = self.quota
+        if quota is None:
+            return
+        leases = self.keeper.emergency(quota, [s.demand.rate() for s in self.shares])
+        for share, rate in zip(self.shares, leases.rates, strict=True):
+            share.lease = rate
+        self._apply_factor()
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._task is None:
@@ -317,11 +358,11 @@ class Governor:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()  # before: a reload during the renewal wakes the next one
             try:
                 await self.renew()
-            except Exception:  # never let the loop die: the rates would freeze
-                log.exception("quota lease renewal failed")
-            self._wake.clear()
+            except Exception:  # never let the loop die, nor the rates freeze on a lease
+                self._fail_safe()
             try:
                 async with asyncio.timeout(SYNC_EVERY):
                     await self._wake.wait()
@@ -329,10 +370,14 @@ class Governor:
                 pass
 
     async def close(self) -> None:
+        """Stop renewing, and give this replica's lease back to the fleet at once (a rolling
+        deploy need not wait for it to expire)."""
         if self._task is not None:
             await cancel_and_wait([self._task])
         for share in self.shares:
             share.gate.close()
+        if self.quota is not None:
+            await self.keeper.leave(self.quota)
 
     @property
     def modes(self) -> Sequence[str]:

@@ -5,15 +5,19 @@
   no more than the other live leases leave of the rate (store/redis_lua.QUOTA_SYNC), so the
   leases of the fleet never add up to more than the rate. A lease not renewed expires after
   LEASE_TTL, and its rate goes to the others.
-- emergency (the fleet store does not answer, or its breaker is open): rate / expected
-  replicas (--quota-replicas, else the replicas seen live at the last healthy exchange), shared
-  among the shares by the same fairness on this replica's demands.
+- a failed exchange keeps the last grant until it expires: the store counts it for the others
+  until then, so sending less would waste it and sending more would break the invariant.
+- emergency (the fleet store has not answered for a whole lease, or its breaker is open and
+  the last grant has expired): rate / expected replicas (--quota-replicas, else the replicas
+  seen live at the last healthy exchange), shared among the shares by the same fairness on
+  this replica's demands.
 - local (no fleet store: SQLite or none): the whole rate (divided by --quota-replicas when
   given) for this replica alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -28,6 +32,9 @@ from attrgate.store.breaker import Breaker
 log = logging.getLogger("attrgate.quota")
 SYNC_EVERY = 0.25  # seconds between two lease exchanges
 LEASE_TTL = 2.0  # seconds a lease holds unless renewed
+# The least an exchange may take before it counts as failed (--quota-store-timeout when
+# longer): it runs off the request path, and a failed one only keeps the last grant.
+LEASE_TIMEOUT = 0.25
 HEADROOM = 1.2  # demand is measured a moment late: ask for a little more than was seen
 IDLE = 0.5  # requests per second a replica counts for a share beyond its demand (split)
 
@@ -50,6 +57,7 @@ class LeaseKeeper:
         breaker: Breaker | None = None,
         on_failure: Callable[[StoreUnavailable], None] = lambda exc: None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fleet = fleet
         self._replicas = replicas  # --quota-replicas
@@ -59,6 +67,9 @@ class LeaseKeeper:
         self.replica = uuid.uuid4().hex[:16]
         self._others: tuple[LeaseRow, ...] = ()
         self._learned: int | None = None  # live replicas at the last healthy exchange
+        self._grant: Leases | None = None  # the last grant, and when it was made (monotonic)
+        self._granted_at = -LEASE_TTL
+        self._monotonic = monotonic
         self.mode = LOCAL if fleet is None else FLEET
 
     @property
@@ -79,12 +90,31 @@ class LeaseKeeper:
                 self._on_failure(exc)
             else:
                 self._breaker.succeeded()
+                self._grant, self._granted_at = granted, self._monotonic()
                 self._changed(FLEET)
                 return granted
+        held = self._grant
+        if (
+            held is not None
+            and len(held.rates) == len(wanted)
+            and self._monotonic() - self._granted_at < LEASE_TTL
+        ):
+            return held  # still counted for us in the store: neither more nor less
         self._changed(EMERGENCY)
+        return self.emergency(quota, demands)
+
+    def emergency(self, quota: CompiledQuota, demands: Sequence[float]) -> Leases:
+        """This replica's share without the fleet store: rate / expected replicas."""
         expected = self.expected_replicas
-        rates = allocate(quota.rate / expected, quota.specs, wanted)
+        rates = allocate(quota.rate / expected, quota.specs, [d * HEADROOM for d in demands])
         return Leases(EMERGENCY, tuple(rates), expected)
+
+    async def leave(self, quota: CompiledQuota) -> None:
+        """Give this replica's lease back now (the server stops); best effort."""
+        if self._fleet is None or not self._breaker.allow():
+            return
+        with contextlib.suppress(StoreUnavailable):  # it expires by itself within LEASE_TTL
+            await self._fleet.quota_leave(quota.name, self.replica)
 
     async def _exchange(self, quota: CompiledQuota, wanted: list[float]) -> Leases:
         assert self._fleet is not None

@@ -251,6 +251,11 @@ class RedisStore:
         rates = tuple(float(x) for x in granted) if isinstance(granted, list) else ()
         return LeaseGrant(rates, tuple(rows))
 
+    async def quota_leave(self, quota: str, replica: str) -> None:
+        """Drop this replica's row from the lease table (its grant returns to the fleet)."""
+        async with self._answer():
+            await self._redis.hdel(f"{self._prefix}quota:{quota}:leases", replica)
+
     async def quota_pace(self, quota: str, user: str, pace: Pace) -> Paced:
         """Per-user pacing (redis_lua.QUOTA_PACE): whether the write may go, and its slot."""
         key = f"{self._prefix}quota:{quota}:user:{user}"

@@ -186,11 +186,14 @@ local others = 0
 local rows = {}
 local all = redis.call("HGETALL", h)
 for i = 1, #all, 2 do
-  local row = cjson.decode(all[i + 1])
-  if tonumber(row.exp) <= now then
+  -- A row that cannot be read (written by hand, or by another version) counts as expired.
+  local ok, row = pcall(cjson.decode, all[i + 1])
+  local exp = ok and type(row) == "table" and tonumber(row.exp) or 0
+  local total = ok and type(row) == "table" and tonumber(row.total) or 0
+  if exp <= now then
     redis.call("HDEL", h, all[i])
   elseif all[i] ~= me then
-    others = others + tonumber(row.total)
+    others = others + total
     table.insert(rows, all[i + 1])
   end
 end
