@@ -68,7 +68,7 @@ def policy(name: str, body: str, callers: str = '["svc-*"]') -> str:
 def test_check_accepts_the_example_policies() -> None:
     result = attrgate("check", "policies")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: 4 policies in 3 files, revision sha256:")
+    assert result.stdout.startswith("ok: 5 policies in 4 files, revision sha256:")
     assert result.stderr == ""
 
 

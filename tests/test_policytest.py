@@ -164,7 +164,7 @@ def test_the_suites_beside_the_examples_are_no_policies() -> None:
     assert served.tests == []
     assert {p.file for p in served.policies} == {
         f"{EXAMPLES}/{name}.yaml" for name in ("profile-service", "verification-service")
-    } | {f"{EXAMPLES}/sms-guard.yaml"}
+    } | {f"{EXAMPLES}/sms-guard.yaml", f"{EXAMPLES}/cognito-quota.yaml"}
     tested = load_policy_set(EXAMPLES, tests=True)
     assert tested.revision == served.revision
     assert {t.document.metadata.name for t in tested.tests} == {  # type: ignore[attr-defined]
