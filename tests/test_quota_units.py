@@ -244,8 +244,7 @@ def test_adaptive_drops_once_per_burst_of_throttles_and_climbs_back() -> None:
         adaptive.throttled(f"user{n}")  # one burst: one decrease
     assert adaptive.factor() == pytest.approx(DECREASE)
     clock.now += 1.0
-    adaptive.throttled("a")
-    adaptive.throttled("b")  # a second signal: it climbed a step during the second, then dropped
+    adaptive.throttled("a")  # a second signal: it climbed a step during the second, then dropped
     second = (DECREASE + INCREASE) * DECREASE
     assert adaptive.factor() == pytest.approx(second)
     clock.now += 0.5
@@ -257,10 +256,9 @@ def test_adaptive_drops_once_per_burst_of_throttles_and_climbs_back() -> None:
 def test_adaptive_settles_where_throttles_and_climbing_balance_and_never_below_its_floor() -> None:
     clock = Clock()
     adaptive = Adaptive(clock)
-    for _ in range(100):
+    for n in range(100):
         clock.now += 1.0
-        adaptive.throttled("a")
-        adaptive.throttled("b")
+        adaptive.throttled(f"user{n}")
     # f = (f + INCREASE) * DECREASE
     assert adaptive.factor() == pytest.approx(INCREASE * DECREASE / (1 - DECREASE))
     for n in range(100):
@@ -272,12 +270,14 @@ def test_adaptive_settles_where_throttles_and_climbing_balance_and_never_below_i
 def test_throttles_of_one_user_are_that_users_not_the_accounts() -> None:
     clock = Clock()
     adaptive = Adaptive(clock)
-    for _ in range(50):
-        clock.now += 0.1
-        adaptive.throttled("hot-user")  # Cognito's per-user limit
-    assert adaptive.factor() == 1.0
-    adaptive.throttled("another")
+    adaptive.throttled("hot-user")  # the first throttle of a user is a signal...
     assert adaptive.factor() == pytest.approx(DECREASE)
+    for _ in range(40):
+        clock.now += 0.1
+        adaptive.throttled("hot-user")  # ...its repeats are Cognito's per-user limit
+    assert adaptive.factor() > DECREASE  # climbing back, not cut again
+    adaptive.throttled("another")
+    assert adaptive.factor() < DECREASE
 
 
 # --- demand and the bulkhead ------------------------------------------------------------------

@@ -4,8 +4,8 @@ factor (at most once per second: one burst of throttles is one signal), and clim
 step per second without throttling. Thread-safe: throttles are seen in worker threads.
 
 Cognito answers the same exception when one user is written too often (about 10 per second):
-throttles of a single user within a second are that user's, not the account's, and lower
-nothing. It takes throttles of two users or more within HOLD to cut the rate."""
+a user throttled again within REPEAT seconds is that user's limit, not the account's, and
+lowers nothing more. Only the first throttle of a user in that time is a signal."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ DECREASE = 0.7  # multiplicative
 INCREASE = 0.05  # of the configured rate, per second without a throttle
 FLOOR = 0.05  # never below 5 % of the configured rate
 HOLD = 1.0  # seconds: throttles within this of a decrease are the same signal
+REPEAT = 5.0  # seconds: a user throttled again within this is hitting its own limit
 
 
 class Adaptive:
@@ -27,7 +28,7 @@ class Adaptive:
         self._decreased_at = -float("inf")
         self._updated = clock()
         self.throttles = 0  # seen since start
-        self._recent: dict[str, float] = {}  # user key -> when last throttled (within HOLD)
+        self._recent: dict[str, float] = {}  # user key -> when last throttled (within REPEAT)
 
     def throttled(self, user: str) -> None:
         """`user`: the throttled write's user key (hashed)."""
@@ -35,12 +36,12 @@ class Adaptive:
             now = self._clock()
             self.throttles += 1
             self._advance(now)
-            self._recent = {k: t for k, t in self._recent.items() if now - t < HOLD}
+            self._recent = {k: t for k, t in self._recent.items() if now - t < REPEAT}
+            repeated = user in self._recent
             self._recent[user] = now
-            if len(self._recent) >= 2 and now - self._decreased_at >= HOLD:
+            if not repeated and now - self._decreased_at >= HOLD:
                 self._factor = max(FLOOR, self._factor * DECREASE)
                 self._decreased_at = now
-                self._recent.clear()
             self._updated = now
 
     def factor(self) -> float:
