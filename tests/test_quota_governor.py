@@ -162,3 +162,26 @@ async def test_a_full_bulkhead_refuses_with_its_scope(tmp_path: Path) -> None:
     assert isinstance(again, Ticket)
     again.release()
     await governor.close()
+
+
+@run
+async def test_when_the_grace_begins_waiting_calls_are_refused_at_once(tmp_path: Path) -> None:
+    quota = compiled(tmp_path, "rate: 1\nburst: 1\nothers: {maxInFlight: 1}\nqueue: {maxWait: 30s}")
+    governor = await governed(quota)
+    await asyncio.sleep(1.1)
+    held = await governor.acquire(quota, "svc", "pool", "a", None)  # the only slot
+    assert isinstance(held, Ticket)
+    waiting = [
+        asyncio.ensure_future(governor.acquire(quota, "svc", "pool", f"u{n}", None))
+        for n in range(4)
+    ]
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    governor.stop_waiting()
+    answers = await asyncio.gather(*waiting)
+    assert time.monotonic() - started < 1.0  # not held for the whole 30 s
+    assert all(isinstance(a, QuotaRefusal) for a in answers)
+    assert isinstance(await governor.acquire(quota, "svc", "pool", "new", None), QuotaRefusal)
+    held.release()
+    assert governor.shares[-1].bulkhead.in_flight == 0
+    await governor.close()

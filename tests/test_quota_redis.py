@@ -307,3 +307,50 @@ def test_one_failed_exchange_keeps_the_grant_the_store_still_counts(tmp_path: Pa
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_rows_written_by_hand_neither_break_the_exchange_nor_hold_the_rate(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    quota = compiled_quota(tmp_path, TWO_CLASSES)
+    clock = [4_000_000]
+    table = f"{PREFIX}quota:{quota.name}:leases"
+    control = redis_py.Redis.from_url(redis_server.url)
+
+    async def main() -> None:
+        store = RedisStore(redis_server.url, 1.0)
+        keeper = LeaseKeeper(store, None, clock_ms=lambda: clock[0])
+        try:
+            exp = clock[0] + 1000
+            control.hset(
+                table,
+                mapping={
+                    # the quota's own signature, but too few demands
+                    "short": json.dumps({"exp": exp, "total": 1, "sig": quota.signature, "d": [1]}),
+                    "words": json.dumps(
+                        {"exp": exp, "total": 1, "sig": quota.signature, "d": ["x"]}
+                    ),
+                    "hex": f'{{"exp": {exp}, "total": 0x1, "d": [1, 1]}}',  # Lua reads hex
+                    "junk": "not json",
+                    # dated far ahead, holding the whole rate: no replica writes that
+                    "squatter": json.dumps({"exp": clock[0] + 10**9, "total": 10**9, "d": [0, 0]}),
+                },
+            )
+            for _ in range(3):
+                clock[0] += 250
+                got = await keeper.renew(quota, [200, 0])
+                assert got.mode == FLEET
+            # The three readable-but-odd rows still count (1 each) until they expire; the
+            # squatter and the junk are gone.
+            assert sum(got.rates) == pytest.approx(25 - 3, abs=0.01)
+            assert not control.hexists(table, "squatter")
+            clock[0] += 1000
+            got = await keeper.renew(quota, [200, 0])
+            assert sum(got.rates) == pytest.approx(25, abs=0.01)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        control.close()

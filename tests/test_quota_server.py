@@ -247,3 +247,22 @@ def test_a_reload_brings_the_new_quota_and_one_without_a_quota_lifts_it(
     assert server.run(server.app.reload())
     answers = [call(server, username=f"v{i}") for i in range(20)]
     assert answers == [None] * 20
+
+
+def test_when_the_server_stops_calls_waiting_for_a_token_are_refused_at_once(
+    start: Callable[..., RunningServer], stub: CognitoStub
+) -> None:
+    server = start(ALLOW + quota("rate: 0.2\nburst: 1\nqueue: {maxWait: 30s}"))
+    time.sleep(5.2)
+    assert call(server) is None  # the only token for 5 s
+    with ThreadPoolExecutor(3) as pool:
+        waiting = [pool.submit(call, server, "svc", 20.0, f"u{n}") for n in range(3)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.stop(grace=10.0)
+        answers = [w.result(timeout=15) for w in waiting]
+    assert time.monotonic() - started < 5.0  # not held until the grace ends
+    for answer in answers:
+        assert answer is not None
+        assert rich(answer).info.reason == "QUOTA_EXCEEDED"
+    assert len(stub.calls()) == 1

@@ -359,7 +359,7 @@ class App:
                 grace,
                 drain_delay,
                 serving,
-                closing=upstream.retries.stop if upstream is not None else lambda: None,
+                closing=lambda: self._closing(upstream),
             )
         if upstream is not None:
             # Calls cancelled at the grace's end may still be at Cognito: their outcomes reach
@@ -379,6 +379,13 @@ class App:
             self.metrics.close()
         if self.local is not None:
             self.local.stop()
+
+    def _closing(self, upstream: CognitoUpstream | None) -> None:
+        """The grace begins: no retry starts, and no call waits on for a quota token."""
+        if upstream is not None:
+            upstream.retries.stop()
+        if self._governor is not None:
+            self._governor.stop_waiting()
 
     def hurry(self) -> None:
         """A second SIGTERM/SIGINT: end the drain delay now (calls in flight keep their grace)."""

@@ -402,8 +402,8 @@ Wait = Annotated[
 Rate = Annotated[
     Decimal,
     BeforeValidator(_money),
-    Field(gt=0, le=100_000),
-    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 100_000}),
+    Field(ge=Decimal("0.001"), le=100_000),
+    WithJsonSchema({"type": "number", "minimum": 0.001, "maximum": 100_000}),
 ]
 Weight = Annotated[
     Decimal,

@@ -9,6 +9,8 @@ import asyncio
 import collections
 import contextlib
 
+from attrgate.quota.bucket import Refused
+
 
 class Bulkhead:
     def __init__(self, limit: int) -> None:
@@ -29,17 +31,24 @@ class Bulkhead:
             async with asyncio.timeout(wait):
                 await asyncio.shield(turn)
         except TimeoutError:
-            if turn.done() and not turn.cancelled():
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
                 return True  # handed a slot as the wait ended: it is ours
             self._forget(turn)
             return False
         except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
                 self.leave()  # handed a slot, but nobody will use it
             else:
                 self._forget(turn)
             raise
         return True
+
+    def retire(self) -> None:
+        """The server stops: the calls waiting for a slot are refused now."""
+        while self._line:
+            turn = self._line.popleft()
+            if not turn.done():
+                turn.set_exception(Refused(1.0))
 
     def _forget(self, turn: asyncio.Future[None]) -> None:
         turn.cancel()

@@ -46,8 +46,9 @@ RETRY = "retry"  # a token for a retry inside a Cognito call
 RETRY_REFUSED = "retry_refused"  # a retry not sent: no token
 RESULTS = (GRANTED, EXCEEDED, USER_EXCEEDED, IN_FLIGHT_EXCEEDED, CANCELLED, RETRY, RETRY_REFUSED)
 _REFUSED_RESULT = {SHARE: EXCEEDED, USER: USER_EXCEEDED, IN_FLIGHT: IN_FLIGHT_EXCEEDED}
-# Of a caller's remaining deadline, this much is left for the Cognito call itself.
-KEEP_FOR_CALL = 0.1
+# Of a caller's remaining deadline, this much is left for the Cognito call itself (and for the
+# answer to reach a caller whose wait ran out: a refusal sent as its deadline passes is lost).
+KEEP_FOR_CALL = 0.25
 LOG_REDUCED_EVERY = 60.0
 
 
@@ -152,6 +153,7 @@ class Governor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_reduced = -math.inf
         self._logged_failure = -math.inf
+        self._stopping = False
         # The serving set's quota (a reload may swap it): followed at every exchange.
         self.serving: Callable[[], CompiledQuota | None] = lambda: self.quota
 
@@ -170,6 +172,9 @@ class Governor:
         governing = self._governing(quota)
         if governing is None:
             return None
+        if self._stopping:
+            share_name = self.shares[governing.share_of(caller)].name
+            return QuotaRefusal(share_name, SHARE, 1.0, governing.name)
         quota = governing
         share = self.shares[quota.share_of(caller)]
         share.demand.arrived()
@@ -189,6 +194,8 @@ class Governor:
                 paced = await self._pace(quota, user, ends)
                 if paced is not None:
                     return self._refused(quota, share, USER, paced)
+            if self._stopping:  # the grace began while this call slept for its user's turn
+                return self._refused(quota, share, SHARE, 1.0)
             # The slot after the user's turn: calls sleeping until their user's next slot hold
             # none (a hot user must not fill the bulkhead for everyone else).
             if not await share.bulkhead.enter(ends - time.monotonic()):
@@ -298,10 +305,9 @@ class Governor:
         self._wake.set()
 
     def follow(self, quota: CompiledQuota | None) -> None:
-        """The serving set changed (a reload): its quota, or None."""
+        """The serving set changed (a reload): its quota, or None (lifted: calls already in
+        line are served at the rates they had; new ones are not governed)."""
         if quota is None:
-            for share in self.shares:
-                share.gate.retire()
             self.quota, self.shares = None, []
         elif quota is not self.quota:
             self._configure(quota)
@@ -350,6 +356,15 @@ class Governor:
         for share, rate in zip(self.shares, leases.rates, strict=True):
             share.lease = rate
         self._apply_factor()
+
+    def stop_waiting(self) -> None:
+        """The server stops taking calls (the grace begins): calls still waiting for their
+        turn are refused now (nothing was sent: another replica takes the retry), not held
+        until the grace ends; new ones are refused at once."""
+        self._stopping = True
+        for share in self.shares:
+            share.gate.retire()
+            share.bulkhead.retire()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -100,11 +100,12 @@ class LeaseKeeper:
             and self._monotonic() - self._granted_at < LEASE_TTL
         ):
             return held  # still counted for us in the store: neither more nor less
-        self._changed(EMERGENCY)
         return self.emergency(quota, demands)
 
     def emergency(self, quota: CompiledQuota, demands: Sequence[float]) -> Leases:
         """This replica's share without the fleet store: rate / expected replicas."""
+        if self._fleet is not None:
+            self._changed(EMERGENCY)
         expected = self.expected_replicas
         rates = allocate(quota.rate / expected, quota.specs, [d * HEADROOM for d in demands])
         return Leases(EMERGENCY, tuple(rates), expected)
@@ -120,7 +121,13 @@ class LeaseKeeper:
         assert self._fleet is not None
         signature = quota.signature
         # Everyone's demands as of the last exchange, this replica's as of now.
-        rows = [list(wanted)] + [list(r.demands) for r in self._others if r.signature == signature]
+        # Rows of another shape (a reload under way, or written by hand) count against the
+        # rate in the store, never in the fairness here.
+        rows = [list(wanted)] + [
+            list(r.demands)
+            for r in self._others
+            if r.signature == signature and len(r.demands) == len(wanted)
+        ]
         totals = [sum(row[i] for row in rows) for i in range(len(wanted))]
         allocation = allocate(quota.rate, quota.specs, totals)
         desired = split(allocation, wanted, rows, IDLE)

@@ -236,17 +236,7 @@ class RedisStore:
         async with self._answer():
             reply = await self._quota_sync(keys=[f"{self._prefix}quota:{quota}:leases"], args=args)
         granted = json.loads(_decode(reply[0]))
-        rows = []
-        for raw in reply[1:]:
-            row = json.loads(_decode(raw))
-            demands = row.get("d")
-            rows.append(
-                LeaseRow(
-                    str(row.get("sig", "")),
-                    tuple(float(x) for x in demands) if isinstance(demands, list) else (),
-                    float(row.get("total", 0)),
-                )
-            )
+        rows = [row for row in map(_lease_row, reply[1:]) if row is not None]
         # cjson encodes an empty array as {}; the desired list is never empty.
         rates = tuple(float(x) for x in granted) if isinstance(granted, list) else ()
         return LeaseGrant(rates, tuple(rows))
@@ -312,6 +302,21 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _lease_row(raw: object) -> LeaseRow | None:
+    """Another replica's row, or None when it cannot be read as one (then the store still
+    counted it against the rate; it only stays out of the fairness)."""
+    try:
+        row = json.loads(_decode(raw))
+        demands = row["d"]
+        if not isinstance(demands, list):
+            return None
+        return LeaseRow(
+            str(row.get("sig", "")), tuple(float(x) for x in demands), float(row["total"])
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def _flat(info: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -190,7 +190,9 @@ for i = 1, #all, 2 do
   local ok, row = pcall(cjson.decode, all[i + 1])
   local exp = ok and type(row) == "table" and tonumber(row.exp) or 0
   local total = ok and type(row) == "table" and tonumber(row.total) or 0
-  if exp <= now then
+  -- A row dated further ahead than any replica writes (now + ttl) is no lease: dropped, so a
+  -- row written by hand cannot hold the rate for ever.
+  if exp <= now or exp > now + 2 * ttl then
     redis.call("HDEL", h, all[i])
   elseif all[i] ~= me then
     others = others + total
