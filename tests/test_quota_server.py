@@ -93,8 +93,10 @@ def test_a_call_over_the_quota_is_refused_with_retry_info_and_sends_nothing(
         ALLOW + quota("rate: 1\nburst: 1\nqueue: {maxWait: 0s}"), decision_log=str(log_file)
     )
     time.sleep(1.2)  # the bucket starts empty: one token in a second
-    assert call(server) is None
-    refused = call(server)
+    # A name no hex id can contain (request and decision ids are hex).
+    user = "zelda-quota-user"
+    assert call(server, username=user) is None
+    refused = call(server, username=user)
     assert refused is not None
     error_ = rich(refused)
     assert error_.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -104,7 +106,7 @@ def test_a_call_over_the_quota_is_refused_with_retry_info_and_sends_nothing(
     failure, retry_after = details(refused)
     assert [v.subject for v in failure.violations] == ["CognitoQuota account share others"]
     assert 0 < retry_after <= 1.0
-    assert "ada" not in error_.message
+    assert user not in error_.message
     assert len(stub.calls()) == 1  # the refused call never reached Cognito
     server.stop()
     entries = [json.loads(line) for line in log_file.read_text().splitlines()]
@@ -113,7 +115,7 @@ def test_a_call_over_the_quota_is_refused_with_retry_info_and_sends_nothing(
     assert refused_entry[0]["quota"]["share"] == "others"
     assert refused_entry[0]["status"] == "RESOURCE_EXHAUSTED"
     assert refused_entry[0]["matched_policies"] == ["p"]
-    assert "ada" not in log_file.read_text()
+    assert user not in log_file.read_text()
 
 
 def test_a_refused_sms_write_keeps_no_reservation(
