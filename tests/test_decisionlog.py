@@ -106,11 +106,13 @@ def test_without_a_key_the_username_is_left_out(
     server = serve(POLICY, stub.endpoint, decision_log=str(log_file))
     with server.channel() as channel:
         server.stub(channel).CheckUpdateUserAttributes(
-            attrs_request(POOL, [("given_name", "x")]), metadata=as_caller("svc")
+            attrs_request(POOL, [("given_name", "x")], username="zelda-no-hex"),
+            metadata=as_caller("svc"),
         )
     (entry,) = entries(log_file, 1)
     assert "username_hash" not in entry
-    assert "ada" not in log_file.read_text()
+    # A name no hex id can contain: "ada" is hex, and decision and trace ids are.
+    assert "zelda-no-hex" not in log_file.read_text()
 
 
 class _Stalled:
