@@ -219,8 +219,10 @@ def test_the_rate_adapts_when_cognito_throttles_anyway(
     answered = Counter((r.code, r.reason) for r in results if r.sent >= duration / 2)
     errors = answered[("RESOURCE_EXHAUSTED", "COGNITO_THROTTLED")]
     assert errors / max(1, answered[("OK", "")] + errors) < 0.05, answered
-    samples = samples_of(metrics_text(metrics_port(replicas[0])))
-    assert total(samples["attrgate_quota_adaptive_factor"]) < 1.0
+    # The rate was lowered (said once a minute while reduced; the factor itself may have
+    # climbed back to 1 by the time the run is over).
+    warned = "Cognito throttles although the quota holds"
+    assert any(warned in replica.log.read_text() for replica in replicas)
 
 
 def test_redis_killed_mid_run_falls_back_to_the_local_share_and_recovers(
