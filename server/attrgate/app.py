@@ -61,6 +61,7 @@ class App:
     decision_log: DecisionLog | None = None
     metrics: Metrics | None = None
     metrics_port: int = 0
+    worker: int | None = None  # `serve --workers`: this process's index among them
     _listeners: Listeners | None = None
     _upstream: CognitoUpstream | None = None
     _sms_state: SmsState | None = None
@@ -137,6 +138,7 @@ class App:
             None if settings.decision_log == "-" else settings.decision_log,
             settings.decision_log_queue,
             on_drop=metrics.decision_log_dropped,
+            fields=None if self.worker is None else {"worker": self.worker},
         )
         try:
             decision_log.start()
@@ -171,7 +173,8 @@ class App:
             self.reopen_and_reload()
         mode = "insecure, caller from x-attrgate-caller" if settings.insecure else "mTLS"
         log.info(
-            "serving on port %d (%s); policies %s revision %s (%d documents)",
+            "%s on port %d (%s); policies %s revision %s (%d documents)",
+            "serving" if self.worker is None else "ready",
             self.port,
             mode,
             rollout.source.source,
@@ -268,7 +271,13 @@ class App:
             return Breaker(settings.store_breaker_failures, settings.store_breaker_cooldown)
 
         governor = Governor(
-            LeaseKeeper(leases, settings.quota_replicas, breaker(), on_failure=failed),
+            LeaseKeeper(
+                leases,
+                settings.quota_replicas,
+                breaker(),
+                on_failure=failed,
+                workers=settings.workers,
+            ),
             default_in_flight=max(1, settings.executor_threads // 2),
             user_key=user_key,
             pacing_store=pacing,
@@ -394,11 +403,16 @@ class App:
 
 
 async def serve(
-    settings: Settings, out: TextIO, sighup_received: Callable[[], bool] = lambda: False
+    settings: Settings,
+    out: TextIO,
+    sighup_received: Callable[[], bool] = lambda: False,
+    worker: int | None = None,
+    on_serving: Callable[[App], None] = lambda app: None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain. `sighup_received`: whether a SIGHUP arrived
-    before this took the signal over (it is acted on once serving)."""
-    app = App(settings, out)
+    before this took the signal over (it is acted on once serving). `worker`, `on_serving`: a
+    process of `serve --workers` (attrgate.workers), and how it tells its parent it serves."""
+    app = App(settings, out, worker=worker)
     loop = asyncio.get_running_loop()
     # Installed before start: SIGHUP's default action would kill a server still starting.
     loop.add_signal_handler(signal.SIGHUP, app.reopen_and_reload)
@@ -429,6 +443,7 @@ async def serve(
         await cancel_and_wait([starting, stopped])
         await app.stop(0)
         raise
+    on_serving(app)
     if app.local is not None:
         host = settings.listen.rpartition(":")[0]
         print_help(app.local, host, app.port, app.admin_port, out)

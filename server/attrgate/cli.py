@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from attrgate import __version__
 from attrgate.analyze import add_arguments as add_analyze_arguments
 from attrgate.bundle.arguments import add_arguments as add_bundle_arguments
-from attrgate.config import ConfigError, add_serve_arguments, settings_from
+from attrgate.config import ConfigError, Settings, add_serve_arguments, settings_from
 from attrgate.explain import command as explain
 from attrgate.identity import CALLER_HEADER
 from attrgate.policy.jsonschema import add_schema_command
@@ -174,32 +174,48 @@ def _serve(args: argparse.Namespace) -> int:
     early_sighup = threading.Event()
     signal.signal(signal.SIGHUP, lambda signum, frame: early_sighup.set())
     from attrgate.app import serve
+    from attrgate.workers.child import worker_link
 
+    # A worker of `serve --workers` gets its settings from its parent, resolved.
+    link = worker_link()
     try:
-        settings = settings_from(args)
+        settings = link.settings if link is not None else settings_from(args)
     except ConfigError as exc:
         return _refuse(exc)
     # A fatal signal (SIGSEGV, SIGBUS, SIGABRT) leaves every thread's stack on stderr, and
     # `kill -QUIT` prints them without stopping the server: what a stuck drain is waiting for.
     faulthandler.enable()
     faulthandler.register(signal.SIGQUIT, all_threads=True)
+    tag = "" if link is None else f"[worker {link.index}] "
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s {tag}%(message)s",
         stream=sys.stderr,
     )
     # botocore's INFO lines (where it found credentials) would clutter a one-line refusal; its
     # DEBUG bodies are filtered where the client is built.
     if logging.root.level > logging.DEBUG:
         logging.getLogger("botocore").setLevel(logging.WARNING)
+    if settings.workers > 1 and link is None:
+        return _supervise(settings)
     from attrgate.tracing import configure_tracing
 
     try:
         provider = configure_tracing()
     except ValueError as exc:
         return _refuse(ConfigError(str(exc)))
+    if link is not None:
+        link.watch_parent()
     try:
-        asyncio.run(serve(settings, sys.stdout, early_sighup.is_set))
+        asyncio.run(
+            serve(
+                settings,
+                sys.stdout,
+                early_sighup.is_set,
+                worker=None if link is None else link.index,
+                on_serving=(lambda app: None) if link is None else link.serving,
+            )
+        )
     except ConfigError as exc:
         return _refuse(exc)
     finally:
@@ -208,6 +224,16 @@ def _serve(args: argparse.Namespace) -> int:
         if provider is not None:
             provider.shutdown()  # flush what is still batched
     return EXIT_OK
+
+
+def _supervise(settings: Settings) -> int:
+    """The parent of `serve --workers N` (attrgate.workers): it starts no gRPC of its own."""
+    from attrgate.workers.supervisor import supervise
+
+    try:
+        return supervise(settings)
+    except ConfigError as exc:
+        return _refuse(exc)
 
 
 def _refuse(error: ConfigError) -> int:

@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -80,6 +81,7 @@ class Settings:
     local_cognito: bool = False
     local_seed: str | None = None
     log_level: str = "INFO"
+    workers: int = 1  # `auto` on the command line: usable_cores()
 
     def tls_files(self) -> tuple[str, str, str] | None:
         """(cert, key, client CA) for mTLS, None for --insecure; ConfigError when incomplete."""
@@ -176,7 +178,32 @@ _HELP = {
     "local_cognito": "start an embedded Cognito emulator (moto) seeded with a demo pool and users",
     "local_seed": "seed file for --local-cognito (default: the demo seed shipped with attrgate)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "workers": "server processes sharing the listeners (SO_REUSEPORT, Linux), each with its own "
+    "Cognito client, behind one parent that relays signals and sums /metrics; auto: one per "
+    "usable core",
 }
+MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux: check() refuses --workers above 1 there anyway
+        return os.cpu_count() or 1
+
+
+def _parse_workers(source: str, text: str) -> int:
+    if text.strip().lower() == "auto":
+        return usable_cores()
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{source}={text!r} is not a number of processes or auto") from None
+
+
+# Fields whose flag takes more than its type says (converted before the type's converter).
+_PARSERS = {"workers": _parse_workers}
 
 
 def env_name(field_name: str) -> str:
@@ -224,7 +251,10 @@ def settings_from(
             source = env_name(item.name)
         if raw is None:
             continue
-        values[item.name] = _convert(item.type, source, raw)
+        parse = _PARSERS.get(item.name)
+        values[item.name] = (
+            parse(source, str(raw)) if parse is not None else _convert(item.type, source, raw)
+        )
     if values.get("region") is None:
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
         if region:
@@ -367,7 +397,23 @@ def check(settings: Settings) -> None:
         raise ConfigError("--decision-log-queue must be at least 1")
     if settings.max_receive_bytes < 1024:
         raise ConfigError("--max-receive-bytes must be at least 1024")
+    _check_workers(settings)
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
             f"--log-level {settings.log_level!r} is not DEBUG, INFO, WARNING or ERROR"
+        )
+
+
+def _check_workers(settings: Settings) -> None:
+    if not 1 <= settings.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}, or auto")
+    if settings.workers == 1:
+        return
+    if not sys.platform.startswith("linux"):
+        # Elsewhere SO_REUSEPORT does not spread connections: one process would take them all.
+        raise ConfigError("--workers above 1 needs Linux (SO_REUSEPORT load balancing)")
+    if settings.local_cognito:
+        raise ConfigError(
+            "--local-cognito runs one process: drop --workers (or point --cognito-endpoint at "
+            "an emulator of your own)"
         )

@@ -30,8 +30,11 @@ class DecisionLog:
         capacity: int = DEFAULT_CAPACITY,
         stream: TextIO | None = None,
         on_drop: Callable[[], None] | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
+        """`fields`: added to every entry (a worker's index)."""
         self._path = path
+        self._fields = dict(fields or {})
         self._stream = stream
         self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
         self._reopen = threading.Event()
@@ -92,6 +95,8 @@ class DecisionLog:
                 return
             try:
                 out = self._target()
+                if self._fields:
+                    entry = {**entry, **self._fields}  # type: ignore[dict-item]
                 out.write(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
                 if self._queue.empty():
                     out.flush()

@@ -46,8 +46,10 @@ class Listeners:
         options = [
             ("grpc.max_receive_message_length", settings.max_receive_bytes),
             # gRPC shares ports by default: a second attrgate on a busy port would silently split
-            # traffic with the first (and its older policies). Refuse to start instead.
-            ("grpc.so_reuseport", 0),
+            # traffic with the first (and its older policies). Refuse to start instead. Workers
+            # of `serve --workers` share theirs, which their parent made sure nobody else holds
+            # (attrgate.workers.ports).
+            ("grpc.so_reuseport", int(settings.workers > 1)),
         ]
         known = channelz_server_ids()
         self._server = grpc.aio.server(options=options, interceptors=[self.admission.interceptor()])

@@ -13,6 +13,10 @@
   this replica's demands.
 - local (no fleet store: SQLite or none): the whole rate (divided by --quota-replicas when
   given) for this replica alone.
+
+`serve --workers N` makes each replica N processes, each with its own keeper: in the fleet each
+is a replica of its own (its lease, counted among the live ones); without the fleet store the
+divisor is multiplied by N (rate / (replicas x workers)), and N is the least a fleet has.
 """
 
 from __future__ import annotations
@@ -58,9 +62,11 @@ class LeaseKeeper:
         on_failure: Callable[[StoreUnavailable], None] = lambda exc: None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         monotonic: Callable[[], float] = time.monotonic,
+        workers: int = 1,
     ) -> None:
         self._fleet = fleet
         self._replicas = replicas  # --quota-replicas
+        self._workers = workers  # --workers: processes of this replica, each with a keeper
         self._breaker = breaker or Breaker()
         self._on_failure = on_failure
         self._clock_ms = clock_ms
@@ -74,12 +80,16 @@ class LeaseKeeper:
 
     @property
     def expected_replicas(self) -> int:
-        return self._replicas or self._learned or 1
+        """Processes expected to share the rate: --quota-replicas x --workers, else the ones
+        seen live at the last exchange (at least this replica's workers)."""
+        if self._replicas:
+            return self._replicas * self._workers
+        return max(self._learned or 1, self._workers)
 
     async def renew(self, quota: CompiledQuota, demands: Sequence[float]) -> Leases:
         wanted = [d * HEADROOM for d in demands]
         if self._fleet is None:
-            divisor = self._replicas or 1
+            divisor = (self._replicas or 1) * self._workers
             rates = allocate(quota.rate / divisor, quota.specs, wanted)
             return Leases(LOCAL, tuple(rates), divisor)
         if self._breaker.allow():
@@ -156,7 +166,7 @@ class LeaseKeeper:
                 "quota store does not answer: each replica now sends at most rate / %d "
                 "(%s) until it answers again",
                 self.expected_replicas,
-                "--quota-replicas"
+                ("--quota-replicas x --workers" if self._workers > 1 else "--quota-replicas")
                 if self._replicas
                 else "replicas seen at the last exchange"
                 if self._learned

@@ -1,0 +1,108 @@
+"""A worker's side of `serve --workers`: what the parent hands it, and its line back.
+
+The parent starts each worker as `python -m attrgate serve` with its settings (ports resolved,
+its own loopback metrics port) in the environment variable WORKER_ENV, and one end of a socket
+pair inherited as a file descriptor. Over it the worker says, once, that it serves (and on which
+ports); the parent never writes. When the parent dies, the worker reads the end of the stream and
+stops itself as on SIGTERM (a drain), so no worker outlives its parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from attrgate.config import Settings
+
+WORKER_ENV = "_ATTRGATE_WORKER"  # not ATTRGATE_*: no flag reads it
+log = logging.getLogger("attrgate.workers")
+
+
+class Serving(Protocol):
+    """What a worker reports of its server (attrgate.app.App)."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def admin_port(self) -> int: ...
+
+    @property
+    def metrics_port(self) -> int: ...
+
+    @property
+    def policy_revision(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A worker's one message to its parent."""
+
+    pid: int
+    port: int
+    admin_port: int
+    metrics_port: int
+    revision: str
+
+    def encode(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, line: bytes) -> Ready:
+        data = json.loads(line)
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def worker_environment(index: int, settings: Settings, fd: int) -> str:
+    """The value of WORKER_ENV for worker `index`, talking on file descriptor `fd`."""
+    return json.dumps({"index": index, "fd": fd, "settings": dataclasses.asdict(settings)})
+
+
+class WorkerLink:
+    """This process is worker `index` of a `serve --workers` parent."""
+
+    def __init__(self, index: int, settings: Settings, channel: socket.socket) -> None:
+        self.index = index
+        self.settings = settings
+        self._channel = channel
+
+    def watch_parent(self) -> None:
+        """Stop (SIGTERM to this process: a drain) when the parent is gone."""
+        threading.Thread(target=self._watch, name="attrgate-parent", daemon=True).start()
+
+    def serving(self, app: Serving) -> None:
+        """Tell the parent this worker serves (on_serving of attrgate.app.serve)."""
+        ready = Ready(os.getpid(), app.port, app.admin_port, app.metrics_port, app.policy_revision)
+        try:
+            self._channel.sendall(ready.encode())
+        except OSError:
+            log.warning("cannot reach the parent process: stopping")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _watch(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._channel.recv(4096):
+                pass  # the parent never writes; anything read is ignored
+        log.warning("the parent process is gone: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_link(environ: MutableMapping[str, str] | None = None) -> WorkerLink | None:
+    """This process's link to its parent, when it is a worker (taken out of the environment:
+    nothing this process starts inherits it); None otherwise."""
+    env = os.environ if environ is None else environ
+    raw = env.pop(WORKER_ENV, None)
+    if raw is None:
+        return None
+    data: dict[str, Any] = json.loads(raw)
+    channel = socket.socket(fileno=int(data["fd"]))
+    return WorkerLink(int(data["index"]), Settings(**data["settings"]), channel)

@@ -1,0 +1,309 @@
+"""The parent of `serve --workers N`: spawn, watch, relay signals, stop.
+
+- Start: the listening ports are held (ports.py) and each worker is a fresh `python -m attrgate
+  serve` (nothing of gRPC crosses a fork). Worker 0 starts alone, so a refusal (a bad policy
+  set, no credentials) is said once and the key beside a new --state is generated once; the
+  others start together once it serves. The parent logs `serving on port ...` when every
+  worker serves.
+- Signals: SIGTERM and SIGINT go to every worker (a second one too: it ends their drain delay),
+  SIGHUP to every worker (one still starting gets it once it serves), SIGQUIT too (each prints
+  its threads' stacks, the parent its own).
+- A worker that exits on its own, before a stop was asked for, stops the others (SIGTERM: they
+  drain as usual) and the parent exits 1 (2 when worker 0 refused to start): the orchestrator
+  restarts the whole server rather than one worker being replaced unseen.
+- After a stop the parent exits 0 when every worker did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from attrgate.config import Settings, check
+from attrgate.workers.child import WORKER_ENV, Ready, worker_environment
+from attrgate.workers.ports import HeldPort, hold
+from attrgate.workers.relay import LineRelay
+from attrgate.workers.scrape import MetricsServer
+
+log = logging.getLogger("attrgate.workers")
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+RELAY_JOIN = 10.0  # seconds to copy the last output of workers that have exited
+
+
+@dataclass
+class Worker:
+    index: int
+    process: asyncio.subprocess.Process
+    ready: Ready | None = None
+    hup_pending: bool = False  # a SIGHUP that arrived while it started
+    returncode: int | None = None
+
+    def signal(self, signum: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+
+    def describe(self) -> str:
+        return f"worker {self.index} (pid {self.process.pid})"
+
+
+def supervise(settings: Settings) -> int:
+    """Run the workers until a stop; the exit status. ConfigError: refused before any starts."""
+    return asyncio.run(Supervisor(settings).run())
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._workers: list[Worker] = []
+        self._events: asyncio.Queue[tuple[str, Worker | None]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._failure: int | None = None  # the exit status a worker's own exit imposes
+        self._held: list[HeldPort] = []
+        self._relay: LineRelay | None = None
+        self._metrics: MetricsServer | None = None
+        self._worker_settings = settings
+        self._spawning = False  # workers 1..N-1 being started
+
+    async def run(self) -> int:
+        settings = self._settings
+        check(settings)
+        try:
+            self._prepare()
+            self._install_signals()
+            await self._spawn(0)
+            return await self._supervise()
+        finally:
+            await self._close()
+
+    def _prepare(self) -> None:
+        """Hold the ports, serve /metrics; what each worker gets instead of the parent's."""
+        settings = self._settings
+        main = hold(settings.listen)
+        self._held.append(main)
+        admin = hold(settings.admin_listen) if settings.admin_listen else None
+        if admin is not None:
+            self._held.append(admin)
+        if settings.metrics_listen:
+            self._metrics = MetricsServer(settings.metrics_listen, self._metrics_ports)
+            self._metrics.start()
+        if settings.decision_log == "-":
+            self._relay = LineRelay(sys.stdout.fileno())
+        self._worker_settings = dataclasses.replace(
+            settings,
+            listen=main.address,
+            admin_listen=admin.address if admin is not None else None,
+            # Each its own, on loopback: the parent's is the sum of theirs.
+            metrics_listen="127.0.0.1:0" if self._metrics is not None else None,
+        )
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._hup)
+        loop.add_signal_handler(signal.SIGQUIT, self._quit)
+
+    async def _spawn_rest(self) -> None:
+        """Workers 1..N-1, once worker 0 serves."""
+        try:
+            for index in range(1, self._settings.workers):
+                if self._stopping:
+                    return
+                await self._spawn(index)
+        except OSError as exc:
+            log.error("cannot start a worker: %s: stopping the others", exc)
+            self._failure = EXIT_FAILED
+            self._stopping = True
+            self._relay_signal(signal.SIGTERM)
+        finally:
+            self._spawning = False
+            self._events.put_nowait(("spawned", None))
+
+    async def _spawn(self, index: int) -> None:
+        ours, theirs = socket.socketpair()
+        stdout = self._relay.follow(str(index)) if self._relay is not None else None
+        env = dict(os.environ)
+        env[WORKER_ENV] = worker_environment(index, self._worker_settings, theirs.fileno())
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "attrgate",
+                "serve",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stdout,
+                pass_fds=(theirs.fileno(),),
+                # Its own process group: a terminal's Ctrl-C reaches the parent only, which
+                # relays it once (a second SIGINT would end the drain delay).
+                process_group=0,
+            )
+        finally:
+            theirs.close()
+            if stdout is not None:
+                os.close(stdout)
+        worker = Worker(index, process)
+        self._workers.append(worker)
+        if self._stopping:  # a signal came while it was being started
+            worker.signal(signal.SIGTERM)
+        self._follow(self._listen(worker, ours))
+        self._follow(self._wait(worker))
+
+    def _follow(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _listen(self, worker: Worker, channel: socket.socket) -> None:
+        """The worker's line when it serves; the channel stays open (its end of the stream
+        tells the worker the parent is gone) until the parent exits."""
+        reader, writer = await asyncio.open_unix_connection(sock=channel)
+        try:
+            line = await reader.readline()
+            if line:
+                worker.ready = Ready.decode(line)
+                self._events.put_nowait(("ready", worker))
+            await reader.read()  # until the worker exits
+        finally:
+            writer.close()
+
+    async def _wait(self, worker: Worker) -> None:
+        worker.returncode = await worker.process.wait()
+        self._events.put_nowait(("exit", worker))
+
+    async def _supervise(self) -> int:
+        count = self._settings.workers
+        while True:
+            event, worker = await self._events.get()
+            if event == "ready" and worker is not None:
+                self._ready(worker, count)
+            elif event == "exit" and worker is not None:
+                self._exited(worker)
+            if self._stopping and not self._alive() and not self._spawning:
+                break
+        if self._failure is not None:
+            return self._failure
+        ready_failed = [w for w in self._workers if w.returncode and w.ready is not None]
+        return EXIT_FAILED if ready_failed else 0
+
+    def _ready(self, worker: Worker, count: int) -> None:
+        assert worker.ready is not None
+        if worker.hup_pending:
+            worker.hup_pending = False
+            worker.signal(signal.SIGHUP)
+        if self._stopping:
+            return
+        if worker.index == 0 and count > 1:
+            self._spawning = True
+            self._follow(self._spawn_rest())
+        if len(self._workers) == count and all(w.ready for w in self._workers):
+            self._serving()
+
+    def _serving(self) -> None:
+        settings = self._settings
+        ready = [w.ready for w in self._workers if w.ready is not None]
+        revisions = sorted({r.revision for r in ready})
+        log.info(
+            "serving on port %d with %d workers (pids %s)%s%s; policies %s revision %s",
+            ready[0].port,
+            len(ready),
+            ", ".join(str(r.pid) for r in ready),
+            f"; admin on port {ready[0].admin_port}" if settings.admin_listen else "",
+            f"; metrics on port {self._metrics.port}" if self._metrics is not None else "",
+            settings.policies,
+            " and ".join(revisions),
+        )
+
+    def _exited(self, worker: Worker) -> None:
+        code = worker.returncode
+        if self._stopping:
+            if code and worker.ready is not None:
+                log.error("%s exited with status %s while stopping", worker.describe(), code)
+            return
+        if worker.ready is None and worker.index == 0 and code == EXIT_CONFIG:
+            self._failure = EXIT_CONFIG  # its one-line refusal is on stderr already
+        else:
+            self._failure = EXIT_FAILED
+            log.error(
+                "%s exited %s: stopping the other workers (the server exits %d)",
+                worker.describe(),
+                _status(code),
+                self._failure,
+            )
+        self._stopping = True
+        self._relay_signal(signal.SIGTERM)
+
+    def _alive(self) -> list[Worker]:
+        return [w for w in self._workers if w.returncode is None]
+
+    def _stop(self, signum: int) -> None:
+        """SIGTERM, SIGINT: to every worker (a second one: they hurry)."""
+        if not self._stopping:
+            log.info(
+                "%s: stopping %d workers (each drains: --drain-delay, --grace)",
+                signal.Signals(signum).name,
+                len(self._alive()),
+            )
+        self._stopping = True
+        self._relay_signal(signum)
+        self._events.put_nowait(("stop", None))
+
+    def _hup(self) -> None:
+        for worker in self._alive():
+            if worker.ready is not None:
+                worker.signal(signal.SIGHUP)
+            else:
+                worker.hup_pending = True  # its handler may not be in place yet
+
+    def _quit(self) -> None:
+        faulthandler.dump_traceback(all_threads=True)
+        for worker in self._alive():
+            if worker.ready is not None:  # before its handler, SIGQUIT would kill it
+                worker.signal(signal.SIGQUIT)
+
+    def _relay_signal(self, signum: int) -> None:
+        for worker in self._alive():
+            worker.signal(signum)
+
+    def _metrics_ports(self) -> list[int] | None:
+        """While every worker serves: their metrics ports."""
+        workers = self._workers
+        if len(workers) < self._settings.workers or any(
+            w.ready is None or w.returncode is not None for w in workers
+        ):
+            return None
+        return [w.ready.metrics_port for w in workers if w.ready is not None]
+
+    async def _close(self) -> None:
+        for worker in self._alive():  # the parent failed itself: no worker outlives it
+            worker.signal(signal.SIGTERM)
+        for worker in self._workers:
+            await worker.process.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._metrics is not None:
+            self._metrics.close()
+        if self._relay is not None:
+            await asyncio.to_thread(self._relay.join, RELAY_JOIN)
+        for held in self._held:
+            held.close()
+
+
+def _status(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"on {signal.Signals(-code).name}"
+    return f"with status {code}"
