@@ -112,6 +112,22 @@ def test_one_exposition_merged_is_itself() -> None:
     assert samples_of(merge([text]).decode()) == samples_of(text)
 
 
+def test_a_series_is_its_labels_whatever_their_values_hold() -> None:
+    """Merged on the text up to the value: label values with spaces, braces, quotes and
+    backslashes (a policy's name may hold them) stay one series."""
+    odd = 'a b} "c" \\ {d} 1.0'
+    metrics = Metrics()
+    try:
+        for reason in (odd, "plain"):
+            metrics.observe({"method": "M", "caller": "", "outcome": "denied", "reason": reason})
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        metrics.close()
+    merged = samples_of(merge([text, text, text]).decode())
+    assert total(merged["attrgate_requests_total"], reason=odd) == 3
+    assert total(merged["attrgate_requests_total"], reason="plain") == 3
+
+
 def test_every_gauge_attrgate_exports_says_how_it_merges() -> None:
     """A new gauge must be added to GAUGES (a quantity is summed, a state is not); the gauges
     of a worker that has served are in the served test (test_workers.py)."""

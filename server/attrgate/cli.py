@@ -173,7 +173,6 @@ def _serve(args: argparse.Namespace) -> int:
     # SIGHUP's default action kills: until the server takes it over, remember one instead.
     early_sighup = threading.Event()
     signal.signal(signal.SIGHUP, lambda signum, frame: early_sighup.set())
-    from attrgate.app import serve
     from attrgate.workers.child import worker_link
 
     # A worker of `serve --workers` gets its settings from its parent, resolved.
@@ -198,14 +197,18 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("botocore").setLevel(logging.WARNING)
     if settings.workers > 1 and link is None:
         return _supervise(settings)
+    from attrgate.app import serve  # the parent of workers needs none of it (0.5 s of imports)
     from attrgate.tracing import configure_tracing
+
+    if link is not None:
+        if not link.wait_to_start():
+            return EXIT_OK  # the parent stopped before this worker's turn: nothing to say
+        link.watch_parent()
 
     try:
         provider = configure_tracing()
     except ValueError as exc:
         return _refuse(ConfigError(str(exc)))
-    if link is not None:
-        link.watch_parent()
     try:
         asyncio.run(
             serve(

@@ -2,9 +2,10 @@
 
 The parent starts each worker as `python -m attrgate serve` with its settings (ports resolved,
 its own loopback metrics port) in the environment variable WORKER_ENV, and one end of a socket
-pair inherited as a file descriptor. Over it the worker says, once, that it serves (and on which
-ports); the parent never writes. When the parent dies, the worker reads the end of the stream and
-stops itself as on SIGTERM (a drain), so no worker outlives its parent.
+pair inherited as a file descriptor. Over it the parent says GO to workers 1..N-1 once worker 0
+serves (they wait for it with their imports done), and the worker says, once, that it serves
+(and on which ports). When the parent dies, the worker reads the end of the stream and stops
+itself as on SIGTERM (a drain), so no worker outlives its parent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from attrgate.config import Settings
 
 WORKER_ENV = "_ATTRGATE_WORKER"  # not ATTRGATE_*: no flag reads it
+GO = b"go\n"
 log = logging.getLogger("attrgate.workers")
 
 
@@ -74,6 +76,20 @@ class WorkerLink:
         self.index = index
         self.settings = settings
         self._channel = channel
+
+    def wait_to_start(self) -> bool:
+        """Worker 0 starts at once; the others when the parent says GO (False: the parent is
+        gone, or stopped them before)."""
+        if self.index == 0:
+            return True
+        received = b""
+        with contextlib.suppress(OSError):
+            while not received.endswith(b"\n"):
+                chunk = self._channel.recv(16)
+                if not chunk:
+                    break
+                received += chunk
+        return received == GO
 
     def watch_parent(self) -> None:
         """Stop (SIGTERM to this process: a drain) when the parent is gone."""

@@ -12,13 +12,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import GaugeMetricFamily
 
 from attrgate.config import ConfigError, split_host_port
 from attrgate.workers.aggregate import merge
 
 log = logging.getLogger("attrgate.workers")
 FETCH_TIMEOUT = 5.0  # seconds a worker has to answer (Prometheus's scrape timeout: 10 s)
+WORKERS_GAUGE = (
+    "# HELP attrgate_workers worker processes serving behind this parent (serve --workers)\n"
+    "# TYPE attrgate_workers gauge\n"
+    "attrgate_workers {}\n"
+)
 
 
 class MetricsServer:
@@ -53,11 +57,7 @@ class MetricsServer:
         except (OSError, TimeoutError) as exc:
             log.warning("a worker's /metrics did not answer: %s", exc)
             return None
-        workers = GaugeMetricFamily(
-            "attrgate_workers", "worker processes serving behind this parent (serve --workers)"
-        )
-        workers.add_metric([], len(ports))
-        return merge(texts, [workers])
+        return merge(texts, WORKERS_GAUGE.format(len(ports)))
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -1,17 +1,17 @@
 """The parent of `serve --workers N`: spawn, watch, relay signals, stop.
 
 - Start: the listening ports are held (ports.py) and each worker is a fresh `python -m attrgate
-  serve` (nothing of gRPC crosses a fork). Worker 0 starts alone, so a refusal (a bad policy
-  set, no credentials) is said once and the key beside a new --state is generated once; the
-  others start together once it serves. The parent logs `serving on port ...` when every
-  worker serves.
+  serve` (nothing of gRPC crosses a fork). All start at once, but workers 1..N-1 wait, once
+  their imports are done, until worker 0 serves: a refusal (a bad policy set, no credentials)
+  is said once, and the key beside a new --state is generated once. The parent logs `serving
+  on port ...` when every worker serves.
 - Signals: SIGTERM and SIGINT go to every worker (a second one too: it ends their drain delay),
   SIGHUP to every worker (one still starting gets it once it serves), SIGQUIT too (each prints
   its threads' stacks, the parent its own).
 - A worker that exits on its own, before a stop was asked for, stops the others (SIGTERM: they
   drain as usual) and the parent exits 1 (2 when worker 0 refused to start): the orchestrator
   restarts the whole server rather than one worker being replaced unseen.
-- After a stop the parent exits 0 when every worker did.
+- After a stop the parent exits 0 when every worker that served exited 0.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attrgate.config import Settings, check
-from attrgate.workers.child import WORKER_ENV, Ready, worker_environment
+from attrgate.workers.child import GO, WORKER_ENV, Ready, worker_environment
 from attrgate.workers.ports import HeldPort, hold
 from attrgate.workers.relay import LineRelay
 from attrgate.workers.scrape import MetricsServer
@@ -45,6 +45,7 @@ RELAY_JOIN = 10.0  # seconds to copy the last output of workers that have exited
 class Worker:
     index: int
     process: asyncio.subprocess.Process
+    channel: asyncio.StreamWriter
     ready: Ready | None = None
     hup_pending: bool = False  # a SIGHUP that arrived while it started
     returncode: int | None = None
@@ -53,6 +54,10 @@ class Worker:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signum)
+
+    def go(self) -> None:
+        with contextlib.suppress(OSError):
+            self.channel.write(GO)
 
     def describe(self) -> str:
         return f"worker {self.index} (pid {self.process.pid})"
@@ -75,15 +80,15 @@ class Supervisor:
         self._relay: LineRelay | None = None
         self._metrics: MetricsServer | None = None
         self._worker_settings = settings
-        self._spawning = False  # workers 1..N-1 being started
 
     async def run(self) -> int:
-        settings = self._settings
-        check(settings)
+        check(self._settings)
         try:
             self._prepare()
             self._install_signals()
-            await self._spawn(0)
+            for index in range(self._settings.workers):
+                if not self._stopping:
+                    await self._spawn(index)
             return await self._supervise()
         finally:
             await self._close()
@@ -116,22 +121,6 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._hup)
         loop.add_signal_handler(signal.SIGQUIT, self._quit)
 
-    async def _spawn_rest(self) -> None:
-        """Workers 1..N-1, once worker 0 serves."""
-        try:
-            for index in range(1, self._settings.workers):
-                if self._stopping:
-                    return
-                await self._spawn(index)
-        except OSError as exc:
-            log.error("cannot start a worker: %s: stopping the others", exc)
-            self._failure = EXIT_FAILED
-            self._stopping = True
-            self._relay_signal(signal.SIGTERM)
-        finally:
-            self._spawning = False
-            self._events.put_nowait(("spawned", None))
-
     async def _spawn(self, index: int) -> None:
         ours, theirs = socket.socketpair()
         stdout = self._relay.follow(str(index)) if self._relay is not None else None
@@ -151,15 +140,21 @@ class Supervisor:
                 # relays it once (a second SIGINT would end the drain delay).
                 process_group=0,
             )
+        except OSError:
+            ours.close()
+            raise
         finally:
             theirs.close()
             if stdout is not None:
                 os.close(stdout)
-        worker = Worker(index, process)
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        worker = Worker(index, process, writer)
         self._workers.append(worker)
         if self._stopping:  # a signal came while it was being started
             worker.signal(signal.SIGTERM)
-        self._follow(self._listen(worker, ours))
+        elif index and self._workers[0].ready is not None:
+            worker.go()
+        self._follow(self._listen(worker, reader))
         self._follow(self._wait(worker))
 
     def _follow(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -167,55 +162,47 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _listen(self, worker: Worker, channel: socket.socket) -> None:
-        """The worker's line when it serves; the channel stays open (its end of the stream
-        tells the worker the parent is gone) until the parent exits."""
-        reader, writer = await asyncio.open_unix_connection(sock=channel)
-        try:
-            line = await reader.readline()
-            if line:
-                worker.ready = Ready.decode(line)
-                self._events.put_nowait(("ready", worker))
-            await reader.read()  # until the worker exits
-        finally:
-            writer.close()
+    async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+        """The worker's line when it serves. The channel stays open until the parent exits:
+        its end tells the worker the parent is gone."""
+        line = await reader.readline()
+        if line:
+            worker.ready = Ready.decode(line)
+            self._events.put_nowait(("ready", worker))
 
     async def _wait(self, worker: Worker) -> None:
         worker.returncode = await worker.process.wait()
         self._events.put_nowait(("exit", worker))
 
     async def _supervise(self) -> int:
-        count = self._settings.workers
-        while True:
+        while self._alive() or not self._events.empty():
             event, worker = await self._events.get()
-            if event == "ready" and worker is not None:
-                self._ready(worker, count)
-            elif event == "exit" and worker is not None:
+            if worker is None:
+                continue
+            if event == "ready":
+                self._ready(worker)
+            elif event == "exit":
                 self._exited(worker)
-            if self._stopping and not self._alive() and not self._spawning:
-                break
         if self._failure is not None:
             return self._failure
-        ready_failed = [w for w in self._workers if w.returncode and w.ready is not None]
-        return EXIT_FAILED if ready_failed else 0
+        failed = [w for w in self._workers if w.returncode and w.ready is not None]
+        return EXIT_FAILED if failed else 0
 
-    def _ready(self, worker: Worker, count: int) -> None:
-        assert worker.ready is not None
+    def _ready(self, worker: Worker) -> None:
         if worker.hup_pending:
             worker.hup_pending = False
             worker.signal(signal.SIGHUP)
         if self._stopping:
             return
-        if worker.index == 0 and count > 1:
-            self._spawning = True
-            self._follow(self._spawn_rest())
-        if len(self._workers) == count and all(w.ready for w in self._workers):
+        if worker.index == 0:
+            for other in self._workers[1:]:
+                other.go()
+        if len(self._workers) == self._settings.workers and all(w.ready for w in self._workers):
             self._serving()
 
     def _serving(self) -> None:
         settings = self._settings
         ready = [w.ready for w in self._workers if w.ready is not None]
-        revisions = sorted({r.revision for r in ready})
         log.info(
             "serving on port %d with %d workers (pids %s)%s%s; policies %s revision %s",
             ready[0].port,
@@ -224,14 +211,14 @@ class Supervisor:
             f"; admin on port {ready[0].admin_port}" if settings.admin_listen else "",
             f"; metrics on port {self._metrics.port}" if self._metrics is not None else "",
             settings.policies,
-            " and ".join(revisions),
+            " and ".join(sorted({r.revision for r in ready})),
         )
 
     def _exited(self, worker: Worker) -> None:
         code = worker.returncode
         if self._stopping:
             if code and worker.ready is not None:
-                log.error("%s exited with status %s while stopping", worker.describe(), code)
+                log.error("%s exited %s while stopping", worker.describe(), _status(code))
             return
         if worker.ready is None and worker.index == 0 and code == EXIT_CONFIG:
             self._failure = EXIT_CONFIG  # its one-line refusal is on stderr already
@@ -259,7 +246,6 @@ class Supervisor:
             )
         self._stopping = True
         self._relay_signal(signum)
-        self._events.put_nowait(("stop", None))
 
     def _hup(self) -> None:
         for worker in self._alive():
@@ -280,18 +266,17 @@ class Supervisor:
 
     def _metrics_ports(self) -> list[int] | None:
         """While every worker serves: their metrics ports."""
-        workers = self._workers
-        if len(workers) < self._settings.workers or any(
-            w.ready is None or w.returncode is not None for w in workers
-        ):
+        ready = [w.ready for w in self._workers if w.ready is not None and w.returncode is None]
+        if len(ready) < self._settings.workers:
             return None
-        return [w.ready.metrics_port for w in workers if w.ready is not None]
+        return [r.metrics_port for r in ready]
 
     async def _close(self) -> None:
         for worker in self._alive():  # the parent failed itself: no worker outlives it
             worker.signal(signal.SIGTERM)
         for worker in self._workers:
             await worker.process.wait()
+            worker.channel.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
