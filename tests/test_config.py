@@ -6,6 +6,7 @@ Namespaces come from the real CLI parser, so the flag names themselves are under
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -422,3 +423,32 @@ def test_a_flag_for_a_source_that_is_not_there_is_refused(argv: list[str], expec
 )
 def test_a_flag_for_a_source_that_is_there_passes(argv: list[str]) -> None:
     check(settings([*BASE, *argv]))
+
+
+# -- serve --workers ------------------------------------------------------------------------------
+
+SERVE = ["--policies", "p", "--region", "us-east-1", "--insecure"]
+
+
+def test_workers_auto_is_the_cores_this_process_may_run_on() -> None:
+    assert settings(["--workers", "auto"]).workers == len(os.sched_getaffinity(0))
+    assert settings([], {"ATTRGATE_WORKERS": "AUTO"}).workers == len(os.sched_getaffinity(0))
+    check(settings([*SERVE, "--workers", "auto"]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "0"], "--workers must be between 1 and 256, or auto"),
+        (["--workers", "257"], "--workers must be between 1 and 256, or auto"),
+        (["--workers", "2", "--local-cognito"], "--local-cognito runs one process: drop --workers"),
+    ],
+)
+def test_workers_refusals(extra: list[str], message: str) -> None:
+    assert message in refusal([*SERVE, *extra])
+
+
+def test_workers_that_are_not_a_number_are_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings(["--workers", "two"])
+    assert str(refused.value) == "--workers='two' is not a number of processes or auto"

@@ -28,13 +28,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from attrgate.workers.aggregate import GAUGES
 from support.cognito_stub import CognitoStub, Reply, describe_reply
 from support.environment import clean_env
 from support.policies import sms_guard, svc_policy
 from support.prometheus import metrics_text, samples_of, total
-from support.rpc import as_caller, attrs_request, code_and_reason
+from support.rpc import as_caller, attrs_request, code_and_reason, rich
 from support.waiting import wait_for, wait_until
 
 POOL = "us-east-1_Pool1"
@@ -107,7 +108,8 @@ def start(tmp_path: Path, stub: CognitoStub) -> Iterator[Callable[..., Parent]]:
     to `decisions.jsonl` (unless the test passes its own --decision-log); stopped after."""
     started: list[Parent] = []
 
-    def launch(policies: Path, *args: str, wait: bool = True) -> Parent:
+    def launch(policies: Path, *args: str, wait: bool = True, pipe: bool = False) -> Parent:
+        """`pipe`: stdout is a pipe (process.stdout) the test reads, not the file `out`."""
         out, err = tmp_path / "out", tmp_path / "err"
         command = [
             *(sys.executable, "-m", "attrgate", "serve", "--workers", "2"),
@@ -122,7 +124,7 @@ def start(tmp_path: Path, stub: CognitoStub) -> Iterator[Callable[..., Parent]]:
                 command,
                 env=clean_env("stub-key", "stub-secret"),
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
+                stdout=subprocess.PIPE if pipe else stdout,
                 stderr=stderr,
             )
         parent = Parent(process, out, err)
@@ -277,8 +279,6 @@ def test_two_workers_share_the_port_and_report_one_sum(
 
 
 def _decision_id(error: grpc.RpcError) -> str:
-    from support.rpc import rich
-
     return rich(error).info.metadata["decision_id"]
 
 
@@ -288,19 +288,25 @@ def _decision_id(error: grpc.RpcError) -> str:
 def test_sigterm_under_load_drains_both_workers_and_logs_every_decision_whole(
     start: Callable[..., Parent], stub: CognitoStub, tmp_path: Path
 ) -> None:
-    """The decision log on stdout: the parent copies each worker's in whole lines, long ones
-    (a denial of 50 attributes, over the 4096 bytes a pipe writes at once) included."""
+    """The decision log on stdout, a pipe as in a container: the parent copies each worker's
+    in whole lines, long ones (a denial of 50 attributes, over the 4096 bytes a pipe takes in
+    one piece) included, though the pipe fills up while the test does not read it."""
     cognito_answers = threading.Event()
     stub.default = Reply(hold=cognito_answers)  # the updates are at Cognito at SIGTERM
     parent = start(
         write_policies(tmp_path, GIVEN),
         *("--decision-log", "-", "--drain-delay", "1", "--grace", "60"),
+        pipe=True,
     )
     names = [f"custom:a_rather_long_name_{i:02d}" for i in range(50)]
     denials = spread(
         parent.target, [("update", attrs_request(POOL, [(n, "x") for n in names]))] * 40
     )
     assert codes(denials) == {("PERMISSION_DENIED", "POLICY_DENIED"): 40}
+    assert parent.process.stdout is not None
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(parent.process.stdout.read()))  # type: ignore[union-attr]
+    reader.start()  # 40 entries of 5 KiB wait: more than the pipe holds
     update = ("update", attrs_request(POOL, [("given_name", "Ada")]))
     with ThreadPoolExecutor(1) as background:
         sent = background.submit(spread, parent.target, [update] * 40, 90, True)
@@ -316,7 +322,8 @@ def test_sigterm_under_load_drains_both_workers_and_logs_every_decision_whole(
         answers = sent.result(timeout=90)
     assert codes(answers) == {("OK", ""): 40}
     assert parent.exit_status() == 0
-    lines = parent.out.read_text().splitlines()
+    reader.join(30)
+    lines = read[0].decode().splitlines()
     log = [json.loads(line) for line in lines]  # every line whole
     assert len(log) == 80
     assert max(len(line) for line in lines) > 4096
@@ -327,7 +334,7 @@ def test_sighup_reloads_the_policies_of_every_worker(
     start: Callable[..., Parent], tmp_path: Path
 ) -> None:
     folder = write_policies(tmp_path, GIVEN)
-    parent = start(folder)
+    parent = start(folder, "--admin-listen", "127.0.0.1:0")
     check = ("check", attrs_request(POOL, [("family_name", "Lovelace")]))
     before = spread(parent.target, [check] * 40)
     assert {a.allowed for a in before} == {False}
@@ -346,8 +353,22 @@ def test_sighup_reloads_the_policies_of_every_worker(
     assert {a.allowed for a in after} == {True}
     log = entries(tmp_path / "decisions.jsonl", 80)[40:]
     both_workers_answered(log)
-    assert len({e["policy_revision"] for e in log}) == 1
+    revisions = {e["policy_revision"] for e in log}
+    assert len(revisions) == 1
+    # `attrgate status` asks whichever worker its connection lands on: each says the same.
+    assert statuses(parent.admin_port, 10) == revisions
     assert parent.process.poll() is None
+
+
+def statuses(admin_port: int, connections: int) -> set[str]:
+    """The serving revision each of `connections` fresh connections to Admin/Status reports."""
+    found = set()
+    for _ in range(connections):
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{admin_port}", options=options) as channel:
+            reply = pb_grpc.AdminStub(channel).Status(pb.StatusRequest(), timeout=10)
+            found.add(reply.policies.revision)
+    return found
 
 
 # --- failures ----------------------------------------------------------------------------------
