@@ -47,6 +47,8 @@ SERVING = re.compile(
 )
 GIVEN = svc_policy("[{attribute: given_name}]")
 GIVEN_AND_FAMILY = svc_policy("[{attribute: given_name}, {attribute: family_name}]")
+# A denial of 50 attributes: its decision-log entry is over 4096 bytes.
+LONG_DENIAL = attrs_request(POOL, [(f"custom:a_rather_long_name_{i:02d}", "x") for i in range(50)])
 QUOTA = """---
 apiVersion: attrgate/v1
 kind: CognitoQuota
@@ -240,7 +242,8 @@ def test_two_workers_share_the_port_and_report_one_sum(
     )
     assert health(parent.admin_port) == "SERVING"
     allowed = [("update", attrs_request(POOL, [("given_name", "Ada")])) for _ in range(100)]
-    denied = [("update", attrs_request(POOL, [("family_name", "L")])) for _ in range(100)]
+    # Entries of 5 KiB each, appended to one file by both workers: no line may be cut.
+    denied = [("update", LONG_DENIAL)] * 100
     calls = [c for pair in zip(allowed, denied, strict=True) for c in pair]
     answers = spread(parent.target, calls)
     assert codes(answers) == {("OK", ""): 100, ("PERMISSION_DENIED", "POLICY_DENIED"): 100}
@@ -248,6 +251,7 @@ def test_two_workers_share_the_port_and_report_one_sum(
 
     log = entries(tmp_path / "decisions.jsonl", 200)
     assert len(log) == 200
+    assert max(len(json.dumps(e)) for e in log) > 4096
     both_workers_answered(log)
     assert {e["decision_id"] for e in log} == {
         a.decision.decision_id if not isinstance(a, grpc.RpcError) else _decision_id(a)
@@ -298,10 +302,7 @@ def test_sigterm_under_load_drains_both_workers_and_logs_every_decision_whole(
         *("--decision-log", "-", "--drain-delay", "1", "--grace", "60"),
         pipe=True,
     )
-    names = [f"custom:a_rather_long_name_{i:02d}" for i in range(50)]
-    denials = spread(
-        parent.target, [("update", attrs_request(POOL, [(n, "x") for n in names]))] * 40
-    )
+    denials = spread(parent.target, [("update", LONG_DENIAL)] * 40)
     assert codes(denials) == {("PERMISSION_DENIED", "POLICY_DENIED"): 40}
     assert parent.process.stdout is not None
     read: list[bytes] = []
@@ -328,6 +329,21 @@ def test_sigterm_under_load_drains_both_workers_and_logs_every_decision_whole(
     assert len(log) == 80
     assert max(len(line) for line in lines) > 4096
     both_workers_answered(log)
+
+
+def test_a_second_sigterm_ends_every_workers_drain_delay(
+    start: Callable[..., Parent], tmp_path: Path
+) -> None:
+    parent = start(write_policies(tmp_path, GIVEN), "--drain-delay", "600")
+    parent.process.send_signal(signal.SIGTERM)
+    for worker in (0, 1):
+        wait_for(
+            lambda w=worker: f"[worker {w}] shutting down" in parent.errors(),
+            f"worker {worker} to begin its drain delay",
+            30,
+        )
+    parent.process.send_signal(signal.SIGTERM)
+    assert parent.exit_status(60) == 0  # not 600 s
 
 
 def test_sighup_reloads_the_policies_of_every_worker(

@@ -183,10 +183,10 @@ class Supervisor:
                 self._ready(worker)
             elif event == "exit":
                 self._exited(worker)
-        if self._failure is not None:
-            return self._failure
         failed = [w for w in self._workers if w.returncode and w.ready is not None]
-        return EXIT_FAILED if failed else 0
+        status = self._failure if self._failure is not None else EXIT_FAILED if failed else 0
+        log.info("every worker has exited: exiting %d", status)
+        return status
 
     def _ready(self, worker: Worker) -> None:
         if worker.hup_pending:
