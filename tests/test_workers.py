@@ -94,6 +94,16 @@ class Parent:
         self.metrics_port = int(match[5] or 0)
         return self
 
+    def wait_each_worker(self, says: str) -> None:
+        """Until each worker's log has a line saying `says`."""
+        for worker in (0, 1):
+            wait_for(
+                lambda w=worker: re.search(rf"\[worker {w}\] .*{says}", self.errors()) is not None,
+                f"worker {worker} to say {says!r}",
+                30,
+                self.process,
+            )
+
     def exit_status(self, timeout: float = 60) -> int:
         try:
             return self.process.wait(timeout)
@@ -313,12 +323,7 @@ def test_sigterm_under_load_drains_both_workers_and_logs_every_decision_whole(
         sent = background.submit(spread, parent.target, [update] * 40, 90, True)
         wait_for(lambda: len(stub.calls()) == 40, "40 updates at the stub", 30)
         parent.process.send_signal(signal.SIGTERM)
-        for worker in (0, 1):
-            wait_for(
-                lambda w=worker: f"[worker {w}] taking no new calls" in parent.errors(),
-                f"worker {worker} to drain",
-                30,
-            )
+        parent.wait_each_worker("taking no new calls")
         cognito_answers.set()
         answers = sent.result(timeout=90)
     assert codes(answers) == {("OK", ""): 40}
@@ -336,12 +341,7 @@ def test_a_second_sigterm_ends_every_workers_drain_delay(
 ) -> None:
     parent = start(write_policies(tmp_path, GIVEN), "--drain-delay", "600")
     parent.process.send_signal(signal.SIGTERM)
-    for worker in (0, 1):
-        wait_for(
-            lambda w=worker: f"[worker {w}] shutting down" in parent.errors(),
-            f"worker {worker} to begin its drain delay",
-            30,
-        )
+    parent.wait_each_worker("shutting down")  # its drain delay begins
     parent.process.send_signal(signal.SIGTERM)
     assert parent.exit_status(60) == 0  # not 600 s
 
@@ -356,15 +356,7 @@ def test_sighup_reloads_the_policies_of_every_worker(
     assert {a.allowed for a in before} == {False}
     (folder / "p.yaml").write_text(GIVEN_AND_FAMILY)
     parent.process.send_signal(signal.SIGHUP)
-    for worker in (0, 1):
-        wait_for(
-            lambda w=worker: (
-                re.search(rf"\[worker {w}\] .*policies reloaded", parent.errors()) is not None
-            ),
-            f"worker {worker} to reload",
-            30,
-            parent.process,
-        )
+    parent.wait_each_worker("policies reloaded")
     after = spread(parent.target, [check] * 40)
     assert {a.allowed for a in after} == {True}
     log = entries(tmp_path / "decisions.jsonl", 80)[40:]
