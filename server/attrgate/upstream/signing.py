@@ -78,11 +78,14 @@ class Signer:
         request = AWSRequest(
             method=serialized.method,
             url=endpoint.url,
-            headers={**serialized.headers, "User-Agent": endpoint.user_agent},
+            headers=serialized.headers,
             data=serialized.body,
         )
         SigV4Auth(credentials, endpoint.signing_name, endpoint.signing_region).add_auth(request)
-        return [(name, _text(value)) for name, value in request.headers.items()]
+        signed = [(name, _text(value)) for name, value in request.headers.items()]
+        # Never signed (SigV4 leaves User-Agent out): added after, so the signer skips it.
+        signed.append(("User-Agent", endpoint.user_agent))
+        return signed
 
 
 def _text(value: str | bytes) -> str:

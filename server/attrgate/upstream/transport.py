@@ -13,6 +13,8 @@ would become, so retries and classification treat both alike:
 from __future__ import annotations
 
 import ssl
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,7 @@ class Transport:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._ca_bundle = ca_bundle
+        self._proxy = _proxy_for(url)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -60,7 +63,10 @@ class Transport:
                 # Only what botocore sends: no Accept, Accept-Encoding or aiohttp user agent.
                 skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
                 auto_decompress=False,
-                trust_env=True,  # HTTPS_PROXY and NO_PROXY, as botocore honours them
+                cookie_jar=aiohttp.DummyCookieJar(),
+                # Not trust_env: it looks up .netrc and the proxy settings in a thread for every
+                # request. The proxy is looked up once (`_proxy_for`).
+                trust_env=False,
             )
         return session
 
@@ -68,7 +74,7 @@ class Transport:
         url = self._url
         try:
             async with self._open().request(
-                method, url, headers=headers, data=body, allow_redirects=False
+                method, url, headers=headers, data=body, allow_redirects=False, proxy=self._proxy
             ) as response:
                 content = await response.read()
                 return Answer(response.status, HeadersDict(response.headers.items()), content)
@@ -86,6 +92,15 @@ class Transport:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy botocore would use for `url`: HTTPS_PROXY/HTTP_PROXY unless NO_PROXY covers its
+    host (read once: the environment does not change under a running server)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _reason(exc: Any) -> str:
