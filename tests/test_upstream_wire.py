@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import botocore.config
+import grpc
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -209,3 +210,28 @@ def test_a_credential_refresh_that_hangs_does_not_stall_the_server(
         assert write.result(timeout=60).decision.allowed
     (sent,) = stub.calls()
     assert "Credential=ROTATED" in sent.authorization
+
+
+def test_calls_go_through_the_proxy_the_environment_names(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    stub_credentials: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP(S)_PROXY and NO_PROXY as botocore honours them. The endpoint's host does not exist:
+    only the proxy (here the stub, which answers absolute-form requests as any) can answer."""
+    monkeypatch.setenv("HTTP_PROXY", stub.endpoint)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = serve(POLICY, "http://cognito-idp.proxied.invalid:8080")
+    assert _update(proxied, given_name="Ada").decision.allowed
+    (sent,) = stub.calls()
+    assert sent.path == "http://cognito-idp.proxied.invalid:8080/"
+    assert dict(sent.headers)["Host"] == "cognito-idp.proxied.invalid:8080"
+
+    monkeypatch.setenv("NO_PROXY", "proxied.invalid")
+    direct = serve(POLICY, "http://cognito-idp.proxied.invalid:8080")
+    with pytest.raises(grpc.RpcError) as caught:
+        _update(direct, given_name="Ada")
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(stub.calls()) == 1
