@@ -9,7 +9,9 @@ sends it (context.abort with the rich-status trailers and x-attrgate-decision-id
 
 --denial-status: a serialized google.rpc.Status (base64), normally the one attrgate answered for
 the same denied request in the same run, so both answers are the same size; without it, a
-stand-in of the same shape. Prints {"port": N} once serving; serves until SIGTERM or stdin closes.
+stand-in of the same shape. --latency: allowed calls wait that long before their answer (an
+upstream's latency, without the upstream). Prints {"port": N} once serving; serves until
+SIGTERM or stdin closes.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def stand_in_status() -> status_pb2.Status:
 
 
 class Bare:
-    def __init__(self, template: status_pb2.Status, caller: str, attribute: str) -> None:
+    def __init__(
+        self, template: status_pb2.Status, caller: str, attribute: str, latency: float
+    ) -> None:
+        self.latency = latency
         self.caller = caller
         self.attribute = attribute
         self.code = template.code
@@ -91,6 +96,8 @@ class Bare:
             and request.user_attributes
             and all(a.name == self.attribute for a in request.user_attributes)
         ):
+            if self.latency:
+                await asyncio.sleep(self.latency)
             return pb.UpdateUserAttributesResponse()
         decision_id = (uuid.uuid4().hex * 2)[: self.id_length]
         info = error_details_pb2.ErrorInfo()
@@ -131,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--denial-status", default="", help="google.rpc.Status, base64")
     parser.add_argument("--caller", default="bench-writer")
     parser.add_argument("--attribute", default="given_name")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds before an allowed call's answer"
+    )
     parser.add_argument("--until-stdin-closes", action="store_true")
     args = parser.parse_args(argv)
     raise_nofile()
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         template = status_pb2.Status.FromString(base64.b64decode(args.denial_status))
     else:
         template = stand_in_status()
-    bare = Bare(template, args.caller, args.attribute)
+    bare = Bare(template, args.caller, args.attribute, args.latency)
     asyncio.run(serve(bare, args.port, args.until_stdin_closes))
 
 
