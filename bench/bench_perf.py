@@ -43,9 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--logs", type=Path, help="folder for the processes' logs (default: a temp one)"
     )
+    parser.add_argument(
+        "--server",
+        type=Path,
+        default=REPO / "server",
+        help="the attrgate to measure: a folder holding the attrgate package (default: this "
+        "checkout's server/; e.g. another worktree's)",
+    )
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    result = run(Options(rows=rows, warmup=args.warmup, seconds=args.seconds, logs=args.logs))
+    options = Options(rows, args.warmup, args.seconds, args.logs, args.server.resolve())
+    result = run(options)
     print()
     print(render(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)

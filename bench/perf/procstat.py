@@ -3,6 +3,7 @@ machine's busy time. Linux only."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from pathlib import Path
@@ -57,3 +58,34 @@ def machine_busy() -> tuple[float, float]:
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
     total = sum(values[:8])  # guest time is already counted in user
     return (total - idle) / TICK, total / TICK
+
+
+ESTABLISHED = "01"
+LISTEN = "0A"
+
+
+def connections(pid: int, port: int, state: str = ESTABLISHED) -> int:
+    """TCP sockets in `state` the process holds on its local `port` (IPv4 or IPv6). Established
+    ones: with --workers, how the kernel spread the clients' connections over the workers;
+    listening ones: whether a worker has joined the port yet."""
+    held: set[str] = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    held.add(target[8:-1])
+    except OSError:
+        return 0
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == state and fields[9] in held:
+                count += 1
+    return count

@@ -55,6 +55,10 @@ START_TIMEOUT = 60.0
 # 2,048 in flight: two drivers of 1,024 callers on 8 channels each, starting over one second
 # (the upstream's latency) so that the answers do not come back in one burst a second.
 LOAD_2048: dict[str, Any] = {"ramp": 1.0, "per_channel": 128}
+# Denied requests: two drivers of 64 callers, on 32 channels each. With --workers the kernel
+# spreads connections over the workers (SO_REUSEPORT hashes each connection): a few connections
+# would split unevenly by chance, 64 split about evenly.
+LOAD_DENIED: dict[str, Any] = {"per_channel": 2}
 MiB = 1024 * 1024
 
 # Targets (issue 12).
@@ -68,11 +72,12 @@ RSS_MIB = 150
 START_SECONDS = 1.5
 
 
-def role_env() -> dict[str, str]:
+def role_env(server: Path) -> dict[str, str]:
     """The environment of every process started here: no ATTRGATE_*/AWS_* leaking in, static
-    credentials, no instance-metadata probing, this checkout's attrgate and bench roles."""
+    credentials, no instance-metadata probing, the attrgate of `server` (a folder holding the
+    `attrgate` package) and this checkout's bench roles."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTRGATE_", "AWS_"))}
-    paths = (REPO / "bench", REPO / "server", REPO / "tests")  # tests: support.cognito_stub
+    paths = (REPO / "bench", server, REPO / "tests")  # tests: support.cognito_stub
     path = os.pathsep.join([*map(str, paths), *filter(None, [env.get("PYTHONPATH")])])
     env.update(
         PYTHONPATH=path,
@@ -123,13 +128,13 @@ class Child:
 class Role(Child):
     """A bench role speaking JSON lines on stdout (stdin a pipe, stderr to a log file)."""
 
-    def __init__(self, name: str, command: Sequence[str], logs: Path) -> None:
+    def __init__(self, name: str, command: Sequence[str], logs: Path, env: dict[str, str]):
         self.name = name
         self.log = logs / f"{name}.log"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 list(command),
-                env=role_env(),
+                env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -178,7 +183,12 @@ def role(module: str, *args: str) -> list[str]:
 class Attrgate(Child):
     """`python -m attrgate serve` on a free loopback port, started and timed to SERVING."""
 
-    def __init__(self, name: str, args: Sequence[str], logs: Path) -> None:
+    def __init__(
+        self, name: str, args: Sequence[str], logs: Path, env: dict[str, str], workers: int = 1
+    ):
+        """`workers`: with more than one (--workers N), SERVING is when all N listen (health
+        may answer as soon as the first does)."""
+        self.expected_workers = workers
         self.name = name
         self.log = logs / f"{name}.log"
         for _attempt in range(3):  # another process may take the free port first
@@ -193,7 +203,7 @@ class Attrgate(Child):
                 log.flush()
                 started = time.monotonic()
                 self.process = subprocess.Popen(
-                    command, env=role_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                    command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
                 )
             if self._wait_serving():
                 self.start_seconds = time.monotonic() - started
@@ -209,10 +219,21 @@ class Attrgate(Child):
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
-            if serving(self.target):
+            if serving(self.target) and self._all_listening():
                 return True
             time.sleep(0.01)
         return False
+
+    def _all_listening(self) -> bool:
+        if self.expected_workers <= 1:
+            return True
+        workers = procstat.children(self.pid)
+        listening = [w for w in workers if procstat.connections(w, self.port, procstat.LISTEN)]
+        return len(listening) >= self.expected_workers
+
+    @property
+    def port(self) -> int:
+        return int(self.target.rsplit(":", 1)[1])
 
     def stop(self, timeout: float = 3.0) -> None:
         """Its drain is not measured: calls gRPC received but never handed over (under the
@@ -228,10 +249,10 @@ class Attrgate(Child):
         return self.processes()[1:] or [self.pid]
 
 
-def supports_workers() -> bool:
+def supports_workers(env: dict[str, str]) -> bool:
     help_text = subprocess.run(
         [sys.executable, "-m", "attrgate", "serve", "--help"],
-        env=role_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -294,6 +315,7 @@ class Measurement:
     stub_cpu_share: float | None
     machine_busy: float  # of all cores: everything running, others' tests included
     rss_mib: list[float]  # VmRSS of each measured process at the window's end
+    connections: list[int]  # connections each measured process held on the port then
     trailer_bytes: int | None
     stub_calls: dict[str, int] = field(default_factory=dict)
     stub_most_open: int | None = None
@@ -315,7 +337,15 @@ def cpu_of(pids: Sequence[int]) -> dict[int, float]:
 
 
 class Bench:
-    def __init__(self, logs: Path, warmup: float, seconds: float, say: Callable[[str], None]):
+    def __init__(
+        self,
+        logs: Path,
+        warmup: float,
+        seconds: float,
+        say: Callable[[str], None],
+        env: dict[str, str],
+    ):
+        self.env = env
         self.logs = logs
         self.warmup = warmup
         self.seconds = seconds
@@ -335,7 +365,7 @@ class Bench:
             connection.close()
 
     def start_stub(self) -> None:
-        self.stub = Role("stub", role("stub", "--until-stdin-closes"), self.logs)
+        self.stub = Role("stub", role("stub", "--until-stdin-closes"), self.logs, self.env)
         self.stub_url = f"http://127.0.0.1:{self.stub.message(START_TIMEOUT)['port']}"
 
     def set_latency(self, seconds: float) -> None:
@@ -352,15 +382,17 @@ class Bench:
         measured: Callable[[list[Role]], list[int]],
         expected: str = "OK",
         warmup: float | None = None,
+        port: int | None = None,
     ) -> Measurement:
-        """Start the load, give it a warm-up, then measure one window."""
+        """Start the load, give it a warm-up, then measure one window. `port`: the server's,
+        to count each measured process's connections on it at the window's end."""
         warmup = self.warmup if warmup is None else warmup
         self.say(f"  {name} ...")
         loads: list[Role] = []
         try:
             for _ in range(load.count):
                 self._started += 1
-                loads.append(Role(f"load-{self._started}", load.command, self.logs))
+                loads.append(Role(f"load-{self._started}", load.command, self.logs, self.env))
             for process in loads:
                 if not process.message(START_TIMEOUT).get("ready"):
                     raise RuntimeError(f"{process.name} did not say it was ready")
@@ -378,6 +410,7 @@ class Bench:
             time.sleep(max(0.0, t1 - time.time()))
             cpu1, other1, busy1 = cpu_of(pids), cpu_of(others), procstat.machine_busy()
             rss = [procstat.status_kib(pid, "VmRSS") / 1024 for pid in pids]
+            held = [procstat.connections(pid, port) for pid in pids] if port else []
             results = [process.message(120.0) for process in loads]
             stub_after = self.stub_stats() if self.stub else {}
         finally:
@@ -433,6 +466,7 @@ class Bench:
             stub_cpu_share=(other1[stub_pid] - other0[stub_pid]) / window if stub_pid else None,
             machine_busy=busy / total if total else 0.0,
             rss_mib=rss,
+            connections=held,
             trailer_bytes=trailer,
             stub_calls=stub_calls,
             stub_most_open=stub_after.get("most_open"),
@@ -482,6 +516,7 @@ class Options:
     warmup: float = 1.5
     seconds: float = 6.0
     logs: Path | None = None
+    server: Path = REPO / "server"  # the attrgate measured: a folder holding its package
 
 
 def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -496,7 +531,8 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
     policies = logs / "policies"
     policies.mkdir(exist_ok=True)
     (policies / "bench.yaml").write_text(POLICY)
-    bench = Bench(logs, options.warmup, options.seconds, say)
+    env = role_env(options.server)
+    bench = Bench(logs, options.warmup, options.seconds, say, env)
     measurements: dict[str, Measurement] = {}
     started: dict[str, float] = {}
     start_cpu: dict[str, float] = {}
@@ -526,7 +562,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         say(f"logs in {logs}")
         bench.start_stub()
         say("starting attrgate ...")
-        ag = Attrgate("attrgate", attrgate_args(), logs)
+        ag = Attrgate("attrgate", attrgate_args(), logs, env)
         started["1 worker"] = ag.start_seconds
         start_cpu["1 worker"] = ag.start_cpu
         denial = denial_status(ag.target)
@@ -549,6 +585,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                     *extra,
                 ),
                 bench.logs,
+                env,
             )
             return f"127.0.0.1:{bare.message(START_TIMEOUT)['port']}", bare.pid
 
@@ -561,7 +598,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             )
             measurements["bare_denied"] = bench.measure(
                 "bare grpc.aio: abort, 2 x 64 in flight",
-                Load(driver(bare_target, 64, DENIED), count=2),
+                Load(driver(bare_target, 64, DENIED, **LOAD_DENIED), count=2),
                 lambda _: [bare_pid],
                 expected="PERMISSION_DENIED",
             )
@@ -586,12 +623,14 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                 "attrgate allowed, 64 in flight, 0 ms upstream",
                 Load(driver(ag.target, 64, ALLOWED)),
                 on_attrgate,
+                port=ag.port,
             )
         if rows & {"denied", "workers"}:
             measurements["denied"] = bench.measure(
                 "attrgate denied, 2 x 64 in flight",
-                Load(driver(ag.target, 64, DENIED), count=2),
+                Load(driver(ag.target, 64, DENIED, **LOAD_DENIED), count=2),
                 on_attrgate,
+                port=ag.port,
                 expected="PERMISSION_DENIED",
             )
         if "latency100" in rows:
@@ -600,6 +639,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                 "attrgate allowed, 256 in flight, 100 ms upstream",
                 Load(driver(ag.target, 256, ALLOWED, ramp=0.1)),
                 on_attrgate,
+                port=ag.port,
             )
         if "latency1s" in rows:
             bench.set_latency(1.0)
@@ -607,6 +647,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                 "attrgate allowed, 2 x 1024 in flight, 1 s upstream",
                 Load(driver(ag.target, 1024, ALLOWED, **LOAD_2048), count=2),
                 on_attrgate,
+                port=ag.port,
                 warmup=max(options.warmup, 2.5),
             )
             bench.set_latency(0.0)
@@ -615,16 +656,17 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         ag = None
 
         if "workers" in rows:
-            workers_available = supports_workers()
+            workers_available = supports_workers(env)
             if workers_available:
                 say("starting attrgate --workers 2 ...")
-                ag = Attrgate("attrgate-workers", attrgate_args("--workers", "2"), logs)
+                ag = Attrgate("attrgate-workers", attrgate_args("--workers", "2"), logs, env, 2)
                 started["2 workers"] = ag.start_seconds
                 start_cpu["2 workers"] = ag.start_cpu
                 two = bench.measure(
                     "attrgate --workers 2 denied, 2 x 64 in flight",
-                    Load(driver(ag.target, 64, DENIED), count=2),
+                    Load(driver(ag.target, 64, DENIED, **LOAD_DENIED), count=2),
                     on_attrgate,
+                    port=ag.port,
                     expected="PERMISSION_DENIED",
                 )
                 measurements["workers2_denied"] = two
@@ -648,6 +690,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         "warmup_seconds": options.warmup,
         "window_seconds": options.seconds,
         "logs": str(logs),
+        "server": str(options.server),
         "rows": [row.__dict__ for row in table],
         "measurements": {k: m.__dict__ | {"errors": m.errors} for k, m in measurements.items()},
         "start_to_serving_seconds": started,
@@ -765,7 +808,10 @@ def judge(
                     fmt(speedup, "x"),
                     f">= {WORKERS_SPEEDUP:g}x, each >= 1/3",
                     speedup is not None and speedup >= WORKERS_SPEEDUP and fair,
-                    "worker CPU shares " + ", ".join(f"{s:.0%}" for s in shares),
+                    "worker CPU shares "
+                    + ", ".join(f"{s:.0%}" for s in shares)
+                    + "; connections per worker "
+                    + ", ".join(map(str, m["workers2_denied"].connections[1:])),
                 )
             )
     if memory:
