@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 LISTEN ?= 127.0.0.1:50051
 ADMIN ?= 127.0.0.1:50052
 
-.PHONY: run test test-floors lint typecheck unit proto schemas bench clean
+.PHONY: run test test-floors lint typecheck unit proto schemas bench bench-perf clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,3 +69,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sms_store.py
 	$(BIN)/python bench/bench_policytest.py
 	$(BIN)/python bench/bench_quota.py
+	$(BIN)/python bench/bench_perf.py
+
+# attrgate's CPU per request and throughput beside boto3 and bare grpc.aio references, judged
+# against issue 12's targets (under five minutes; results in bench/results/perf.json).
+bench-perf: $(STAMP)
+	$(BIN)/python bench/bench_perf.py

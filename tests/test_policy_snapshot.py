@@ -73,9 +73,7 @@ def test_reloads_during_configmap_swaps_never_serve_a_mixed_set(
         revisions.add(version.revision)
     assert len(revisions) == 2
 
-    server = RunningServer(
-        settings_for(policies=str(mount), cognito_endpoint=moto.endpoint, executor_threads=4)
-    )
+    server = RunningServer(settings_for(policies=str(mount), cognito_endpoint=moto.endpoint))
     stop = threading.Event()
     swaps = [0]
     reloads: dict[bool, int] = {True: 0, False: 0}

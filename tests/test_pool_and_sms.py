@@ -694,24 +694,36 @@ def test_a_write_that_never_left_gives_its_reservation_back(
 ) -> None:
     import threading
 
-    server = serve(
-        OPEN_POLICY + LIMIT_2, sms_stub.endpoint, state=str(tmp_path / "s.db"), executor_threads=1
+    # One call under way at Cognito at a time: the second waits for the bulkhead's slot.
+    one_at_a_time = (
+        "---\napiVersion: attrgate/v1\nkind: CognitoQuota\nmetadata: {name: account}\n"
+        "spec:\n  rate: 100\n  others: {maxInFlight: 1}\n"
     )
-    sms_stub.program(Reply(delay=1.0))
+    server = serve(
+        OPEN_POLICY + LIMIT_2 + one_at_a_time, sms_stub.endpoint, state=str(tmp_path / "s.db")
+    )
+    answer = threading.Event()
+    sms_stub.program(Reply(hold=answer))
     blocker = threading.Thread(
         target=update, args=(server, "us-east-1_Pool1", [("given_name", "slow")])
     )
     blocker.start()
-    assert wait_until(lambda: bool(sms_stub.calls()))
-    # Queued behind the slow call until its caller gave up: never sent, so never counted.
-    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
-        server.stub(channel).UpdateUserAttributes(
-            attrs_request("us-east-1_Pool1", [("phone_number", US)]), metadata=CALLER, timeout=0.3
-        )
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert held(tmp_path / "s.db") == 1  # reserved, and handed to the queue
+    try:
+        assert wait_until(lambda: bool(sms_stub.calls()))
+        # Reserved, then refused by the bulkhead the held call keeps (its caller cannot wait
+        # for the slot): never sent, so never counted.
+        with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
+            server.stub(channel).UpdateUserAttributes(
+                attrs_request("us-east-1_Pool1", [("phone_number", US)]),
+                metadata=CALLER,
+                timeout=0.5,
+            )
+    finally:
+        answer.set()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rich(caught.value).info.reason == "QUOTA_EXCEEDED"
     blocker.join(10)
-    # Its turn came after its caller had gone: not sent, and the place given back.
+    # Not sent: the place is given back.
     assert wait_until(lambda: held(tmp_path / "s.db") == 0, 10)
     _two_ok(server, "us-east-1_Pool1")
     assert len(sms_stub.calls()) == 3

@@ -405,7 +405,7 @@ def test_sigterm_lets_every_call_in_flight_finish_normally(
     # A grace that holds on a loaded machine: what is tested is that nothing is cut off within
     # it (256 calls of 1 s each took more than 5 s with both cores busy elsewhere).
     server = served(
-        *("--grace", "20", "--drain-delay", "0", "--executor-threads", str(calls)),
+        *("--grace", "20", "--drain-delay", "0"),
     )
     futures = [server.update(f"user{i}") for i in range(calls)]
     assert wait_until(lambda: len(stub.calls()) >= 1, 60), server.errors()

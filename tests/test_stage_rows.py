@@ -122,7 +122,7 @@ def test_an_unforeseen_failure_is_internal_error_and_leaks_nothing(
         raise AssertionError("not reached")
 
     async def scenario() -> grpc.aio.AioRpcError:
-        upstream = CognitoUpstream(CognitoSettings("us-east-1", moto.endpoint, threads=2))
+        upstream = CognitoUpstream(CognitoSettings("us-east-1", moto.endpoint))
         budget = LookupBudget(5, 10)
         pipeline = Pipeline(
             policy_set,
@@ -148,7 +148,7 @@ def test_an_unforeseen_failure_is_internal_error_and_leaks_nothing(
                 raise AssertionError("the call succeeded")
         finally:
             await server.stop(0)
-            upstream.close()
+            await upstream.close()
 
     with caplog.at_level(logging.ERROR, logger="attrgate.api"):
         error = asyncio.run(scenario())

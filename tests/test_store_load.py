@@ -36,7 +36,7 @@ def test_hundreds_of_concurrent_sms_writes_are_all_counted_exactly(
         "load",
         [
             *("--policies", str(policies), "--region", "us-east-1", *state),
-            *("--cognito-endpoint", slow_cognito.endpoint, "--executor-threads", "512"),
+            *("--cognito-endpoint", slow_cognito.endpoint),
             *("--decision-log", str(tmp_path / "decisions.jsonl"), "--log-level", "WARNING"),
         ],
         replica_env("stub-key", "stub-secret"),

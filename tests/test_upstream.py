@@ -672,47 +672,6 @@ def _call_in_thread(
     return worker
 
 
-@pytest.mark.floors
-def test_a_call_waiting_for_a_thread_is_never_sent_after_its_deadline(
-    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
-) -> None:
-    caplog.set_level(logging.WARNING, logger="attrgate.pipeline")
-    server = serve(POLICY, stub.endpoint, executor_threads=1)
-    stub.program(Reply(delay=1.0), Reply())
-    results: list[Any] = []
-    slow = _call_in_thread(server, 10, results)
-    assert wait_until(lambda: len(stub.calls()) == 1)
-    with server.channel() as channel, pytest.raises(grpc.RpcError) as caught:
-        server.stub(channel).UpdateUserAttributes(
-            request(POOL, family_name="Stale"), metadata=as_caller(CALLER), timeout=0.3
-        )
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    slow.join(10)
-    assert wait_until(lambda: "code=DeadlineExceeded" in caplog.text)
-    # Only the first call reached Cognito: the stale one was dropped when its thread came free.
-    assert [c.body["UserAttributes"][0]["Name"] for c in stub.calls()] == ["given_name"]
-
-
-def test_a_full_queue_answers_at_once_and_sends_nothing(
-    serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None
-) -> None:
-    from attrgate.upstream.cognito import QUEUE_FACTOR
-
-    server = serve(POLICY, stub.endpoint, executor_threads=1)
-    stub.default = Reply(delay=1.0)
-    results: list[Any] = []
-    capacity = 1 * QUEUE_FACTOR
-    workers = [_call_in_thread(server, 15, results) for _ in range(capacity + 2)]
-    for worker in workers:
-        worker.join(20)
-    errors = [rich(r) for r in results if isinstance(r, grpc.RpcError)]
-    assert [(e.code, e.info.reason) for e in errors] == [
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "ATTRGATE_OVERLOADED")
-    ] * 2
-    assert len(results) - len(errors) == capacity
-    assert len(stub.calls()) == capacity
-
-
 def test_shutdown_still_records_the_outcome_of_a_running_call(
     serve: Callable[..., RunningServer], stub: CognitoStub, stub_credentials: None, caplog: Any
 ) -> None:
@@ -1008,65 +967,6 @@ def test_pool_metadata_errors_pass_on_only_documented_codes(
     assert (err.code(), rich(err).info.reason) == (S.UNAVAILABLE, "POOL_METADATA_UNAVAILABLE")
     assert rich(err).info.metadata["cognito_error_code"] == "other"
     assert all("Evil" not in text for text in attrgate_log_texts(logs))
-
-
-@pytest.mark.floors
-def test_callers_giving_up_while_a_lookup_waits_for_a_thread_leak_no_queue_slot(
-    stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path
-) -> None:
-    """AdminGetUser (for `per: user` limits) waits for an executor thread; its caller's deadline
-    passes and the call is cancelled before it ever runs. Its queue slot used to be lost for
-    good (6 of 8 gone after a few such callers): the server must still take max_pending calls."""
-    from attrgate.upstream.cognito import QUEUE_FACTOR
-
-    stub.describe = describe_reply(auto_verified=("phone_number",))
-    server = stub_server(PER_USER_POLICY, state=str(tmp_path / "state.sqlite"), executor_threads=1)
-    capacity = 1 * QUEUE_FACTOR
-    call(server, request(POOL, given_name="Warm"), caller="svc")  # the pool is described
-    stub.program(Reply(delay=2.0))  # the one thread is busy with this write...
-    results: list[Any] = []
-    busy = _call_in_thread(server, 10, results, request(POOL, given_name="Slow"), "svc")
-    assert wait_until(lambda: len(stub.calls()) == 2)
-    for i in range(capacity - 1):  # ...while these callers' lookups wait for it and time out
-        err = call_error(server, request(POOL, f"user{i}", phone_number="+14155550100"), "svc", 0.3)
-        assert err.code() == S.DEADLINE_EXCEEDED
-    busy.join(10)
-    assert not stub.calls("AdminGetUser"), "a cancelled lookup was sent"
-
-    stub.default = Reply(delay=0.3)
-    workers = [
-        _call_in_thread(server, 15, results, request(POOL, given_name=f"N{i}"), "svc")
-        for i in range(capacity)
-    ]
-    for worker in workers:
-        worker.join(20)
-    refused = [rich(r).info.reason for r in results if isinstance(r, grpc.RpcError)]
-    assert refused == [], f"queue slots leaked: {refused}"
-    assert len(results) == 1 + capacity
-
-
-def test_a_lookup_refused_by_a_full_queue_says_attrgate_is_overloaded(
-    stub: CognitoStub, stub_server: Callable[..., RunningServer], tmp_path: Path
-) -> None:
-    """AdminGetUser (for a per-user limit) finds attrgate's own queue to Cognito full: nothing
-    was sent, and the caller hears ATTRGATE_OVERLOADED, not that Cognito is unavailable."""
-    from attrgate.upstream.cognito import QUEUE_FACTOR
-
-    stub.describe = describe_reply(auto_verified=("phone_number",))
-    server = stub_server(PER_USER_POLICY, state=str(tmp_path / "state.sqlite"), executor_threads=1)
-    call(server, request(POOL, given_name="Warm"), caller="svc")  # the pool is described
-    stub.default = Reply(delay=2.0)
-    results: list[Any] = []
-    fillers = [
-        _call_in_thread(server, 10, results, request(POOL, given_name=f"N{i}"), "svc")
-        for i in range(QUEUE_FACTOR)
-    ]
-    assert wait_until(lambda: len(stub.calls()) == 2)  # one runs, the others wait for its thread
-    err = call_error(server, request(POOL, "newcomer", phone_number="+14155550100"), "svc")
-    assert (err.code(), rich(err).info.reason) == (S.RESOURCE_EXHAUSTED, "ATTRGATE_OVERLOADED")
-    assert not stub.calls("AdminGetUser")
-    for filler in fillers:
-        filler.join(20)
 
 
 @pytest.mark.floors

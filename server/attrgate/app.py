@@ -26,7 +26,7 @@ from attrgate.metrics import Metrics
 from attrgate.pipeline import Pipeline
 from attrgate.policy.compile import PolicySet
 from attrgate.pools import PoolCache
-from attrgate.quota.governor import RESULTS, Governor
+from attrgate.quota.governor import DEFAULT_MAX_IN_FLIGHT, RESULTS, Governor
 from attrgate.quota.leases import LEASE_TIMEOUT, LeaseKeeper
 from attrgate.reloading import PolicyReloader
 from attrgate.rollout.rollout import PolicyRollout
@@ -101,6 +101,11 @@ class App:
             from attrgate.local.emulator import start_local_cognito
 
             self.local = start_local_cognito(self._region(), settings.local_seed)
+        if settings.executor_threads is not None:
+            log.warning(
+                "--executor-threads is ignored: Cognito calls run on the event loop, bounded "
+                "only by the CognitoQuota bulkheads (maxInFlight)"
+            )
         metrics = self.metrics = Metrics()
         try:
             upstream = self._upstream = CognitoUpstream(
@@ -201,10 +206,10 @@ class App:
         settings = self.settings
 
         async def describe(pool_id: str) -> PoolDescription | UpstreamResult:
-            return await upstream.run(upstream.describe_user_pool_blocking, pool_id)
+            return await upstream.describe_user_pool(pool_id)
 
         async def user_sub(pool_id: str, username: str) -> str | UpstreamResult:
-            return await upstream.run(upstream.user_sub_blocking, pool_id, username)
+            return await upstream.user_sub(pool_id, username)
 
         # One budget for both lookups: a caller's made-up pools and users spend the same tokens.
         budget = LookupBudget(settings.metadata_lookup_rate, settings.metadata_lookup_burst)
@@ -278,7 +283,7 @@ class App:
                 on_failure=failed,
                 workers=settings.workers,
             ),
-            default_in_flight=max(1, settings.executor_threads // 2),
+            default_in_flight=DEFAULT_MAX_IN_FLIGHT,
             user_key=user_key,
             pacing_store=pacing,
             pacing_breaker=breaker(),
@@ -340,7 +345,6 @@ class App:
         return CognitoSettings(
             region=self._region(),
             endpoint_url=endpoint,
-            threads=settings.executor_threads,
             connect_timeout=settings.cognito_connect_timeout,
             read_timeout=settings.cognito_read_timeout,
             max_attempts=settings.cognito_max_attempts,
@@ -373,7 +377,7 @@ class App:
         if upstream is not None:
             # Calls cancelled at the grace's end may still be at Cognito: their outcomes reach
             # the decision log, and give their reservations back, before either closes.
-            await asyncio.to_thread(upstream.close, True)
+            await upstream.close()
         if self.pipeline is not None:
             await self.pipeline.settle(2.0)  # reservations given back before the store closes
         if self._governor is not None:

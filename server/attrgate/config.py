@@ -52,7 +52,7 @@ class Settings:
     insecure_allow_remote: bool = False
     region: str | None = None
     cognito_endpoint: str | None = None
-    executor_threads: int = 64
+    executor_threads: int | None = None  # deprecated: accepted, ignored (see check)
     cognito_connect_timeout: float = 2.0
     cognito_read_timeout: float = 5.0
     cognito_max_attempts: int = 3
@@ -131,7 +131,8 @@ _HELP = {
     "insecure_allow_remote": "allow --insecure on an address other than loopback",
     "region": "AWS region of the user pools (else AWS_REGION)",
     "cognito_endpoint": "Cognito endpoint URL (an emulator, a VPC endpoint)",
-    "executor_threads": "threads for blocking Cognito calls (also the HTTP connection pool size)",
+    "executor_threads": "deprecated and ignored: Cognito calls run on the event loop, bounded "
+    "only by the CognitoQuota bulkheads (maxInFlight)",
     "cognito_connect_timeout": "seconds to connect to Cognito",
     "cognito_read_timeout": "seconds to wait for Cognito's answer",
     "cognito_max_attempts": "attempts per Cognito call, retries included (standard retry mode)",
@@ -349,7 +350,7 @@ def check(settings: Settings) -> None:
         split_host_port(settings.metrics_listen)
     if not settings.region and not settings.local_cognito:
         raise ConfigError("no AWS region: pass --region or set AWS_REGION")
-    if settings.executor_threads < 1:
+    if settings.executor_threads is not None and settings.executor_threads < 1:
         raise ConfigError("--executor-threads must be at least 1")
     if settings.cognito_max_attempts < 1:
         raise ConfigError("--cognito-max-attempts must be at least 1")

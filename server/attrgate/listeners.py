@@ -26,6 +26,10 @@ log = logging.getLogger("attrgate")
 SMS_STORE_HEALTH = "attrgate.SmsStore"
 
 
+# Calls accepted by gRPC's core and not yet handed to attrgate (see bind).
+MAX_PENDING_CALLS = 65536
+
+
 class Listeners:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -50,6 +54,10 @@ class Listeners:
             # of `serve --workers` share theirs, which their parent made sure nobody else holds
             # (attrgate.workers.ports).
             ("grpc.so_reuseport", int(settings.workers > 1)),
+            # Calls gRPC's core holds until Python takes them: past its default (1,000) it
+            # cancels newcomers at once, a hidden cap far below what the bulkheads allow.
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ]
         known = channelz_server_ids()
         self._server = grpc.aio.server(options=options, interceptors=[self.admission.interceptor()])

@@ -71,7 +71,6 @@ def settings_for(**overrides: Any) -> Settings:
         cognito_max_attempts=2,
         cognito_connect_timeout=1.0,
         cognito_read_timeout=3.0,
-        executor_threads=8,
         grace=0.5,
         drain_delay=0.0,
         # Tests that read decisions name a file; the rest would print them among pytest's dots.

@@ -38,6 +38,11 @@ class Received:
     authorization: str
     at: float = field(default_factory=time.monotonic)  # when it arrived
     throttled: bool = False  # answered TooManyRequestsException by the stub's rate limit
+    # The request as it came: method, path, headers in order, body bytes.
+    method: str = ""
+    path: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    raw: bytes = b""
 
 
 # What Cognito answers a request over its rate limit (an HTTP 400 with this code).
@@ -117,6 +122,10 @@ class CognitoStub:
                             self.headers.get("Authorization", ""),
                             at=now,
                             throttled=throttled,
+                            method=self.command,
+                            path=self.path,
+                            headers=tuple(self.headers.items()),
+                            raw=raw,
                         )
                     )
                     if throttled:

@@ -126,6 +126,10 @@ class Ticket:
         self._throttled()
 
 
+# A share's bulkhead when its policy names no maxInFlight: calls of the class under way at once.
+DEFAULT_MAX_IN_FLIGHT = 32
+
+
 class Governor:
     def __init__(
         self,

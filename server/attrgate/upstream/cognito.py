@@ -1,26 +1,30 @@
-"""Forward AdminUpdateUserAttributes to Cognito with one boto3 client built at start.
+"""Forward AdminUpdateUserAttributes (and the metadata lookups) to Cognito on the event loop.
 
 A strict point of cut-off: `submit` takes a validated domain request and hands back an
 UpstreamResult; no protobuf, policy or gRPC crosses it. Cognito's error messages never leave this
 package (they may echo values); only documented error codes and request ids do (classify.py).
+
+boto3 resolves credentials, region and endpoint and its client rehearses the request once
+(endpoint.py); every call is then serialised and signed by botocore's own code (signing.py), sent
+with aiohttp (transport.py) and retried as the client's standard retry mode decides (exchange.py):
+no thread per call, and no cap on calls in flight but the quota governor's bulkheads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import botocore
 import botocore.config
 import botocore.exceptions
+import botocore.session
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from attrgate.domain import (
@@ -39,8 +43,11 @@ from attrgate.upstream.classify import (
     public_request_id,
 )
 from attrgate.upstream.describe import pool_description
-from attrgate.upstream.executor import BoundedExecutor
-from attrgate.upstream.retries import CallScope, RetryGate, botocore_too_old, enter_scope
+from attrgate.upstream.endpoint import rehearse
+from attrgate.upstream.exchange import Exchange
+from attrgate.upstream.retries import CallScope, RetryGate, botocore_too_old
+from attrgate.upstream.signing import CredentialSource, Signer
+from attrgate.upstream.transport import Transport
 
 # Told of every call sent: operation, seconds (retries included), its public error code or "".
 CallObserver = Callable[[str, float, str], None]
@@ -55,7 +62,6 @@ def _ignore(operation: str, seconds: float, error_code: str) -> None:
 class CognitoSettings:
     region: str
     endpoint_url: str | None = None
-    threads: int = 64
     connect_timeout: float = 2.0
     read_timeout: float = 5.0
     max_attempts: int = 3
@@ -64,18 +70,12 @@ class CognitoSettings:
     secret_access_key: str | None = None
 
 
-T = TypeVar("T")
-
-# Calls allowed to wait for a free executor thread, per thread.
-QUEUE_FACTOR = 4
-
-
 class UpstreamConfigError(Exception):
     """The client cannot be built: attrgate must not start."""
 
 
 class CognitoUpstream:
-    """One boto3 cognito-idp client and the executor its blocking calls run in."""
+    """One boto3 session and client (resolution, the retry mode) and the calls on the loop."""
 
     def __init__(self, settings: CognitoSettings, observe: CallObserver | None = None) -> None:
         too_old = botocore_too_old(botocore.__version__)
@@ -88,16 +88,18 @@ class CognitoUpstream:
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
-            max_pool_connections=settings.threads,
             user_agent_extra="attrgate",
         )
         try:
+            core = botocore.session.get_session()  # its config: the CA bundle to verify with
             session = boto3.session.Session(
+                botocore_session=core,
                 aws_access_key_id=settings.access_key_id,
                 aws_secret_access_key=settings.secret_access_key,
                 region_name=settings.region,
             )
-            if session.get_credentials() is None:
+            credentials = session.get_credentials()
+            if credentials is None:
                 raise UpstreamConfigError(
                     "no AWS credentials found (standard chain: environment, profile, web "
                     "identity, container or instance role)"
@@ -105,6 +107,8 @@ class CognitoUpstream:
             self.client = session.client(
                 "cognito-idp", endpoint_url=settings.endpoint_url, config=config
             )
+            endpoint = rehearse(self.client)
+            source = CredentialSource(credentials)
         except (botocore.exceptions.BotoCoreError, ValueError) as exc:
             raise UpstreamConfigError(f"cannot build the Cognito client: {exc}") from None
         quiet_botocore_bodies()
@@ -114,45 +118,47 @@ class CognitoUpstream:
         events.register("before-parse.cognito-idp", blank_undecodable_error_body)
         self.retries = RetryGate(settings.max_attempts)
         self.retries.register(events)
-        self._executor = BoundedExecutor(
-            settings.threads, settings.threads * QUEUE_FACTOR, "attrgate-cognito"
+        ca_bundle = core.get_config_variable("ca_bundle")
+        self._transport = Transport(
+            endpoint.url, settings.connect_timeout, settings.read_timeout, ca_bundle
         )
+        self._exchange = Exchange(
+            self.client,
+            Signer(endpoint, model),
+            source,
+            self._transport,
+            self.retries,
+            settings.max_attempts,
+        )
+        self._running: set[asyncio.Task[UpstreamResult]] = set()
 
-    def _update_blocking(self, request: UpdateRequest) -> UpstreamResult:
-        kwargs: dict[str, Any] = {
+    async def _update(self, request: UpdateRequest, scope: CallScope) -> UpstreamResult:
+        params: dict[str, Any] = {
             "UserPoolId": request.user_pool_id,
             "Username": request.username,
             "UserAttributes": [{"Name": a.name, "Value": a.value} for a in request.attributes],
         }
         if request.client_metadata:
-            kwargs["ClientMetadata"] = dict(request.client_metadata)
-        response = self._call(
-            "AdminUpdateUserAttributes", self.client.admin_update_user_attributes, **kwargs
-        )
+            params["ClientMetadata"] = dict(request.client_metadata)
+        response = await self._call("AdminUpdateUserAttributes", params, scope)
         if isinstance(response, UpstreamResult):
             return response
         return UpstreamResult(ok=True, request_id=_request_id(response))
 
-    def describe_user_pool_blocking(self, pool_id: str) -> PoolDescription | UpstreamResult:
+    async def describe_user_pool(self, pool_id: str) -> PoolDescription | UpstreamResult:
         """The pool's schema and verification settings, or the classified error."""
-
-        def send(**kwargs: Any) -> dict[str, Any]:
-            response = self.client.describe_user_pool(**kwargs)
-            try:  # parsed within the call, so a garbled answer counts as a failed call
-                return {"pool": pool_description(pool_id, response["UserPool"])}
-            except (KeyError, TypeError, AttributeError, ValueError):
-                raise MalformedResponse from None
-
-        response = self._call("DescribeUserPool", send, UserPoolId=pool_id)
+        response = await self._call(
+            "DescribeUserPool", {"UserPoolId": pool_id}, _lookup_scope(), _describe(pool_id)
+        )
         if isinstance(response, UpstreamResult):
             return response
         pool: PoolDescription = response["pool"]
         return pool
 
-    def user_sub_blocking(self, pool_id: str, username: str) -> str | UpstreamResult:
+    async def user_sub(self, pool_id: str, username: str) -> str | UpstreamResult:
         """The user's immutable `sub` (aliases and spellings of a username share it)."""
-        user = self._call(
-            "AdminGetUser", self.client.admin_get_user, UserPoolId=pool_id, Username=username
+        user = await self._call(
+            "AdminGetUser", {"UserPoolId": pool_id, "Username": username}, _lookup_scope()
         )
         if isinstance(user, UpstreamResult):
             return user
@@ -161,15 +167,22 @@ class CognitoUpstream:
                 return str(attribute.get("Value", ""))
         return UpstreamResult(ok=False, error=UpstreamError.UNEXPECTED, error_code="NoSub")
 
-    def _call(
-        self, operation: str, send: Callable[..., dict[str, Any]], **kwargs: Any
+    async def _call(
+        self,
+        operation: str,
+        params: dict[str, Any],
+        scope: CallScope,
+        read: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any] | UpstreamResult:
         """One Cognito call (retries included) in a client span, timed and reported to
-        `observe`: its response, or the classified error."""
+        `observe`: its response (`read` from it, so a garbled answer counts as a failed call),
+        or the classified error."""
         started = time.perf_counter()
         with _span(operation) as span:
             try:
-                response = send(**kwargs)
+                response = await self._exchange.call(operation, params, scope)
+                if read is not None:
+                    response = read(response)
             except Exception as exc:
                 failed = classify_exception(exc, self._documented[operation])
                 _annotate(span, failed)
@@ -180,84 +193,71 @@ class CognitoUpstream:
         self._observe(operation, time.perf_counter() - started, "")
         return response
 
-    async def run(
-        self, function: Callable[..., T | UpstreamResult], *args: Any
-    ) -> T | UpstreamResult:
-        """Run a blocking call of this client (DescribeUserPool, AdminGetUser) in its executor,
-        with this context, within the same bound on waiting calls as the updates. A caller
-        giving up cancels the call if it still waits for a thread, and stops its retries if it
-        runs."""
-        gone = threading.Event()
-        future = self._executor.submit(
-            contextvars.copy_context().run,
-            _scoped,
-            CallScope(gone=gone.is_set, lookup=True),
-            function,
-            *args,
-        )
-        if future is None:
-            return _overloaded()
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            gone.set()
-            raise
-
     def submit(
         self, request: UpdateRequest, deadline: float | None, call: PendingCall, sms_write: bool
     ) -> asyncio.Future[UpstreamResult]:
-        """Start the update in the executor, carrying this context (trace parent) into the
-        thread. `call.complete` hears the outcome in the worker thread, so it is recorded even
-        when the caller has gone or the event loop has closed; a call dropped while waiting for
-        a thread (the server closing) completes as never sent."""
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        future = self._executor.submit(context.run, self._run, request, deadline, call, sms_write)
-        if future is None:
-            done: asyncio.Future[UpstreamResult] = loop.create_future()
-            done.set_result(_overloaded())
-            return done
-        future.add_done_callback(lambda f: call.complete(_NOT_SENT) if f.cancelled() else None)
-        return asyncio.wrap_future(future, loop=loop)
+        """Start the update as a task of its own (it carries this context: the trace parent).
+        `call.complete` hears the outcome when the call ends, so it is recorded even when the
+        caller has gone; a caller giving up never cancels the task (the write may be at Cognito:
+        its outcome decides), it only stops any retry (`call.gone`)."""
+        task = asyncio.get_running_loop().create_task(self._run(request, deadline, call, sms_write))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
 
-    def _run(
+    async def _run(
         self, request: UpdateRequest, deadline: float | None, call: PendingCall, sms_write: bool
     ) -> UpstreamResult:
         if deadline is not None and time.monotonic() >= deadline:
-            # The caller gave up while this call waited for a thread: never send a stale write.
-            result = _DEADLINE_PASSED
+            result = _DEADLINE_PASSED  # never send a stale write
         elif call.gone():
             result = _NOT_SENT
         else:
-            enter_scope(
-                CallScope(
-                    deadline,
-                    sms_write,
-                    call.gone,
-                    retry_token=call.retry_token,
-                    throttled=call.throttled,
-                )
+            scope = CallScope(
+                deadline,
+                sms_write,
+                call.gone,
+                retry_token=call.retry_token,
+                throttled=call.throttled,
             )
-            result = self._update_blocking(request)
+            try:
+                result = await self._update(request, scope)
+            except asyncio.CancelledError:
+                # Only the loop's teardown cancels a call: an attempt sent may have reached
+                # Cognito, so its outcome is unknown (any SMS reservation is kept).
+                call.complete(_CANCELLED if scope.attempts.sent else _NOT_SENT)
+                raise
         call.complete(result)
         return result
 
-    def close(self, wait: bool = False) -> None:
-        """No retry starts any more; calls still waiting for a thread are dropped (never sent);
-        running ones finish and record their outcome (`wait`: and are waited for; each is one
-        attempt at most, bounded by the connect and read timeouts)."""
+    async def close(self) -> None:
+        """No retry starts any more; calls in flight finish and record their outcome (each is
+        one attempt at most now, bounded by the connect and read timeouts)."""
         self.retries.stop()
-        self._executor.shutdown(wait)
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        await self._transport.close()
 
 
-def _scoped(scope: CallScope, function: Callable[..., T], *args: Any) -> T:
-    enter_scope(scope)
-    return function(*args)
+def _lookup_scope() -> CallScope:
+    # A lookup runs in its caller's task: a caller giving up cancels it outright.
+    return CallScope(lookup=True)
+
+
+def _describe(pool_id: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def read(response: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"pool": pool_description(pool_id, response["UserPool"])}
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise MalformedResponse from None
+
+    return read
 
 
 _NOT_SENT = UpstreamResult(
     ok=False, error=UpstreamError.DEADLINE_EXCEEDED, error_code="CallerGone", no_effect=True
 )
+_CANCELLED = UpstreamResult(ok=False, error=UpstreamError.UNAVAILABLE, error_code="Cancelled")
 _DEADLINE_PASSED = UpstreamResult(
     ok=False, error=UpstreamError.DEADLINE_EXCEEDED, error_code="DeadlineExceeded", no_effect=True
 )
@@ -282,12 +282,6 @@ def _annotate(span: Any, failed: UpstreamResult) -> None:
 
 def _request_id(response: dict[str, Any]) -> str:
     return public_request_id(str(response.get("ResponseMetadata", {}).get("RequestId", "")))
-
-
-def _overloaded() -> UpstreamResult:
-    return UpstreamResult(
-        ok=False, error=UpstreamError.OVERLOADED, error_code="TooManyPendingCalls", no_effect=True
-    )
 
 
 def quiet_botocore_bodies() -> None:

@@ -115,6 +115,19 @@ def current_scope() -> CallScope | None:
     return _scope.get()
 
 
+# Where a call sent on the event loop keeps its scope: in the request context botocore's
+# needs-retry event carries (a contextvar set in a request's task would outlive the call).
+SCOPE_KEY = "attrgate_scope"
+
+
+def scope_of(request_dict: Any) -> CallScope | None:
+    if isinstance(request_dict, dict):
+        scope = request_dict.get("context", {}).get(SCOPE_KEY)
+        if isinstance(scope, CallScope):
+            return scope
+    return current_scope()
+
+
 class RetryGate:
     def __init__(self, max_attempts: int = 3) -> None:
         self._stopping = threading.Event()
@@ -129,10 +142,14 @@ class RetryGate:
         self._stopping.set()
 
     def needs_retry(
-        self, response: Any = None, caught_exception: BaseException | None = None, **_: Any
+        self,
+        response: Any = None,
+        caught_exception: BaseException | None = None,
+        request_dict: Any = None,
+        **_: Any,
     ) -> bool | None:
         """False: do not retry; None: let the retry mode decide."""
-        scope = current_scope()
+        scope = scope_of(request_dict)
         if scope is None:
             return None  # a call attrgate did not scope (none does today)
         reached = _maybe_delivered(response, caught_exception)
@@ -154,11 +171,14 @@ class RetryGate:
         return None
 
     def before_send(self, **_: Any) -> None:
+        """botocore's hook, for a call scoped by enter_scope."""
+        scope = current_scope()
+        if scope is not None:
+            self.before_attempt(scope)
+
+    def before_attempt(self, scope: CallScope) -> None:
         """Right before an attempt goes out (after any backoff): withdraw it when its caller has
         gone, its deadline has passed, or, for a retry, the server is stopping."""
-        scope = current_scope()
-        if scope is None:
-            return
         attempts = scope.attempts
         attempts.sent += 1
         no_effect = not attempts.maybe_delivered
