@@ -35,6 +35,7 @@ from support.cognito_stub import CognitoStub, Reply, describe_reply
 from support.environment import clean_env
 from support.policies import sms_guard, svc_policy
 from support.prometheus import metrics_text, samples_of, total
+from support.redis_server import free_port
 from support.rpc import as_caller, attrs_request, code_and_reason, rich
 from support.waiting import wait_for, wait_until
 
@@ -294,6 +295,46 @@ def test_two_workers_share_the_port_and_report_one_sum(
 
 def _decision_id(error: grpc.RpcError) -> str:
     return rich(error).info.metadata["decision_id"]
+
+
+def test_health_turns_serving_once_every_worker_listens(
+    start: Callable[..., Parent], tmp_path: Path
+) -> None:
+    """Not when the first worker does: a load balancer connecting then would pin every
+    connection to it."""
+    port, admin = free_port(), free_port()
+    parent = start(
+        write_policies(tmp_path, GIVEN),
+        *("--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"),
+        wait=False,
+    )
+    seen: list[str] = []
+
+    def serving() -> bool:
+        seen.append(health(admin))
+        return seen[-1] == "SERVING"
+
+    wait_for(serving, "health SERVING", START, parent.process)
+    workers = _children(parent.process.pid)
+    assert [w for w in workers if _listens(w, port)] == workers, seen
+    assert len(workers) == 2
+    assert "NOT_SERVING" in seen or "UNAVAILABLE" in seen  # it did start from not serving
+
+
+def _children(pid: int) -> list[int]:
+    return sorted(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether the process holds a listening TCP socket on `port` (/proc/net/tcp, tcp6)."""
+    listening = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                listening.add(f"socket:[{fields[9]}]")
+    held = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    return bool(listening & held)
 
 
 # --- signals -----------------------------------------------------------------------------------

@@ -168,7 +168,9 @@ class App:
             ),
             AdminService(rollout.server_status),
         )
-        await listeners.start()
+        # A worker of `serve --workers` reports SERVING once all do (report_serving): a load
+        # balancer connecting earlier would pin its connections to the first.
+        await listeners.start(healthy=self.worker is None)
         rollout.follow()
         sms_state.follow(listeners.report_sms_store)
         self._serving = True
@@ -323,6 +325,11 @@ class App:
         for task in tasks:
             self._reload_tasks.add(task)
             task.add_done_callback(self._reload_tasks.discard)
+
+    async def report_serving(self) -> None:
+        """Health SERVING now, unless stopping (a worker's, once every worker serves)."""
+        if self._serving and self._listeners is not None:
+            await self._listeners.report_serving()
 
     def _username_hash(self) -> UsernameHash | None:
         """Usernames reach the decision log only as keyed hashes (the SMS guard's key); without

@@ -75,12 +75,19 @@ class Listeners:
             add_admin_to_server(admin, self._admin)
             self.admin_port = _bind(self._admin, settings.admin_listen, None)
 
-    async def start(self) -> None:
-        """Serve; health turns SERVING last."""
+    async def start(self, healthy: bool = True) -> None:
+        """Serve; health turns SERVING last (not `healthy`: NOT_SERVING until report_serving)."""
         if self._admin is not None:
             await self._admin.start()
         if self._server is not None:
             await self._server.start()
+        if healthy:
+            await self.report_serving()
+        else:
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def report_serving(self) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 

@@ -3,13 +3,16 @@
 The parent starts each worker as `python -m attrgate serve` with its settings (ports resolved,
 its own loopback metrics port) in the environment variable WORKER_ENV, and one end of a socket
 pair inherited as a file descriptor. Over it the parent says GO to workers 1..N-1 once worker 0
-serves (they wait for it with their imports done), and the worker says, once, that it serves
-(and on which ports). When the parent dies, the worker reads the end of the stream and stops
-itself as on SIGTERM (a drain), so no worker outlives its parent.
+serves (they wait for it with their imports done), each worker says, once, that it serves (and
+on which ports), and the parent says SERVE to all once every worker does: only then does a
+worker's health report SERVING, so a load balancer's connections spread over all of them.
+When the parent dies, the worker reads the end of the stream and stops itself as on SIGTERM
+(a drain), so no worker outlives its parent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -18,7 +21,8 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +30,8 @@ from attrgate.config import Settings
 
 WORKER_ENV = "_ATTRGATE_WORKER"  # not ATTRGATE_*: no flag reads it
 GO = b"go\n"
+SERVE = b"serve\n"
+REPORT_TIMEOUT = 30.0  # seconds
 log = logging.getLogger("attrgate.workers")
 
 
@@ -43,6 +49,8 @@ class Serving(Protocol):
 
     @property
     def policy_revision(self) -> str: ...
+
+    async def report_serving(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class WorkerLink:
         self.index = index
         self.settings = settings
         self._channel = channel
+        self._report_serving: Callable[[], None] = lambda: None
 
     def wait_to_start(self) -> bool:
         """Worker 0 starts at once; the others when the parent says GO (False: the parent is
@@ -96,7 +105,14 @@ class WorkerLink:
         threading.Thread(target=self._watch, name="attrgate-parent", daemon=True).start()
 
     def serving(self, app: Serving) -> None:
-        """Tell the parent this worker serves (on_serving of attrgate.app.serve)."""
+        """Tell the parent this worker serves (on_serving of attrgate.app.serve, on its event
+        loop); its health turns SERVING when the parent says SERVE."""
+        loop = asyncio.get_running_loop()
+
+        def report_serving() -> None:  # from the thread reading the parent's lines
+            asyncio.run_coroutine_threadsafe(app.report_serving(), loop).result(REPORT_TIMEOUT)
+
+        self._report_serving = report_serving
         ready = Ready(os.getpid(), app.port, app.admin_port, app.metrics_port, app.policy_revision)
         try:
             self._channel.sendall(ready.encode())
@@ -105,9 +121,12 @@ class WorkerLink:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _watch(self) -> None:
-        with contextlib.suppress(OSError):
-            while self._channel.recv(4096):
-                pass  # the parent never writes; anything read is ignored
+        with contextlib.suppress(OSError), self._channel.makefile("rb") as lines:
+            for line in lines:
+                if line == SERVE:
+                    # The loop closed (stopped), or too busy to say it: health stays as it is.
+                    with contextlib.suppress(RuntimeError, TimeoutError, CancelledError):
+                        self._report_serving()
         log.warning("the parent process is gone: stopping")
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -3,8 +3,9 @@
 - Start: the listening ports are held (ports.py) and each worker is a fresh `python -m attrgate
   serve` (nothing of gRPC crosses a fork). All start at once, but workers 1..N-1 wait, once
   their imports are done, until worker 0 serves: a refusal (a bad policy set, no credentials)
-  is said once, and the key beside a new --state is generated once. The parent logs `serving
-  on port ...` when every worker serves.
+  is said once, and the key beside a new --state is generated once. When every worker serves,
+  their health turns SERVING (not before: a load balancer would pin its connections to the
+  first) and the parent logs `serving on port ...`.
 - Signals: SIGTERM and SIGINT go to every worker (a second one too: it ends their drain delay),
   SIGHUP to every worker (one still starting gets it once it serves), SIGQUIT too (each prints
   its threads' stacks, the parent its own).
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attrgate.config import Settings, check
-from attrgate.workers.child import GO, WORKER_ENV, Ready, worker_environment
+from attrgate.workers.child import GO, SERVE, WORKER_ENV, Ready, worker_environment
 from attrgate.workers.ports import HeldPort, hold
 from attrgate.workers.relay import LineRelay
 from attrgate.workers.scrape import MetricsServer
@@ -55,9 +56,9 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signum)
 
-    def go(self) -> None:
+    def say(self, message: bytes) -> None:
         with contextlib.suppress(OSError):
-            self.channel.write(GO)
+            self.channel.write(message)
 
     def describe(self) -> str:
         return f"worker {self.index} (pid {self.process.pid})"
@@ -153,7 +154,7 @@ class Supervisor:
         if self._stopping:  # a signal came while it was being started
             worker.signal(signal.SIGTERM)
         elif index and self._workers[0].ready is not None:
-            worker.go()
+            worker.say(GO)
         self._follow(self._listen(worker, reader))
         self._follow(self._wait(worker))
 
@@ -196,8 +197,10 @@ class Supervisor:
             return
         if worker.index == 0:
             for other in self._workers[1:]:
-                other.go()
+                other.say(GO)
         if len(self._workers) == self._settings.workers and all(w.ready for w in self._workers):
+            for each in self._workers:
+                each.say(SERVE)  # their health turns SERVING
             self._serving()
 
     def _serving(self) -> None:
