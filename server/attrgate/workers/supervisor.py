@@ -87,6 +87,7 @@ class Supervisor:
         try:
             self._prepare()
             self._install_signals()
+            log.info("starting %d workers", self._settings.workers)
             for index in range(self._settings.workers):
                 if not self._stopping:
                     await self._spawn(index)
