@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from attrgate.cli import main
-from attrgate.policy.jsonschema import BASE_ID, DRAFT, file_names
+from attrgate.policy.jsonschema import BASE_ID, DRAFT
+from attrgate.policy.kinds import KIND_NAMES, file_names
 from attrgate.policy.load import ALL_KINDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,3 +70,8 @@ def test_schema_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     blocker.write_text("")
     assert main(["schema", "--output", str(blocker / "attrgate.json")]) == 1
     assert f"cannot write {blocker / 'attrgate.json'}" in capsys.readouterr().err
+
+
+def test_the_cli_knows_every_kind_the_loader_validates() -> None:
+    """`attrgate schema` lists the kinds by name without importing the models."""
+    assert set(KIND_NAMES) == set(ALL_KINDS)

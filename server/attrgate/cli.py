@@ -22,8 +22,7 @@ from attrgate.bundle.arguments import add_arguments as add_bundle_arguments
 from attrgate.config import ConfigError, Settings, add_serve_arguments, settings_from
 from attrgate.explain import command as explain
 from attrgate.identity import CALLER_HEADER
-from attrgate.policy.jsonschema import add_schema_command
-from attrgate.policy.load import load_policy_set
+from attrgate.policy.kinds import add_schema_command
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.policytest.arguments import add_arguments as add_test_arguments
 
@@ -245,6 +244,8 @@ def _refuse(error: ConfigError) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from attrgate.policy.load import load_policy_set
+
     result = load_policy_set(args.path, args.policy_max_bytes)
     for error in result.errors:
         print(error, file=sys.stderr)

@@ -10,16 +10,14 @@ are what editors read; `make schemas` rewrites them and a test fails when they a
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import CoreSchema
 
+from attrgate.policy.kinds import file_name
 from attrgate.policy.load import ALL_KINDS
 from attrgate.policy.model import API_VERSION
 
@@ -27,17 +25,6 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 # The `$id`s name the schemas (the path mirrors schemas/v1/ in the repository); nothing needs to
 # be served there: editors read the files a modeline points at.
 BASE_ID = "https://attrgate.dev/schemas/v1/"
-ANY_DOCUMENT = "attrgate.json"
-
-
-def file_name(kind: str | None) -> str:
-    """`attrgate.json` for any document, else the kind in lower case: `smsguard.json`."""
-    return f"{kind.lower()}.json" if kind else ANY_DOCUMENT
-
-
-def file_names() -> dict[str, str | None]:
-    """Every schema file `attrgate schema` writes, and the kind of each (None: any document)."""
-    return {file_name(kind): kind for kind in (None, *ALL_KINDS)}
 
 
 class _Generator(GenerateJsonSchema):
@@ -89,44 +76,3 @@ def json_schema(kind: str | None = None) -> dict[str, Any]:
 def render(kind: str | None = None) -> str:
     """The schema as committed: sorted keys, two-space indent, a final newline."""
     return json.dumps(json_schema(kind), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def add_schema_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "schema", help="print the JSON Schema of policy documents (for editors and CI)"
-    )
-    parser.add_argument(
-        "kind",
-        nargs="?",
-        choices=list(ALL_KINDS),
-        help="one kind (default: any attrgate document, one of the kinds by `kind`)",
-    )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--output", metavar="FILE", help="write to FILE, not standard output")
-    where.add_argument(
-        "--output-dir",
-        metavar="DIR",
-        help=f"write every schema into DIR: {', '.join(file_names())}",
-    )
-    parser.set_defaults(handler=_schema)
-
-
-def _schema(args: argparse.Namespace) -> int:
-    if args.output_dir is not None:
-        if args.kind is not None:
-            print("attrgate schema: --output-dir writes every kind; give no KIND", file=sys.stderr)
-            return 2
-        files = {Path(args.output_dir) / name: kind for name, kind in file_names().items()}
-    elif args.output is not None:
-        files = {Path(args.output): args.kind}
-    else:
-        sys.stdout.write(render(args.kind))
-        return 0
-    for path, kind in files.items():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(render(kind).encode())
-        except OSError as exc:
-            print(f"attrgate schema: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-    return 0
