@@ -10,11 +10,11 @@ import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from attrgate.reasons import DOMAIN, Reason
 
 DECISION_ID_METADATA = "x-attrgate-decision-id"
+_DETAILS_METADATA = "grpc-status-details-bin"  # grpc_status.rpc_status's key
 # gRPC clients refuse trailers past 8 KiB (grpc.max_metadata_size), and a status travels twice:
 # its message percent-encoded in grpc-message (3 bytes per non-ASCII byte), the whole Status
 # base64-encoded in grpc-status-details-bin. Past this many wire bytes for the two, the answer
@@ -34,16 +34,21 @@ class ErrorStatus:
     extra_details: Sequence[Message] = ()
 
     def to_grpc(self, decision_id: str) -> GrpcError:
+        # Each Status is serialised once: the bytes measured are the bytes sent.
         status = self._status(decision_id, self.field_violations)
-        if _wire_size(status) > TRAILER_BUDGET:
+        details = status.SerializeToString()
+        if _wire_size(status.message, details) > TRAILER_BUDGET:
             status = self._status(decision_id, _compact(self.field_violations))
-        if _wire_size(status) > TRAILER_BUDGET:
+            details = status.SerializeToString()
+        if _wire_size(status.message, details) > TRAILER_BUDGET:
             status.message = f"{self.reason}: the BadRequest detail names the fields at fault"
-        if _wire_size(status) > TRAILER_BUDGET:
+            details = status.SerializeToString()
+        if _wire_size(status.message, details) > TRAILER_BUDGET:
             status = self._fitting(decision_id, status.message)
-        grpc_status = rpc_status.to_status(status)
-        trailing = (*grpc_status.trailing_metadata, (DECISION_ID_METADATA, decision_id))
-        return GrpcError(grpc_status.code, grpc_status.details, trailing)
+            details = status.SerializeToString()
+        # What grpc_status.rpc_status.to_status sends, without serialising the Status again.
+        trailing = ((_DETAILS_METADATA, details), (DECISION_ID_METADATA, decision_id))
+        return GrpcError(self.code, status.message, trailing)
 
     def _fitting(self, decision_id: str, message: str) -> status_pb2.Status:
         """As many compacted violations as fit the budget, the rest counted; failing even that
@@ -59,7 +64,7 @@ class ErrorStatus:
                 if left_out
                 else message
             )
-            if _wire_size(status) <= TRAILER_BUDGET:
+            if _wire_size(status.message, status.SerializeToString()) <= TRAILER_BUDGET:
                 return status
         info = error_details_pb2.ErrorInfo(
             reason=str(self.reason),
@@ -98,11 +103,15 @@ class ErrorStatus:
         )
 
 
-def _wire_size(status: status_pb2.Status) -> int:
+# Bytes grpc-message carries as they are; every other byte is percent-encoded (%XX).
+_MESSAGE_SAFE = bytes(b for b in range(0x20, 0x7F) if b != 0x25)
+
+
+def _wire_size(message: str, details: bytes) -> int:
     """Bytes of grpc-message (percent-encoded) plus grpc-status-details-bin (base64)."""
-    message = sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in status.message.encode())
-    details: int = status.ByteSize()
-    return message + (details + 2) // 3 * 4
+    encoded = message.encode()
+    escaped = len(encoded.translate(None, _MESSAGE_SAFE))  # the bytes that take 3
+    return len(encoded) + 2 * escaped + (len(details) + 2) // 3 * 4
 
 
 def _compact(
