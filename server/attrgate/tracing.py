@@ -39,7 +39,7 @@ def start_span(
     `attrgate test`); a span without an explicit parent then costs nothing instead. A span
     with one (the server's, continuing the caller's traceparent) still goes through the
     tracer, so the decision log's trace_id is the same either way."""
-    if context is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if context is None and not tracer_installed():
         return nullcontext(trace.get_current_span())
     return tracer.start_as_current_span(
         name,
@@ -49,6 +49,12 @@ def start_span(
         record_exception=False,
         set_status_on_exception=False,
     )
+
+
+def tracer_installed() -> bool:
+    """Whether a TracerProvider is installed: without one, every span is OpenTelemetry's no-op
+    span and records nothing."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 log = logging.getLogger("attrgate.tracing")

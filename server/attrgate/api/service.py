@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_TRACE_ID, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from attrgate.api.admission import Admission
@@ -43,7 +43,7 @@ from attrgate.domain import (
 from attrgate.identity import identify_header, identify_mtls
 from attrgate.pipeline import Pipeline, new_decision_id
 from attrgate.reasons import Reason
-from attrgate.tracing import start_span
+from attrgate.tracing import start_span, tracer_installed
 from attrgate.v1 import attrgate_pb2 as pb
 
 log = logging.getLogger("attrgate.api")
@@ -63,6 +63,7 @@ def header_identity(context: Context) -> Caller | None:
 
 SERVICE_NAME = "attrgate.v1.UserAttributes"
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
+NO_TRACE_ID = format(INVALID_TRACE_ID, "032x")  # the decision log's trace_id outside any trace
 
 
 class Malformed:
@@ -247,20 +248,31 @@ async def _answer(
 ) -> T:
     """Run `handle` in a server span that continues the caller's traceparent, turning an _Abort
     or an unexpected failure into a rich status, and log the decision whatever the ending."""
-    # Only traceparent: the SDK logs malformed tracestate and baggage headers verbatim, and
-    # their content is the caller's (baggage often carries user ids).
-    carrier = {
-        k: v
-        for k, v in context.invocation_metadata() or ()
-        if k == "traceparent" and isinstance(v, str)
-    }
-    parent = _TRACE_CONTEXT.extract(carrier)
+    traceparent = _traceparent(context)
+    if traceparent is None and not tracer_installed():
+        # No trace to continue and nothing to record it: the span would be OpenTelemetry's
+        # no-op one, which still costs its context switching and attribute building per call.
+        record.entry["trace_id"] = NO_TRACE_ID
+        return await _handle(context, handle, record, recorder, cut)
+    parent = _TRACE_CONTEXT.extract({"traceparent": traceparent} if traceparent else {})
     with start_span(f"{SERVICE_NAME}/{method}", kind=SpanKind.SERVER, context=parent) as span:
         record.entry["trace_id"] = format(span.get_span_context().trace_id, "032x")
         try:
             return await _handle(context, handle, record, recorder, cut)
         finally:
-            _annotate(span, record.entry)
+            if span.is_recording():  # a sampled-out span ignores attributes: spare building them
+                _annotate(span, record.entry)
+
+
+def _traceparent(context: Context) -> str | None:
+    """The caller's traceparent header (the last one, if several). Only traceparent: the SDK
+    logs malformed tracestate and baggage headers verbatim, and their content is the caller's
+    (baggage often carries user ids)."""
+    found = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            found = value
+    return found
 
 
 def _annotate(span: Span, entry: dict[str, Any]) -> None:
