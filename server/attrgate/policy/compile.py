@@ -117,16 +117,20 @@ class PolicySet:
         self.applicable: Callable[[str, str], Applicable] = lru_cache(APPLICABLE_CACHE_SIZE)(
             self.lookup
         )
+        # Metrics label every RPC with it: memoised as `applicable` is.
+        self.caller_label: Callable[[str], str | None] = lru_cache(APPLICABLE_CACHE_SIZE)(
+            self.label_of
+        )
 
     @property
     def size(self) -> int:
         """Documents in the set, guards included (as `attrgate check` counts them)."""
         return len(self.policies) + len(self.guards.guards) + (self.quota is not None)
 
-    def caller_label(self, caller: str) -> str | None:
+    def label_of(self, caller: str) -> str | None:
         """A name for `caller` drawn from the policies (so bounded by them, whatever callers
         present): the caller when a policy names it exactly, else the first `callers` glob that
-        matches it, else None."""
+        matches it, else None. Uncached; `caller_label` is the memoised form."""
         return self._by_caller.pattern_of(caller)
 
     def lookup(self, caller: str, user_pool_id: str) -> Applicable:
