@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -66,8 +66,14 @@ class Upstream(Protocol):
     ) -> asyncio.Future[UpstreamResult]: ...
 
 
+# A version-4 UUID's fixed bits: version 4 (bits 76-79), variant RFC 4122 (bits 62-63).
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_decision_id() -> str:
-    return uuid.uuid4().hex
+    """uuid.uuid4().hex, without building the UUID object (half the cost, on every request)."""
+    return f"{int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET:032x}"
 
 
 # Told, from whatever thread it arrives in, of an outcome the caller never saw (the decision
