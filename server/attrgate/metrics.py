@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from attrgate.config import split_host_port
 from attrgate.domain import Reserved
+from attrgate.histograms import SecondsHistogram
 from attrgate.lookups import Answer
 from attrgate.policy.compile import PolicySet
 from attrgate.tracing import service_resource
@@ -76,8 +77,8 @@ class Metrics:
                 explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
             )
 
-        # The two series every RPC moves are counted in plain dicts (event loop only) and read
-        # at scrape time: an SDK measurement costs ~15 µs, a dict increment well under one.
+        # What every RPC moves is counted in plain dicts and lists (event loop only) and read at
+        # scrape time: an SDK measurement costs ~15 µs, a dict increment well under one.
         self._requests: dict[tuple[str, str, str, str, str], int] = {}
         self._in_flight: dict[str, int] = {}
         meter.create_observable_counter(
@@ -85,12 +86,18 @@ class Metrics:
             callbacks=[self._observe_requests],
             description="RPCs by method, caller, outcome and gRPC code",
         )
-        self._duration = seconds("attrgate_request_duration", "end-to-end RPC latency")
-        self._decision = seconds(
+        self._duration = SecondsHistogram(
+            "attrgate_request_duration", "end-to-end RPC latency", ["method"], LATENCY_BUCKETS
+        )
+        self._decision = SecondsHistogram(
             "attrgate_decision_duration",
             "time to decide (validation, policy, pool metadata, SMS guard), "
             "without the forwarded call",
+            ["method", "outcome"],
+            LATENCY_BUCKETS,
         )
+        self.registry.register(self._duration)
+        self.registry.register(self._decision)
         self._cognito = meter.create_counter(
             "attrgate_cognito_calls",
             description="Cognito calls sent, by operation and Cognito error code (none: success)",
@@ -190,11 +197,9 @@ class Metrics:
         outcome = str(entry.get("outcome", ""))
         key = (method, caller, outcome, str(entry.get("status", "")), str(entry.get("reason", "")))
         self._requests[key] = self._requests.get(key, 0) + 1
-        self._duration.record(float(entry.get("latency_ms", 0)) / 1000, {"method": method})
+        self._duration.observe(float(entry.get("latency_ms", 0)) / 1000, method)
         if "decision_ms" in entry:  # not for an RPC cancelled or failed before its decision
-            self._decision.record(
-                float(entry["decision_ms"]) / 1000, {"method": method, "outcome": outcome}
-            )
+            self._decision.observe(float(entry["decision_ms"]) / 1000, method, outcome)
         sms = entry.get("sms")
         if isinstance(sms, Mapping) and sms.get("triggers_sms"):
             self._sms.add(1, {"method": method, "outcome": str(sms.get("outcome", ""))})
