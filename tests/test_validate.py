@@ -167,3 +167,15 @@ def test_names_that_only_dodge_exact_rules(name: str, reason: str) -> None:
 
 def test_pool_id_word_characters_are_ascii() -> None:
     assert problems(make(pool="uséeast_abc")) == [("user_pool_id", "BAD_FORMAT")]
+
+
+def test_the_ascii_shortcut_agrees_with_cognitos_patterns() -> None:
+    """Printable ASCII skips the regex: it must answer what the regex answers, for every ASCII
+    character alone, beside a letter, and doubled."""
+    from attrgate.validate import _ATTRIBUTE_NAME, _METADATA_KEY, _USERNAME
+
+    texts = [chr(c) for c in range(128)]
+    texts += [f"a{t}" for t in texts] + [f"{t}{t}" for t in texts] + ["", "é", "a é", "a\u00a0b"]
+    for pattern in (_USERNAME, _ATTRIBUTE_NAME, _METADATA_KEY):
+        for text in texts:
+            assert pattern.fullmatch(text) == bool(pattern._regex.fullmatch(text)), repr(text)

@@ -22,11 +22,29 @@ METADATA_ENTRIES_MAX = 20
 METADATA_KEY_MAX = 64
 METADATA_VALUE_MAX = 2048
 
+
+class _Visible:
+    """One of Cognito's `[\\p{L}\\p{M}\\p{S}\\p{N}\\p{P}]+` patterns (`spaces`: white space
+    allowed too), with a shortcut: every printable ASCII character but the space is a letter,
+    digit, punctuation or symbol, so printable ASCII (without a space, unless allowed) matches
+    without running the regex (about 1 µs each, four or more a request)."""
+
+    def __init__(self, pattern: str, spaces: bool = False) -> None:
+        self._regex = regex.compile(pattern)
+        self._spaces = spaces
+
+    def fullmatch(self, value: str) -> bool:
+        printable = value and value.isascii() and value.isprintable()
+        if printable and (self._spaces or " " not in value):
+            return True
+        return self._regex.fullmatch(value) is not None
+
+
 # Cognito's patterns are Java regexes, where \w is ASCII.
 _POOL_ID = regex.compile(r"[\w-]+_[0-9a-zA-Z]+", regex.ASCII)
-_USERNAME = regex.compile(r"[\p{L}\p{M}\p{S}\p{N}\p{P}]+")
-_ATTRIBUTE_NAME = regex.compile(r"[\p{L}\p{M}\p{S}\p{N}\p{P}\t\n\r ]+")
-_METADATA_KEY = regex.compile(r"[\p{L}\p{M}\p{S}\p{N}\p{P}]+")
+_USERNAME = _Visible(r"[\p{L}\p{M}\p{S}\p{N}\p{P}]+")
+_ATTRIBUTE_NAME = _Visible(r"[\p{L}\p{M}\p{S}\p{N}\p{P}\t\n\r ]+", spaces=True)
+_METADATA_KEY = _Visible(r"[\p{L}\p{M}\p{S}\p{N}\p{P}]+")
 
 # Attributes Cognito manages itself: writing them is never meaningful and never allowed.
 RESERVED_NAMES = frozenset({"sub", "identities"})
@@ -39,7 +57,7 @@ def is_reserved(name: str) -> bool:
 
 
 def _check_string(
-    field: str, value: str, maximum: int, pattern: regex.Pattern[str], what: str
+    field: str, value: str, maximum: int, pattern: regex.Pattern[str] | _Visible, what: str
 ) -> FieldViolation | None:
     if not value:
         return FieldViolation(field, "REQUIRED", f"{what} is required")
