@@ -232,10 +232,10 @@ class UpstreamResult:
 
 
 class PendingCall(Protocol):
-    """The caller's side of one forwarded call, as the upstream's worker thread sees it."""
+    """The caller's side of one forwarded call, as the upstream's task sees it."""
 
     def complete(self, result: UpstreamResult) -> None:
-        """The outcome, once known (in the worker thread, even after the caller has gone)."""
+        """The outcome, once known (even after the caller has gone)."""
 
     def gone(self) -> bool:
         """The caller has given up: send nothing more for it (no first attempt, no retry)."""

@@ -224,7 +224,7 @@ class Metrics:
         _count(self._released, self._refunded, released)
 
     def cognito_call(self, operation: str, seconds: float, error_code: str) -> None:
-        """One Cognito call sent (called from executor threads; instruments are thread-safe)."""
+        """One Cognito call sent (retries included)."""
         self._cognito.add(1, {"operation": operation, "error_code": error_code or "none"})
         self._cognito_duration.record(seconds, {"operation": operation})
 

@@ -86,8 +86,8 @@ def _no_late(decision_id: str, result: UpstreamResult) -> None:
 
 
 class _Call:
-    """Joins a call's outcome (from the worker thread) with its caller's fate (on the loop), so
-    an outcome the caller never saw is logged exactly once, even after the loop has closed, and
+    """Joins a call's outcome (from the upstream's task) with its caller's fate, so an outcome
+    the caller never saw is logged exactly once, and
     a late outcome that proves Cognito did nothing still gives the SMS reservation back. The
     upstream asks `gone()` before sending and before every retry: nothing more is sent for a
     caller that has given up (cancelled, or cancelled by the server at the end of its grace)."""

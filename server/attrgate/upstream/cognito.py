@@ -264,8 +264,8 @@ _DEADLINE_PASSED = UpstreamResult(
 
 
 def _span(operation: str) -> AbstractContextManager[Span]:
-    """A client span for one Cognito call. It runs in an executor thread whose context was
-    copied from the request, so it is parented under the server span."""
+    """A client span for one Cognito call. It runs in a task of its own whose context was
+    copied from the request's, so it is parented under the server span."""
     return start_span(
         f"cognito-idp.{operation}",
         kind=SpanKind.CLIENT,
