@@ -109,12 +109,14 @@ def test_calls_in_flight_have_no_cap_but_the_bulkheads(
 
 
 CREDENTIAL_PROCESS = """\
-import json, pathlib, sys, datetime
+import json, os, pathlib, sys, datetime
 counter = pathlib.Path(sys.argv[1])
 n = int(counter.read_text()) + 1 if counter.exists() else 1
 counter.write_text(str(n))
-# Ten minutes left: within botocore's advisory window, so every call asks for fresh ones.
-expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=10)
+# Ten minutes left: botocore's mandatory window, so every call waits for fresh ones (12: the
+# advisory window, where the current ones still sign while a refresh runs).
+minutes = float(os.environ.get("CREDENTIAL_MINUTES", "10"))
+expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=minutes)
 print(json.dumps({"Version": 1, "AccessKeyId": f"ROTATED{n}", "SecretAccessKey": "s",
                   "Expiration": expires.isoformat()}))
 """
@@ -176,24 +178,10 @@ def test_a_credential_refresh_that_hangs_does_not_stall_the_server(
     """botocore's refresh blocks (a credential process, STS): it runs in a thread, so while one
     hangs the server keeps answering what needs no credentials, and the write it held goes out
     with the fresh credentials once the refresh ends."""
-    refreshing, release, armed = (tmp_path / n for n in ("refreshing", "release", "armed"))
-    _credential_process(
-        monkeypatch,
-        tmp_path,
-        HELD_REFRESH + CREDENTIAL_PROCESS,
-        tmp_path / "n",
-        refreshing,
-        release,
-        armed,
-    )
-    server = serve(POLICY, stub.endpoint)
+    server, refreshing, release, armed = _held_refresh(serve, stub, tmp_path, monkeypatch)
+    armed.touch()
     with server.channel() as channel:
         rpc = server.stub(channel)
-        # The pool described (and cached) first: a Check of an allowed write describes it.
-        rpc.CheckUpdateUserAttributes(
-            request(POOL, given_name="Ada"), metadata=as_caller(CALLER), timeout=20
-        )
-        armed.touch()
         write = rpc.UpdateUserAttributes.future(
             request(POOL, given_name="Ada"), metadata=as_caller(CALLER), timeout=60
         )
@@ -235,3 +223,95 @@ def test_calls_go_through_the_proxy_the_environment_names(
         _update(direct, given_name="Ada")
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert len(stub.calls()) == 1
+
+
+def _held_refresh(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[RunningServer, Path, Path, Path]:
+    """A server whose credential refreshes, once `armed` exists, hang (having touched
+    `refreshing`) until `release` exists; the pool is described already."""
+    refreshing, release, armed = (tmp_path / n for n in ("refreshing", "release", "armed"))
+    _credential_process(
+        monkeypatch,
+        tmp_path,
+        HELD_REFRESH + CREDENTIAL_PROCESS,
+        tmp_path / "n",
+        refreshing,
+        release,
+        armed,
+    )
+    server = serve(POLICY, stub.endpoint)
+    with server.channel() as channel:
+        server.stub(channel).CheckUpdateUserAttributes(
+            request(POOL, given_name="Ada"), metadata=as_caller(CALLER), timeout=20
+        )
+    return server, refreshing, release, armed
+
+
+def test_a_write_whose_deadline_passes_during_a_refresh_is_never_sent(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deadline is checked after the wait for credentials, right before the bytes go out:
+    a write held by a slow refresh past its caller's deadline is withdrawn, not sent stale."""
+    server, refreshing, release, armed = _held_refresh(serve, stub, tmp_path, monkeypatch)
+    armed.touch()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            _update(server, timeout=1.0, given_name="Stale")
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert refreshing.exists()
+    finally:
+        release.touch()
+    armed.unlink()
+    assert _update(server, given_name="Fresh").decision.allowed
+    assert [c.body["UserAttributes"][0]["Value"] for c in stub.calls()] == ["Fresh"]
+
+
+def test_in_the_advisory_window_calls_sign_with_the_current_credentials_meanwhile(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fifteen to ten minutes before expiry botocore refreshes without making callers wait:
+    the current credentials are still good. A refresh that hangs there delays nothing."""
+    monkeypatch.setenv("CREDENTIAL_MINUTES", "12")
+    server, refreshing, release, armed = _held_refresh(serve, stub, tmp_path, monkeypatch)
+    armed.touch()
+    try:
+        assert _update(server, given_name="Ada").decision.allowed
+        assert wait_until(refreshing.exists, 30)
+    finally:
+        release.touch()
+    (sent,) = stub.calls()
+    assert "Credential=ROTATED" in sent.authorization
+
+
+def test_stopping_does_not_wait_for_a_refresh_that_hangs(
+    serve: Callable[..., RunningServer],
+    stub: CognitoStub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write held by a credential refresh that never ends (a credential process botocore
+    waits for without a timeout) is given up when the server stops: nothing is sent, and the
+    stop ends after one attempt's timeouts, not never."""
+    server, refreshing, release, armed = _held_refresh(serve, stub, tmp_path, monkeypatch)
+    armed.touch()
+    try:
+        with server.channel() as channel:
+            write = server.stub(channel).UpdateUserAttributes.future(
+                request(POOL, given_name="Held"), metadata=as_caller(CALLER), timeout=120
+            )
+            assert wait_until(refreshing.exists, 30)
+            server.stop(grace=0.2)  # RunningServer gives a stop 30 s: it would raise
+            assert write.exception(timeout=30) is not None
+    finally:
+        release.touch()
+    assert not stub.calls()

@@ -16,6 +16,7 @@ import botocore.exceptions
 
 from attrgate.domain import UpstreamError, UpstreamResult
 from attrgate.upstream.retries import AttemptWithdrawn
+from attrgate.upstream.signing import CredentialsUnavailable
 
 OTHER = "other"
 
@@ -138,6 +139,13 @@ def classify_exception(error: BaseException, documented: Collection[str]) -> Ups
             error=UpstreamError.DEADLINE_EXCEEDED if error.deadline else UpstreamError.UNAVAILABLE,
             error_code="DeadlineExceeded" if error.deadline else "RetryWithdrawn",
             no_effect=error.no_effect,
+        )
+    if isinstance(error, CredentialsUnavailable):
+        return UpstreamResult(
+            ok=False,
+            error=UpstreamError.CREDENTIALS_REJECTED,
+            error_code="CredentialsUnavailable",
+            no_effect=True,
         )
     if isinstance(error, MalformedResponse):
         return UpstreamResult(

@@ -70,6 +70,10 @@ class CognitoSettings:
     secret_access_key: str | None = None
 
 
+# Seconds close() waits beyond one attempt's connect and read timeouts.
+CLOSE_MARGIN = 1.0
+
+
 class UpstreamConfigError(Exception):
     """The client cannot be built: attrgate must not start."""
 
@@ -222,9 +226,10 @@ class CognitoUpstream:
             )
             try:
                 result = await self._update(request, scope)
-            except asyncio.CancelledError:
-                # Only the loop's teardown cancels a call: an attempt sent may have reached
-                # Cognito, so its outcome is unknown (any SMS reservation is kept).
+            except BaseException:
+                # Cancelled (only close() and the loop's teardown cancel a call), or a failure
+                # of attrgate's own: an attempt sent may have reached Cognito, so the outcome
+                # is unknown (any SMS reservation is kept), and it is still recorded.
                 call.complete(_CANCELLED if scope.attempts.sent else _NOT_SENT)
                 raise
         call.complete(result)
@@ -232,9 +237,17 @@ class CognitoUpstream:
 
     async def close(self) -> None:
         """No retry starts any more; calls in flight finish and record their outcome (each is
-        one attempt at most now, bounded by the connect and read timeouts)."""
+        one attempt at most now, bounded by the connect and read timeouts). One still running
+        after those (waiting for a credential refresh that hangs, or in a backoff that ends in
+        a withdrawal) is cancelled and recorded as of unknown outcome."""
         self.retries.stop()
-        while self._running:
+        settings = self.settings
+        bound = settings.connect_timeout + settings.read_timeout + CLOSE_MARGIN
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=bound)
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         await self._transport.close()
 

@@ -8,6 +8,7 @@ and when to try again. Only the sending and the sleeping differ: both are awaite
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -15,7 +16,7 @@ import botocore.exceptions
 from botocore.hooks import first_non_none_response
 from botocore.parsers import create_parser
 
-from attrgate.upstream.retries import SCOPE_KEY, CallScope, RetryGate
+from attrgate.upstream.retries import SCOPE_KEY, AttemptWithdrawn, CallScope, RetryGate
 from attrgate.upstream.signing import CredentialSource, Serialized, Signer
 from attrgate.upstream.transport import Answer, Transport
 
@@ -55,9 +56,13 @@ class Exchange:
             answer: Answer | None = None
             parsed: Any = None
             caught: Exception | None = None
+            # Credentials and the signature before the attempt, as botocore signs before it
+            # sends: a failure here is raised as is, never retried, and nothing was sent.
+            headers = await self._signed(serialized, scope, invocation, attempts)
             try:
+                # After any wait for credentials: right before the bytes go out.
                 self._gate.before_attempt(scope)
-                answer = await self._send(serialized, invocation, attempts)
+                answer = await self._transport.send(serialized.method, headers, serialized.body)
             except Exception as exc:
                 caught = exc  # botocore asks needs-retry about every failed attempt
             else:
@@ -83,12 +88,20 @@ class Exchange:
         result: dict[str, Any] = parsed
         return result
 
-    async def _send(self, serialized: Serialized, invocation: str, attempt: int) -> Answer:
-        credentials = await self._credentials.frozen()
+    async def _signed(
+        self, serialized: Serialized, scope: CallScope, invocation: str, attempt: int
+    ) -> list[tuple[str, str]]:
+        remaining = None if scope.deadline is None else scope.deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(remaining):  # a refresh waited for ends at the deadline
+                credentials = await self._credentials.frozen()
+        except TimeoutError:
+            no_effect = not scope.attempts.maybe_delivered
+            raise AttemptWithdrawn("the caller's deadline passed", True, no_effect) from None
         headers = self._signer.sign(serialized, credentials)
         headers.append(("amz-sdk-invocation-id", invocation))
         headers.append(("amz-sdk-request", f"attempt={attempt}; max={self._max_attempts}"))
-        return await self._transport.send(serialized.method, headers, serialized.body)
+        return headers
 
     def _parse(self, model: Any, answer: Answer) -> Any:
         response_dict = {

@@ -19,8 +19,16 @@ from botocore.validate import validate_parameters
 from attrgate.upstream.endpoint import Endpoint
 
 
+class CredentialsUnavailable(Exception):
+    """The chain could not give credentials (a refresh failed): nothing was sent."""
+
+
 class CredentialSource:
-    """The chain's current credentials, frozen (a key pair and its token always match)."""
+    """The chain's current credentials, frozen (a key pair and its token always match).
+
+    As botocore does: in the advisory window (15 minutes before expiry) the current credentials
+    still sign while one refresh runs; only in the mandatory window (10 minutes) or past expiry
+    do calls wait for it."""
 
     def __init__(self, credentials: Any) -> None:
         self._credentials = credentials
@@ -28,17 +36,36 @@ class CredentialSource:
         self._refreshing: asyncio.Future[Any] | None = None
 
     async def frozen(self) -> Any:
+        """Raises CredentialsUnavailable when the refresh waited for fails. Cancelling the wait
+        (a deadline) leaves the refresh running for the next call."""
         needed = getattr(self._credentials, "refresh_needed", None)
         if needed is None or not needed():
             return self._frozen
-        # One refresh at a time, every call waiting for it; botocore decides whether a failed
-        # advisory refresh may keep the old credentials or must fail (mandatory).
+        refreshing = self._refresh()
+        mandatory = getattr(self._credentials, "_mandatory_refresh_timeout", 600)
+        if not needed(mandatory) and not refreshing.done():
+            return self._frozen
+        try:
+            self._frozen = await asyncio.shield(refreshing)
+        except Exception as exc:
+            raise CredentialsUnavailable(type(exc).__name__) from None
+        return self._frozen
+
+    def _refresh(self) -> asyncio.Future[Any]:
+        """The refresh under way, or a new one. botocore's refresh blocks on the network (STS,
+        a credential process): it runs in a thread."""
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(
+            refreshing = asyncio.ensure_future(
                 asyncio.to_thread(self._credentials.get_frozen_credentials)
             )
-        self._frozen = await asyncio.shield(self._refreshing)
-        return self._frozen
+            refreshing.add_done_callback(self._refreshed)
+            self._refreshing = refreshing
+        return self._refreshing
+
+    def _refreshed(self, refreshing: asyncio.Future[Any]) -> None:
+        # Read here, so a refresh nobody waited for neither logs "never retrieved" nor is lost.
+        if not refreshing.cancelled() and refreshing.exception() is None:
+            self._frozen = refreshing.result()
 
 
 class Serialized:

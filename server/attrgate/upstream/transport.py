@@ -3,7 +3,8 @@
 Calls in flight are bounded by the quota governor's bulkheads (`maxInFlight`), not here: a pool
 limit would be a second, hidden queue. Failures are raised as the botocore exceptions urllib3's
 would become, so retries and classification treat both alike:
-- never connected (refused, no route, DNS, TLS handshake): EndpointConnectionError;
+- never sent (refused, no route, DNS, TLS handshake, a proxy's refusal, a kept-alive connection
+  found closing before the first byte): EndpointConnectionError;
 - no connection within the connect timeout: ConnectTimeoutError;
 - no byte of the answer within the read timeout: ReadTimeoutError;
 - the connection closed or broke after the request went out: ConnectionClosedError (the request
@@ -22,6 +23,19 @@ import aiohttp
 import botocore.exceptions
 from botocore.awsrequest import HeadersDict
 from botocore.httpsession import get_cert_path
+
+# Failures that prove the request never left: no connection was made (refused, no route, DNS,
+# TLS, a proxy that refused the tunnel), or the connection was found closing before a byte was
+# written (a kept-alive connection the far end had just closed; aiohttp >= 3.10.x names it).
+_NEVER_SENT: tuple[type[Exception], ...] = tuple(
+    kind
+    for kind in (
+        aiohttp.ClientConnectorError,
+        aiohttp.ClientHttpProxyError,
+        getattr(aiohttp, "ClientConnectionResetError", None),
+    )
+    if kind is not None
+)
 
 # Connections idle longer than this are closed by attrgate first, well before AWS's load
 # balancers drop theirs (so a reused connection is seldom one the far end just closed).
@@ -48,6 +62,7 @@ class Transport:
         self._ca_bundle = ca_bundle
         self._proxy = _proxy_for(url)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
         # Built on first use: a ClientSession belongs to the running loop.
@@ -72,6 +87,8 @@ class Transport:
 
     async def send(self, method: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
         url = self._url
+        if self._closed:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url=url, error="closed")
         try:
             async with self._open().request(
                 method, url, headers=headers, data=body, allow_redirects=False, proxy=self._proxy
@@ -82,7 +99,7 @@ class Transport:
             raise botocore.exceptions.ConnectTimeoutError(endpoint_url=url) from None
         except aiohttp.SocketTimeoutError:
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=url) from None
-        except aiohttp.ClientConnectorError as exc:
+        except _NEVER_SENT as exc:
             raise botocore.exceptions.EndpointConnectionError(
                 endpoint_url=url, error=_reason(exc)
             ) from None
@@ -90,6 +107,7 @@ class Transport:
             raise botocore.exceptions.ConnectionClosedError(endpoint_url=url) from exc
 
     async def close(self) -> None:
+        self._closed = True  # a call after this would open a session nobody closes
         if self._session is not None:
             await self._session.close()
 
