@@ -98,14 +98,20 @@ class Metrics:
         )
         self.registry.register(self._duration)
         self.registry.register(self._decision)
-        self._cognito = meter.create_counter(
+        # Every forwarded RPC makes a Cognito call: counted as the RPCs are (event loop only).
+        self._cognito_calls: dict[tuple[str, str], int] = {}
+        meter.create_observable_counter(
             "attrgate_cognito_calls",
+            callbacks=[self._observe_cognito_calls],
             description="Cognito calls sent, by operation and Cognito error code (none: success)",
         )
-        self._cognito_duration = seconds(
+        self._cognito_duration = SecondsHistogram(
             "attrgate_cognito_call_duration",
             "Cognito call latency by operation, retries included",
+            ["operation"],
+            LATENCY_BUCKETS,
         )
+        self.registry.register(self._cognito_duration)
         self._reloads = meter.create_counter(
             "attrgate_policy_reloads",
             description="policy reloads by set (serving, candidate) and result (loaded, rejected, "
@@ -224,9 +230,10 @@ class Metrics:
         _count(self._released, self._refunded, released)
 
     def cognito_call(self, operation: str, seconds: float, error_code: str) -> None:
-        """One Cognito call sent (retries included)."""
-        self._cognito.add(1, {"operation": operation, "error_code": error_code or "none"})
-        self._cognito_duration.record(seconds, {"operation": operation})
+        """One Cognito call sent (retries included), on the event loop."""
+        key = (operation, error_code or "none")
+        self._cognito_calls[key] = self._cognito_calls.get(key, 0) + 1
+        self._cognito_duration.observe(seconds, operation)
 
     def metadata_lookup(self, operation: str, answer: str) -> None:
         self._lookups.add(1, {"operation": operation, "answer": answer})
@@ -252,6 +259,10 @@ class Metrics:
         for (method, caller, outcome, code, reason), count in self._requests.copy().items():
             labels = {"method": method, "caller": caller, "outcome": outcome}
             yield Observation(count, {**labels, "code": code, "reason": reason})
+
+    def _observe_cognito_calls(self, _: CallbackOptions) -> Iterable[Observation]:
+        for (operation, error_code), count in self._cognito_calls.copy().items():
+            yield Observation(count, {"operation": operation, "error_code": error_code})
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
         for method, count in self._in_flight.copy().items():

@@ -294,7 +294,8 @@ class Pipeline:
             future.add_done_callback(lambda _: ticket.release())
         try:
             # shield: a caller giving up must not cancel the call, which runs on regardless.
-            return await asyncio.wait_for(asyncio.shield(future), remaining)
+            async with asyncio.timeout(remaining):
+                return await asyncio.shield(future)
         except (TimeoutError, asyncio.CancelledError):
             call.abandon()
             if _cancelling():

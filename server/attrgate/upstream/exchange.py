@@ -91,13 +91,15 @@ class Exchange:
     async def _signed(
         self, serialized: Serialized, scope: CallScope, invocation: str, attempt: int
     ) -> list[tuple[str, str]]:
-        remaining = None if scope.deadline is None else scope.deadline - time.monotonic()
-        try:
-            async with asyncio.timeout(remaining):  # a refresh waited for ends at the deadline
-                credentials = await self._credentials.frozen()
-        except TimeoutError:
-            no_effect = not scope.attempts.maybe_delivered
-            raise AttemptWithdrawn("the caller's deadline passed", True, no_effect) from None
+        credentials = self._credentials.current()
+        if credentials is None:
+            remaining = None if scope.deadline is None else scope.deadline - time.monotonic()
+            try:
+                async with asyncio.timeout(remaining):  # a refresh waited for ends at the deadline
+                    credentials = await self._credentials.frozen()
+            except TimeoutError:
+                no_effect = not scope.attempts.maybe_delivered
+                raise AttemptWithdrawn("the caller's deadline passed", True, no_effect) from None
         headers = self._signer.sign(serialized, credentials)
         headers.append(("amz-sdk-invocation-id", invocation))
         headers.append(("amz-sdk-request", f"attempt={attempt}; max={self._max_attempts}"))

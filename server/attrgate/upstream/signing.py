@@ -35,6 +35,13 @@ class CredentialSource:
         self._frozen = credentials.get_frozen_credentials()
         self._refreshing: asyncio.Future[Any] | None = None
 
+    def current(self) -> Any | None:
+        """The credentials to sign with now, or None: the caller must wait (`frozen`)."""
+        needed = getattr(self._credentials, "refresh_needed", None)
+        if needed is None or not needed():
+            return self._frozen
+        return None
+
     async def frozen(self) -> Any:
         """Raises CredentialsUnavailable when the refresh waited for fails. Cancelling the wait
         (a deadline) leaves the refresh running for the next call."""
