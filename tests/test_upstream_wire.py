@@ -5,6 +5,8 @@ cap but the quota bulkheads."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -19,9 +21,13 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 from support.attrgate_server import RunningServer
 from support.cognito_stub import CognitoStub, Received, Reply
+from support.environment import clean_env
+from support.moto_cognito import free_port
 from support.rpc import as_caller, request
+from support.served import serve_command, serving
 from support.waiting import wait_until
 from test_upstream import CALLER, POLICY, POOL
 
@@ -314,4 +320,55 @@ def test_stopping_does_not_wait_for_a_refresh_that_hangs(
             assert write.exception(timeout=30) is not None
     finally:
         release.touch()
+    assert not stub.calls()
+
+
+def test_a_process_whose_refresh_hangs_still_exits_on_sigterm(
+    stub: CognitoStub, tmp_path: Path
+) -> None:
+    """botocore waits for a credential process without a timeout, and a thread cannot be
+    cancelled: the refresh runs in a daemon thread, so a SIGTERM still ends the process."""
+    refreshing, release, armed = (tmp_path / n for n in ("refreshing", "release", "armed"))
+    script = tmp_path / "creds.py"
+    script.write_text(HELD_REFRESH + CREDENTIAL_PROCESS)
+    config = tmp_path / "aws-config"
+    config.write_text(
+        f"[profile chain]\ncredential_process = {sys.executable} {script} {tmp_path / 'n'} "
+        f"{refreshing} {release} {armed}\n"
+    )
+    env = clean_env(AWS_CONFIG_FILE=str(config), AWS_PROFILE="chain")
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(POLICY)
+    port = free_port()
+    command = serve_command(f"127.0.0.1:{port}", "--region", "us-east-1")
+    flags = ("--cognito-endpoint", stub.endpoint, "--grace", "0.5", "--decision-log", os.devnull)
+    process = subprocess.Popen(
+        [*command, "--policies", str(policies), *flags],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: serving(f"127.0.0.1:{port}"), 60)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            rpc = pb_grpc.UserAttributesStub(channel)
+            rpc.CheckUpdateUserAttributes(
+                request(POOL, given_name="Ada"), metadata=as_caller(CALLER), timeout=20
+            )
+            armed.touch()
+            write = rpc.UpdateUserAttributes.future(
+                request(POOL, given_name="Held"), metadata=as_caller(CALLER), timeout=120
+            )
+            assert wait_until(refreshing.exists, 30)
+            process.send_signal(signal.SIGTERM)
+            # The drain's grace, then one attempt's timeouts at most (2 s + 5 s + 1 s).
+            assert process.wait(timeout=60) == 0
+            assert write.exception(timeout=30) is not None
+    finally:
+        release.touch()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert not stub.calls()

@@ -141,6 +141,11 @@ class _Call:
     def gone(self) -> bool:
         return self._abandoned
 
+    @property
+    def result(self) -> UpstreamResult | None:
+        """The outcome, once complete."""
+        return self._result
+
     def _late(self, result: UpstreamResult) -> None:
         _log_late(self.decision_id, result)
         self._on_late(self.decision_id, result)
@@ -297,6 +302,9 @@ class Pipeline:
             async with asyncio.timeout(remaining):
                 return await asyncio.shield(future)
         except (TimeoutError, asyncio.CancelledError):
+            if future.cancelled() and call.result is not None and not _cancelling():
+                # The server cancelled the call itself (stopping): its outcome, as recorded.
+                return call.result
             call.abandon()
             if _cancelling():
                 raise

@@ -145,7 +145,7 @@ def classify_exception(error: BaseException, documented: Collection[str]) -> Ups
             ok=False,
             error=UpstreamError.CREDENTIALS_REJECTED,
             error_code="CredentialsUnavailable",
-            no_effect=True,
+            no_effect=error.no_effect,
         )
     if isinstance(error, MalformedResponse):
         return UpstreamResult(

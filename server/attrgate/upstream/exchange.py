@@ -17,7 +17,12 @@ from botocore.hooks import first_non_none_response
 from botocore.parsers import create_parser
 
 from attrgate.upstream.retries import SCOPE_KEY, AttemptWithdrawn, CallScope, RetryGate
-from attrgate.upstream.signing import CredentialSource, Serialized, Signer
+from attrgate.upstream.signing import (
+    CredentialSource,
+    CredentialsUnavailable,
+    Serialized,
+    Signer,
+)
 from attrgate.upstream.transport import Answer, Transport
 
 
@@ -100,6 +105,9 @@ class Exchange:
             except TimeoutError:
                 no_effect = not scope.attempts.maybe_delivered
                 raise AttemptWithdrawn("the caller's deadline passed", True, no_effect) from None
+            except CredentialsUnavailable as exc:
+                exc.no_effect = not scope.attempts.maybe_delivered  # an earlier attempt may have
+                raise
         headers = self._signer.sign(serialized, credentials)
         headers.append(("amz-sdk-invocation-id", invocation))
         headers.append(("amz-sdk-request", f"attempt={attempt}; max={self._max_attempts}"))

@@ -9,6 +9,9 @@ refreshed in a thread: botocore's refresh blocks on the network and must not sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from functools import partial
 from typing import Any
 
 from botocore.auth import SigV4Auth
@@ -20,7 +23,12 @@ from attrgate.upstream.endpoint import Endpoint
 
 
 class CredentialsUnavailable(Exception):
-    """The chain could not give credentials (a refresh failed): nothing was sent."""
+    """The chain could not give credentials (a refresh failed): this attempt was not sent.
+    `no_effect`: nor did an earlier one reach Cognito (set by the caller, which knows)."""
+
+    def __init__(self, why: str, no_effect: bool = True) -> None:
+        super().__init__(why)
+        self.no_effect = no_effect
 
 
 class CredentialSource:
@@ -28,7 +36,9 @@ class CredentialSource:
 
     As botocore does: in the advisory window (15 minutes before expiry) the current credentials
     still sign while one refresh runs; only in the mandatory window (10 minutes) or past expiry
-    do calls wait for it."""
+    do calls wait for it. A refresh runs in a daemon thread of its own: botocore's blocks on the
+    network (STS, a credential process it waits for without a timeout), and one that hangs must
+    not keep the process from exiting (the default executor is joined at exit)."""
 
     def __init__(self, credentials: Any) -> None:
         self._credentials = credentials
@@ -36,43 +46,83 @@ class CredentialSource:
         self._refreshing: asyncio.Future[Any] | None = None
 
     def current(self) -> Any | None:
-        """The credentials to sign with now, or None: the caller must wait (`frozen`)."""
+        """The credentials to sign with now, or None: the caller must go through `frozen`."""
         needed = getattr(self._credentials, "refresh_needed", None)
-        if needed is None or not needed():
-            return self._frozen
-        return None
-
-    async def frozen(self) -> Any:
-        """Raises CredentialsUnavailable when the refresh waited for fails. Cancelling the wait
-        (a deadline) leaves the refresh running for the next call."""
-        needed = getattr(self._credentials, "refresh_needed", None)
-        if needed is None or not needed():
-            return self._frozen
-        refreshing = self._refresh()
-        mandatory = getattr(self._credentials, "_mandatory_refresh_timeout", 600)
-        if not needed(mandatory) and not refreshing.done():
-            return self._frozen
-        try:
-            self._frozen = await asyncio.shield(refreshing)
-        except Exception as exc:
-            raise CredentialsUnavailable(type(exc).__name__) from None
+        if needed is None:
+            return self._frozen  # static credentials
+        refreshing = self._refreshing
+        if (refreshing is not None and not refreshing.done()) or needed():
+            return None
         return self._frozen
 
+    async def frozen(self) -> Any:
+        """Raises CredentialsUnavailable when the refresh waited for fails, or leaves the
+        credentials in the mandatory window. Cancelling the wait (a deadline) leaves the refresh
+        running for the next call."""
+        current = self.current()
+        if current is not None:
+            return current
+        needed = self._credentials.refresh_needed
+        mandatory = getattr(self._credentials, "_mandatory_refresh_timeout", 600)
+        refreshing = self._refresh()
+        if needed() and not needed(mandatory):
+            return self._frozen  # advisory: the current ones are still good meanwhile
+        # Mandatory, or a refresh whose thread has just ended (botocore holds the new ones, the
+        # loop not yet): wait for it. One begun in the advisory window that failed keeps the old
+        # credentials without an error (botocore decides advisory or mandatory when a refresh
+        # begins), expired ones too if it outlasted them: one more, mandatory now, then refuse
+        # to sign with expired credentials (as botocore's mandatory refresh does).
+        for _ in range(2):
+            try:
+                self._frozen = await asyncio.shield(refreshing)
+            except Exception as exc:
+                raise CredentialsUnavailable(type(exc).__name__) from None
+            if not needed(0):
+                return self._frozen
+            refreshing = self._refresh()
+        raise CredentialsUnavailable("the refreshed credentials are expired")
+
     def _refresh(self) -> asyncio.Future[Any]:
-        """The refresh under way, or a new one. botocore's refresh blocks on the network (STS,
-        a credential process): it runs in a thread."""
+        """The refresh under way, or a new one."""
         if self._refreshing is None or self._refreshing.done():
-            refreshing = asyncio.ensure_future(
-                asyncio.to_thread(self._credentials.get_frozen_credentials)
-            )
+            loop = asyncio.get_running_loop()
+            refreshing: asyncio.Future[Any] = loop.create_future()
             refreshing.add_done_callback(self._refreshed)
+            threading.Thread(
+                target=self._run_refresh,
+                args=(loop, refreshing),
+                name="attrgate-credentials",
+                daemon=True,
+            ).start()
             self._refreshing = refreshing
         return self._refreshing
+
+    def _run_refresh(
+        self, loop: asyncio.AbstractEventLoop, refreshing: asyncio.Future[Any]
+    ) -> None:
+        try:
+            outcome = self._credentials.get_frozen_credentials()
+        except Exception as exc:
+            settle = partial(_fail, refreshing, exc)
+        else:
+            settle = partial(_succeed, refreshing, outcome)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle)
 
     def _refreshed(self, refreshing: asyncio.Future[Any]) -> None:
         # Read here, so a refresh nobody waited for neither logs "never retrieved" nor is lost.
         if not refreshing.cancelled() and refreshing.exception() is None:
             self._frozen = refreshing.result()
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 class Serialized:
