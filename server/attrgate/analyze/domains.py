@@ -42,7 +42,7 @@ class NameDomain:
     def valid_char(self, char: str) -> bool:
         found = self._valid.get(char)
         if found is None:
-            found = self._valid[char] = _ATTRIBUTE_NAME.fullmatch(char) is not None
+            found = self._valid[char] = _ATTRIBUTE_NAME.fullmatch(char)
         return found
 
     def start(self) -> int:
