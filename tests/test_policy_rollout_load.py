@@ -108,6 +108,7 @@ def test_a_configmap_swapped_100_times_under_load_serves_each_valid_revision_and
     latencies: list[float] = []  # from the `..data` rename to the first answer naming it
     in_place: list[float] = []  # from the completing write to the first answer naming it
     inconclusive = 0  # truncations whose half stood past the debounce (then it may serve)
+    absent = 0  # re-creations whose folder stood missing past the debounce (then it is rejected)
     kinds: Counter[str] = Counter()
     started = time.monotonic()
     try:
@@ -140,9 +141,14 @@ def test_a_configmap_swapped_100_times_under_load_serves_each_valid_revision_and
                     in_place.append(load.served(revision_of(whole, scratch)) - done)
                 elif serial % RECREATED == 12:
                     kinds["recreated"] += 1
+                    deleted = time.monotonic()
                     volume.delete()
                     files = valid(serial)
                     swapped = volume.publish(files)
+                    if swapped - deleted >= DEBOUNCE:
+                        # A busy machine held the test between the deletion and the new ..data
+                        # past the debounce: the server rightly rejected the empty folder.
+                        absent += 1
                     latencies.append(load.served(revision_of(files, scratch)) - swapped)
                 else:
                     kinds["valid"] += 1
@@ -168,7 +174,8 @@ def test_a_configmap_swapped_100_times_under_load_serves_each_valid_revision_and
         f"swap to serving: p50 {p50:.2f}s, p99 {p99:.2f}s, max {ordered[-1]:.2f}s "
         f"(goal: every one within {GOAL:g}s, debounce {DEBOUNCE:g}s); "
         f"in-place rewrite to serving: max {max(in_place):.2f}s; "
-        f"truncations inconclusive (half stood past the debounce): {inconclusive}"
+        f"truncations inconclusive (half stood past the debounce): {inconclusive}; "
+        f"folders missing past the debounce: {absent}"
     )
     assert not load.failures, load.failures
     assert not wrong, f"answers no valid revision gives (an invalid or half set served): {wrong}"
@@ -177,5 +184,9 @@ def test_a_configmap_swapped_100_times_under_load_serves_each_valid_revision_and
     assert p99 < GOAL, f"p99 {p99:.2f}s from a ConfigMap swap to serving, over {GOAL:g}s"
     assert all(kinds[kind] for kind in ("broken", "truncated", "recreated")), kinds
     said = err.read_text()
-    assert said.count("reload rejected") == kinds["broken"], "a rejection logged more than once"
+    rejections = said.count("reload rejected")
+    assert kinds["broken"] <= rejections <= kinds["broken"] + absent, (
+        f"{rejections} rejections logged for {kinds['broken']} broken swaps and {absent} "
+        "folders missing past the debounce: one logged more than once, or a valid set rejected"
+    )
     assert "Traceback" not in said
