@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -291,12 +292,20 @@ def test_in_the_advisory_window_calls_sign_with_the_current_credentials_meanwhil
     server, refreshing, release, armed = _held_refresh(serve, stub, tmp_path, monkeypatch)
     armed.touch()
     try:
-        assert _update(server, given_name="Ada").decision.allowed
-        assert wait_until(refreshing.exists, 30)
+        # A refresh begun before `armed` existed may still be running (its process already
+        # looked): each call starts one when none runs, so calls go on until one hangs.
+        deadline = time.monotonic() + 60
+        while not refreshing.exists():
+            assert time.monotonic() < deadline, "no refresh began in the advisory window"
+            assert _update(server, given_name="Before").decision.allowed
+            time.sleep(0.05)
+        assert _update(server, timeout=10, given_name="During").decision.allowed
+        assert not release.exists()
     finally:
         release.touch()
-    (sent,) = stub.calls()
-    assert "Credential=ROTATED" in sent.authorization
+    sent = stub.calls()
+    assert sent[-1].body["UserAttributes"][0]["Value"] == "During"
+    assert all("Credential=ROTATED" in c.authorization for c in sent)
 
 
 def test_stopping_does_not_wait_for_a_refresh_that_hangs(
