@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from attrgate.api.admin import AdminService
 from attrgate.api.record import UsernameHash, late_entry
@@ -34,7 +34,6 @@ from attrgate.rollout.status import RELOAD_RESULTS
 from attrgate.shadow import REMIND_EVERY, remind, warn
 from attrgate.store.base import REASONS, StoreUnavailable
 from attrgate.store.breaker import Breaker
-from attrgate.store.redis import RedisStore
 from attrgate.tasks import cancel_and_wait
 from attrgate.upstream.cognito import (
     CognitoSettings,
@@ -43,6 +42,9 @@ from attrgate.upstream.cognito import (
     quiet_botocore_bodies,
 )
 from attrgate.users import UserSubs
+
+if TYPE_CHECKING:
+    from attrgate.store.redis import RedisStore
 
 log = logging.getLogger("attrgate")
 LOCAL_DEFAULT_REGION = "us-east-1"
@@ -248,6 +250,8 @@ class App:
         settings = self.settings
         leases = pacing = None
         if settings.redis_url:
+            from attrgate.store.redis import RedisStore  # not imported without Redis
+
             # Two clients: the lease exchange (off the request path, every 0.25 s) never waits
             # behind requests' pacing calls for a connection, and may take longer to answer.
             leases = RedisStore(

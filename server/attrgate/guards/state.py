@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 from attrgate.config import ConfigError, Settings
@@ -32,10 +32,12 @@ from attrgate.guards.sms import Hasher
 from attrgate.metrics import Metrics
 from attrgate.store.base import KEY_MISMATCH, REASONS, Store, StoreUnavailable
 from attrgate.store.breaker import Breaker
-from attrgate.store.redis import RedisStore
 from attrgate.store.sqlite import SqliteStore
 from attrgate.store.watch import StoreWatch
 from attrgate.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from attrgate.store.redis import RedisStore
 
 log = logging.getLogger("attrgate.sms")
 PROBE_EVERY = 2.0  # seconds between two questions to the store while nothing else asks
@@ -176,6 +178,9 @@ class SmsState:
 
 
 async def _open_redis(settings: Settings, where: str) -> RedisStore:
+    # Imported here: redis-py costs a start without --redis-url 0.1 s and some MiB.
+    from attrgate.store.redis import RedisStore
+
     assert settings.redis_url is not None
     store = RedisStore(settings.redis_url, settings.store_timeout, cluster=settings.redis_cluster)
     try:
