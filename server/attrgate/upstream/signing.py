@@ -142,6 +142,12 @@ class Signer:
         self.endpoint = endpoint
         self._model = service_model
         self._serializer = create_serializer(service_model.metadata["protocol"])
+        # The Host header as the signer derives it from the URL when a request has none (as the
+        # boto3 client's have not: urllib3 adds it after). Set once here, the signer no longer
+        # parses the URL twice per signature (a fifth of its time); the value on the wire and
+        # in the canonical request is the same.
+        probe = AWSRequest(method="POST", url=endpoint.url)
+        self._host = SigV4Auth(None, "", "").headers_to_sign(probe)["host"]
 
     def serialize(self, operation: str, params: dict[str, Any]) -> Serialized:
         """Raises botocore's ParamValidationError as the client would, before anything is sent."""
@@ -162,7 +168,7 @@ class Signer:
         request = AWSRequest(
             method=serialized.method,
             url=endpoint.url,
-            headers=serialized.headers,
+            headers={**serialized.headers, "Host": self._host},
             data=serialized.body,
         )
         SigV4Auth(credentials, endpoint.signing_name, endpoint.signing_region).add_auth(request)
