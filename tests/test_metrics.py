@@ -83,6 +83,10 @@ def test_requests_latency_and_cognito_errors_are_counted(
                 stub_.UpdateUserAttributes(
                     attrs_request(POOL, [("given_name", "x")]), metadata=as_caller("svc")
                 )
+    # An RPC is counted once it has ended, which may be a moment after its caller has the
+    # answer (an abort sends the status first): all seven come, none is lost.
+    durations = "attrgate_request_duration_seconds_count"
+    assert wait_until(lambda: total(scrape(port)[durations]) == 7, 10)
     samples = scrape(port)
     assert all(
         name.startswith("attrgate_")
@@ -108,7 +112,7 @@ def test_requests_latency_and_cognito_errors_are_counted(
     # A caller no policy names gets no series of its own: labels stay bounded.
     assert total(requests, caller="unmatched", code="PERMISSION_DENIED") == 1
     assert total(requests, reason="COGNITO_ALIAS_EXISTS", code="ALREADY_EXISTS") == 1
-    assert total(samples["attrgate_request_duration_seconds_count"]) == 7
+    assert total(samples[durations]) == 7
     decisions = samples["attrgate_decision_duration_seconds_count"]
     assert total(decisions, method="UpdateUserAttributes", outcome="allowed") == 5
     assert total(decisions, method="UpdateUserAttributes", outcome="denied") == 1

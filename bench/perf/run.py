@@ -11,6 +11,7 @@ process's CPU time in the window over the calls that ended in it.
 from __future__ import annotations
 
 import base64
+import compileall
 import contextlib
 import http.client
 import json
@@ -560,6 +561,9 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
 
     try:
         say(f"logs in {logs}")
+        # As installed (pip compiles bytecode): a tree run from source under
+        # PYTHONDONTWRITEBYTECODE would compile attrgate's modules at every start.
+        compileall.compile_dir(options.server, quiet=2)
         bench.start_stub()
         say("starting attrgate ...")
         ag = Attrgate("attrgate", attrgate_args(), logs, env)
