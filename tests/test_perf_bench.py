@@ -28,7 +28,9 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
     measurements = result["measurements"]
-    assert set(measurements) == {"boto3", "bare_allowed", "bare_denied", "allowed", "denied"}
+    assert set(measurements) == {
+        *("boto3", "bare_forward", "bare_allowed", "bare_denied", "allowed", "denied")
+    }
     for name, m in measurements.items():
         assert sum(m["codes"].values()) > 0, name
         assert m["codes"].get(m["expected"], 0) > 0, (name, m["codes"])
@@ -36,8 +38,9 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
         assert m["p50_ms"] is not None, name
         assert m["p99_ms"] >= m["p50_ms"], name
     assert measurements["denied"]["expected"] == "PERMISSION_DENIED"
-    # Allowed requests went through to the stub; denied ones never did.
+    # Allowed requests went through to the stub, the zero-logic proxy's too; denied ones never did.
     assert measurements["allowed"]["stub_calls"]["AdminUpdateUserAttributes"] > 0
+    assert measurements["bare_forward"]["stub_calls"]["AdminUpdateUserAttributes"] > 0
     assert measurements["denied"]["stub_calls"].get("AdminUpdateUserAttributes", 0) == 0
     # The bare reference aborts with attrgate's own denial: trailers of about the same size.
     ours, bare = (
@@ -50,6 +53,7 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
     verdicts = {row["scenario"]: row for row in result["rows"]}
     assert verdicts["server CPU per allowed request"]["met"] in (True, False)
     assert verdicts["server CPU per denied request"]["met"] in (True, False)
+    assert "attrgate's allowed request costs" in verdicts["(reference) zero-logic proxy"]["note"]
     assert result["start_to_serving_seconds"]["1 worker"] > 0
     assert result["peak_rss_mib"]["1 worker"] > 0
     assert "server CPU per allowed request" in run.stdout

@@ -12,6 +12,11 @@ the same denied request in the same run, so both answers are the same size; with
 stand-in of the same shape. --latency: allowed calls wait that long before their answer (an
 upstream's latency, without the upstream). Prints {"port": N} once serving; serves until
 SIGTERM or stdin closes.
+
+--forward URL makes it the floor of any proxy built on attrgate's stack: each allowed call goes
+to the Cognito (stub) at URL the way attrgate's upstream sends it, with nothing else: botocore's
+validation and serializer, botocore's SigV4Auth, one aiohttp POST on a kept-alive connection,
+and the HTTP status checked (no retries, no response parsing, no span, metric or log).
 """
 
 from __future__ import annotations
@@ -20,10 +25,17 @@ import argparse
 import asyncio
 import base64
 import json
+import urllib.parse
 import uuid
 
+import aiohttp
+import botocore.session
 import grpc
 import grpc.aio
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.serialize import create_serializer
+from botocore.validate import validate_parameters
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -64,11 +76,57 @@ def stand_in_status() -> status_pb2.Status:
     return status
 
 
+class Forward:
+    """One AdminUpdateUserAttributes per allowed call, serialised and signed by botocore and sent
+    with aiohttp: the upstream half of a proxy, with nothing of attrgate's."""
+
+    OPERATION = "AdminUpdateUserAttributes"
+
+    def __init__(self, url: str) -> None:
+        session = botocore.session.get_session()
+        self.credentials = session.get_credentials().get_frozen_credentials()
+        model = session.get_service_model("cognito-idp")
+        self.operation = model.operation_model(self.OPERATION)
+        self.serializer = create_serializer(model.metadata["protocol"])
+        self.url = url
+        self.host = urllib.parse.urlsplit(url).netloc
+        self.http: aiohttp.ClientSession | None = None
+
+    async def call(self, request: pb.UpdateUserAttributesRequest) -> bool:
+        if self.http is None:  # made on the serving loop
+            self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        params = {
+            "UserPoolId": request.user_pool_id,
+            "Username": request.username,
+            "UserAttributes": [{"Name": a.name, "Value": a.value} for a in request.user_attributes],
+        }
+        validate_parameters(params, self.operation.input_shape)
+        serialized = self.serializer.serialize_to_request(params, self.operation)
+        signed = AWSRequest(
+            method="POST",
+            url=self.url,
+            headers={**serialized["headers"], "Host": self.host},  # as attrgate's signer does
+            data=serialized["body"],
+        )
+        SigV4Auth(self.credentials, "cognito-idp", "us-east-1").add_auth(signed)
+        async with self.http.post(
+            self.url, data=signed.body, headers=dict(signed.headers.items())
+        ) as answer:
+            await answer.read()
+            return answer.status == 200
+
+
 class Bare:
     def __init__(
-        self, template: status_pb2.Status, caller: str, attribute: str, latency: float
+        self,
+        template: status_pb2.Status,
+        caller: str,
+        attribute: str,
+        latency: float,
+        forward: Forward | None = None,
     ) -> None:
         self.latency = latency
+        self.forward = forward
         self.caller = caller
         self.attribute = attribute
         self.code = template.code
@@ -98,6 +156,8 @@ class Bare:
         ):
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if self.forward is not None and not await self.forward.call(request):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "Cognito refused")
             return pb.UpdateUserAttributesResponse()
         decision_id = (uuid.uuid4().hex * 2)[: self.id_length]
         info = error_details_pb2.ErrorInfo()
@@ -130,6 +190,8 @@ async def serve(bare: Bare, port: int, until_stdin_closes: bool) -> None:
     print(json.dumps({"port": bound}), flush=True)
     await until_stopped(until_stdin_closes)
     await server.stop(0)
+    if bare.forward is not None and bare.forward.http is not None:
+        await bare.forward.http.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds before an allowed call's answer"
     )
+    parser.add_argument("--forward", default="", help="send allowed calls to this Cognito URL")
     parser.add_argument("--until-stdin-closes", action="store_true")
     args = parser.parse_args(argv)
     raise_nofile()
@@ -148,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         template = status_pb2.Status.FromString(base64.b64decode(args.denial_status))
     else:
         template = stand_in_status()
-    bare = Bare(template, args.caller, args.attribute, args.latency)
+    forward = Forward(args.forward) if args.forward else None
+    bare = Bare(template, args.caller, args.attribute, args.latency, forward)
     asyncio.run(serve(bare, args.port, args.until_stdin_closes))
 
 

@@ -593,6 +593,16 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             )
             return f"127.0.0.1:{bare.message(START_TIMEOUT)['port']}", bare.pid
 
+        if "allowed" in rows:
+            # The floor of any proxy on this stack: the gRPC hop plus botocore's serializer and
+            # signer and one aiohttp POST, nothing else (perf/baseline_grpc.py --forward).
+            bare_target, bare_pid = start_bare("--forward", bench.stub_url)
+            measurements["bare_forward"] = bench.measure(
+                "zero-logic proxy: grpc.aio + botocore signer + aiohttp, 64 in flight",
+                Load(driver(bare_target, 64, ALLOWED)),
+                lambda _: [bare_pid],
+            )
+            stop_bare()
         if "denied" in rows:
             bare_target, bare_pid = start_bare()
             measurements["bare_allowed"] = bench.measure(
@@ -739,6 +749,22 @@ def judge(
             "direct boto3 call",
             ALLOWED_CPU_RATIO,
             f" (aim {ALLOWED_CPU_AIM:g}x)",
+        )
+        floor = m["bare_forward"].cpu_ms_per_call
+        boto3 = m["boto3"].cpu_ms_per_call
+        ours = m["allowed"].cpu_ms_per_call
+        table.append(
+            Row(
+                "(reference) zero-logic proxy",
+                fmt(floor, "ms"),
+                f"{fmt(boto3, 'ms')} (direct boto3 call)",
+                fmt(floor / boto3 if floor and boto3 else None, "x"),
+                "",
+                None,
+                "the gRPC hop + botocore's serializer and signer + one aiohttp POST, nothing "
+                "else: the floor of any proxy on this stack; attrgate's allowed request costs "
+                f"{fmt(ours / floor if ours and floor else None, 'x')} of it",
+            )
         )
     if "denied" in rows:
         ratio_row(
