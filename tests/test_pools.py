@@ -264,19 +264,6 @@ def test_a_caller_over_budget_is_served_a_stale_answer_rather_than_refused() -> 
     asyncio.run(main())
 
 
-def test_an_overloaded_queue_sent_nothing_and_costs_no_token() -> None:
-    describe, clock = Describer(), Clock()
-    pools = cache(describe, clock, rate=1, burst=1)
-    describe.failing = UpstreamResult(ok=False, error=UpstreamError.OVERLOADED)
-
-    async def main() -> None:
-        for _ in range(5):
-            assert (await pools.get("p", "svc")) == describe.failing
-
-    asyncio.run(main())
-    assert len(describe.calls) == 5
-
-
 def test_one_call_for_concurrent_misses_and_a_quitter_cancels_no_one() -> None:
     describe = Describer(delay=1.0)
     pools = cache(describe, burst=1, rate=0.001)

@@ -205,7 +205,6 @@ class UpstreamError(enum.Enum):
     POOL_MISCONFIGURED = "POOL_MISCONFIGURED"
     OPERATION_NOT_ENABLED = "OPERATION_NOT_ENABLED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-    OVERLOADED = "OVERLOADED"  # attrgate's own queue to Cognito is full; nothing was sent
     # An HTTP 4xx without an error code attrgate could read (a proxy's page, an undecodable
     # body): refused, so nothing was changed.
     REFUSED = "REFUSED"

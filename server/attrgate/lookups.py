@@ -215,10 +215,7 @@ class CachedLookup(Generic[K, V]):
             self._missing.pop(key, None)
             _put(self._found, key, _Entry(result, now + self._ttl), self._max)
             return result
-        if result.error == UpstreamError.OVERLOADED:
-            self._budget.give_back(caller)  # attrgate's own queue was full: nothing was sent
-        else:
-            self._observe(self.operation, Answer.COGNITO)
+        self._observe(self.operation, Answer.COGNITO)
         if result.error in _NOT_FOUND:
             self._found.pop(key, None)
             if self._negative_ttl > 0:

@@ -265,9 +265,6 @@ def unavailable(outcome: Unavailable, check: bool = False) -> ErrorStatus:
     keeps its distinct reason, and is INTERNAL (an operator must act) except for
     CheckUpdateUserAttributes, whose only dependency error is UNAVAILABLE."""
     upstream = outcome.upstream
-    if upstream is not None and upstream.error == UpstreamError.OVERLOADED:
-        # attrgate's own queue to Cognito was full: the lookup was never sent.
-        return upstream_failed(upstream, outcome.policy_revision)
     reason = _DEPENDENCY_REASONS[outcome.dependency]
     code = grpc.StatusCode.UNAVAILABLE
     if upstream is not None and upstream.error == UpstreamError.CREDENTIALS_REJECTED:
@@ -340,11 +337,6 @@ _UPSTREAM: dict[UpstreamError, tuple[grpc.StatusCode, Reason, str]] = {
         grpc.StatusCode.DEADLINE_EXCEEDED,
         Reason.DEADLINE_EXCEEDED,
         "the caller's deadline passed before Cognito answered; the call's outcome is logged",
-    ),
-    UpstreamError.OVERLOADED: (
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        Reason.ATTRGATE_OVERLOADED,
-        "too many calls already waiting for Cognito; nothing was sent, retry with backoff",
     ),
     UpstreamError.REFUSED: (
         grpc.StatusCode.FAILED_PRECONDITION,
