@@ -331,6 +331,30 @@ class Measurement:
         return {code: n for code, n in self.codes.items() if code != self.expected}
 
 
+def counted(
+    window: float,
+    codes: dict[str, int],
+    expected: str,
+    by_code: dict[str, list[int]],
+    server_cpu: float,
+) -> dict[str, Any]:
+    """A measurement's figures from what its window counted (`by_code`: sorted latencies)."""
+    calls = sum(codes.values())
+    latencies = sorted(v for values in by_code.values() for v in values)
+    return {
+        "rps": calls / window,
+        "expected_rps": codes.get(expected, 0) / window,
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "by_code_ms": {
+            code: (percentile(values, 0.5), percentile(values, 0.99))
+            for code, values in by_code.items()
+        },
+        "cpu_ms_per_call": server_cpu / calls * 1000 if calls else None,
+        "server_cpu_share": server_cpu / window,
+    }
+
+
 def merged(rounds: Sequence[Measurement]) -> Measurement:
     """Rounds of one scenario as one measurement: calls, CPU and latencies pooled (CPU per call
     is all the CPU over all the calls); what is read at a window's end, from the last round."""
@@ -353,8 +377,6 @@ def merged(rounds: Sequence[Measurement]) -> Measurement:
             stub_calls[op] = stub_calls.get(op, 0) + n
     for values in by_code.values():
         values.sort()
-    latencies = sorted(v for values in by_code.values() for v in values)
-    calls = sum(codes.values())
     worker_cpu = [sum(cpu) for cpu in zip(*(m.worker_cpu for m in rounds), strict=True)]
     server_cpu = sum(worker_cpu)
 
@@ -368,16 +390,7 @@ def merged(rounds: Sequence[Measurement]) -> Measurement:
         codes=codes,
         reasons=reasons,
         messages={k: v for m in rounds for k, v in m.messages.items()},
-        rps=calls / window,
-        expected_rps=codes.get(last.expected, 0) / window,
-        p50_ms=percentile(latencies, 0.50),
-        p99_ms=percentile(latencies, 0.99),
-        by_code_ms={
-            code: (percentile(values, 0.5), percentile(values, 0.99))
-            for code, values in by_code.items()
-        },
-        cpu_ms_per_call=server_cpu / calls * 1000 if calls else None,
-        server_cpu_share=server_cpu / window,
+        **counted(window, codes, last.expected, by_code, server_cpu),
         worker_cpu=worker_cpu,
         load_cpu_share=share(lambda m: m.load_cpu_share),
         stub_cpu_share=share(lambda m: m.stub_cpu_share) if last.stub_cpu_share else None,
@@ -501,11 +514,9 @@ class Bench:
             for code, values in result["latencies_us"].items():
                 by_code.setdefault(code, []).extend(values)
             trailer = trailer if trailer is not None else result["trailer_bytes"]
-        latencies = sorted(v for values in by_code.values() for v in values)
         for values in by_code.values():
             values.sort()
         window = t1 - t0
-        calls = sum(codes.values())
         worker_cpu = [cpu1[pid] - cpu0[pid] for pid in pids]
         server_cpu = sum(worker_cpu)
         busy, total = busy1[0] - busy0[0], busy1[1] - busy0[1]
@@ -520,16 +531,7 @@ class Bench:
             codes=codes,
             reasons=reasons,
             messages=messages,
-            rps=calls / window,
-            expected_rps=codes.get(expected, 0) / window,
-            p50_ms=percentile(latencies, 0.50),
-            p99_ms=percentile(latencies, 0.99),
-            by_code_ms={
-                code: (percentile(values, 0.5), percentile(values, 0.99))
-                for code, values in by_code.items()
-            },
-            cpu_ms_per_call=server_cpu / calls * 1000 if calls else None,
-            server_cpu_share=server_cpu / window,
+            **counted(window, codes, expected, by_code, server_cpu),
             worker_cpu=worker_cpu,
             load_cpu_share=sum(other1[p] - other0[p] for p in load_pids) / window,
             stub_cpu_share=(other1[stub_pid] - other0[stub_pid]) / window if stub_pid else None,
