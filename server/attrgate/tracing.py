@@ -56,8 +56,23 @@ def start_span(
 
 def tracer_installed() -> bool:
     """Whether a TracerProvider is installed: without one, every span is OpenTelemetry's no-op
-    span and records nothing."""
+    span and records nothing.
+
+    Asked three times per request. OpenTelemetry's get_tracer_provider() looks
+    OTEL_PYTHON_TRACER_PROVIDER up in os.environ on every call while none is installed (a
+    KeyError raised and caught each time), so the global it keeps is read first; the public
+    call remains for an API without that global, and for the variable's lazy provider."""
+    installed = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if installed is None and not _PROVIDER_FROM_ENVIRONMENT:
+        return False
+    if installed is not None and installed is not _UNKNOWN:
+        return True
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+_UNKNOWN = object()
+# Read once: set in a process's environment at start, not while it runs.
+_PROVIDER_FROM_ENVIRONMENT = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 log = logging.getLogger("attrgate.tracing")
