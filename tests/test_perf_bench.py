@@ -17,7 +17,7 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
     run = subprocess.run(
         [
             *(sys.executable, str(REPO / "bench" / "bench_perf.py")),
-            *("--rows", "allowed,denied", "--warmup", "0.3", "--seconds", "1"),
+            *("--rows", "allowed,denied,workers", "--warmup", "0.3", "--seconds", "1"),
             *("--json", str(out), "--logs", str(tmp_path / "logs")),
         ],
         capture_output=True,
@@ -29,7 +29,8 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     measurements = result["measurements"]
     assert set(measurements) == {
-        *("boto3", "bare_forward", "bare_allowed", "bare_denied", "allowed", "denied")
+        *("boto3", "bare_forward", "bare_allowed", "bare_denied", "allowed", "denied"),
+        "workers2_denied",
     }
     for name, m in measurements.items():
         assert sum(m["codes"].values()) > 0, name
@@ -55,5 +56,10 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
     assert verdicts["server CPU per denied request"]["met"] in (True, False)
     assert "attrgate's allowed request costs" in verdicts["(reference) zero-logic proxy"]["note"]
     assert result["start_to_serving_seconds"]["1 worker"] > 0
+    # --workers 2 is measured on its own workers (the parent first), each of which took calls.
+    two = measurements["workers2_denied"]
+    assert len(two["worker_cpu"]) == 3, two["worker_cpu"]
+    assert all(cpu > 0 for cpu in two["worker_cpu"][1:]), two["worker_cpu"]
+    assert len(result["worker_cpu_shares"]) == 2
     assert result["peak_rss_mib"]["1 worker"] > 0
     assert "server CPU per allowed request" in run.stdout

@@ -654,26 +654,27 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             while bares:
                 bares.pop().stop()
 
-        server = ag
-
         def on_attrgate(_: list[Role]) -> list[int]:
-            return server.processes()
+            assert ag is not None  # the one serving now: --workers 2 replaces the first
+            return ag.processes()
 
         def allowed(seconds: float | None = None) -> Measurement:
+            assert ag is not None
             return bench.measure(
                 "attrgate allowed, 64 in flight, 0 ms upstream",
-                Load(driver(server.target, 64, ALLOWED)),
+                Load(driver(ag.target, 64, ALLOWED)),
                 on_attrgate,
-                port=server.port,
+                port=ag.port,
                 seconds=seconds,
             )
 
         def denied(seconds: float | None = None) -> Measurement:
+            assert ag is not None
             return bench.measure(
                 "attrgate denied, 2 x 64 in flight",
-                Load(driver(server.target, 64, DENIED, **LOAD_DENIED), count=2),
+                Load(driver(ag.target, 64, DENIED, **LOAD_DENIED), count=2),
                 on_attrgate,
-                port=server.port,
+                port=ag.port,
                 expected="PERMISSION_DENIED",
                 seconds=seconds,
             )
