@@ -94,7 +94,13 @@ class Forward:
 
     async def call(self, request: pb.UpdateUserAttributesRequest) -> bool:
         if self.http is None:  # made on the serving loop
-            self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            # As attrgate's transport: only botocore's headers, no cookies, no decompression.
+            self.http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
         params = {
             "UserPoolId": request.user_pool_id,
             "Username": request.username,
@@ -110,7 +116,7 @@ class Forward:
         )
         SigV4Auth(self.credentials, "cognito-idp", "us-east-1").add_auth(signed)
         async with self.http.post(
-            self.url, data=signed.body, headers=dict(signed.headers.items())
+            self.url, data=serialized["body"], headers=dict(signed.headers.items())
         ) as answer:
             await answer.read()
             return answer.status == 200

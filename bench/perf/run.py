@@ -389,11 +389,15 @@ def merged(rounds: Sequence[Measurement]) -> Measurement:
         seconds=window,
         codes=codes,
         reasons=reasons,
-        messages={k: v for m in rounds for k, v in m.messages.items()},
+        messages={k: v for m in reversed(rounds) for k, v in m.messages.items()},  # the first
         **counted(window, codes, last.expected, by_code, server_cpu),
         worker_cpu=worker_cpu,
         load_cpu_share=share(lambda m: m.load_cpu_share),
-        stub_cpu_share=share(lambda m: m.stub_cpu_share) if last.stub_cpu_share else None,
+        stub_cpu_share=(
+            share(lambda m: m.stub_cpu_share)
+            if any(m.stub_cpu_share is not None for m in rounds)
+            else None
+        ),
         machine_busy=share(lambda m: m.machine_busy),
         rss_mib=last.rss_mib,
         connections=last.connections,

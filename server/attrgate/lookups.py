@@ -188,7 +188,7 @@ class CachedLookup(Generic[K, V]):
 
     async def _wait(self, key: K, task: asyncio.Task[V | UpstreamResult]) -> V | UpstreamResult:
         """Await the shared lookup. The last caller to give up cancels it: a lookup nobody
-        waits for any more must not keep its place in the executor's queue, nor reach Cognito
+        waits for any more must not hold a connection waiting for Cognito, nor reach Cognito
         if it has not yet (its token stays spent: cancelling is no way around the budget)."""
         self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
