@@ -331,6 +331,39 @@ class Measurement:
         return {code: n for code, n in self.codes.items() if code != self.expected}
 
 
+@dataclass
+class Tally:
+    """Answers pooled from several parts of one measurement: its load processes, or its rounds.
+    The first part's error message of a code is kept."""
+
+    codes: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_code: dict[str, list[int]] = field(default_factory=dict)  # latencies in µs
+    messages: dict[str, str] = field(default_factory=dict)
+
+    def add(
+        self,
+        codes: dict[str, int],
+        reasons: dict[str, dict[str, int]],
+        latencies_us: dict[str, list[int]],
+        messages: dict[str, str],
+    ) -> None:
+        self.messages = messages | self.messages
+        for code, n in codes.items():
+            self.codes[code] = self.codes.get(code, 0) + n
+        for code, found in reasons.items():
+            into = self.reasons.setdefault(code, {})
+            for reason, n in found.items():
+                into[reason] = into.get(reason, 0) + n
+        for code, values in latencies_us.items():
+            self.by_code.setdefault(code, []).extend(values)
+
+    def sorted_latencies(self) -> dict[str, list[int]]:
+        for values in self.by_code.values():
+            values.sort()
+        return self.by_code
+
+
 def counted(
     window: float,
     codes: dict[str, int],
@@ -360,23 +393,13 @@ def merged(rounds: Sequence[Measurement]) -> Measurement:
     is all the CPU over all the calls); what is read at a window's end, from the last round."""
     last = rounds[-1]
     window = sum(m.seconds for m in rounds)
-    codes: dict[str, int] = {}
-    reasons: dict[str, dict[str, int]] = {}
-    by_code: dict[str, list[int]] = {}
+    tally = Tally()
     stub_calls: dict[str, int] = {}
     for m in rounds:
-        for code, n in m.codes.items():
-            codes[code] = codes.get(code, 0) + n
-        for code, found in m.reasons.items():
-            into = reasons.setdefault(code, {})
-            for reason, n in found.items():
-                into[reason] = into.get(reason, 0) + n
-        for code, values in m.latencies_us.items():
-            by_code.setdefault(code, []).extend(values)
+        tally.add(m.codes, m.reasons, m.latencies_us, m.messages)
         for op, n in m.stub_calls.items():
             stub_calls[op] = stub_calls.get(op, 0) + n
-    for values in by_code.values():
-        values.sort()
+    by_code = tally.sorted_latencies()
     worker_cpu = [sum(cpu) for cpu in zip(*(m.worker_cpu for m in rounds), strict=True)]
     server_cpu = sum(worker_cpu)
 
@@ -387,10 +410,10 @@ def merged(rounds: Sequence[Measurement]) -> Measurement:
         name=last.name,
         expected=last.expected,
         seconds=window,
-        codes=codes,
-        reasons=reasons,
-        messages={k: v for m in reversed(rounds) for k, v in m.messages.items()},  # the first
-        **counted(window, codes, last.expected, by_code, server_cpu),
+        codes=tally.codes,
+        reasons=tally.reasons,
+        messages=tally.messages,
+        **counted(window, tally.codes, last.expected, by_code, server_cpu),
         worker_cpu=worker_cpu,
         load_cpu_share=share(lambda m: m.load_cpu_share),
         stub_cpu_share=(
@@ -502,24 +525,17 @@ class Bench:
         finally:
             for process in loads:
                 process.stop()
-        codes: dict[str, int] = {}
-        reasons: dict[str, dict[str, int]] = {}
-        by_code: dict[str, list[int]] = {}
+        tally = Tally()
         trailer: int | None = None
-        messages: dict[str, str] = {}
         for result in results:
-            messages = result.get("messages", {}) | messages
-            for code, n in result["codes"].items():
-                codes[code] = codes.get(code, 0) + n
-            for code, found in result["reasons"].items():
-                into = reasons.setdefault(code, {})
-                for reason, n in found.items():
-                    into[reason] = into.get(reason, 0) + n
-            for code, values in result["latencies_us"].items():
-                by_code.setdefault(code, []).extend(values)
+            tally.add(
+                result["codes"],
+                result["reasons"],
+                result["latencies_us"],
+                result.get("messages", {}),
+            )
             trailer = trailer if trailer is not None else result["trailer_bytes"]
-        for values in by_code.values():
-            values.sort()
+        codes, by_code = tally.codes, tally.sorted_latencies()
         window = t1 - t0
         worker_cpu = [cpu1[pid] - cpu0[pid] for pid in pids]
         server_cpu = sum(worker_cpu)
@@ -533,8 +549,8 @@ class Bench:
             expected=expected,
             seconds=window,
             codes=codes,
-            reasons=reasons,
-            messages=messages,
+            reasons=tally.reasons,
+            messages=tally.messages,
             **counted(window, codes, expected, by_code, server_cpu),
             worker_cpu=worker_cpu,
             load_cpu_share=sum(other1[p] - other0[p] for p in load_pids) / window,

@@ -63,11 +63,9 @@ def tracer_installed() -> bool:
     KeyError raised and caught each time), so the global it keeps is read first; the public
     call remains for an API without that global, and for the variable's lazy provider."""
     installed = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
-    if installed is None and not _PROVIDER_FROM_ENVIRONMENT:
-        return False
-    if installed is not None and installed is not _UNKNOWN:
-        return True
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    if installed is _UNKNOWN or (installed is None and _PROVIDER_FROM_ENVIRONMENT):
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return installed is not None
 
 
 _UNKNOWN = object()
