@@ -55,6 +55,16 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
     assert verdicts["server CPU per allowed request"]["met"] in (True, False)
     assert verdicts["server CPU per denied request"]["met"] in (True, False)
     assert "attrgate's allowed request costs" in verdicts["(reference) zero-logic proxy"]["note"]
+    # Each judged row names its limit from figures of the same run (printed with a miss).
+    for scenario in (
+        "server CPU per allowed request",
+        "server CPU per denied request",
+        "--workers 2 denied throughput",
+        "start to SERVING",
+    ):
+        assert verdicts[scenario]["limit"], scenario
+    assert "decision" in verdicts["server CPU per allowed request"]["limit"]
+    assert "rps" in verdicts["--workers 2 denied throughput"]["limit"]
     assert result["start_to_serving_seconds"]["1 worker"] > 0
     # --workers 2 is measured on its own workers (the parent first), each of which took calls.
     two = measurements["workers2_denied"]

@@ -211,6 +211,7 @@ class Attrgate(Child):
             if self._wait_serving():
                 self.start_seconds = time.monotonic() - started
                 self.start_cpu = sum(procstat.cpu_seconds(pid) for pid in self.processes())
+                self.start_rss_mib = max(rss_mib(pid) for pid in self.workers())
                 return
             self.stop()
             if "cannot listen" not in self.tail():
@@ -250,6 +251,14 @@ class Attrgate(Child):
     def workers(self) -> list[int]:
         """The processes serving: its children when it has any (--workers), else itself."""
         return self.processes()[1:] or [self.pid]
+
+
+def rss_mib(pid: int) -> float:
+    return procstat.status_kib(pid, "VmRSS") / 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    return procstat.status_kib(pid, "VmHWM") / 1024
 
 
 def supports_workers(env: dict[str, str]) -> bool:
@@ -597,6 +606,9 @@ class Row:
     target: str
     met: bool | None  # None: not measured, or nothing to judge
     note: str = ""
+    # What limits the figure, from figures measured in the same run: printed with a miss, so
+    # that a missed target names its cause.
+    limit: str = ""
 
 
 ROWS = ("allowed", "denied", "latency100", "latency1s", "workers")
@@ -629,6 +641,9 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
     started: dict[str, float] = {}
     start_cpu: dict[str, float] = {}
     memory: dict[str, float] = {}
+    # What the peak RSS compares with: attrgate's VmRSS at SERVING, the bare grpc.aio server's
+    # at start and its peak under 2,048 in flight.
+    memory_context: dict[str, float] = {}
     shares: list[float] = []
     workers_available: bool | None = None
     ag: Attrgate | None = None
@@ -654,6 +669,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         ag = Attrgate("attrgate", attrgate_args(), logs, env)
         started["1 worker"] = ag.start_seconds
         start_cpu["1 worker"] = ag.start_cpu
+        memory_context["attrgate idle"] = ag.start_rss_mib
         denial = denial_status(ag.target)
 
         def start_bare(*extra: str) -> tuple[str, int]:
@@ -761,12 +777,14 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             measurements["denied"] = denied()
         if "latency1s" in rows:
             bare_target, bare_pid = start_bare("--latency", "1.0")
+            memory_context["bare idle"] = rss_mib(bare_pid)
             measurements["bare_latency1s"] = bench.measure(
                 "bare grpc.aio: answer after 1 s, 2 x 1024 in flight",
                 Load(driver(bare_target, 1024, ALLOWED, **LOAD_2048), count=2),
                 lambda _: [bare_pid],
                 warmup=max(options.warmup, 2.5),
             )
+            memory_context["bare peak"] = peak_rss_mib(bare_pid)
             stop_bares()
         if "latency100" in rows:
             bench.set_latency(0.1)
@@ -786,7 +804,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                 warmup=max(options.warmup, 2.5),
             )
             bench.set_latency(0.0)
-        memory["1 worker"] = procstat.status_kib(ag.pid, "VmHWM") / 1024
+        memory["1 worker"] = peak_rss_mib(ag.pid)
         ag.stop()
         ag = None
 
@@ -809,7 +827,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                 total = sum(workers)
                 shares = [c / total for c in workers] if total else []
                 memory["2 workers (largest)"] = max(
-                    (procstat.status_kib(pid, "VmHWM") / 1024 for pid in ag.workers()),
+                    (peak_rss_mib(pid) for pid in ag.workers()),
                     default=0.0,
                 )
                 ag.stop()
@@ -819,7 +837,10 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             if process is not None:
                 process.stop()
 
-    table = judge(measurements, started, start_cpu, memory, shares, workers_available, rows)
+    figures = Figures(
+        measurements, started, start_cpu, memory, memory_context, shares, workers_available
+    )
+    table = judge(figures, rows)
     return {
         "machine": {"cores": os.cpu_count(), "load_average": os.getloadavg()},
         "warmup_seconds": options.warmup,
@@ -834,19 +855,26 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
         "start_to_serving_seconds": started,
         "start_cpu_seconds": start_cpu,
         "peak_rss_mib": memory,
+        "memory_context_mib": memory_context,
         "worker_cpu_shares": shares,
     }
 
 
-def judge(
-    m: dict[str, Measurement],
-    started: dict[str, float],
-    start_cpu: dict[str, float],
-    memory: dict[str, float],
-    shares: list[float],
-    workers_available: bool | None,
-    rows: set[str],
-) -> list[Row]:
+@dataclass
+class Figures:
+    """Everything one run measured, for the verdicts."""
+
+    m: dict[str, Measurement]
+    started: dict[str, float]
+    start_cpu: dict[str, float]
+    memory: dict[str, float]
+    memory_context: dict[str, float]
+    shares: list[float]
+    workers_available: bool | None
+
+
+def judge(figures: Figures, rows: set[str]) -> list[Row]:
+    m = figures.m
     table: list[Row] = []
 
     def ratio_row(
@@ -862,6 +890,7 @@ def judge(
                 fmt(ratio, "x"),
                 f"<= {limit:g}x{aim}",
                 None if ratio is None else ratio <= limit,
+                limit=limit_text(scenario, m),
             )
         )
 
@@ -935,10 +964,11 @@ def judge(
                 f"OK p50 {fmt(ok[0], 'ms', 0)} p99 {fmt(ok[1], 'ms', 0)}"
                 + (f"; errors {errors_text(got)}" if errors else "")
                 + reference_text(m.get(f"bare_{key}")),
+                limit=cpu_bound_limit(got, m["allowed"]),
             )
         )
     if "workers" in rows:
-        if not workers_available or "workers2_denied" not in m:
+        if not figures.workers_available or "workers2_denied" not in m:
             table.append(
                 Row(
                     "--workers 2 denied throughput",
@@ -953,6 +983,7 @@ def judge(
         else:
             one, two = m["denied"].expected_rps, m["workers2_denied"].expected_rps
             speedup = two / one if one else None
+            shares = figures.shares
             fair = len(shares) >= 2 and min(shares) >= WORKER_SHARE
             table.append(
                 Row(
@@ -966,17 +997,121 @@ def judge(
                     + ", ".join(f"{s:.0%}" for s in shares)
                     + "; connections per worker "
                     + ", ".join(map(str, m["workers2_denied"].connections[1:])),
+                    limit=workers_limit(m["denied"]),
                 )
             )
-    if memory:
-        table.append(worst_row("peak RSS per worker (VmHWM)", memory, "MiB", RSS_MIB, 0))
-    if started:
-        row = worst_row("start to SERVING", started, "s", START_SECONDS, 2)
+    if figures.memory:
+        row = worst_row("peak RSS per worker (VmHWM)", figures.memory, "MiB", RSS_MIB, 0)
+        row.limit = memory_limit(figures.memory, figures.memory_context)
+        table.append(row)
+    if figures.started:
+        row = worst_row("start to SERVING", figures.started, "s", START_SECONDS, 2)
         # What starting cost in CPU: on a busy machine the wall time says little.
-        spent = ", ".join(f"{k}: {v:.2f} s" for k, v in start_cpu.items())
+        spent = ", ".join(f"{k}: {v:.2f} s" for k, v in figures.start_cpu.items())
         row.note = f"CPU used to start: {spent}"
+        row.limit = start_limit(figures.start_cpu)
         table.append(row)
     return table
+
+
+# --- what limits a figure: measured in the same run ------------------------------------------
+
+
+def limit_text(scenario: str, m: dict[str, Measurement]) -> str:
+    """For the ratio rows: what the stack itself costs, and what the issue's work adds."""
+    if scenario.endswith("allowed request"):
+        floor, boto3 = m["bare_forward"].cpu_ms_per_call, m["boto3"].cpu_ms_per_call
+        ours = m["allowed"].cpu_ms_per_call
+        decision = decision_ms(m)
+        if not (floor and boto3 and ours):
+            return ""
+        text = (
+            f"the zero-logic proxy (the stack: gRPC hop, signer, HTTP) costs {floor / boto3:.2f}x"
+        )
+        if decision is None:
+            return text
+        rest = ours - floor - decision
+        return (
+            f"{text}; with the decision (what a denial adds to a bare abort, {decision:.2f} ms) "
+            f"{(floor + decision) / boto3:.2f}x; the remaining {rest:.2f} ms is the upstream's "
+            "required behaviours (retry events, parser, timeouts, span, metrics, decision log; "
+            "docs/performance.md)"
+        )
+    if scenario.endswith("denied request"):
+        bare, decision = m["bare_denied"].cpu_ms_per_call, decision_ms(m)
+        if bare is None or decision is None:
+            return ""
+        return (
+            f"gRPC's own cost of an aborted call is {bare:.2f} ms (the bare abort); attrgate's "
+            f"part, {decision:.2f} ms, is validation, the engine, the status details and the "
+            "decision-log entry (bench/profile_deny.py)"
+        )
+    return ""
+
+
+def decision_ms(m: dict[str, Measurement]) -> float | None:
+    """What attrgate's handler adds to a bare abort: the decision and its record."""
+    if "denied" not in m or "bare_denied" not in m:
+        return None
+    ours, bare = m["denied"].cpu_ms_per_call, m["bare_denied"].cpu_ms_per_call
+    return ours - bare if ours and bare else None
+
+
+def cpu_bound_limit(got: Measurement, at_64: Measurement) -> str:
+    """A throughput row is judged against the throughput at 64 in flight: when the server ran
+    at a full core, the share is what its CPU per call here allows."""
+    here, there = got.cpu_ms_per_call, at_64.cpu_ms_per_call
+    if not (here and there):
+        return ""
+    return (
+        f"CPU-bound: the server ran at {got.server_cpu_share:.0%} of a core and spent "
+        f"{here:.2f} ms a call here against {there:.2f} ms at 64 in flight (more connections, "
+        f"timers and queued work): at most {there / here:.0%} of the CPU-bound ceiling"
+    )
+
+
+def workers_limit(one: Measurement) -> str:
+    """What two workers can reach when the load driver shares the machine's cores."""
+    cores = os.cpu_count() or 1
+    if not (one.cpu_ms_per_call and one.rps):
+        return ""
+    worker = one.cpu_ms_per_call
+    driver = one.load_cpu_share / one.rps * 1000  # ms of the driver's CPU per call
+    ceiling = cores * 1000 / (worker + driver)
+    return (
+        f"{cores} cores shared with the load driver: at most {cores} / ({worker:.2f} ms worker "
+        f"+ {driver:.2f} ms driver per call, measured with one worker) = {ceiling:.0f} rps, "
+        f"{ceiling / one.expected_rps:.2f}x one worker"
+    )
+
+
+def memory_limit(memory: dict[str, float], context: dict[str, float]) -> str:
+    idle, bare_idle, bare_peak = (
+        context.get(k) for k in ("attrgate idle", "bare idle", "bare peak")
+    )
+    if idle is None or "1 worker" not in memory:
+        return ""
+    text = (
+        f"idle at SERVING {idle:.0f} MiB (the libraries and botocore's data); "
+        f"2,048 in flight added {memory['1 worker'] - idle:.0f} MiB"
+    )
+    if bare_idle is not None and bare_peak is not None:
+        text += (
+            f"; the bare grpc.aio server: idle {bare_idle:.0f} MiB, the same load added "
+            f"{bare_peak - bare_idle:.0f} MiB (gRPC's own memory per call)"
+        )
+    return text
+
+
+def start_limit(start_cpu: dict[str, float]) -> str:
+    """Starting is CPU (imports, the boto3 client, the policy set): its wall time cannot be
+    less than that CPU spread over the cores."""
+    cores = os.cpu_count() or 1
+    parts = []
+    for k, cpu in start_cpu.items():
+        spread = 1 if k == "1 worker" else cores  # one process starts on one core
+        parts.append(f"{k}: {cpu:.2f} s of CPU, so at least {cpu / spread:.2f} s")
+    return "; ".join(parts)
 
 
 def worst_row(
@@ -1030,6 +1165,8 @@ def render(result: dict[str, Any]) -> str:
         )
         if row["note"]:
             notes.append(f"  {row['scenario']}: {row['note']}")
+        if row["met"] is False and row.get("limit"):
+            notes.append(f"  {row['scenario']}, limit: {row['limit']}")
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
