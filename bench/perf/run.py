@@ -796,6 +796,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             )
         if "latency1s" in rows:
             bench.set_latency(1.0)
+            memory_context["attrgate before 2048"] = rss_mib(ag.pid)
             measurements["latency1s"] = bench.measure(
                 "attrgate allowed, 2 x 1024 in flight, 1 s upstream",
                 Load(driver(ag.target, 1024, ALLOWED, **LOAD_2048), count=2),
@@ -803,6 +804,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
                 port=ag.port,
                 warmup=max(options.warmup, 2.5),
             )
+            memory_context["attrgate after 2048"] = peak_rss_mib(ag.pid)
             bench.set_latency(0.0)
         memory["1 worker"] = peak_rss_mib(ag.pid)
         ag.stop()
@@ -1007,8 +1009,6 @@ def judge(figures: Figures, rows: set[str]) -> list[Row]:
     if figures.started:
         row = worst_row("start to SERVING", figures.started, "s", START_SECONDS, 2)
         # What starting cost in CPU: on a busy machine the wall time says little.
-        spent = ", ".join(f"{k}: {v:.2f} s" for k, v in figures.start_cpu.items())
-        row.note = f"CPU used to start: {spent}"
         row.limit = start_limit(figures.start_cpu)
         table.append(row)
     return table
@@ -1018,7 +1018,7 @@ def judge(figures: Figures, rows: set[str]) -> list[Row]:
 
 
 def limit_text(scenario: str, m: dict[str, Measurement]) -> str:
-    """For the ratio rows: what the stack itself costs, and what the issue's work adds."""
+    """For the ratio rows: what the stack itself costs, and what attrgate's work adds."""
     if scenario.endswith("allowed request"):
         floor, boto3 = m["bare_forward"].cpu_ms_per_call, m["boto3"].cpu_ms_per_call
         ours = m["allowed"].cpu_ms_per_call
@@ -1030,11 +1030,18 @@ def limit_text(scenario: str, m: dict[str, Measurement]) -> str:
         )
         if decision is None:
             return text
+        # An approximation: a denial's extra also builds status details an allowed call does
+        # not, and an allowed call's decision differs in its findings.
+        text += (
+            f"; with about the decision (what a denial adds to a bare abort, {decision:.2f} ms: "
+            f"validation, the engine, the decision log) {(floor + decision) / boto3:.2f}x"
+        )
         rest = ours - floor - decision
+        if rest <= 0:
+            return text + "; nothing measurable left above those two"
         return (
-            f"{text}; with the decision (what a denial adds to a bare abort, {decision:.2f} ms) "
-            f"{(floor + decision) / boto3:.2f}x; the remaining {rest:.2f} ms is the upstream's "
-            "required behaviours (retry events, parser, timeouts, span, metrics, decision log; "
+            f"{text}; the remaining {rest:.2f} ms is the upstream's own behaviours (botocore's "
+            "retry events and parser, timeouts, the call's task, span, metrics; "
             "docs/performance.md)"
         )
     if scenario.endswith("denied request"):
@@ -1058,21 +1065,24 @@ def decision_ms(m: dict[str, Measurement]) -> float | None:
 
 
 def cpu_bound_limit(got: Measurement, at_64: Measurement) -> str:
-    """A throughput row is judged against the throughput at 64 in flight: when the server ran
-    at a full core, the share is what its CPU per call here allows."""
+    """A throughput row is judged against the throughput at 64 in flight. Both being CPU-bound,
+    the share is (CPU share here / there) x (CPU per call there / here): which of the two
+    factors fell short."""
     here, there = got.cpu_ms_per_call, at_64.cpu_ms_per_call
-    if not (here and there):
+    core_here, core_there = got.server_cpu_share, at_64.server_cpu_share
+    if not (here and there and core_there):
         return ""
     return (
-        f"CPU-bound: the server ran at {got.server_cpu_share:.0%} of a core and spent "
-        f"{here:.2f} ms a call here against {there:.2f} ms at 64 in flight (more connections, "
-        f"timers and queued work): at most {there / here:.0%} of the CPU-bound ceiling"
+        f"the server's share of a core {core_here:.0%} here, {core_there:.0%} at 64 in flight "
+        f"({core_here / core_there:.2f}); its CPU per call {here:.2f} ms here, {there:.2f} ms "
+        f"at 64 in flight ({there / here:.2f}: more connections, timers and queued work)"
     )
 
 
 def workers_limit(one: Measurement) -> str:
-    """What two workers can reach when the load driver shares the machine's cores."""
-    cores = os.cpu_count() or 1
+    """What two workers can reach when the load driver shares the machine's cores (all calls
+    counted on both sides: CPU per call is per call ended, of whatever code)."""
+    cores = len(os.sched_getaffinity(0))
     if not (one.cpu_ms_per_call and one.rps):
         return ""
     worker = one.cpu_ms_per_call
@@ -1080,38 +1090,38 @@ def workers_limit(one: Measurement) -> str:
     ceiling = cores * 1000 / (worker + driver)
     return (
         f"{cores} cores shared with the load driver: at most {cores} / ({worker:.2f} ms worker "
-        f"+ {driver:.2f} ms driver per call, measured with one worker) = {ceiling:.0f} rps, "
-        f"{ceiling / one.expected_rps:.2f}x one worker"
+        f"+ {driver:.2f} ms driver per call, measured with one worker) = {ceiling:.0f} calls/s, "
+        f"{ceiling / one.rps:.2f}x one worker"
     )
 
 
 def memory_limit(memory: dict[str, float], context: dict[str, float]) -> str:
-    idle, bare_idle, bare_peak = (
-        context.get(k) for k in ("attrgate idle", "bare idle", "bare peak")
-    )
-    if idle is None or "1 worker" not in memory:
+    """Attrgate's RSS at SERVING, then its growth under 2,048 in flight beside the bare
+    server's under the same load (each read just before and at the end of that load)."""
+    idle = context.get("attrgate idle")
+    if idle is None:
         return ""
-    text = (
-        f"idle at SERVING {idle:.0f} MiB (the libraries and botocore's data); "
-        f"2,048 in flight added {memory['1 worker'] - idle:.0f} MiB"
-    )
+    text = f"attrgate at SERVING {idle:.0f} MiB (the libraries and botocore's data)"
+    before, after = context.get("attrgate before 2048"), context.get("attrgate after 2048")
+    if before is not None and after is not None:
+        text += f"; 2,048 in flight took it from {before:.0f} to {after:.0f} MiB"
+    bare_idle, bare_peak = context.get("bare idle"), context.get("bare peak")
     if bare_idle is not None and bare_peak is not None:
         text += (
-            f"; the bare grpc.aio server: idle {bare_idle:.0f} MiB, the same load added "
-            f"{bare_peak - bare_idle:.0f} MiB (gRPC's own memory per call)"
+            f"; the bare grpc.aio server under the same load: {bare_idle:.0f} to "
+            f"{bare_peak:.0f} MiB (gRPC's own memory per call in flight)"
         )
     return text
 
 
 def start_limit(start_cpu: dict[str, float]) -> str:
-    """Starting is CPU (imports, the boto3 client, the policy set): its wall time cannot be
-    less than that CPU spread over the cores."""
-    cores = os.cpu_count() or 1
-    parts = []
-    for k, cpu in start_cpu.items():
-        spread = 1 if k == "1 worker" else cores  # one process starts on one core
-        parts.append(f"{k}: {cpu:.2f} s of CPU, so at least {cpu / spread:.2f} s")
-    return "; ".join(parts)
+    """Starting is CPU: imports, the boto3 client, the policy set."""
+    cores = len(os.sched_getaffinity(0))
+    spent = ", ".join(f"{k} {cpu:.2f} s" for k, cpu in start_cpu.items())
+    return (
+        f"CPU spent starting (imports, the boto3 client, the policy set; every process and "
+        f"thread): {spent}, on {cores} cores"
+    )
 
 
 def worst_row(
