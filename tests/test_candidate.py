@@ -4,6 +4,7 @@ call and no SMS count."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -312,5 +313,11 @@ def test_attrgate_call_shows_the_candidates_verdict(
     assert main([*call, "--user", "ada", "given_name=Augusta"]) == 0
     out = capsys.readouterr().out
     revision = server.app.pipeline.candidate.revision  # type: ignore[union-attr]
-    assert f"  candidate: DENIED (revision {revision})\n" in out
-    assert "    violations:\n      - given_name: MAX_LENGTH [profile allow[0]]: " in out
+    candidate = json.loads(out)["Attrgate"]["Candidate"]
+    assert candidate["Allowed"] is False
+    assert candidate["PolicyRevision"] == revision
+    [violation] = candidate["Violations"]
+    assert violation["Attribute"] == "given_name"
+    assert (violation["Reason"], violation["Policy"], violation["Entry"]) == (
+        *("MAX_LENGTH", "profile", "allow[0]"),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shlex
 import signal
@@ -330,7 +331,8 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     assert command[0] == ATTRGATE[0] or command[0] == "attrgate"
     assert command[1:] == [
         *["call", "--target", target, "--caller", "profile-api"],
-        *["--pool", pool[1], "--user", "ada", "given_name=Augusta"],
+        *["--user-pool-id", pool[1], "--username", "ada"],
+        *["--user-attributes", "Name=given_name,Value=Augusta"],
     ]
     cognito = boto3.client(
         "cognito-idp",
@@ -351,23 +353,33 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
 
     # An allowed update changes the user in the local Cognito (grace is Grace until now).
     assert attributes("grace")["given_name"] == "Grace"
-    call = ["call", "--target", target, "--caller", "profile-api", "--pool", pool[1]]
-    allowed = attrgate(*call, "--user", "grace", "given_name=Ada")
+    call = ["call", "--target", target, "--caller", "profile-api", "--user-pool-id", pool[1]]
+    allowed = attrgate(
+        *call, "--username", "grace", "--user-attributes", "Name=given_name,Value=Ada"
+    )
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
-    out = allowed.stdout
-    assert re.search(r"^OK: updated; cognito_request_id=\S+$", out, re.M), out
-    assert "decision: ALLOWED" in out
-    assert re.search(r"decision_id: [0-9a-f]{32}", out), out
-    assert "matched_policies: profile-service, profile-family-name-freeze" in out
+    answer = json.loads(allowed.stdout)["Attrgate"]  # the AWS CLI's JSON: {} plus attrgate's
+    assert set(answer) == {
+        *("DecisionId", "PolicyRevision", "CognitoRequestId", "PendingVerification"),
+        "WouldDeny",
+    }
+    assert re.fullmatch(r"[0-9a-f]{32}", answer["DecisionId"]), answer
+    assert answer["PolicyRevision"].startswith("sha256:")
+    assert answer["CognitoRequestId"]
     assert attributes("grace")["given_name"] == "Ada"
 
-    # A denied one lists every violation and leaves the user alone.
+    # A denied one lists every violation and leaves the user alone (the short form, kept).
+    before = attrgate(*call, "--username", "ada", "--query", "Attrgate.WouldDeny", "given_name=Ada")
+    assert before.stdout == "[]\n", before.stdout + before.stderr
     before = attributes("ada")
     denied = attrgate(*call, "--user", "ada", "custom:role=admin", "email_verified=true")
-    assert denied.returncode == 1
+    assert denied.returncode == 254  # an error answered by the service, as the AWS CLI v2
     assert denied.stdout == ""  # errors go to stderr
     out = denied.stderr
-    assert out.startswith("ERROR PERMISSION_DENIED: "), out
+    assert out.startswith(
+        "\nAn error occurred (POLICY_DENIED) when calling the UpdateUserAttributes operation: "
+    ), out
+    assert "status: PERMISSION_DENIED" in out
     assert "reason: POLICY_DENIED (domain attrgate)" in out
     assert "field violations:" in out
     assert re.search(r"- user_attributes\[0\]: custom:role: ATTRIBUTE_DENIED", out), out
@@ -378,20 +390,32 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     # --check decides without forwarding, and prints the decision with audit findings.
     checked = attrgate(*call, "--check", "--user", "ada", "family_name=Byron")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "OK: updated" not in checked.stdout
-    assert "decision: ALLOWED" in checked.stdout
-    assert "would_deny:" in checked.stdout
-    assert "family_name: ATTRIBUTE_DENIED [profile-family-name-freeze deny[0]]" in checked.stdout
+    decision = json.loads(checked.stdout)["Attrgate"]
+    assert decision["Allowed"] is True
+    assert decision["WouldDeny"] == [
+        {
+            **{"Attribute": "family_name", "Policy": "profile-family-name-freeze"},
+            **{"Reason": "ATTRIBUTE_DENIED", "Entry": "deny[0]"},
+            "Message": decision["WouldDeny"][0]["Message"],
+        }
+    ]
     assert attributes("ada")["family_name"] == "Lovelace"
-    check_denied = attrgate(*call, "--check", "--user", "ada", "custom:role=admin")
-    assert check_denied.returncode == 1
-    assert "decision: DENIED" in check_denied.stdout
-    assert "custom:role: ATTRIBUTE_DENIED [profile-service deny[0]]" in check_denied.stdout
+    check_denied = attrgate(
+        *call, "--check", "--user", "ada", "custom:role=admin", "--output", "text"
+    )
+    assert check_denied.returncode == 1  # --check: the policies would deny
+    assert check_denied.stdout.startswith("ATTRGATE\tFalse\t"), check_denied.stdout
+    assert re.search(
+        r"^VIOLATIONS\tcustom:role\tdeny\[0\]\t.*\tprofile-service\tATTRIBUTE_DENIED$",
+        check_denied.stdout,
+        re.M,
+    ), check_denied.stdout
 
     # No caller: UNAUTHENTICATED.
     anonymous = attrgate("call", "--target", target, "--pool", pool[1], "--user", "ada", "a=b")
-    assert anonymous.returncode == 1
-    assert anonymous.stderr.startswith("ERROR UNAUTHENTICATED")
+    assert anonymous.returncode == 254
+    assert "An error occurred (" in anonymous.stderr
+    assert "status: UNAUTHENTICATED" in anonymous.stderr
 
     # Health on the admin listener and on the main one.
     for where in (admin_target, target):
@@ -436,12 +460,13 @@ def test_serve_configured_only_by_environment(start: Callable[..., Served], tmp_
     for value in ("NO", "on"):
         result = attrgate(*call, f"custom:country={value}")
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "decision: ALLOWED" in result.stdout
-        assert "matched_policies: countries" in result.stdout
+        decision = json.loads(result.stdout)["Attrgate"]
+        assert decision["Allowed"] is True
+        assert decision["MatchedPolicies"] == ["countries"]
     for value in ("false", "true", "no"):
         result = attrgate(*call, f"custom:country={value}")
         assert result.returncode == 1, value
-        assert "decision: DENIED" in result.stdout
+        assert json.loads(result.stdout)["Attrgate"]["Allowed"] is False
     served.process.send_signal(signal.SIGINT)
     assert served.process.wait(timeout=8) == 0, served.errors()
 

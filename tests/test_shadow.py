@@ -4,6 +4,7 @@ schema and enforcing SmsGuards still deny; impossible to miss."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,6 +279,11 @@ def test_attrgate_call_says_shadow(
     call = ["call", "--check", "--target", server.target, "--caller", "svc", "--pool", POOL]
     assert main([*call, "--user", "ada", "custom:role=x"]) == 0
     out = capsys.readouterr().out
-    assert "decision: ALLOWED\n" in out
-    assert "  shadow: true (policies not enforced; the policies deny this request)\n" in out
-    assert "  would_deny:\n    - custom:role: ATTRIBUTE_DENIED [profile deny[0]]: " in out
+    decision = json.loads(out)["Attrgate"]
+    assert decision["Allowed"] is True
+    assert decision["Shadow"] is True
+    assert decision["ShadowAllowed"] is True  # the policies deny it; shadow let it through
+    [finding] = decision["WouldDeny"]
+    assert (finding["Attribute"], finding["Reason"], finding["Policy"], finding["Entry"]) == (
+        *("custom:role", "ATTRIBUTE_DENIED", "profile", "deny[0]"),
+    )

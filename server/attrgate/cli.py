@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from attrgate import __version__
 from attrgate.analyze import add_arguments as add_analyze_arguments
 from attrgate.bundle.arguments import add_arguments as add_bundle_arguments
+from attrgate.clientchannel import add_tls_arguments, open_channel
 from attrgate.config import ConfigError, Settings, add_serve_arguments, settings_from
 from attrgate.explain import command as explain
-from attrgate.identity import CALLER_HEADER
 from attrgate.policy.kinds import add_schema_command
 from attrgate.policy.snapshot import DEFAULT_MAX_BYTES
 from attrgate.policytest.arguments import add_arguments as add_test_arguments
@@ -33,14 +33,24 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["call"]:
+        from attrgate.callcmd import main as call
+
+        return _guarded(lambda: call(argv[1:]))
     parser = _parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return EXIT_CONFIG
+    return _guarded(lambda: handler(args))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """A command's exit status; Ctrl-C and a closed stdout end it as Unix tools end."""
     try:
-        result: int = handler(args)
+        result: int = command()
     except KeyboardInterrupt:
         # Ctrl-C: no traceback, the shell's exit status for SIGINT.
         print("", file=sys.stderr)
@@ -81,17 +91,11 @@ def _parser() -> argparse.ArgumentParser:
 
     add_bundle_arguments(commands, _add_policy_max_bytes)
 
-    call = commands.add_parser("call", help="send UpdateUserAttributes (or --check) to attrgate")
-    call.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of attrgate")
-    call.add_argument("--caller", help=f"caller name for an --insecure server ({CALLER_HEADER})")
-    call.add_argument("--pool", required=True, help="user pool id")
-    call.add_argument("--user", required=True, help="username")
-    call.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
-    call.add_argument("--check", action="store_true", help="CheckUpdateUserAttributes: decide only")
-    call.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-    _add_tls_client_arguments(call)
-    call.add_argument("attributes", nargs="+", metavar="NAME=VALUE")
-    call.set_defaults(handler=_call)
+    # Listed here for `attrgate --help`; main() hands `call` its whole command line
+    # (attrgate.callcmd: the AWS CLI's options and exit codes).
+    commands.add_parser(
+        "call", add_help=False, help="send UpdateUserAttributes (or --check), AWS CLI style"
+    )
 
     explain.add_parser(commands, _add_policy_max_bytes)
 
@@ -115,11 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     usage.set_defaults(handler=_sms_usage)
 
+    completion = commands.add_parser("completion", help="shell completion: bash or zsh")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(handler=_completion)
+
     health = commands.add_parser("health", help="exit 0 when the server reports SERVING")
     health.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name (default: the server)")
     health.add_argument("--timeout", type=float, default=3.0)
-    _add_tls_client_arguments(health)
+    add_tls_arguments(health)
     health.set_defaults(handler=_health)
 
     status = commands.add_parser(
@@ -151,21 +159,12 @@ def _analyze(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _add_tls_client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-cert", help="client certificate (PEM) for mTLS")
-    parser.add_argument("--tls-key", help="client private key (PEM) for mTLS")
-    parser.add_argument("--ca", help="CA (PEM) that signed the server certificate")
+def _completion(args: argparse.Namespace) -> int:
+    from attrgate.callcmd import parser as call_parser
+    from attrgate.completion import script
 
-
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    if args.ca or args.tls_cert:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=Path(args.ca).read_bytes() if args.ca else None,
-            private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
-            certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
-        )
-        return grpc.secure_channel(args.target, credentials)
-    return grpc.insecure_channel(args.target)
+    sys.stdout.write(script(args.shell, _parser(), call_parser()))
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -260,13 +259,6 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _call(args: argparse.Namespace) -> int:
-    from attrgate.callcmd import run_call
-
-    with _channel(args) as channel:
-        return run_call(args, channel)
-
-
 def _sms_usage(args: argparse.Namespace) -> int:
     from attrgate.guards.counting import wall_clock_ms
     from attrgate.guards.usage import usage_report
@@ -314,7 +306,7 @@ def _sms_usage(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    with _channel(args) as channel:
+    with open_channel(args) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(
@@ -331,7 +323,7 @@ def _health(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from attrgate.statusview import show_status
 
-    with _channel(args) as channel:
+    with open_channel(args) as channel:
         return show_status(channel, args.target, args.output, args.timeout)
 
 

@@ -101,10 +101,11 @@ def print_help(local: LocalCognito, host: str, port: int, admin_port: int, out: 
         + (f", health and status on {host}:{admin_port}" if admin_port else "")
         + "\n"
         "try:\n"
-        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
-        f"--user {user} given_name=Augusta\n"
-        f"  {program} call --target {target} --caller profile-api --pool {local.pool_id} "
-        f"--user {user} custom:role=admin email_verified=true\n"
+        f"  {program} call --target {target} --caller profile-api --user-pool-id {local.pool_id} "
+        f"--username {user} --user-attributes Name=given_name,Value=Augusta\n"
+        f"  {program} call --target {target} --caller profile-api --user-pool-id {local.pool_id} "
+        f"--username {user} --user-attributes Name=custom:role,Value=admin "
+        "Name=email_verified,Value=true\n"
         + (f"  {program} status --target {host}:{admin_port}\n" if admin_port else "")
         + "read a user back (the emulator takes any credentials):\n"
         f"  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local aws --endpoint-url "

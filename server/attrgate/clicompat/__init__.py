@@ -1,0 +1,1 @@
+"""The AWS CLI's language for `attrgate call`: options, shorthand, input files, output."""
