@@ -191,6 +191,10 @@ def test_sms_reservations_policy_set_and_in_flight(
     (policy_set,) = samples["attrgate_policy_set"]
     assert policy_set[0]["revision"].startswith("sha256:")
     assert policy_set[1] == 2  # the AttributePolicy and the SmsGuard
+    # The guard's budget itself, what the alert rules project the reservations against.
+    [(labels, budget)] = samples["attrgate_sms_budget_micros"]
+    assert (labels["guard"], labels["window"]) == ("sms", "month")
+    assert budget == 1_000_000  # amount: 1 (USD)
     assert total(samples["attrgate_in_flight_requests"]) == 0
 
 

@@ -286,6 +286,21 @@ class Metrics:
             "attrgate_policy_set", callbacks=[observe], description="the policy set serving now"
         )
 
+        def budgets(_: CallbackOptions) -> Iterable[Observation]:
+            for guard in serving().guards.guards:
+                if guard.budget_limit is not None:
+                    window = "month" if guard.budget_month else guard.budget_window
+                    yield Observation(guard.budget_limit, {"guard": guard.name, "window": window})
+
+        # Beside attrgate_sms_budget_reserved_micros_total: what the alert rules project the
+        # spending against.
+        self._meter.create_observable_gauge(
+            "attrgate_sms_budget_micros",
+            callbacks=[budgets],
+            description="each serving SmsGuard's budget for one window, in micro-units, by "
+            "guard and window",
+        )
+
     def watch_shadow(self, shadow: bool) -> None:
         """attrgate_shadow_mode: 1 in shadow mode (serve --shadow), 0 otherwise; always there,
         so an alert on it needs no absent()."""

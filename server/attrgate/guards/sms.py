@@ -77,6 +77,7 @@ class CompiledGuard:
         "budget_limit",
         "budget_month",
         "budget_text",
+        "budget_window",
         "budget_window_ms",
         "deny",
         "enforce",
@@ -105,6 +106,7 @@ class CompiledGuard:
         budget = spec.budget
         self.budget_limit = to_micros(budget.amount, "amount") if budget else None
         self.budget_month = budget is not None and budget.window == "month"
+        self.budget_window = budget.window if budget else ""
         self.budget_window_ms = (
             duration_ms(budget.window) if budget and budget.window != "month" else None
         )
