@@ -1,7 +1,10 @@
 """`attrgate call` against the AWS CLI itself (the `awscli` package, its own parser and
 formatters, run in this process): the same argument vectors must build the same request, field
 by field, or be refused by both; the same response must print the same in json, text and table.
-Nothing here reaches a network: the AWS CLI's call is captured before it is sent."""
+Nothing here reaches a network: the AWS CLI's call is captured before it is sent. The reference
+is the AWS CLI v1 (the `awscli` package on PyPI): what only v2 has (`--cli-input-yaml`, the
+`yaml` output, exit codes 252-255) is compared with what v1 does for its JSON twin, or tested in
+test_call_cli.py."""
 
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attrgate import callcmd
-from attrgate.clicompat import output, params, shorthand
+from attrgate.clicompat import answers, output, params, shorthand
+from attrgate.v1 import attrgate_pb2 as pb
 
 EVENT = "cognito-identity-provider.AdminUpdateUserAttributes"
 
@@ -127,6 +131,17 @@ BUILT: dict[str, tuple[str, ...]] = {
     ),
 }
 REFUSED: dict[str, tuple[str, ...]] = {
+    # Words no option took: never sent as attributes.
+    "a word after --": (*BASE, "--user-attributes", "Name=a,Value=b", "--", "Name=c,Value=d"),
+    "a second metadata word": (
+        *(*BASE, "--user-attributes", "Name=a,Value=b"),
+        *("--client-metadata", "a=1", "b=2"),
+    ),
+    "a stray word": (*BASE, "extra=1", "--user-attributes", "Name=a,Value=b"),
+    "an equals-joined option and a stray word": (
+        *BASE,
+        *("--user-attributes=Name=email,Value=a@b.c", "Name=name,Value=x"),
+    ),
     # Beyond the Basic Multilingual Plane, a bare value stops: quote it (as above).
     "an emoji, bare": (*BASE, "--user-attributes", "Name=name,Value=Åsa 🚀"),
     "a blank before the first key": (*BASE, "--user-attributes", " Name=given_name,Value=Ada"),
@@ -215,8 +230,14 @@ def test_the_input_skeleton_is_the_aws_clis(capsys: pytest.CaptureFixture[str]) 
         )
     assert callcmd.main(["--generate-cli-skeleton"]) == 0
     assert capsys.readouterr().out == theirs.getvalue()
+    # The output skeleton has the shape of a real answer (the AWS CLI v1 would call the service).
     assert callcmd.main(["--generate-cli-skeleton", "output"]) == 0
-    assert json.loads(capsys.readouterr().out) == callcmd.OUTPUT_SKELETON
+    skeleton = json.loads(capsys.readouterr().out)["Attrgate"]
+    answer = answers.updated(
+        pb.UpdateUserAttributesResponse(decision=pb.Decision(would_deny=[pb.Violation()]))
+    )
+    assert set(skeleton) == set(answer)
+    assert set(skeleton["WouldDeny"][0]) == set(answer["WouldDeny"][0])
     assert callcmd.main(["--generate-cli-skeleton", "yaml-input"]) == 0
     assert "UserAttributes:\n- Name: ''\n  Value: ''\n" in capsys.readouterr().out
 

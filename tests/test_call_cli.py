@@ -6,6 +6,7 @@ formatters against the AWS CLI's own: tests/test_call_awscli.py.)"""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import attrgate
+from support.environment import clean_env
+from test_cli import ATTRGATE, attrgate
 
 BASE = ("call", "--user-pool-id", "us-east-1_Pool", "--username", "ada")
 
@@ -36,6 +38,20 @@ def closed_port() -> str:
         ((*BASE, "--user-attributes", "Name=a,Value=b", "--query", "[["), "--query"),
         ((*BASE, "--user-attributes", "Name=a,Value=b", "--cli-read-timeout", "-1"), "timeout"),
         ((*BASE, "--user-attributes", "[{"), "Invalid JSON"),
+        # Timeouts: a number of seconds, finite.
+        ((*BASE, "--user-attributes", "Name=a,Value=b", "--cli-connect-timeout", "inf"), "inf"),
+        ((*BASE, "--user-attributes", "Name=a,Value=b", "--cli-read-timeout", "nan"), "nan"),
+        ((*BASE, "--user-attributes", "Name=a,Value=b", "--cli-read-timeout", "1e12"), "1e12"),
+        ((*BASE, "--user-attributes", "Name=a,Value=b", "--cli-read-timeout", "soon"), "soon"),
+        # Words no option took, on an AWS CLI line: refused, never sent as attributes.
+        # (the AWS CLI reads `extra=1` as a second --user-attributes word, and refuses it)
+        (
+            (*BASE, "--user-attributes", "Name=a,Value=b", "extra=1"),
+            'parameter in UserAttributes[1]: "extra"',
+        ),
+        ((*BASE, "--user-attributes", "Name=a,Value=b", "--", "c=d"), "Unknown options: c=d"),
+        ((*BASE, "--client-metadata", "a=1", "b=2"), "Unknown options: b=2"),
+        ((*BASE, "Name=given_name,Value=Ada"), "Unknown options: Name=given_name"),
     ],
 )
 def test_a_usage_error_exits_252_and_sends_nothing(argv: tuple[str, ...], names: str) -> None:
@@ -45,6 +61,42 @@ def test_a_usage_error_exits_252_and_sends_nothing(argv: tuple[str, ...], names:
     assert result.stdout == ""
     assert names in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_default_output_is_a_usage_error_before_anything_is_sent() -> None:
+    result = attrgate(
+        *(*BASE, "--user-attributes", "Name=a,Value=b", "--target", closed_port()),
+        env=clean_env(AWS_DEFAULT_OUTPUT="xml"),
+    )
+    assert result.returncode == 252, result.stderr
+    assert "'xml'" in result.stderr
+
+
+def test_a_key_without_its_certificate_is_refused_not_sent_in_plaintext(tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_text("")
+    result = attrgate(
+        *(*BASE, "--user-attributes", "Name=a,Value=b", "--tls-key", str(key)),
+        *("--target", closed_port()),
+    )
+    assert result.returncode == 253, result.stderr
+    assert "--tls-cert and --tls-key go together" in result.stderr
+
+
+def test_a_reader_that_goes_away_does_not_change_the_status() -> None:
+    """`attrgate call ... | head -c1`: no traceback, the command's own status."""
+    program = " ".join([*map(shlex.quote, ATTRGATE), "call", "--generate-cli-skeleton"])
+    result = subprocess.run(
+        ["bash", "-c", f"{program} | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_env(PYTHONUNBUFFERED=""),
+    )
+    assert result.stdout.strip() == "0", result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipe" not in result.stderr
 
 
 def test_an_unreadable_tls_file_exits_253(tmp_path: Path) -> None:
@@ -64,7 +116,7 @@ def test_no_connection_exits_255_within_the_connect_timeout() -> None:
     assert result.returncode == 255, result.stderr
     assert time.monotonic() - started < 25  # 1 s of waiting, the rest is the interpreter
     assert result.stdout == ""
-    assert "Connect timeout on endpoint URL: 127.0.0.1:" in result.stderr
+    assert 'Connect timeout on endpoint URL: "127.0.0.1:' in result.stderr
     # Runbook options that mean nothing here are accepted, and said to be ignored.
     assert "--region, --profile ignored" in result.stderr
 

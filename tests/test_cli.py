@@ -368,6 +368,26 @@ def test_local_cognito_serve_call_health_and_sigterm(start: Callable[..., Served
     assert answer["CognitoRequestId"]
     assert attributes("grace")["given_name"] == "Ada"
 
+    # --debug says what is sent, never the values. A --query that fails on the answer: the
+    # update is done (the user changed), the message and 255, as the AWS CLI.
+    debugged = attrgate(
+        *call,
+        *("--username", "grace", "--user-attributes", "Name=given_name,Value=Hedy", "--debug"),
+        *("--query", "abs(Attrgate.DecisionId)"),
+    )
+    assert debugged.returncode == 255, debugged.stderr
+    assert "attrgate call: UpdateUserAttributes to 127.0.0.1:" in debugged.stderr
+    assert "Hedy" not in debugged.stderr
+    assert "invalid type" in debugged.stderr.lower()
+    assert "Traceback" not in debugged.stderr
+    assert attributes("grace")["given_name"] == "Hedy"
+    # Where Cognito refused, the code is Cognito's own, as the AWS CLI prints it.
+    missing = attrgate(
+        *call, "--username", "nobody", "--user-attributes", "Name=given_name,Value=X"
+    )
+    assert missing.returncode == 254, missing.stderr
+    assert "An error occurred (UserNotFoundException) when calling" in missing.stderr
+
     # A denied one lists every violation and leaves the user alone (the short form, kept).
     before = attrgate(*call, "--username", "ada", "--query", "Attrgate.WouldDeny", "given_name=Ada")
     assert before.stdout == "[]\n", before.stdout + before.stderr

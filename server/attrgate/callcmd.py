@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+import jmespath.exceptions
 
-from attrgate.clicompat import output, params
+from attrgate.clicompat import answers, output, params
 from attrgate.clientchannel import add_tls_arguments, open_channel
 from attrgate.identity import CALLER_HEADER
 from attrgate.v1 import attrgate_pb2 as pb
 from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 
 EXIT_OK, EXIT_DENIED = 0, 1
-EXIT_USAGE, EXIT_CONFIG, EXIT_SERVICE, EXIT_OTHER = 252, 253, 254, 255
+EXIT_USAGE, EXIT_CONFIG = 252, 253
+EXIT_OTHER = answers.EXIT_OTHER
 EXIT_INTERRUPTED = 130
 RPC = "UpdateUserAttributes"
 CHECK_RPC = "CheckUpdateUserAttributes"
@@ -45,16 +46,6 @@ IGNORED_WITH_VALUE = (
     "--ca-bundle",
 )
 IGNORED_FLAGS = ("--no-paginate", "--no-sign-request", "--no-verify-ssl", "--no-cli-auto-prompt")
-# The output skeleton: the operation's (empty) response plus attrgate's additions.
-OUTPUT_SKELETON = {
-    "Attrgate": {
-        "DecisionId": "",
-        "PolicyRevision": "",
-        "CognitoRequestId": "",
-        "PendingVerification": [""],
-        "WouldDeny": [{"Attribute": "", "Policy": "", "Reason": ""}],
-    }
-}
 
 
 class UsageError(Exception):
@@ -151,20 +142,43 @@ def _dest(flag: str) -> str:
     return "ignored_" + flag.lstrip("-").replace("-", "_")
 
 
+MAX_SECONDS = 86_400.0
+
+
 def _seconds(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds (0: none)")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds from 0 (none) to {MAX_SECONDS:g}"
+        )
     return value
 
 
 def main(argv: Sequence[str]) -> int:
-    """`attrgate call ARGV`: the exit status."""
+    """`attrgate call ARGV`: the exit status. Nothing escapes as a traceback: what went wrong
+    is one message on stderr and an AWS CLI exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        raise  # the CLI's Ctrl-C: 130
+    except Exception as exc:  # a failure of attrgate call itself: the AWS CLI's catch-all
+        print(f"\nattrgate call: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_OTHER
+
+
+def _main(argv: Sequence[str]) -> int:
     try:
         args = parser().parse_args(argv)
+        if args.output not in output.FORMATS:  # $AWS_DEFAULT_OUTPUT: argparse checks no default
+            raise UsageError(
+                f"argument --output: invalid choice: {args.output!r} "
+                f"(choose from {', '.join(output.FORMATS)})"
+            )
         if args.generate_cli_skeleton:
-            _skeleton(args.generate_cli_skeleton, sys.stdout)
-            return EXIT_OK
+            return _printed(lambda: _skeleton(args.generate_cli_skeleton, sys.stdout), EXIT_OK)
         request = build_request(args)
         query = output.compile_query(args.query)
     except (UsageError, params.ParamError, output.QueryError) as exc:
@@ -174,27 +188,44 @@ def main(argv: Sequence[str]) -> int:
     _note_ignored(args)
     try:
         channel = open_channel(args)
-    except OSError as exc:
-        print(f"\nattrgate call: cannot read a TLS file: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"\nattrgate call: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     with channel:
         return _send(args, channel, request, query)
 
 
+def _printed(write: Callable[[], None], status: int) -> int:
+    """`status` once `write` has printed to stdout; a reader that went away (`| head -1`) does
+    not change it: the call's outcome stands."""
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return status
+
+
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     """The operation's input from the command line (and --cli-input-*), validated."""
     given: dict[str, Any] = {}
-    for option, value in (
-        ("--user-pool-id", args.user_pool_id),
-        ("--username", args.username),
-        ("--user-attributes", args.user_attributes),
-        ("--client-metadata", args.client_metadata),
-    ):
+    values = (args.user_pool_id, args.username, args.user_attributes, args.client_metadata)
+    for option, value in zip(params.OPTIONS, values, strict=True):
         if value is not None:
             given[params.OPTIONS[option]] = params.unpack(option, value)
+    aws_only = (
+        args.user_attributes,
+        args.client_metadata,
+        args.cli_input_json,
+        args.cli_input_yaml,
+    )
+    if args.attributes and any(v is not None for v in aws_only):
+        # A word no option took, on an AWS CLI line: the AWS CLI refuses it; sending it as an
+        # attribute would write what nobody meant to.
+        raise UsageError(f"Unknown options: {', '.join(args.attributes)}")
     if args.attributes:
         short = [_name_value(item) for item in args.attributes]
-        given["UserAttributes"] = [*given.get("UserAttributes", []), *short]
+        given["UserAttributes"] = short
     for item in args.metadata:  # each one shorthand: `--metadata a=1,b=2` is two keys
         given["ClientMetadata"] = {
             **given.get("ClientMetadata", {}),
@@ -217,14 +248,15 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
 
 def _name_value(item: str) -> dict[str, str]:
     name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise UsageError(f"attribute {item!r} is not NAME=VALUE")
+    if not sep or not name or name == "Name":
+        # `Name=given_name,Value=Ada` without --user-attributes before it is shorthand gone astray.
+        raise UsageError(f"Unknown options: {item}")
     return {"Name": name, "Value": value}
 
 
 def _skeleton(kind: str, out: TextIO) -> None:
     if kind == "output":
-        out.write(json.dumps(OUTPUT_SKELETON, indent=4) + "\n")
+        out.write(json.dumps(answers.OUTPUT_SKELETON, indent=4) + "\n")
     elif kind == "yaml-input":
         output.write("", params.skeleton(), "yaml", None, out)
     else:
@@ -257,19 +289,19 @@ def _send(
     args: argparse.Namespace, channel: grpc.Channel, request: dict[str, Any], query: Any
 ) -> int:
     operation = CHECK_RPC if args.check else RPC
-    debug = _Debug(args.debug)
-    debug.say(f"{operation} to {args.target}: members {sorted(request)}")
+    debug = _debug if args.debug else _quiet
+    debug(f"{operation} to {args.target}: members {sorted(request)}")
     if args.connect_timeout:
         try:
             grpc.channel_ready_future(channel).result(timeout=args.connect_timeout)
         except grpc.FutureTimeoutError:
             print(
-                f"\nConnect timeout on endpoint URL: {args.target} "
+                f'\nConnect timeout on endpoint URL: "{args.target}" '
                 f"(--cli-connect-timeout {args.connect_timeout:g})",
                 file=sys.stderr,
             )
-            return EXIT_OTHER
-        debug.say("connected")
+            return answers.EXIT_OTHER
+        debug("connected")
     stub = pb_grpc.UserAttributesStub(channel)
     call_options: dict[str, Any] = {
         "timeout": args.read_timeout or None,
@@ -279,145 +311,29 @@ def _send(
     try:
         if args.check:
             decision = stub.CheckUpdateUserAttributes(to_proto(request), **call_options)
-            answer = {"Attrgate": checked(decision)}
+            answer = {"Attrgate": answers.checked(decision)}
         else:
             response = stub.UpdateUserAttributes(to_proto(request), **call_options)
-            answer = {"Attrgate": updated(response)}
+            answer = {"Attrgate": answers.updated(response)}
     except grpc.RpcError as error:
-        return print_error(error, operation, args.target, sys.stderr)
-    debug.say(f"answered: decision {answer['Attrgate'].get('DecisionId', '')}")
+        return answers.print_error(error, operation, args.target, sys.stderr)
+    debug(f"answered: decision {answer['Attrgate'].get('DecisionId', '')}")
+    status = EXIT_DENIED if args.check and not answer["Attrgate"]["Allowed"] else EXIT_OK
     color = args.color == "on" or (args.color == "auto" and sys.stdout.isatty())
-    output.write(operation, answer, args.output, query, sys.stdout, color)
-    if args.check and not answer["Attrgate"]["Allowed"]:
-        return EXIT_DENIED
-    return EXIT_OK
+    try:
+        return _printed(
+            lambda: output.write(operation, answer, args.output, query, sys.stdout, color), status
+        )
+    except (ValueError, TypeError, jmespath.exceptions.JMESPathError) as exc:
+        # Done at attrgate, but the answer cannot be shown this way (a --query of the wrong
+        # type, a table of uneven rows): as the AWS CLI, the message and 255.
+        print(f"\n{exc}", file=sys.stderr)
+        return answers.EXIT_OTHER
 
 
-class _Debug:
-    def __init__(self, on: bool) -> None:
-        self.on = on
-
-    def say(self, text: str) -> None:
-        if self.on:
-            print(f"attrgate call: {text}", file=sys.stderr)
+def _debug(text: str) -> None:
+    print(f"attrgate call: {text}", file=sys.stderr)
 
 
-def updated(response: pb.UpdateUserAttributesResponse) -> dict[str, Any]:
-    """attrgate's additions to the operation's (empty) response."""
-    decision = response.decision
-    return {
-        "DecisionId": decision.decision_id,
-        "PolicyRevision": decision.policy_revision,
-        "CognitoRequestId": response.cognito_request_id,
-        "PendingVerification": list(response.pending_verification),
-        "WouldDeny": [_finding(v) for v in decision.would_deny],
-    }
-
-
-def checked(decision: pb.Decision) -> dict[str, Any]:
-    """A CheckUpdateUserAttributes decision, in the same style."""
-    answer: dict[str, Any] = {
-        "Allowed": decision.allowed,
-        "DecisionId": decision.decision_id,
-        "PolicyRevision": decision.policy_revision,
-        "MatchedPolicies": list(decision.matched_policies),
-        "Violations": [_finding(v, detailed=True) for v in decision.violations],
-        "WouldDeny": [_finding(v, detailed=True) for v in decision.would_deny],
-    }
-    if decision.denied_by:
-        answer["DeniedBy"] = decision.denied_by
-    if decision.shadow:
-        answer["Shadow"] = True
-        answer["ShadowAllowed"] = decision.shadow_allowed
-    if decision.HasField("sms"):
-        sms = decision.sms
-        answer["Sms"] = {
-            "TriggersSms": sms.triggers_sms,
-            "Country": sms.country,
-            "Refusals": [_refusal(r) for r in sms.refusals],
-            "WouldRefuse": [_refusal(r) for r in sms.would_refuse],
-        }
-    if decision.HasField("candidate"):
-        candidate = decision.candidate
-        answer["Candidate"] = {
-            "Allowed": candidate.allowed,
-            "PolicyRevision": candidate.policy_revision,
-            "Violations": [_finding(v, detailed=True) for v in candidate.violations],
-        }
-    return answer
-
-
-def _finding(v: pb.Violation, detailed: bool = False) -> dict[str, str]:
-    found = {"Attribute": v.attribute, "Policy": v.policy, "Reason": v.reason}
-    if v.client_metadata_key:
-        found["ClientMetadataKey"] = v.client_metadata_key
-    if detailed:
-        found["Entry"] = v.entry
-        found["Message"] = v.message
-    return found
-
-
-def _refusal(r: pb.SmsRefusal) -> dict[str, Any]:
-    return {
-        "Guard": r.guard,
-        "Rule": r.rule,
-        "Description": r.description,
-        "RetryAtUnixMs": r.retry_at_unix_ms,
-    }
-
-
-def print_error(error: grpc.RpcError, operation: str, target: str, out: TextIO) -> int:
-    """The AWS CLI's error line, attrgate's details below it; the exit status."""
-    code: grpc.StatusCode = error.code()
-    status = rpc_status.from_call(error)
-    info = _error_info(status)
-    if info is None and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        # Nothing from attrgate: the connection or the deadline failed, not the request.
-        what = "Read timeout" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "Could not connect"
-        print(f"\n{what} on endpoint URL: {target}: {error.details()}", file=out)
-        return EXIT_OTHER
-    name = info.reason if info is not None else code.name
-    print(
-        f"\nAn error occurred ({name}) when calling the {operation} operation: {error.details()}",
-        file=out,
-    )
-    print(f"  status: {code.name}", file=out)
-    if status is not None:
-        _print_details(status.details, out)
-    return EXIT_SERVICE
-
-
-def _error_info(status: Any) -> error_details_pb2.ErrorInfo | None:
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
-
-
-def _print_details(details: Sequence[Any], out: TextIO) -> None:
-    for detail in details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            print(f"  reason: {info.reason} (domain {info.domain})", file=out)
-            for key in sorted(info.metadata):
-                print(f"  {key}: {info.metadata[key]}", file=out)
-        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            quota = error_details_pb2.QuotaFailure()
-            detail.Unpack(quota)
-            for violation in quota.violations:
-                print(f"  quota: {violation.subject}: {violation.description}", file=out)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            print(f"  retry after: {retry.retry_delay.seconds}s", file=out)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            print("  field violations:", file=out)
-            for violation in bad.field_violations:
-                print(f"    - {violation.field}: {violation.description}", file=out)
+def _quiet(text: str) -> None:
+    pass

@@ -16,7 +16,10 @@ def add_tls_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 
 def open_channel(args: argparse.Namespace) -> grpc.Channel:
-    """To `args.target`; OSError when a TLS file cannot be read."""
+    """To `args.target`; OSError when a TLS file cannot be read, ValueError for a certificate
+    without its key or a key without its certificate (never a silent plaintext call)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
     if args.ca or args.tls_cert:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=Path(args.ca).read_bytes() if args.ca else None,

@@ -28,6 +28,8 @@ def commands(parser: argparse.ArgumentParser, call: argparse.ArgumentParser) -> 
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    # argparse has no public way to list a parser's options and subcommands; its _actions
+    # are what its own help is made from.
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
@@ -85,7 +87,7 @@ _attrgate() {{
     local command="${{typed[1]}}"
     local -a replies=()
     if [[ ${{#typed[@]}} -le 1 ]]; then
-        replies=($(compgen -W "{names}" -- "$cur"))
+        mapfile -t replies < <(compgen -W "{names}" -- "$cur")
     elif [[ "$cur" == file://* || "$cur" == fileb://* ]]; then
         local scheme="${{cur%%://*}}://"
         local path
@@ -100,15 +102,15 @@ _attrgate() {{
 {values}
         esac
         if [[ -n "$words" ]]; then
-            replies=($(compgen -W "$words" -- "$cur"))
+            mapfile -t replies < <(compgen -W "$words" -- "$cur")
         else
             case "$command" in
 {options}
             esac
             if [[ "$cur" == -* || ( -z "$cur" && -n "$opts" && "$opts" != -* ) ]]; then
-                replies=($(compgen -W "$opts" -- "$cur"))
+                mapfile -t replies < <(compgen -W "$opts" -- "$cur")
             else
-                replies=($(compgen -f -- "$cur"))
+                mapfile -t replies < <(compgen -f -- "$cur")  # names with blanks stay whole
             fi
         fi
     fi

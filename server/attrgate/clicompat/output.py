@@ -13,7 +13,7 @@ import jmespath
 import jmespath.exceptions
 import yaml
 
-from attrgate.clicompat.table import render_table
+from attrgate.clicompat.table import is_scalar, render_table
 
 FORMATS = ("json", "text", "table", "yaml")
 
@@ -65,26 +65,26 @@ def _text_list(items: list[Any], out: TextIO, name: str | None) -> None:
         return
     if any(isinstance(item, dict) for item in items):
         keys = sorted(
-            {k for item in items if isinstance(item, dict) for k, v in item.items() if _scalar(v)}
+            {k for item in items if isinstance(item, dict) for k, v in item.items() if is_scalar(v)}
         )
         for item in items:
             _text(item, out, name, keys)
         return
-    scalars = [item for item in items if _scalar(item)]
+    scalars = [item for item in items if is_scalar(item)]
     if scalars:
         if name is not None:
             out.writelines(f"{name.upper()}\t{item}\n" for item in scalars)
         else:
             out.write("\t".join(str(item) for item in scalars) + "\n")
-    for nested in (item for item in items if not _scalar(item)):
+    for nested in (item for item in items if not is_scalar(item)):
         _text(nested, out, name)
 
 
 def _text_dict(item: dict[str, Any], out: TextIO, name: str | None, keys: list[str] | None) -> None:
     if keys is None:
         ordered = sorted(item.items())
-        scalars = [str(v) for _, v in ordered if _scalar(v)]
-        nested = [(k, v) for k, v in ordered if not _scalar(v)]
+        scalars = [str(v) for _, v in ordered if is_scalar(v)]
+        nested = [(k, v) for k, v in ordered if not is_scalar(v)]
     else:
         scalars = [str(item.get(k, "")) for k in keys]
         nested = [(k, item[k]) for k in sorted(set(item) - set(keys))]
@@ -92,7 +92,3 @@ def _text_dict(item: dict[str, Any], out: TextIO, name: str | None, keys: list[s
         out.write("\t".join([name.upper(), *scalars] if name is not None else scalars) + "\n")
     for key, value in nested:
         _text(value, out, key)
-
-
-def _scalar(value: Any) -> bool:
-    return not isinstance(value, (dict, list))

@@ -93,9 +93,9 @@ class Table:
                 self._from_dicts(value, indent, title)
             else:
                 for item in value:
-                    if _scalar(item):
+                    if is_scalar(item):
                         self.sections[-1].add_row([item])
-                    elif all(_scalar(element) for element in item):
+                    elif all(is_scalar(element) for element in item):
                         self.sections[-1].add_row(list(item))
                     else:
                         self.build(None, item)
@@ -104,8 +104,8 @@ class Table:
         return True
 
     def _from_dict(self, value: dict[str, Any], indent: int) -> None:
-        scalars = sorted(k for k in value if _scalar(value[k]))
-        nested = sorted(k for k in value if not _scalar(value[k]))
+        scalars = sorted(k for k in value if is_scalar(value[k]))
+        nested = sorted(k for k in value if not is_scalar(value[k]))
         current = self.sections[-1]
         if len(scalars) == 1:
             current.add_row([scalars[0], value[scalars[0]]])
@@ -116,8 +116,8 @@ class Table:
             self.build(key, value[key], indent + 1)
 
     def _from_dicts(self, items: list[dict[str, Any]], indent: int, title: str | None) -> None:
-        scalars = sorted({k for item in items for k in item if _scalar(item[k])})
-        nested = sorted({k for item in items for k in item if not _scalar(item[k])})
+        scalars = sorted({k for item in items for k in item if is_scalar(item[k])})
+        nested = sorted({k for item in items for k in item if not is_scalar(item[k])})
         self.sections[-1].add_headers(scalars)
         for n, item in enumerate(items):
             if n and nested:
@@ -181,7 +181,8 @@ class Table:
         return f"{colour[0]}{text}{colour[1]}" if self.color else text
 
 
-def _scalar(value: Any) -> bool:
+def is_scalar(value: Any) -> bool:
+    """Not a list or a dict: a cell of its own (text and table output alike)."""
     return not isinstance(value, (list, dict))
 
 
