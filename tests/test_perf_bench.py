@@ -64,7 +64,7 @@ def test_bench_perf_measures_and_writes_json(tmp_path: Path) -> None:
     ):
         assert verdicts[scenario]["limit"], scenario
     assert "decision" in verdicts["server CPU per allowed request"]["limit"]
-    assert "rps" in verdicts["--workers 2 denied throughput"]["limit"]
+    assert "calls/s" in verdicts["--workers 2 denied throughput"]["limit"]
     assert result["start_to_serving_seconds"]["1 worker"] > 0
     # --workers 2 is measured on its own workers (the parent first), each of which took calls.
     two = measurements["workers2_denied"]
