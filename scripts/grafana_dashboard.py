@@ -61,6 +61,11 @@ def quantile(q: float, histogram: str, by: str = "") -> str:
     )
 
 
+def spent(which: str) -> str:
+    """The SMS budget's `reserved` or `released` micros per second, by guard, over 6 hours."""
+    return f"sum by (guard) (rate(attrgate_sms_budget_{which}_micros_total{{{JOB}}}[6h]))"
+
+
 def rate(counter: str, by: str, where: str = "") -> str:
     selector = f"{JOB}, {where}" if where else JOB
     return f"sum by ({by}) (rate({counter}{{{selector}}}[$__rate_interval]))"
@@ -82,7 +87,7 @@ def dashboard() -> Dashboard:
             QueryVariable("job")
             .label("job")
             .datasource(PROMETHEUS)
-            .query("label_values(attrgate_requests_total, job)")
+            .query("label_values(attrgate_policy_set, job)")  # there before any request
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .multi(True)
             .include_all(True)
@@ -170,21 +175,21 @@ def dashboard() -> Dashboard:
                 "SMS-triggering writes: sent and refused",
                 "reqps",
                 query(rate("attrgate_sms_decisions_total", "outcome"), "{{outcome}}"),
-                query(rate("attrgate_sms_reservations_total", "guard, rule"), "{{guard}} {{rule}}"),
+                description="allowed: sent on to Cognito; refused: by an SmsGuard's countries, "
+                "limits or budget; denied: by another stage.",
             )
         )
         .with_panel(
             stat(
-                "SMS budget used, last 30 days",
+                "SMS budget: 30 days at the last 6 hours' pace",
                 "percentunit",
-                "(sum by (guard) (increase("
-                f"attrgate_sms_budget_reserved_micros_total{{{JOB}}}[30d]))"
-                f" - sum by (guard) (increase(attrgate_sms_budget_released_micros_total{{{JOB}}}"
-                f"[30d]) or 0 * sum by (guard) (attrgate_sms_budget_micros{{{JOB}}})))"
+                f"({spent('reserved')} - ({spent('released')} or 0 * {spent('reserved')}))"
+                f" * 86400 * 30"
                 f' / max by (guard) (attrgate_sms_budget_micros{{{JOB}, window="month"}})',
                 "{{guard}}",
-                description="Reserved minus given back, over each guard's monthly budget. "
-                "`attrgate sms usage` reads the calendar month from the store.",
+                description="Spending (reserved minus given back) kept up for 30 days, as a "
+                "share of each guard's monthly budget: what AttrgateSmsBudgetBurn pages on above "
+                "100 %. `attrgate sms usage` reads the month so far from the store.",
             )
         )
         .with_panel(
@@ -213,10 +218,18 @@ def dashboard() -> Dashboard:
         )
         .with_panel(
             series(
-                "Quota wait (p99) and mode",
+                "Quota wait (p99)",
                 "s",
-                query(quantile(0.99, "attrgate_quota_wait_seconds", "share"), "{{share}} wait p99"),
-                query(f"max by (mode) (attrgate_quota_mode{{{JOB}}}) > 0", "mode {{mode}}"),
+                query(quantile(0.99, "attrgate_quota_wait_seconds", "share"), "{{share}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Quota mode, by instance",
+                "none",
+                query(f"attrgate_quota_mode{{{JOB}}} > 0", "{{instance}} {{mode}}"),
+                description="fleet: leases through Redis; emergency: Redis does not answer "
+                "(rate / --quota-replicas); local: no Redis.",
             )
         )
         .with_row(Row("Policies and the server"))

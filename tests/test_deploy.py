@@ -172,7 +172,8 @@ def test_attrgate_arguments_and_variables_are_serve_s_own() -> None:
     settings = serve_settings(spec["args"], environment(spec))
     assert settings.redis_url
     assert settings.hmac_key_file
-    assert settings.require_durable_store
+    # One Redis pod: a fleet that refused to start while it is away would shrink to nothing.
+    assert not settings.require_durable_store
     assert settings.tls_cert
     assert settings.tls_key
     assert settings.client_ca
@@ -226,6 +227,22 @@ def test_the_manifests_agree_with_each_other() -> None:
     redis_args = " ".join(container(find("StatefulSet", "attrgate-redis"), "redis")["args"])
     assert "--appendonly yes" in redis_args
     assert "--maxmemory-policy noeviction" in redis_args
+    assert "--maxmemory 200mb" in redis_args  # noeviction needs a ceiling below the limit (256Mi)
+    # Only attrgate's pods reach Redis.
+    fence = find("NetworkPolicy", "attrgate-redis")
+    assert fence["spec"]["podSelector"]["matchLabels"] == redis_service["spec"]["selector"]
+    [allowed] = fence["spec"]["ingress"][0]["from"]
+    assert allowed["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    # The region serves the example policies' pools; the certificate names what clients dial.
+    region = environment(spec)["ATTRGATE_REGION"]
+    pools = yaml.safe_load((DEPLOY / "policies" / "profile-service.yaml").read_text())
+    assert all(p.startswith(region + "_") for p in pools["spec"]["userPools"]), region
+    names = find("Certificate", "attrgate")["spec"]["dnsNames"]
+    for service in ("attrgate", "attrgate-headless"):
+        assert {service, f"{service}.attrgate.svc"} <= set(names)
+    # Never more pods than --quota-replicas during a rollout.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert pod["automountServiceAccountToken"] is False
     # Mounts: the policies as a folder (never subPath), files under their mounts.
     mounts = {m["name"]: m for m in spec["volumeMounts"]}
     assert all("subPath" not in m for m in spec["volumeMounts"])
@@ -315,7 +332,7 @@ def test_the_deployments_command_line_serves_an_mtls_call(
             (tmp_path / "policies" / policy.name).write_text(policy.read_text())
         ports = {p["containerPort"]: free_port() for p in spec["ports"]}
         args = loopback(spec["args"], mounts, ports, redis.url)
-        env = {**environment(spec), "ATTRGATE_REGION": "us-east-1"}
+        env = environment(spec)  # its region is moto's, us-east-1
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT")  # no collector here
         check(serve_settings(args, env))
         process = subprocess.Popen(
