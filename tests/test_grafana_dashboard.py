@@ -5,8 +5,6 @@ model, and every metric its queries name is one a running attrgate exports."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from support.observed import Observed, metric_names, observed_attrgate
+from support.prometheus import named_metrics, promtool
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "grafana" / "attrgate.json"
@@ -103,15 +102,7 @@ def test_every_query_is_promql_prometheus_parses(tmp_path: Path) -> None:
         ]
     }
     (tmp_path / "queries.yaml").write_text(yaml.safe_dump(rules))
-    if shutil.which("promtool") is None:
-        pytest.fail("promtool is not installed (.ci/run installs Debian's prometheus)")
-    checked = subprocess.run(
-        ["promtool", "check", "rules", str(tmp_path / "queries.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = promtool("check", "rules", str(tmp_path / "queries.yaml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -123,10 +114,6 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
 
 def test_every_metric_the_dashboard_queries_is_exported(observed: Observed) -> None:
     exported = metric_names(observed.scrape())
-    named = {
-        m
-        for q in queries(json.loads(DASHBOARD.read_text()))
-        for m in re.findall(r"\b(attrgate_[a-z_]+)\b", q)
-    }
+    named = set().union(*map(named_metrics, queries(json.loads(DASHBOARD.read_text()))))
     assert len(named) >= 15
     assert not named - exported, sorted(named - exported)

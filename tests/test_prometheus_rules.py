@@ -6,7 +6,6 @@ policy reload fires AttrgatePolicyReloadFailed."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import subprocess
@@ -21,19 +20,12 @@ import yaml
 
 from support.moto_cognito import free_port
 from support.observed import Observed, metric_names, observed_attrgate
+from support.prometheus import named_metrics, promtool
 from support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "deploy" / "prometheus" / "attrgate-rules.yaml"
 RULE_TESTS = REPO / "deploy" / "prometheus" / "attrgate-rules.test.yaml"
-
-
-def promtool(*args: str, cwd: Path = RULES.parent) -> subprocess.CompletedProcess[str]:
-    if shutil.which("promtool") is None:
-        pytest.fail("promtool is not installed (.ci/run installs Debian's prometheus)")
-    return subprocess.run(
-        ["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def expressions() -> list[str]:
@@ -42,13 +34,13 @@ def expressions() -> list[str]:
 
 
 def test_promtool_checks_the_rules() -> None:
-    result = promtool("check", "rules", str(RULES))
+    result = promtool("check", "rules", str(RULES), cwd=RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_the_rules_pass_their_unit_tests() -> None:
-    result = promtool("test", "rules", str(RULE_TESTS))
+    result = promtool("test", "rules", str(RULE_TESTS), cwd=RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -69,10 +61,6 @@ def test_the_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     with observed_attrgate(tmp_path_factory.mktemp("observed")) as server:
         yield server
-
-
-def named_metrics(expression: str) -> set[str]:
-    return set(re.findall(r"\b(attrgate_[a-z_]+)\b", expression))
 
 
 def test_every_metric_the_rules_name_is_exported(observed: Observed) -> None:

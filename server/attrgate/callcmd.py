@@ -14,7 +14,6 @@ errors go to stderr in the AWS CLI's words, with exit codes as the AWS CLI v2's:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -33,7 +32,6 @@ from attrgate.v1 import attrgate_pb2_grpc as pb_grpc
 EXIT_OK, EXIT_DENIED = 0, 1
 EXIT_USAGE, EXIT_CONFIG = 252, 253
 EXIT_OTHER = answers.EXIT_OTHER
-EXIT_INTERRUPTED = 130
 RPC = "UpdateUserAttributes"
 CHECK_RPC = "CheckUpdateUserAttributes"
 # AWS CLI options that mean nothing here (attrgate calls Cognito with its own credentials, in
@@ -255,12 +253,8 @@ def _name_value(item: str) -> dict[str, str]:
 
 
 def _skeleton(kind: str, out: TextIO) -> None:
-    if kind == "output":
-        out.write(json.dumps(answers.OUTPUT_SKELETON, indent=4) + "\n")
-    elif kind == "yaml-input":
-        output.write("", params.skeleton(), "yaml", None, out)
-    else:
-        out.write(json.dumps(params.skeleton(), indent=4) + "\n")
+    skeleton = answers.OUTPUT_SKELETON if kind == "output" else params.skeleton()
+    output.write("", skeleton, "yaml" if kind == "yaml-input" else "json", None, out)
 
 
 def _note_ignored(args: argparse.Namespace) -> None:
@@ -300,7 +294,7 @@ def _send(
                 f"(--cli-connect-timeout {args.connect_timeout:g})",
                 file=sys.stderr,
             )
-            return answers.EXIT_OTHER
+            return EXIT_OTHER
         debug("connected")
     stub = pb_grpc.UserAttributesStub(channel)
     call_options: dict[str, Any] = {
@@ -328,7 +322,7 @@ def _send(
         # Done at attrgate, but the answer cannot be shown this way (a --query of the wrong
         # type, a table of uneven rows): as the AWS CLI, the message and 255.
         print(f"\n{exc}", file=sys.stderr)
-        return answers.EXIT_OTHER
+        return EXIT_OTHER
 
 
 def _debug(text: str) -> None:
